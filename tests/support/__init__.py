@@ -1,0 +1,1 @@
+"""Test and benchmark helpers (not shipped in the wheel)."""
