@@ -1,0 +1,1 @@
+"""Export of human-verified Label Studio tasks into training and evaluation datasets."""

@@ -1,0 +1,362 @@
+"""One handler per supported Label Studio control tag.
+
+A handler knows three things about its control: the JSON schema the LLM must answer with, how
+to turn a (validated) answer into Label Studio regions, and how to turn human regions back into
+an answer (for few-shot examples taken from labeled tasks). Validation raises ``AnswerError`` with
+a machine-readable reason; nothing is ever coerced into a default label.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal
+
+SpanOccurrence = Literal["all", "first", "unique"]
+
+# Reasons are metric label values: keep the set small and stable.
+REASONS = (
+    "invalid_json",
+    "schema",
+    "label_not_in_set",
+    "span_not_found",
+    "span_ambiguous",
+    "out_of_range",
+    "constraint",
+    "empty",
+)
+
+
+class AnswerError(ValueError):
+    """An LLM answer (or part of it) that must not become a label."""
+
+    def __init__(self, control: str | None, reason: str, message: str) -> None:
+        assert reason in REASONS, reason
+        super().__init__(message)
+        self.control = control
+        self.reason = reason
+        self.message = message
+
+    def __str__(self) -> str:
+        where = f"{self.control}: " if self.control else ""
+        return f"{where}{self.message}"
+
+
+@dataclass(frozen=True)
+class LabelInfo:
+    """A label value as stored in results, with the hint text the config may carry."""
+
+    value: str
+    hint: str | None = None
+
+
+@dataclass
+class ControlField(ABC):
+    """Base of all handlers. ``to_name`` is the object the regions point at."""
+
+    name: str
+    to_name: str
+    object_name: str
+    attrs: dict[str, str] = field(default_factory=dict)
+    labels: list[LabelInfo] = field(default_factory=list)
+
+    tag: ClassVar[str]
+    region_type: ClassVar[str]
+
+    @property
+    def label_values(self) -> list[str]:
+        return [label.value for label in self.labels]
+
+    @abstractmethod
+    def json_schema(self) -> dict[str, Any]:
+        """Schema of this control's value inside the LLM's JSON answer."""
+
+    @abstractmethod
+    def describe(self) -> str:
+        """One prompt line telling the model what to put under this control's key."""
+
+    @abstractmethod
+    def to_regions(self, value: Any, text: str) -> list[dict[str, Any]]:
+        """Validate ``value`` and build LS regions; raise ``AnswerError`` when invalid."""
+
+    @abstractmethod
+    def from_regions(self, regions: list[dict[str, Any]]) -> Any:
+        """The answer value a human's regions correspond to (``None`` when absent)."""
+
+    def is_empty(self, value: Any) -> bool:
+        """True when the answer leaves this control unset (allowed unless required)."""
+        return value is None
+
+    def _region(self, value: dict[str, Any], region_id: str | None = None) -> dict[str, Any]:
+        region: dict[str, Any] = {
+            "from_name": self.name,
+            "to_name": self.to_name,
+            "type": self.region_type,
+            "value": value,
+        }
+        if region_id:
+            region["id"] = region_id
+        return region
+
+    def _own(self, regions: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [r for r in regions if r.get("from_name") == self.name]
+
+
+def _label_lines(labels: list[LabelInfo]) -> str:
+    return ", ".join(f'"{label.value}"' for label in labels)
+
+
+@dataclass
+class ChoicesField(ControlField):
+    tag: ClassVar[str] = "Choices"
+    region_type: ClassVar[str] = "choices"
+    multiple: bool = False
+
+    def json_schema(self) -> dict[str, Any]:
+        enum = {"type": "string", "enum": self.label_values}
+        if self.multiple:
+            return {"type": "array", "items": enum, "uniqueItems": True, "minItems": 1}
+        return enum
+
+    def describe(self) -> str:
+        if self.multiple:
+            return f'"{self.name}": a list of one or more of {_label_lines(self.labels)}'
+        return f'"{self.name}": exactly one of {_label_lines(self.labels)}'
+
+    def to_regions(self, value: Any, text: str) -> list[dict[str, Any]]:
+        chosen = value if self.multiple else [value]
+        if not isinstance(chosen, list) or not chosen:
+            raise AnswerError(self.name, "schema", f"expected {self.describe()}, got {value!r}")
+        for item in chosen:
+            if not isinstance(item, str):
+                raise AnswerError(self.name, "schema", f"choice must be a string, got {item!r}")
+            if item not in self.label_values:
+                raise AnswerError(
+                    self.name,
+                    "label_not_in_set",
+                    f"{item!r} is not one of {self.label_values}",
+                )
+        if len(set(chosen)) != len(chosen):
+            raise AnswerError(self.name, "schema", f"duplicate choices in {chosen!r}")
+        return [self._region({"choices": list(chosen)})]
+
+    def from_regions(self, regions: list[dict[str, Any]]) -> Any:
+        for region in self._own(regions):
+            choices = region.get("value", {}).get("choices") or []
+            if choices:
+                return list(choices) if self.multiple else choices[0]
+        return None
+
+
+@dataclass
+class LabelsField(ControlField):
+    """Named-entity spans on a Text object.
+
+    The model returns the span *text* (models are bad at counting characters); offsets are
+    computed here and always satisfy ``text[start:end] == span``. ``occurrence`` says which
+    occurrences of a repeated span get a region: ``all`` of them, the ``first``, or only a
+    ``unique`` one (a repeated span is then an error for a human to resolve).
+    """
+
+    tag: ClassVar[str] = "Labels"
+    region_type: ClassVar[str] = "labels"
+    occurrence: SpanOccurrence = "all"
+
+    def json_schema(self) -> dict[str, Any]:
+        return {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "properties": {
+                    "text": {"type": "string", "minLength": 1},
+                    "label": {"type": "string", "enum": self.label_values},
+                },
+                "required": ["text", "label"],
+            },
+        }
+
+    def describe(self) -> str:
+        return (
+            f'"{self.name}": a list of {{"text": <exact substring of the input>, "label": one of '
+            f"{_label_lines(self.labels)}}} for every entity; [] when there is none"
+        )
+
+    def is_empty(self, value: Any) -> bool:
+        return value is None
+
+    def to_regions(self, value: Any, text: str) -> list[dict[str, Any]]:
+        if not isinstance(value, list):
+            raise AnswerError(self.name, "schema", f"expected a list of spans, got {value!r}")
+        regions: list[dict[str, Any]] = []
+        seen: set[tuple[int, int, str]] = set()
+        for item in value:
+            if not isinstance(item, dict) or not isinstance(item.get("text"), str):
+                raise AnswerError(self.name, "schema", f"bad span item {item!r}")
+            label = item.get("label")
+            if label not in self.label_values:
+                raise AnswerError(
+                    self.name, "label_not_in_set", f"{label!r} is not one of {self.label_values}"
+                )
+            span = item["text"].strip()
+            if not span:
+                raise AnswerError(self.name, "empty", "empty span text")
+            for start in self._occurrences(span, text):
+                key = (start, start + len(span), label)
+                if key in seen:
+                    continue
+                seen.add(key)
+                value_dict = {"start": start, "end": start + len(span), "text": span, "labels": [label]}
+                regions.append(self._region(value_dict, _region_id(self.name, *map(str, key))))
+        return regions
+
+    def _occurrences(self, span: str, text: str) -> list[int]:
+        starts: list[int] = []
+        index = text.find(span)
+        while index != -1:
+            starts.append(index)
+            index = text.find(span, index + 1)
+        if not starts:
+            raise AnswerError(self.name, "span_not_found", f"{span!r} does not occur in the text")
+        if self.occurrence == "first":
+            return starts[:1]
+        if self.occurrence == "unique" and len(starts) > 1:
+            raise AnswerError(
+                self.name, "span_ambiguous", f"{span!r} occurs {len(starts)} times in the text"
+            )
+        return starts
+
+    def from_regions(self, regions: list[dict[str, Any]]) -> Any:
+        spans = []
+        for region in self._own(regions):
+            value = region.get("value", {})
+            for label in value.get("labels") or []:
+                if value.get("text"):
+                    spans.append({"text": value["text"], "label": label})
+        return spans
+
+
+@dataclass
+class TextAreaField(ControlField):
+    tag: ClassVar[str] = "TextArea"
+    region_type: ClassVar[str] = "textarea"
+
+    def json_schema(self) -> dict[str, Any]:
+        schema: dict[str, Any] = {"type": "string"}
+        max_length = self.attrs.get("maxLength") or self.attrs.get("maxlength")
+        if max_length and max_length.isdigit():
+            schema["maxLength"] = int(max_length)
+        return schema
+
+    def describe(self) -> str:
+        hint = self.attrs.get("placeholder")
+        return f'"{self.name}": free text' + (f" ({hint})" if hint else "")
+
+    def is_empty(self, value: Any) -> bool:
+        return value is None or (isinstance(value, str) and not value.strip())
+
+    def to_regions(self, value: Any, text: str) -> list[dict[str, Any]]:
+        if not isinstance(value, str):
+            raise AnswerError(self.name, "schema", f"expected a string, got {value!r}")
+        if not value.strip():
+            raise AnswerError(self.name, "empty", "empty text")
+        return [self._region({"text": [value.strip()]})]
+
+    def from_regions(self, regions: list[dict[str, Any]]) -> Any:
+        for region in self._own(regions):
+            texts = region.get("value", {}).get("text") or []
+            if texts:
+                return "\n".join(texts)
+        return None
+
+
+@dataclass
+class RatingField(ControlField):
+    tag: ClassVar[str] = "Rating"
+    region_type: ClassVar[str] = "rating"
+
+    @property
+    def max_rating(self) -> int:
+        return int(self.attrs.get("maxRating", "5"))
+
+    def json_schema(self) -> dict[str, Any]:
+        return {"type": "integer", "minimum": 1, "maximum": self.max_rating}
+
+    def describe(self) -> str:
+        return f'"{self.name}": an integer rating from 1 to {self.max_rating}'
+
+    def to_regions(self, value: Any, text: str) -> list[dict[str, Any]]:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise AnswerError(self.name, "schema", f"expected an integer, got {value!r}")
+        if not 1 <= value <= self.max_rating:
+            raise AnswerError(self.name, "out_of_range", f"{value} is not in 1..{self.max_rating}")
+        return [self._region({"rating": value})]
+
+    def from_regions(self, regions: list[dict[str, Any]]) -> Any:
+        for region in self._own(regions):
+            if "rating" in region.get("value", {}):
+                return region["value"]["rating"]
+        return None
+
+
+@dataclass
+class NumberField(ControlField):
+    tag: ClassVar[str] = "Number"
+    region_type: ClassVar[str] = "number"
+
+    def _bound(self, key: str) -> float | None:
+        try:
+            return float(self.attrs[key])
+        except (KeyError, ValueError):
+            return None
+
+    @property
+    def integer(self) -> bool:
+        step = self._bound("step")
+        return step is None or float(step).is_integer()
+
+    def json_schema(self) -> dict[str, Any]:
+        schema: dict[str, Any] = {"type": "integer" if self.integer else "number"}
+        for key, json_key in (("min", "minimum"), ("max", "maximum")):
+            bound = self._bound(key)
+            if bound is not None:
+                schema[json_key] = int(bound) if self.integer else bound
+        return schema
+
+    def describe(self) -> str:
+        kind = "an integer" if self.integer else "a number"
+        low, high = self._bound("min"), self._bound("max")
+        bounds = ""
+        if low is not None or high is not None:
+            bounds = f" between {'-inf' if low is None else _fmt(low)} and {'inf' if high is None else _fmt(high)}"
+        return f'"{self.name}": {kind}{bounds}'
+
+    def to_regions(self, value: Any, text: str) -> list[dict[str, Any]]:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise AnswerError(self.name, "schema", f"expected a number, got {value!r}")
+        if self.integer and not float(value).is_integer():
+            raise AnswerError(self.name, "schema", f"expected an integer, got {value!r}")
+        low, high = self._bound("min"), self._bound("max")
+        if (low is not None and value < low) or (high is not None and value > high):
+            raise AnswerError(self.name, "out_of_range", f"{value} is outside [{low}, {high}]")
+        return [self._region({"number": int(value) if self.integer else value})]
+
+    def from_regions(self, regions: list[dict[str, Any]]) -> Any:
+        for region in self._own(regions):
+            if "number" in region.get("value", {}):
+                return region["value"]["number"]
+        return None
+
+
+def _fmt(number: float) -> str:
+    return str(int(number)) if float(number).is_integer() else str(number)
+
+
+def _region_id(*parts: str) -> str:
+    return hashlib.sha1("|".join(parts).encode()).hexdigest()[:10]
+
+
+FIELD_TYPES: dict[str, type[ControlField]] = {
+    cls.tag: cls for cls in (ChoicesField, LabelsField, TextAreaField, RatingField, NumberField)
+}

@@ -1,0 +1,162 @@
+"""Labeling guidelines: what each label means, how to decide boundary cases, what to do when unsure.
+
+A guideline is a YAML file (shipped ones live in ``templates/`` next to their XML config). It is
+written for humans first and rendered into the LLM prompt verbatim, so the model and the
+annotators follow the same rules, including the explicit "when unsure" rule.
+
+```yaml
+name: search-intent
+task: Classify the intent behind a web search query.
+labels:                 # per control name, per label value
+  intent:
+    navigational: {definition: "...", examples: ["facebook login"]}
+rules: ["A brand name alone is navigational ..."]
+when_unsure: 'Choose "other" when no definition clearly applies.'
+instructions: {summary: "one sentence"}          # for free-text / numeric controls
+examples: [{data: {text: "..."}, answer: {intent: "navigational"}}]
+constraints: [{distinct: [departure_city, arrival_city]}]
+```
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from prelabel.label_config.constraints import Constraint
+from prelabel.label_config.schema import OutputSchema
+
+TEMPLATES_PACKAGE = "prelabel.label_config"
+
+
+class GuidelineError(ValueError):
+    """A guideline that cannot be loaded or does not fit its labeling config."""
+
+
+class LabelDefinition(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    definition: str = ""
+    examples: list[str] = Field(default_factory=list)
+
+
+class FewShotExample(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    data: dict[str, Any]
+    answer: dict[str, Any]
+
+
+class Guideline(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = "default"
+    role: str = (
+        "You are a meticulous data annotator. You follow the labeling guideline exactly and "
+        "answer only with the requested JSON."
+    )
+    task: str = "Label the input according to the labeling guideline."
+    labels: dict[str, dict[str, LabelDefinition]] = Field(default_factory=dict)
+    rules: list[str] = Field(default_factory=list)
+    when_unsure: str | None = None
+    instructions: dict[str, str] = Field(default_factory=dict)
+    examples: list[FewShotExample] = Field(default_factory=list)
+    constraints: list[Constraint] = Field(default_factory=list)
+
+    @property
+    def hash(self) -> str:
+        """Content hash: any change to the text a model or annotator reads changes it."""
+        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True, ensure_ascii=False)
+        return hashlib.sha256(canonical.encode()).hexdigest()[:12]
+
+    def check_against(self, schema: OutputSchema) -> tuple[list[str], list[str]]:
+        """Return (errors, warnings) of this guideline against a config's schema."""
+        errors: list[str] = []
+        warnings: list[str] = []
+        names = {control.name: control for control in schema.fields}
+        for control_name, definitions in self.labels.items():
+            control = names.get(control_name)
+            if control is None:
+                errors.append(f"labels for unknown control '{control_name}'")
+                continue
+            for label in definitions:
+                if label not in control.label_values:
+                    errors.append(f"'{control_name}': label '{label}' is not in the config")
+        for control in schema.fields:
+            missing = [v for v in control.label_values if v not in self.labels.get(control.name, {})]
+            if missing and control.label_values:
+                warnings.append(f"'{control.name}': no definition for {', '.join(missing)}")
+        for constraint in self.constraints:
+            errors.extend(constraint.check_refs(names))
+        for index, example in enumerate(self.examples):
+            for problem in _example_problems(example, schema):
+                errors.append(f"example {index}: {problem}")
+        return errors, warnings
+
+
+def _example_problems(example: FewShotExample, schema: OutputSchema) -> list[str]:
+    from prelabel.label_config.controls import AnswerError  # local: avoid a cycle at import
+
+    problems: list[str] = []
+    try:
+        texts = schema.object_texts(example.data)
+    except ValueError as exc:
+        return [str(exc)]
+    for control in schema.fields:
+        if control.name not in example.answer:
+            problems.append(f"answer lacks '{control.name}'")
+            continue
+        try:
+            control.to_regions(example.answer[control.name], texts[control.object_name])
+        except AnswerError as exc:
+            problems.append(str(exc))
+    return problems
+
+
+def shipped_templates() -> list[str]:
+    """Names of the guideline templates shipped in ``label_config/templates``."""
+    folder = resources.files(TEMPLATES_PACKAGE) / "templates"
+    return sorted(p.name[: -len(".yaml")] for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+def template_path(name: str, suffix: str) -> Path:
+    path = Path(str(resources.files(TEMPLATES_PACKAGE) / "templates" / f"{name}{suffix}"))
+    if not path.exists():
+        raise GuidelineError(f"no shipped template '{name}' (have: {', '.join(shipped_templates())})")
+    return path
+
+
+def load_guideline(ref: str | Path) -> Guideline:
+    """Load a guideline by shipped template name or file path."""
+    path = Path(ref)
+    if not path.suffix and not path.exists():
+        path = template_path(str(ref), ".yaml")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise GuidelineError(f"guideline file not found: {path}") from exc
+    except yaml.YAMLError as exc:
+        raise GuidelineError(f"guideline {path} is not valid YAML: {exc}") from exc
+    return parse_guideline(raw, source=str(path))
+
+
+def parse_guideline(raw: Any, source: str = "<inline>") -> Guideline:
+    if not isinstance(raw, dict):
+        raise GuidelineError(f"guideline {source} must be a mapping")
+    try:
+        return Guideline.model_validate(raw)
+    except ValidationError as exc:
+        raise GuidelineError(f"guideline {source} is invalid: {exc}") from exc
+
+
+def default_guideline(schema: OutputSchema) -> Guideline:
+    """A guideline built from the config alone (label names and their ``hint`` attributes)."""
+    labels = {
+        control.name: {label.value: LabelDefinition(definition=label.hint or "") for label in control.labels}
+        for control in schema.fields
+        if control.labels
+    }
+    return Guideline(labels=labels)

@@ -1,0 +1,202 @@
+"""Label Studio labeling config -> the JSON answer schema an LLM must fill.
+
+Parsing is label-studio-sdk's ``LabelInterface``; this module decides which controls we can fill
+from text, builds one handler per control (see ``controls``), and reports the rest once, clearly,
+instead of guessing at them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from label_studio_sdk.label_interface import LabelInterface
+
+from prelabel.label_config.controls import (
+    FIELD_TYPES,
+    ChoicesField,
+    ControlField,
+    LabelInfo,
+    LabelsField,
+    SpanOccurrence,
+)
+
+log = logging.getLogger(__name__)
+
+# Object tags whose data is text we can put in a prompt.
+TEXT_OBJECTS = {"Text", "HyperText", "Paragraphs"}
+# Controls that carry offsets need a plain Text object (HyperText spans need XPath ranges).
+SPAN_OBJECTS = {"Text"}
+
+
+class ConfigError(ValueError):
+    """The labeling config cannot be pre-annotated at all."""
+
+
+class TaskDataError(ValueError):
+    """A task lacks (or has unusable) data for an object of the config."""
+
+
+@dataclass(frozen=True)
+class Unsupported:
+    name: str
+    tag: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    name: str
+    tag: str
+    value_key: str
+
+
+@dataclass
+class OutputSchema:
+    config: str
+    config_hash: str
+    fields: list[ControlField]
+    objects: dict[str, ObjectInfo]
+    unsupported: list[Unsupported] = field(default_factory=list)
+    interface: LabelInterface | None = field(default=None, repr=False)
+
+    def field(self, name: str) -> ControlField:
+        for control in self.fields:
+            if control.name == name:
+                return control
+        raise KeyError(name)
+
+    def json_schema(self) -> dict[str, Any]:
+        """The whole answer: one key per fillable control, all required."""
+        return {
+            "type": "object",
+            "properties": {control.name: control.json_schema() for control in self.fields},
+            "required": [control.name for control in self.fields],
+            "additionalProperties": False,
+        }
+
+    def object_texts(self, data: dict[str, Any]) -> dict[str, str]:
+        """The text of every object the fillable controls point at, from a task's data."""
+        if not isinstance(data, dict):
+            raise TaskDataError("task 'data' must be an object")
+        texts: dict[str, str] = {}
+        for name in dict.fromkeys(control.object_name for control in self.fields):
+            obj = self.objects[name]
+            if obj.value_key not in data:
+                raise TaskDataError(f"task data has no '{obj.value_key}' (needed by <{obj.tag} name=\"{name}\">)")
+            texts[name] = _as_text(obj, data[obj.value_key])
+        return texts
+
+
+def _as_text(obj: ObjectInfo, raw: Any) -> str:
+    if isinstance(raw, str):
+        return raw
+    if obj.tag == "Paragraphs" and isinstance(raw, list):
+        lines = []
+        for item in raw:
+            if not isinstance(item, dict):
+                raise TaskDataError(f"'{obj.value_key}' items must be objects")
+            speaker = item.get("author") or item.get("speaker") or ""
+            lines.append(f"{speaker}: {item.get('text', '')}" if speaker else str(item.get("text", "")))
+        return "\n".join(lines)
+    raise TaskDataError(f"'{obj.value_key}' must be a string, got {type(raw).__name__}")
+
+
+def config_hash(config: str) -> str:
+    return hashlib.sha256(config.strip().encode()).hexdigest()[:16]
+
+
+def build_schema(config: str, occurrence: SpanOccurrence = "all") -> OutputSchema:
+    """Parse ``config`` and build its answer schema; raise ``ConfigError`` when nothing is fillable."""
+    if not isinstance(config, str) or not config.strip():
+        raise ConfigError("empty labeling config")
+    try:
+        interface = LabelInterface(config)
+    except Exception as exc:  # the SDK raises assorted XML/validation errors
+        raise ConfigError(f"invalid labeling config: {exc}") from exc
+
+    objects: dict[str, ObjectInfo] = {}
+    for obj in interface.objects:
+        if obj.value_name:
+            objects[obj.name] = ObjectInfo(obj.name, obj.tag, obj.value_name)
+
+    fields: list[ControlField] = []
+    unsupported: list[Unsupported] = []
+    for control in interface.controls:
+        problem = _unsupported_reason(control, objects)
+        if problem:
+            unsupported.append(Unsupported(control.name, control.tag, problem))
+            continue
+        fields.append(_make_field(control, objects[control.to_name[0]], occurrence))
+
+    if not fields:
+        detail = "; ".join(f"<{u.tag} name=\"{u.name}\">: {u.reason}" for u in unsupported)
+        raise ConfigError("no control in this config can be pre-annotated from text" + (f" ({detail})" if detail else ""))
+    return OutputSchema(config, config_hash(config), fields, objects, unsupported, interface)
+
+
+def _unsupported_reason(control: Any, objects: dict[str, ObjectInfo]) -> str | None:
+    if control.tag not in FIELD_TYPES:
+        return f"control tag <{control.tag}> is not supported"
+    to_names = control.to_name or []
+    if len(to_names) != 1:
+        return "controls pointing at several objects are not supported"
+    obj = objects.get(to_names[0])
+    if obj is None:
+        return f"toName '{to_names[0]}' is not an object with a $value"
+    allowed = SPAN_OBJECTS if control.tag == "Labels" else TEXT_OBJECTS
+    if obj.tag not in allowed:
+        return f"<{control.tag}> on <{obj.tag}> is not supported (needs {'/'.join(sorted(allowed))})"
+    if control.tag in ("Choices", "Labels") and not control.labels:
+        return "no labels defined"
+    return None
+
+
+def _make_field(control: Any, obj: ObjectInfo, occurrence: SpanOccurrence) -> ControlField:
+    label_tags = control.labels_attrs or {}
+    labels = [
+        LabelInfo(value, label_tags[value].attr.get("hint") if value in label_tags else None)
+        for value in control.labels or []
+    ]
+    common = dict(name=control.name, to_name=obj.name, object_name=obj.name,
+                  attrs=dict(control.attr), labels=labels)
+    if control.tag == "Choices":
+        return ChoicesField(**common, multiple=control.attr.get("choice") == "multiple")
+    if control.tag == "Labels":
+        return LabelsField(**common, occurrence=occurrence)
+    return FIELD_TYPES[control.tag](**common)
+
+
+def required(control: ControlField) -> bool:
+    """LS's own ``required`` attribute; an unrequired free-text control may stay empty."""
+    if isinstance(control, ChoicesField):
+        return True
+    return str(control.attrs.get("required", "false")).lower() == "true"
+
+
+_REPORTED: set[str] = set()
+
+
+def unsupported_once(schema: OutputSchema) -> list[Unsupported]:
+    """Log the skipped controls of a config once per process; return them every time."""
+    if schema.unsupported and schema.config_hash not in _REPORTED:
+        _REPORTED.add(schema.config_hash)
+        for item in schema.unsupported:
+            log.warning("skipping control <%s name=%r>: %s", item.tag, item.name, item.reason)
+    return schema.unsupported
+
+
+__all__ = [
+    "ConfigError",
+    "LabelsField",
+    "ObjectInfo",
+    "OutputSchema",
+    "TaskDataError",
+    "Unsupported",
+    "build_schema",
+    "config_hash",
+    "required",
+    "unsupported_once",
+]

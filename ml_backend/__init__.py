@@ -1,0 +1,1 @@
+"""Label Studio ML backend: protocol server, prediction pipeline, LLM client, cache, metrics."""

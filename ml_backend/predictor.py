@@ -1,0 +1,313 @@
+"""The pre-annotation model: Label Studio tasks in, validated predictions with provenance out.
+
+Per task: object texts -> few-shot examples -> cache lookup -> LLM call -> parse + validate ->
+(one corrective retry with the errors fed back) -> regions + confidence + provenance. A task the
+model could not label validly gets no region for the failing control and a ``needs_human``
+status with the reason; an LLM outage gives ``error``. Neither is cached.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+from prelabel.label_config.controls import AnswerError
+from prelabel.label_config.guideline import (
+    Guideline,
+    GuidelineError,
+    default_guideline,
+    load_guideline,
+    shipped_templates,
+    template_path,
+)
+from prelabel.label_config.schema import (
+    ConfigError,
+    OutputSchema,
+    TaskDataError,
+    build_schema,
+    unsupported_once,
+)
+from prelabel.ml_backend import metrics
+from prelabel.ml_backend.cache import PredictionCache, cache_key
+from prelabel.ml_backend.confidence import FALLBACK_SCORE, answer_confidences
+from prelabel.ml_backend.fewshot import FewShotPool, file_examples, guideline_examples
+from prelabel.ml_backend.llm_client import Completion, LLMClient, LLMError
+from prelabel.ml_backend.prompt import Example, Prompt
+from prelabel.ml_backend.validation import CheckedAnswer, apply_constraints, check_answer, feedback, parse_answer
+from prelabel.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ProjectContext:
+    """Everything derived from one (labeling config, guideline) pair, built once."""
+
+    schema: OutputSchema
+    guideline: Guideline
+    guideline_name: str
+    prompt: Prompt
+    pool: FewShotPool
+
+    def add_examples(self, examples: list[Example]) -> None:
+        """Extend the few-shot pool (e.g. with human-labeled tasks of the project)."""
+        self.pool = FewShotPool(self.pool.examples + examples)
+
+
+@dataclass
+class _Attempt:
+    completion: Completion
+    checked: CheckedAnswer
+    confidences: dict[str, float] | None = None
+
+
+@dataclass
+class _Outcome:
+    regions: list[dict[str, Any]] = field(default_factory=list)
+    errors: dict[str, AnswerError] = field(default_factory=dict)
+    scores: dict[str, float] = field(default_factory=dict)
+    score_source: str = "logprobs"
+
+
+class Predictor:
+    def __init__(self, settings: Settings, llm: LLMClient, cache: PredictionCache | None) -> None:
+        self.settings = settings
+        self.llm = llm
+        self.cache = cache
+        self._contexts: dict[tuple[str, str | None], ProjectContext] = {}
+        self._template_signatures: dict[tuple, str] | None = None
+
+    # --- project context -----------------------------------------------------------------
+    def context(self, label_config: str, guideline: str | dict | None = None) -> ProjectContext:
+        """Build (or reuse) the schema, guideline, prompt and few-shot pool of a config."""
+        ref = guideline if isinstance(guideline, str) or guideline is None else repr(sorted(guideline.items()))
+        schema = build_schema(label_config, self.settings.span_occurrence)
+        key = (schema.config_hash, ref)
+        if key not in self._contexts:
+            self._contexts[key] = self._build_context(schema, guideline)
+        return self._contexts[key]
+
+    def _build_context(self, schema: OutputSchema, guideline_ref: str | dict | None) -> ProjectContext:
+        for item in unsupported_once(schema):
+            metrics.UNSUPPORTED_CONTROLS.labels(item.tag).inc()
+        guideline, name = self._resolve_guideline(schema, guideline_ref)
+        errors, warnings = guideline.check_against(schema)
+        if errors:
+            raise ConfigError(f"guideline '{name}' does not fit the labeling config: " + "; ".join(errors))
+        for warning in warnings:
+            log.info("guideline %s: %s", name, warning)
+        examples = guideline_examples(guideline, schema)
+        if self.settings.fewshot_file:
+            examples += file_examples(self.settings.fewshot_file, schema)
+        return ProjectContext(schema, guideline, name, Prompt(schema, guideline), FewShotPool(examples))
+
+    def _resolve_guideline(self, schema: OutputSchema, ref: str | dict | None) -> tuple[Guideline, str]:
+        from prelabel.label_config.guideline import parse_guideline
+
+        if isinstance(ref, dict):
+            return parse_guideline(ref, "<request>"), ref.get("name", "inline")
+        ref = ref or self.settings.guideline
+        if ref:
+            guideline = load_guideline(ref)
+            return guideline, guideline.name
+        template = self._matching_template(schema)
+        if template:
+            return load_guideline(template), template
+        return default_guideline(schema), "default"
+
+    def _matching_template(self, schema: OutputSchema) -> str | None:
+        """A shipped template whose config has exactly these controls and labels."""
+        if self._template_signatures is None:
+            self._template_signatures = {}
+            for name in shipped_templates():
+                try:
+                    xml = template_path(name, ".xml").read_text(encoding="utf-8")
+                    self._template_signatures[_signature(build_schema(xml))] = name
+                except (GuidelineError, ConfigError, OSError) as exc:
+                    log.warning("shipped template %s is unusable: %s", name, exc)
+        return self._template_signatures.get(_signature(schema))
+
+    # --- prediction ----------------------------------------------------------------------
+    async def predict(self, tasks: list[dict[str, Any]], context: ProjectContext) -> list[dict[str, Any]]:
+        """Predictions for ``tasks`` in order; tasks run concurrently (bounded by the LLM client)."""
+        return list(await asyncio.gather(*(self.predict_task(task, context) for task in tasks)))
+
+    async def predict_task(self, task: dict[str, Any], ctx: ProjectContext) -> dict[str, Any]:
+        started = time.perf_counter()
+        try:
+            texts = ctx.schema.object_texts(task.get("data") if isinstance(task, dict) else None)
+        except TaskDataError as exc:
+            return self._no_prediction(ctx, "bad_task_data", str(exc), started)
+        if not any(text.strip() for text in texts.values()):
+            return self._no_prediction(ctx, "empty_input", "task text is empty", started)
+        size = sum(len(text) for text in texts.values())
+        if size > self.settings.max_text_chars:
+            return self._no_prediction(
+                ctx, "text_too_long", f"{size} characters > max_text_chars={self.settings.max_text_chars}", started
+            )
+
+        examples = ctx.pool.select(texts, self.settings.fewshot_k)
+        key = cache_key(
+            model=self.llm.model, prompt=ctx.prompt.version, config=ctx.schema.config_hash, texts=texts,
+            examples=[[e.texts, e.answer] for e in examples], temperature=self.llm.temperature,
+            occurrence=self.settings.span_occurrence,
+        )
+        if self.cache is not None:
+            cached = await self.cache.get(key)
+            if cached is not None:
+                cached["meta"]["provenance"].update(cached=True, time=_now(), latency_ms=_ms(started))
+                metrics.TASKS.labels(cached["meta"]["status"], "hit").inc()
+                return cached
+
+        try:
+            outcome, attempts = await self._label(ctx, texts, examples)
+        except LLMError as exc:
+            metrics.TASKS.labels("error", "miss").inc()
+            metrics.NEEDS_HUMAN.labels(f"llm_{exc.kind}").inc()
+            return self._prediction(ctx, [], 0.0, "error", {"llm": f"{exc.kind}: {exc}"}, started,
+                                    provenance={"llm_error": exc.kind})
+        completion = attempts[-1].completion
+        status = "ok" if not outcome.errors else "needs_human"
+        for error in outcome.errors.values():
+            metrics.NEEDS_HUMAN.labels(error.reason).inc()
+        score = min(outcome.scores.values()) if outcome.scores and outcome.regions else (
+            FALLBACK_SCORE if outcome.regions else 0.0)
+        prediction = self._prediction(
+            ctx, outcome.regions, score, status,
+            {name: f"{error.reason}: {error.message}" for name, error in outcome.errors.items()},
+            started,
+            provenance={
+                "model": completion.model,
+                "endpoint": completion.endpoint,
+                "structured_output": completion.mode,
+                "llm_calls": len(attempts),
+                "llm_attempts": sum(a.completion.attempts for a in attempts),
+                "fewshot": [e.source for e in examples],
+                "score_source": outcome.score_source,
+                "control_scores": outcome.scores,
+                "usage": completion.usage,
+            },
+        )
+        metrics.TASKS.labels(status, "miss").inc()
+        if status == "ok" and self.cache is not None:
+            await self.cache.set(key, prediction)
+        return prediction
+
+    async def _label(
+        self, ctx: ProjectContext, texts: dict[str, str], examples: list[Example]
+    ) -> tuple[_Outcome, list[_Attempt]]:
+        messages = ctx.prompt.messages(texts, examples)
+        first = await self._ask(ctx, messages, texts, attempt=1)
+        attempts = [first]
+        if first.checked.errors:
+            retry_messages = messages + [
+                {"role": "assistant", "content": first.completion.content},
+                {"role": "user", "content": feedback(first.checked.errors)},
+            ]
+            attempts.append(await self._ask(ctx, retry_messages, texts, attempt=2))
+        return _merge(ctx, attempts), attempts
+
+    async def _ask(
+        self, ctx: ProjectContext, messages: list[dict[str, str]], texts: dict[str, str], attempt: int
+    ) -> _Attempt:
+        completion = await self.llm.complete(messages, ctx.schema.json_schema())
+        metrics.LLM_LATENCY.observe(completion.latency_s)
+        try:
+            answer, start = parse_answer(completion.content)
+        except AnswerError as exc:
+            metrics.VALIDATION_ERRORS.labels("answer", exc.reason, str(attempt)).inc()
+            errors = {c.name: AnswerError(c.name, exc.reason, exc.message) for c in ctx.schema.fields}
+            return _Attempt(completion, CheckedAnswer({}, errors=errors))
+        checked = check_answer(ctx.schema, ctx.guideline.constraints, answer, texts)
+        for name, error in checked.errors.items():
+            metrics.VALIDATION_ERRORS.labels(ctx.schema.field(name).tag, error.reason, str(attempt)).inc()
+        confidences = answer_confidences(completion.content, start, completion.tokens, ctx.schema.fields, answer)
+        return _Attempt(completion, checked, confidences)
+
+    # --- output --------------------------------------------------------------------------
+    def _no_prediction(self, ctx: ProjectContext, reason: str, message: str, started: float) -> dict[str, Any]:
+        metrics.NEEDS_HUMAN.labels(reason).inc()
+        metrics.TASKS.labels("needs_human", "none").inc()
+        return self._prediction(ctx, [], 0.0, "needs_human", {"task": f"{reason}: {message}"}, started)
+
+    def _prediction(
+        self, ctx: ProjectContext, regions: list[dict[str, Any]], score: float, status: str,
+        errors: dict[str, str], started: float, provenance: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        return {
+            "result": regions,
+            "score": round(score, 6),
+            "model_version": self.model_version(ctx),
+            "meta": {
+                "status": status,
+                "errors": errors,
+                "skipped_controls": [f"{u.tag}:{u.name}" for u in ctx.schema.unsupported],
+                "provenance": {
+                    "model": self.llm.model,
+                    "prompt_version": ctx.prompt.version,
+                    "guideline": ctx.guideline_name,
+                    "guideline_hash": ctx.guideline.hash,
+                    "config_hash": ctx.schema.config_hash,
+                    "time": _now(),
+                    "cached": False,
+                    "latency_ms": _ms(started),
+                    **(provenance or {}),
+                },
+            },
+        }
+
+    def model_version(self, ctx: ProjectContext) -> str:
+        return f"{self.llm.model}@{ctx.prompt.version}"
+
+
+def _merge(ctx: ProjectContext, attempts: list[_Attempt]) -> _Outcome:
+    """Per control, the first attempt's valid value wins; the corrective attempt fills the rest.
+
+    Domain constraints are re-checked on the merged answer because two individually valid
+    values from different attempts can still break a cross-field rule together.
+    """
+    merged = CheckedAnswer({})
+    scores: dict[str, float] = {}
+    for control in ctx.schema.fields:
+        for attempt in attempts:
+            if control.name in attempt.checked.regions:
+                merged.answer[control.name] = attempt.checked.answer.get(control.name)
+                merged.regions[control.name] = attempt.checked.regions[control.name]
+                if attempt.confidences and control.name in attempt.confidences:
+                    scores[control.name] = attempt.confidences[control.name]
+                break
+            if control.name not in attempt.checked.errors and control.name in attempt.checked.answer:
+                merged.answer[control.name] = attempt.checked.answer[control.name]  # valid but empty
+                break
+        else:
+            error = next((a.checked.errors[control.name] for a in reversed(attempts)
+                          if control.name in a.checked.errors), None)
+            if error is not None:
+                merged.errors[control.name] = error
+    apply_constraints(merged, ctx.guideline.constraints)
+    outcome = _Outcome(errors=merged.errors)
+    for control in ctx.schema.fields:
+        for region in merged.regions.get(control.name, []):
+            if control.name in scores:
+                region = {**region, "score": scores[control.name]}
+            outcome.regions.append(region)
+    outcome.scores = {name: score for name, score in scores.items() if name in merged.regions}
+    if merged.regions and not outcome.scores:
+        outcome.score_source = "none"
+    return outcome
+
+
+def _signature(schema: OutputSchema) -> tuple:
+    return tuple(sorted((c.name, c.tag, tuple(c.label_values)) for c in schema.fields))
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
+def _ms(started: float) -> float:
+    return round((time.perf_counter() - started) * 1000, 2)

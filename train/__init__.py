@@ -1,0 +1,1 @@
+"""LoRA fine-tuning, merge, evaluation and promotion."""
