@@ -6,7 +6,8 @@ extraction rules and most others:
 
 - ``distinct: [departure_city, arrival_city]``: the referenced values must differ
   (case-insensitive), e.g. a flight cannot depart from and arrive at the same city;
-- ``pattern: {field: time, regex: '([01]\\d|2[0-3]):[0-5]\\d'}``: every value must fully match.
+- ``pattern: {field: time, regex: '([01]\\d|2[0-3]):[0-5]\\d'}``: every non-empty value must fully
+  match (an empty slot is the control's business: allowed unless it is ``required``).
 
 Numeric ranges and label sets are already enforced by the controls themselves.
 """
@@ -16,9 +17,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, field_validator, model_validator
-
 from prelabel.label_config.controls import AnswerError, ControlField
+from pydantic import BaseModel, ConfigDict, field_validator, model_validator
 
 
 class PatternRule(BaseModel):
@@ -80,7 +80,7 @@ class Constraint(BaseModel):
         rule = self.pattern
         assert rule is not None
         for value in ref_values(answer, rule.field):
-            if not re.fullmatch(rule.regex, value.strip()):
+            if value.strip() and not re.fullmatch(rule.regex, value.strip()):
                 text = self.message or f"{rule.field} {value!r} does not match {rule.regex}"
                 return self._errors([rule.field], text)
         return []

@@ -27,10 +27,9 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
-
 from prelabel.label_config.constraints import Constraint
 from prelabel.label_config.schema import OutputSchema
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 TEMPLATES_PACKAGE = "prelabel.label_config"
 
@@ -92,28 +91,19 @@ class Guideline(BaseModel):
         for constraint in self.constraints:
             errors.extend(constraint.check_refs(names))
         for index, example in enumerate(self.examples):
-            for problem in _example_problems(example, schema):
+            for problem in _example_problems(example, schema, self.constraints):
                 errors.append(f"example {index}: {problem}")
         return errors, warnings
 
 
-def _example_problems(example: FewShotExample, schema: OutputSchema) -> list[str]:
-    from prelabel.label_config.controls import AnswerError  # local: avoid a cycle at import
+def _example_problems(example: FewShotExample, schema: OutputSchema, constraints: list[Constraint]) -> list[str]:
+    from prelabel.label_config.answers import check_answer  # local: answers imports schema too
 
-    problems: list[str] = []
     try:
         texts = schema.object_texts(example.data)
     except ValueError as exc:
         return [str(exc)]
-    for control in schema.fields:
-        if control.name not in example.answer:
-            problems.append(f"answer lacks '{control.name}'")
-            continue
-        try:
-            control.to_regions(example.answer[control.name], texts[control.object_name])
-        except AnswerError as exc:
-            problems.append(str(exc))
-    return problems
+    return [str(error) for error in check_answer(schema, constraints, example.answer, texts).errors.values()]
 
 
 def shipped_templates() -> list[str]:

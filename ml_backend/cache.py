@@ -14,7 +14,6 @@ from typing import Any
 
 import orjson
 import redis.asyncio as aioredis
-
 from prelabel.ml_backend import metrics
 
 CACHE_FORMAT = "v1"

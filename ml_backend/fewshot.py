@@ -12,11 +12,10 @@ import json
 from pathlib import Path
 
 import numpy as np
-from sklearn.feature_extraction.text import TfidfVectorizer
-
 from prelabel.label_config.guideline import Guideline
 from prelabel.label_config.schema import OutputSchema
 from prelabel.ml_backend.prompt import Example
+from sklearn.feature_extraction.text import TfidfVectorizer
 
 
 def _joined(texts: dict[str, str]) -> str:

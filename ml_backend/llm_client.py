@@ -21,9 +21,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import openai
+from prelabel.ml_backend import metrics
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
 
-from prelabel.ml_backend import metrics
 from prelabel.settings import Settings, StructuredOutput
 
 log = logging.getLogger(__name__)

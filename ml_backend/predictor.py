@@ -12,7 +12,7 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from prelabel.label_config.controls import AnswerError
@@ -37,7 +37,14 @@ from prelabel.ml_backend.confidence import FALLBACK_SCORE, answer_confidences
 from prelabel.ml_backend.fewshot import FewShotPool, file_examples, guideline_examples
 from prelabel.ml_backend.llm_client import Completion, LLMClient, LLMError
 from prelabel.ml_backend.prompt import Example, Prompt
-from prelabel.ml_backend.validation import CheckedAnswer, apply_constraints, check_answer, feedback, parse_answer
+from prelabel.ml_backend.validation import (
+    CheckedAnswer,
+    apply_constraints,
+    check_answer,
+    feedback,
+    parse_answer,
+)
+
 from prelabel.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -53,9 +60,9 @@ class ProjectContext:
     prompt: Prompt
     pool: FewShotPool
 
-    def add_examples(self, examples: list[Example]) -> None:
-        """Extend the few-shot pool (e.g. with human-labeled tasks of the project)."""
-        self.pool = FewShotPool(self.pool.examples + examples)
+    def pool_with(self, examples: list[Example]) -> FewShotPool:
+        """This context's pool plus more examples (e.g. a project's human-labeled tasks)."""
+        return FewShotPool(self.pool.examples + examples)
 
 
 @dataclass
@@ -132,11 +139,18 @@ class Predictor:
         return self._template_signatures.get(_signature(schema))
 
     # --- prediction ----------------------------------------------------------------------
-    async def predict(self, tasks: list[dict[str, Any]], context: ProjectContext) -> list[dict[str, Any]]:
-        """Predictions for ``tasks`` in order; tasks run concurrently (bounded by the LLM client)."""
-        return list(await asyncio.gather(*(self.predict_task(task, context) for task in tasks)))
+    async def predict(
+        self, tasks: list[dict[str, Any]], context: ProjectContext, pool: FewShotPool | None = None
+    ) -> list[dict[str, Any]]:
+        """Predictions for ``tasks`` in order; tasks run concurrently (bounded by the LLM client).
 
-    async def predict_task(self, task: dict[str, Any], ctx: ProjectContext) -> dict[str, Any]:
+        ``pool`` replaces the context's few-shot pool (a project's own, with its human labels).
+        """
+        return list(await asyncio.gather(*(self.predict_task(task, context, pool) for task in tasks)))
+
+    async def predict_task(
+        self, task: dict[str, Any], ctx: ProjectContext, pool: FewShotPool | None = None
+    ) -> dict[str, Any]:
         started = time.perf_counter()
         try:
             texts = ctx.schema.object_texts(task.get("data") if isinstance(task, dict) else None)
@@ -150,7 +164,7 @@ class Predictor:
                 ctx, "text_too_long", f"{size} characters > max_text_chars={self.settings.max_text_chars}", started
             )
 
-        examples = ctx.pool.select(texts, self.settings.fewshot_k)
+        examples = (pool or ctx.pool).select(texts, self.settings.fewshot_k)
         key = cache_key(
             model=self.llm.model, prompt=ctx.prompt.version, config=ctx.schema.config_hash, texts=texts,
             examples=[[e.texts, e.answer] for e in examples], temperature=self.llm.temperature,
@@ -306,7 +320,7 @@ def _signature(schema: OutputSchema) -> tuple:
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
 
 
 def _ms(started: float) -> float:

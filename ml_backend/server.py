@@ -8,17 +8,27 @@ serving. Bodies are read with a size cap (413), optional HTTP basic auth guards 
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import hmac
 import logging
 import time
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any, AsyncIterator
+from typing import Any
 
 import orjson
 import redis.asyncio as aioredis
+from prelabel.label_config.guideline import GuidelineError
+from prelabel.label_config.schema import ConfigError
+from prelabel.ml_backend import metrics
+from prelabel.ml_backend.cache import PredictionCache
+from prelabel.ml_backend.fewshot import FewShotPool
+from prelabel.ml_backend.llm_client import LLMClient
+from prelabel.ml_backend.predictor import Predictor, ProjectContext
+from prelabel.ml_backend.project_examples import fetch_labeled_examples
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 from starlette.applications import Starlette
@@ -29,12 +39,6 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from prelabel import __version__
-from prelabel.label_config.guideline import GuidelineError
-from prelabel.label_config.schema import ConfigError
-from prelabel.ml_backend import metrics
-from prelabel.ml_backend.cache import PredictionCache
-from prelabel.ml_backend.llm_client import LLMClient
-from prelabel.ml_backend.predictor import Predictor
 from prelabel.redis_conn import redis_url
 from prelabel.settings import Settings, get_settings
 
@@ -74,6 +78,8 @@ class ProjectState:
     guideline: str | dict | None
     hostname: str | None
     access_token: SecretStr | None
+    pool: FewShotPool | None = None
+    human_examples: int = 0
 
 
 def project_id(raw: str | int | None) -> str | None:
@@ -156,6 +162,7 @@ class Backend:
         self.projects: dict[str, ProjectState] = {}
         self.predictor: Predictor | None = None
         self.redis: aioredis.Redis | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
 
     @asynccontextmanager
     async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
@@ -190,9 +197,41 @@ class Backend:
             return _error("setup", exc)
         pid = project_id(body.project)
         if pid is not None:
-            self.projects[pid] = ProjectState(body.schema_, guideline, body.hostname, body.access_token)
+            state = ProjectState(body.schema_, guideline, body.hostname, body.access_token)
+            self.projects[pid] = state
+            if context is not None and self.settings.fewshot_k > 0:
+                self._background(self._load_human_examples(pid, state, context))
         version = self.predictor.model_version(context) if context else self.settings.llm_model
         return JSONResponse({"model_version": version})
+
+    def _background(self, coroutine: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _load_human_examples(self, pid: str, state: ProjectState, context: ProjectContext) -> None:
+        """Add the project's human-labeled tasks to its few-shot pool (best effort, logged)."""
+        url = state.hostname or self.settings.label_studio_url
+        token = state.access_token or self.settings.label_studio_api_key
+        if not url or token is None:
+            return
+        try:
+            examples = await asyncio.to_thread(
+                fetch_labeled_examples, url, token.get_secret_value(), pid, context.schema
+            )
+        except Exception as exc:  # LS unreachable, bad token, ...: predictions go on without them
+            log.warning("project %s: could not load human-labeled examples: %s", pid, type(exc).__name__)
+            return
+        state.pool = context.pool_with(examples)
+        state.human_examples = len(examples)
+
+    async def project_info(self, request: Request) -> Response:
+        """What the backend knows about a project (no secrets): for operators and tests."""
+        state = self.projects.get(request.path_params["pid"])
+        if state is None:
+            return JSONResponse({"error": "unknown project", "reason": "unknown_project"}, status_code=404)
+        return JSONResponse({"project": request.path_params["pid"], "has_config": bool(state.label_config),
+                             "human_examples": state.human_examples})
 
     async def predict(self, request: Request) -> Response:
         started = time.perf_counter()
@@ -217,7 +256,7 @@ class Backend:
             return _error("predict", RequestError(422, "bad_config", str(exc)))
         except RequestError as exc:
             return _error("predict", exc)
-        results = await self.predictor.predict(body.tasks, context)
+        results = await self.predictor.predict(body.tasks, context, state.pool if state else None)
         metrics.PREDICT_LATENCY.observe(time.perf_counter() - started)
         return Response(orjson.dumps({"results": results, "model_version": self.predictor.model_version(context)}),
                         media_type="application/json")
@@ -260,6 +299,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             Route("/predict", backend.predict, methods=["POST"]),
             Route("/webhook", backend.webhook, methods=["POST"]),
             Route("/metrics", backend.metrics, methods=["GET"]),
+            Route("/projects/{pid}", backend.project_info, methods=["GET"]),
         ],
         middleware=middleware,
         lifespan=backend.lifespan,

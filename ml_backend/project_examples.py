@@ -1,0 +1,63 @@
+"""Few-shot examples from a project's human-labeled tasks, fetched from Label Studio.
+
+Only tasks whose latest annotation is a human one that was not cancelled count; its regions are
+turned back into an answer by each control's ``from_regions``. Predictions never count.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from label_studio_sdk.client import LabelStudio
+from prelabel.label_config.schema import OutputSchema, TaskDataError, required
+from prelabel.ml_backend.prompt import Example
+
+log = logging.getLogger(__name__)
+
+
+def answer_from_annotation(schema: OutputSchema, result: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The answer a human's annotation result stands for; None when a required control is missing."""
+    answer: dict[str, Any] = {}
+    for control in schema.fields:
+        value = control.from_regions(result)
+        if value is None:
+            if required(control):
+                return None
+            value = [] if control.tag == "Labels" else ""
+        answer[control.name] = value
+    return answer
+
+
+def human_annotation(task: dict[str, Any]) -> list[dict[str, Any]] | None:
+    """The result of the most recent non-cancelled annotation of a task, if any."""
+    annotations = [a for a in task.get("annotations") or [] if not a.get("was_cancelled")]
+    if not annotations:
+        return None
+    latest = max(annotations, key=lambda a: (a.get("updated_at") or a.get("created_at") or "", a.get("id") or 0))
+    return latest.get("result") or None
+
+
+def fetch_labeled_examples(
+    base_url: str, api_key: str, project: int | str, schema: OutputSchema, limit: int = 200
+) -> list[Example]:
+    """Up to ``limit`` examples from the project's human-labeled tasks (blocking: run in a thread)."""
+    client = LabelStudio(base_url=base_url, api_key=api_key)
+    examples: list[Example] = []
+    for task in client.tasks.list(project=int(project), fields="all", page_size=100):
+        raw = task.model_dump() if hasattr(task, "model_dump") else dict(task)
+        result = human_annotation(raw)
+        if not result:
+            continue
+        answer = answer_from_annotation(schema, result)
+        if answer is None:
+            continue
+        try:
+            texts = schema.object_texts(raw.get("data") or {})
+        except TaskDataError:
+            continue
+        examples.append(Example(texts, answer, source=f"task:{raw.get('id')}"))
+        if len(examples) >= limit:
+            break
+    log.info("project %s: %d human-labeled few-shot examples", project, len(examples))
+    return examples
