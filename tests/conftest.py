@@ -1,0 +1,120 @@
+"""Session fixtures: real Label Studio, llama.cpp server, Redis and the project's backend.
+
+Nothing starts unless a test asks for it (fixtures are lazy), and everything that starts is
+stopped at the end of the session (process groups, SIGTERM then SIGKILL), also on Ctrl-C,
+SIGTERM or a crash (``atexit`` in ``tests.harness.processes``).
+
+Fixtures
+--------
+``label_studio``    session: ``.url``, ``.api_key`` (legacy token), ``.sdk()``, ``.http()``,
+                    ``.login_session()``, ``.personal_access_token()``, ``.log_path``
+``llm_server``      session: ``.base_url`` (``http://127.0.0.1:P/v1``), ``.model``, ``.api_key``,
+                    ``.client()`` (openai.OpenAI), ``.structured_output`` ("json_object")
+``redis_server``    session: ``.url``, ``.client()``; ``redis_url``: the URL string
+``backend_factory`` session: ``start(env=..., label_studio=..., args=...)`` -> Backend
+``backend``         function: the same factory; what it started is stopped after the test
+``harness_dir``     session: directory holding every server's log and data
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+_ROOT = Path(__file__).resolve().parents[1]
+if str(_ROOT) not in sys.path:  # `tests.harness` importable however pytest is launched
+    sys.path.insert(0, str(_ROOT))
+
+from tests.harness import processes
+from tests.harness.backend import BackendFactory
+
+
+@pytest.fixture(scope="session")
+def harness_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.getbasetemp() / "harness"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+@pytest.fixture(scope="session")
+def label_studio(harness_dir: Path):
+    from tests.harness.label_studio import start_label_studio
+
+    ls = start_label_studio(harness_dir / "label-studio")
+    yield ls
+    ls.process.stop()
+
+
+@pytest.fixture(scope="session")
+def llm_server(harness_dir: Path):
+    from tests.harness.llm_server import external_llm_server, start_llm_server
+
+    external = external_llm_server()
+    if external is not None:
+        yield external
+        return
+    server = start_llm_server(harness_dir / "llm")
+    yield server
+    server.process.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_server(harness_dir: Path):
+    from tests.harness.redis_server import redis_from_env_or_start
+
+    server = redis_from_env_or_start(harness_dir / "redis")
+    yield server
+    if server.process is not None:
+        server.process.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_url(redis_server) -> str:
+    return redis_server.url
+
+
+@pytest.fixture(scope="session")
+def backend_factory(harness_dir: Path, request: pytest.FixtureRequest):
+    factory = BackendFactory(
+        workdir=harness_dir / "backends",
+        llm=lambda: request.getfixturevalue("llm_server"),
+        redis_url=lambda: request.getfixturevalue("redis_url"),
+    )
+    yield factory
+    factory.stop_all()
+
+
+@pytest.fixture()
+def backend(backend_factory: BackendFactory, request: pytest.FixtureRequest):
+    """Factory: ``backend(env={...})`` / ``backend.start(...)``; stopped after the test."""
+    mine: list = []
+
+    class _Scoped:
+        def start(self, *args, **kwargs):
+            b = backend_factory.start(*args, **kwargs)
+            mine.append(b)
+            request.node.stash.setdefault(_BACKENDS, []).append(b)
+            return b
+
+        __call__ = start
+
+    yield _Scoped()
+    backend_factory.stop_all(mine)
+
+
+_BACKENDS = pytest.StashKey[list]()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
+    report = yield
+    if report.failed:
+        for b in item.stash.get(_BACKENDS, []):
+            report.sections.append((f"{b.process.name} log ({b.log_path})", b.log_tail(80)))
+    return report
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    processes.stop_all()
