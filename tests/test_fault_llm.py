@@ -465,6 +465,9 @@ def test_script_order_stats_control_and_reset_over_http(srv: FaultServer) -> Non
             assert stats["requests"] == 6
             assert stats["served"] == {"500": 1, "429": 1, "ok": 3, "bad_label": 1}
             assert stats["in_flight_max"] == 1
+            last = (await http.get("/_last_request")).json()
+            assert last["model"] == "bench-model" and last["messages"] == _messages("q")
+            assert last["response_format"]["json_schema"]["schema"] == INTENT_SCHEMA
 
             await http.post("/_control", json={"script": ["503"]})
             r = await http.post("/_reset")
@@ -473,6 +476,7 @@ def test_script_order_stats_control_and_reset_over_http(srv: FaultServer) -> Non
 
     after = run(go())
     assert after["requests"] == 0 and after["served"] == {} and after["script_remaining"] == 0
+    assert httpx.get(f"{srv.url}/_last_request", trust_env=False).json() is None
 
 
 def test_parse_behaviour() -> None:

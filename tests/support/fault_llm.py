@@ -27,7 +27,9 @@ Endpoints
     ``choices[0].logprobs.content`` whose tokens concatenate to the content.
 ``GET /v1/models``             the one model name.
 ``POST /_control``             ``{"script": [...], "latency_ms": int}`` (either key optional).
-``GET /_stats``                ``{"requests", "served": {behaviour: n}, "in_flight", "in_flight_max", ...}``.
+``GET /_stats``                ``{"requests", "served": {behaviour: n}, "in_flight", "in_flight_max",
+                               "first_request_at", "last_answer_at" (epoch seconds), ...}``.
+``GET /_last_request``         the body of the last well-formed chat request (or ``null``).
 ``POST /_reset``               clears the stats and the script (the latency is kept).
 ``GET /health``                ``{"status": "ok"}``.
 
@@ -545,6 +547,9 @@ class FaultState:
         self.in_flight = 0
         self.in_flight_max = 0
         self.started_at = time.time()
+        self.last_request: dict[str, Any] | None = None
+        self.first_request_at: float | None = None  # wall clock (time.time()) of chat requests
+        self.last_answer_at: float | None = None
         self._stopping: asyncio.Event | None = None
 
     @property
@@ -571,6 +576,8 @@ class FaultState:
         self.served = Counter()
         self.in_flight_max = self.in_flight
         self.started_at = time.time()
+        self.last_request = None
+        self.first_request_at = self.last_answer_at = None
 
     def stats(self) -> dict[str, Any]:
         return {
@@ -580,6 +587,8 @@ class FaultState:
             "in_flight_max": self.in_flight_max,
             "script_remaining": len(self.script),
             "latency_ms": self.latency_ms,
+            "first_request_at": self.first_request_at,
+            "last_answer_at": self.last_answer_at,
         }
 
 
@@ -610,6 +619,8 @@ def create_app(state: FaultState) -> Starlette:
 
     async def chat(request: Request) -> Response:
         state.requests += 1
+        if state.first_request_at is None:
+            state.first_request_at = time.time()
         behaviour, arg = state.script.popleft() if state.script else ("ok", None)
         state.in_flight += 1
         state.in_flight_max = max(state.in_flight_max, state.in_flight)
@@ -651,6 +662,7 @@ def create_app(state: FaultState) -> Starlette:
             except (TypeError, ValueError) as exc:
                 state.served["bad_request"] += 1
                 return _error(400, f"invalid request: {exc}", "invalid_request_error", None)
+            state.last_request = body
 
             content = generate_content(body, bad_enum=(behaviour == "bad_label"))
             if behaviour == "malformed":
@@ -686,6 +698,7 @@ def create_app(state: FaultState) -> Starlette:
             return Response(_dumps(payload), media_type="application/json")
         finally:
             state.in_flight -= 1
+            state.last_answer_at = time.time()
 
     async def models(request: Request) -> Response:
         return JSONResponse(
@@ -721,6 +734,9 @@ def create_app(state: FaultState) -> Starlette:
     async def stats(request: Request) -> Response:
         return JSONResponse(state.stats())
 
+    async def last_request(request: Request) -> Response:
+        return JSONResponse(state.last_request)
+
     async def reset(request: Request) -> Response:
         state.reset()
         return JSONResponse({"ok": True, **state.stats()})
@@ -736,6 +752,7 @@ def create_app(state: FaultState) -> Starlette:
         Route("/health", health, methods=["GET"]),
         Route("/_control", control, methods=["POST"]),
         Route("/_stats", stats, methods=["GET"]),
+        Route("/_last_request", last_request, methods=["GET"]),
         Route("/_reset", reset, methods=["POST"]),
     ]
     app = Starlette(routes=routes)
