@@ -36,6 +36,7 @@ class Recorded:
     body: Any
     raw: bytes
     at: float = field(default_factory=time.time)
+    client_gone: bool = False
 
     @property
     def basic_auth(self) -> tuple[str, str] | None:
@@ -71,6 +72,8 @@ class RecordingBackend:
     def __init__(self, model_version: str = "rec-1", host: str = "127.0.0.1"):
         self.model_version = model_version
         self.predict_mode = "ok"
+        self.setup_status = 200  # answer /setup with this HTTP status
+        self.delays: dict[str, float] = {}  # path -> seconds to wait before answering
         self.make_prediction: Callable[[dict, str], dict] = default_prediction
         self.requests: list[Recorded] = []
         self._cond = threading.Condition()
@@ -171,6 +174,8 @@ class RecordingBackend:
         if method == "GET" and path == "/health":
             return 200, {"status": "UP", "model_class": "Recorder"}
         if method == "POST" and path == "/setup":
+            if self.setup_status != 200:
+                return self.setup_status, {"error": "recorder told to fail /setup"}
             return 200, {"model_version": self.model_version}
         if method == "POST" and path == "/webhook":
             return 200, {}
@@ -209,16 +214,22 @@ class RecordingBackend:
                 rec = Recorded(
                     method, path, {k.lower(): v for k, v in self.headers.items()}, body, raw
                 )
-                status, payload = recorder._answer(method, path, body)
-                data = json.dumps(payload).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-                with recorder._cond:
+                with recorder._cond:  # recorded on arrival, before the answer
                     recorder.requests.append(rec)
                     recorder._cond.notify_all()
+                delay = recorder.delays.get(path)
+                if delay:
+                    time.sleep(delay)
+                status, payload = recorder._answer(method, path, body)
+                data = json.dumps(payload).encode()
+                try:
+                    self.send_response(status)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    self.wfile.write(data)
+                except OSError:  # the caller gave up (timeout) and closed the connection
+                    rec.client_gone = True
 
             def do_GET(self):
                 self._handle("GET")
