@@ -17,8 +17,9 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from prelabel.label_config.controls import AnswerError, ControlField
 from pydantic import BaseModel, ConfigDict, field_validator, model_validator
+
+from prelabel.label_config.controls import AnswerError, ControlField
 
 
 class PatternRule(BaseModel):

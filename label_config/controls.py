@@ -318,10 +318,11 @@ class NumberField(ControlField):
 
     def json_schema(self) -> dict[str, Any]:
         schema: dict[str, Any] = {"type": "integer" if self.integer else "number"}
-        for key, json_key in (("min", "minimum"), ("max", "maximum")):
-            bound = self._bound(key)
-            if bound is not None:
-                schema[json_key] = int(bound) if self.integer else bound
+        low, high = self._bound("min"), self._bound("max")
+        if low is not None:
+            schema["minimum"] = math.ceil(low) if self.integer else low
+        if high is not None:
+            schema["maximum"] = math.floor(high) if self.integer else high
         return schema
 
     def describe(self) -> str:
@@ -333,8 +334,14 @@ class NumberField(ControlField):
         return f'"{self.name}": {kind}{bounds}'
 
     def to_regions(self, value: Any, text: str) -> list[dict[str, Any]]:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise AnswerError(self.name, "schema", f"expected a number, got {value!r}")
+        try:
+            finite = math.isfinite(value)
+        except OverflowError:  # a JSON integer too large for a float
+            raise AnswerError(self.name, "out_of_range", f"{value} is far outside any range") from None
+        if not finite:
+            raise AnswerError(self.name, "schema", f"expected a finite number, got {value!r}")
         if self.integer and not float(value).is_integer():
             raise AnswerError(self.name, "schema", f"expected an integer, got {value!r}")
         low, high = self._bound("min"), self._bound("max")

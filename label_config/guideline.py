@@ -22,14 +22,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
 from prelabel.label_config.constraints import Constraint
 from prelabel.label_config.schema import OutputSchema
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 TEMPLATES_PACKAGE = "prelabel.label_config"
 
@@ -119,8 +121,24 @@ def template_path(name: str, suffix: str) -> Path:
     return path
 
 
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+
+
+def named_guideline_path(name: str, guidelines_dir: Path | None = None) -> Path:
+    """Path of a guideline known by name: ``<guidelines_dir>/<name>.yaml``, else a shipped one.
+
+    Names are what requests (``/setup`` extra params, ``/predict`` params) may use: they can
+    never point outside those folders.
+    """
+    if not isinstance(name, str) or not _NAME.fullmatch(name) or ".." in name:
+        raise GuidelineError(f"guideline name {name!r} is not a plain name")
+    if guidelines_dir is not None and (Path(guidelines_dir) / f"{name}.yaml").is_file():
+        return Path(guidelines_dir) / f"{name}.yaml"
+    return template_path(name, ".yaml")
+
+
 def load_guideline(ref: str | Path) -> Guideline:
-    """Load a guideline by shipped template name or file path."""
+    """Load a guideline by shipped template name or file path (trusted callers: CLI, settings)."""
     path = Path(ref)
     if not path.suffix and not path.exists():
         path = template_path(str(ref), ".yaml")

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from label_studio_sdk.label_interface import LabelInterface
+
 from prelabel.label_config.controls import (
     FIELD_TYPES,
     ChoicesField,

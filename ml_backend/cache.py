@@ -14,6 +14,7 @@ from typing import Any
 
 import orjson
 import redis.asyncio as aioredis
+
 from prelabel.ml_backend import metrics
 
 CACHE_FORMAT = "v1"

@@ -12,10 +12,11 @@ import json
 from pathlib import Path
 
 import numpy as np
+from sklearn.feature_extraction.text import TfidfVectorizer
+
 from prelabel.label_config.guideline import Guideline
 from prelabel.label_config.schema import OutputSchema
 from prelabel.ml_backend.prompt import Example
-from sklearn.feature_extraction.text import TfidfVectorizer
 
 
 def _joined(texts: dict[str, str]) -> str:
@@ -38,13 +39,15 @@ class FewShotPool:
         """The ``k`` examples most similar to ``texts``, most similar last (closest to the task)."""
         if k <= 0 or not self.examples:
             return []
-        if self._vectorizer is None or len(self.examples) <= k:
-            return list(self.examples[:k])
-        query = self._vectorizer.transform([_joined(texts)])
-        similarity = (self._matrix @ query.T).toarray().ravel()
-        # Stable order: highest similarity, then pool order; exclude the task itself.
-        order = np.lexsort((np.arange(len(similarity)), -similarity))
-        chosen = [self.examples[i] for i in order if _joined(self.examples[i].texts) != _joined(texts)][:k]
+        query_text = _joined(texts)
+        if self._vectorizer is None:
+            order = np.arange(len(self.examples))
+        else:
+            similarity = (self._matrix @ self._vectorizer.transform([query_text]).T).toarray().ravel()
+            # Stable order: highest similarity first, then pool order.
+            order = np.lexsort((np.arange(len(similarity)), -similarity))
+        # Never show a task its own answer.
+        chosen = [self.examples[i] for i in order if _joined(self.examples[i].texts) != query_text][:k]
         return list(reversed(chosen))
 
 

@@ -21,9 +21,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import openai
-from prelabel.ml_backend import metrics
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
 
+from prelabel.logs import redact
+from prelabel.ml_backend import metrics
 from prelabel.settings import Settings, StructuredOutput
 
 log = logging.getLogger(__name__)
@@ -100,6 +101,7 @@ class LLMClient:
         self.max_wait = settings.llm_retry_max_wait
         self._semaphore = asyncio.Semaphore(settings.llm_concurrency)
         keys = [k.get_secret_value() for k in settings.llm_api_keys]
+        self._secrets = settings.secret_values()
         self._endpoints = [
             _Endpoint(
                 label=_endpoint_label(url),
@@ -160,7 +162,7 @@ class LLMClient:
                 if self._step_down(endpoint, sent, exc):
                     continue
                 metrics.LLM_REQUESTS.labels("bad_request").inc()
-                raise LLMError("bad_request", f"{endpoint.label} rejected the request: {_short(exc)}") from None
+                raise LLMError("bad_request", f"{endpoint.label} rejected the request: {self._describe(exc)}") from None
             except openai.RateLimitError as exc:
                 raise self._retryable("rate_limited", endpoint, exc, _retry_after(exc.response)) from None
             except openai.InternalServerError as exc:
@@ -170,7 +172,7 @@ class LLMClient:
                 raise self._retryable("server_error", endpoint, exc, _retry_after(exc.response)) from None
             except openai.APIStatusError as exc:
                 metrics.LLM_REQUESTS.labels("bad_request").inc()
-                raise LLMError("bad_request", f"{endpoint.label}: HTTP {exc.status_code}: {_short(exc)}") from None
+                raise LLMError("bad_request", f"{endpoint.label}: HTTP {exc.status_code}: {self._describe(exc)}") from None
             except (openai.APITimeoutError, TimeoutError) as exc:
                 raise self._retryable("timeout", endpoint, exc) from None
             except openai.APIConnectionError as exc:
@@ -219,15 +221,19 @@ class LLMClient:
             return False
         log.warning(
             "LLM endpoint %s rejected a request (%s); now using structured_output=%s logprobs=%s",
-            endpoint.label, _short(exc), endpoint.mode, endpoint.logprobs,
+            endpoint.label, self._describe(exc), endpoint.mode, endpoint.logprobs,
         )
         return True
+
+    def _describe(self, exc: Exception) -> str:
+        """An upstream error's text, shortened, with our secrets removed (servers echo keys)."""
+        return _short(redact(str(exc), self._secrets))
 
     def _retryable(
         self, kind: str, endpoint: _Endpoint, exc: Exception, retry_after: float | None = None
     ) -> _Retryable:
         metrics.LLM_REQUESTS.labels(kind).inc()
-        return _Retryable(kind, f"{endpoint.label}: {kind}: {_short(exc)}", retry_after)
+        return _Retryable(kind, f"{endpoint.label}: {kind}: {self._describe(exc)}", retry_after)
 
     def _completion(self, endpoint: _Endpoint, response: Any) -> Completion:
         choices = getattr(response, "choices", None) or []
@@ -283,6 +289,6 @@ def _rejects_shape(exc: Exception) -> bool:
     return any(word in text for word in ("response_format", "json_schema", "logprobs"))
 
 
-def _short(exc: Exception, limit: int = 200) -> str:
-    text = str(exc).replace("\n", " ")
+def _short(text: str, limit: int = 200) -> str:
+    text = text.replace("\n", " ")
     return text if len(text) <= limit else text[:limit] + "..."

@@ -9,10 +9,12 @@ status with the reason; an LLM outage gives ``error``. Neither is cached.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from prelabel.label_config.controls import AnswerError
@@ -21,6 +23,8 @@ from prelabel.label_config.guideline import (
     GuidelineError,
     default_guideline,
     load_guideline,
+    named_guideline_path,
+    parse_guideline,
     shipped_templates,
     template_path,
 )
@@ -44,7 +48,6 @@ from prelabel.ml_backend.validation import (
     feedback,
     parse_answer,
 )
-
 from prelabel.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -89,16 +92,29 @@ class Predictor:
         self._template_signatures: dict[tuple, str] | None = None
 
     # --- project context -----------------------------------------------------------------
-    def context(self, label_config: str, guideline: str | dict | None = None) -> ProjectContext:
-        """Build (or reuse) the schema, guideline, prompt and few-shot pool of a config."""
-        ref = guideline if isinstance(guideline, str) or guideline is None else repr(sorted(guideline.items()))
+    def context(
+        self, label_config: str, guideline: str | dict | None = None, *, allow_path: bool = False
+    ) -> ProjectContext:
+        """Build (or reuse) the schema, guideline, prompt and few-shot pool of a config.
+
+        ``guideline`` is a name (shipped or in ``guidelines_dir``) or an inline mapping; a file
+        path is accepted only with ``allow_path`` (the CLI), never from an HTTP request.
+        """
+        source: Path | dict | None
+        if guideline is None or isinstance(guideline, dict):
+            source = guideline
+        elif isinstance(guideline, str):
+            trusted_file = allow_path and Path(guideline).is_file()
+            source = Path(guideline) if trusted_file else named_guideline_path(guideline, self.settings.guidelines_dir)
+        else:
+            raise GuidelineError(f"guideline must be a name or a mapping, not {type(guideline).__name__}")
         schema = build_schema(label_config, self.settings.span_occurrence)
-        key = (schema.config_hash, ref)
+        key = (schema.config_hash, json.dumps(source, sort_keys=True) if isinstance(source, dict) else str(source))
         if key not in self._contexts:
-            self._contexts[key] = self._build_context(schema, guideline)
+            self._contexts[key] = self._build_context(schema, source)
         return self._contexts[key]
 
-    def _build_context(self, schema: OutputSchema, guideline_ref: str | dict | None) -> ProjectContext:
+    def _build_context(self, schema: OutputSchema, guideline_ref: Path | dict | None) -> ProjectContext:
         for item in unsupported_once(schema):
             metrics.UNSUPPORTED_CONTROLS.labels(item.tag).inc()
         guideline, name = self._resolve_guideline(schema, guideline_ref)
@@ -112,15 +128,13 @@ class Predictor:
             examples += file_examples(self.settings.fewshot_file, schema)
         return ProjectContext(schema, guideline, name, Prompt(schema, guideline), FewShotPool(examples))
 
-    def _resolve_guideline(self, schema: OutputSchema, ref: str | dict | None) -> tuple[Guideline, str]:
-        from prelabel.label_config.guideline import parse_guideline
-
+    def _resolve_guideline(self, schema: OutputSchema, ref: Path | dict | None) -> tuple[Guideline, str]:
         if isinstance(ref, dict):
-            return parse_guideline(ref, "<request>"), ref.get("name", "inline")
-        ref = ref or self.settings.guideline
-        if ref:
-            guideline = load_guideline(ref)
-            return guideline, guideline.name
+            return parse_guideline(ref, "<request>"), str(ref.get("name", "inline"))
+        if ref is not None:
+            return load_guideline(ref), ref.stem
+        if self.settings.guideline:
+            return load_guideline(self.settings.guideline), self.settings.guideline
         template = self._matching_template(schema)
         if template:
             return load_guideline(template), template

@@ -10,6 +10,7 @@ import logging
 from typing import Any
 
 from label_studio_sdk.client import LabelStudio
+
 from prelabel.label_config.schema import OutputSchema, TaskDataError, required
 from prelabel.ml_backend.prompt import Example
 

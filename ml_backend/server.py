@@ -21,14 +21,6 @@ from typing import Any
 
 import orjson
 import redis.asyncio as aioredis
-from prelabel.label_config.guideline import GuidelineError
-from prelabel.label_config.schema import ConfigError
-from prelabel.ml_backend import metrics
-from prelabel.ml_backend.cache import PredictionCache
-from prelabel.ml_backend.fewshot import FewShotPool
-from prelabel.ml_backend.llm_client import LLMClient
-from prelabel.ml_backend.predictor import Predictor, ProjectContext
-from prelabel.ml_backend.project_examples import fetch_labeled_examples
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 from starlette.applications import Starlette
@@ -39,6 +31,14 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from prelabel import __version__
+from prelabel.label_config.guideline import GuidelineError
+from prelabel.label_config.schema import ConfigError
+from prelabel.ml_backend import metrics
+from prelabel.ml_backend.cache import PredictionCache
+from prelabel.ml_backend.fewshot import FewShotPool
+from prelabel.ml_backend.llm_client import LLMClient
+from prelabel.ml_backend.predictor import Predictor, ProjectContext
+from prelabel.ml_backend.project_examples import fetch_labeled_examples
 from prelabel.redis_conn import redis_url
 from prelabel.settings import Settings, get_settings
 
@@ -148,6 +148,18 @@ async def read_json(request: Request, limit: int) -> Any:
         raise RequestError(400, "invalid_json", f"body is not valid JSON: {exc}") from None
 
 
+REJECTED = (RequestError, ValidationError, ConfigError, GuidelineError)
+
+
+def _rejection(exc: Exception) -> RequestError:
+    """The client error a request-handling failure stands for."""
+    if isinstance(exc, RequestError):
+        return exc
+    if isinstance(exc, ValidationError):
+        return RequestError(422, "bad_body", _pydantic_message(exc))
+    return RequestError(422, "bad_config", str(exc))
+
+
 def _error(endpoint: str, exc: RequestError) -> JSONResponse:
     metrics.BAD_REQUESTS.labels(endpoint, exc.reason).inc()
     log.info("%s rejected (%s): %s", endpoint, exc.reason, exc.message)
@@ -189,12 +201,8 @@ class Backend:
             guideline = extra.get("guideline")
             assert self.predictor is not None
             context = self.predictor.context(body.schema_, guideline) if body.schema_ else None
-        except ValidationError as exc:
-            return _error("setup", RequestError(422, "bad_body", _pydantic_message(exc)))
-        except (ConfigError, GuidelineError) as exc:
-            return _error("setup", RequestError(422, "bad_config", str(exc)))
-        except RequestError as exc:
-            return _error("setup", exc)
+        except REJECTED as exc:
+            return _error("setup", _rejection(exc))
         pid = project_id(body.project)
         if pid is not None:
             state = ProjectState(body.schema_, guideline, body.hostname, body.access_token)
@@ -250,12 +258,8 @@ class Backend:
             guideline = (body.params or {}).get("guideline") or (state.guideline if state else None)
             assert self.predictor is not None
             context = self.predictor.context(config, guideline)
-        except ValidationError as exc:
-            return _error("predict", RequestError(422, "bad_body", _pydantic_message(exc)))
-        except (ConfigError, GuidelineError) as exc:
-            return _error("predict", RequestError(422, "bad_config", str(exc)))
-        except RequestError as exc:
-            return _error("predict", exc)
+        except REJECTED as exc:
+            return _error("predict", _rejection(exc))
         results = await self.predictor.predict(body.tasks, context, state.pool if state else None)
         metrics.PREDICT_LATENCY.observe(time.perf_counter() - started)
         return Response(orjson.dumps({"results": results, "model_version": self.predictor.model_version(context)}),

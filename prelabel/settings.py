@@ -72,6 +72,9 @@ class Settings(BaseSettings):
     guideline: str | None = Field(
         None, description="Guideline for projects without one: template name or YAML path."
     )
+    guidelines_dir: Path | None = Field(
+        None, description="Folder of <name>.yaml guidelines that requests may name (besides shipped ones)."
+    )
     fewshot_file: Path | None = Field(None, description="JSONL of extra few-shot examples.")
     fewshot_k: int = Field(3, ge=0, description="Few-shot examples per prompt.")
     span_occurrence: SpanOccurrence = Field(

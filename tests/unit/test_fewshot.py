@@ -61,21 +61,11 @@ def test_k_at_least_the_pool_returns_every_example(k):
     assert sorted(texts_of(chosen)) == sorted(QUERIES)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: FewShotPool.select returns the pool unranked and unfiltered when k >= len(pool) "
-    "(also for a 1-example pool), so the most similar is not last",
-)
 def test_k_larger_than_pool_still_ranks_most_similar_last():
     chosen = pool().select({"text": "cheap flights to paris"}, len(QUERIES) + 1)
     assert chosen[-1].texts["text"] == "cheap flights to rome"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: FewShotPool.select skips the identical-text exclusion when k >= len(pool): a labeled "
-    "task is shown its own answer as a few-shot example",
-)
 @pytest.mark.parametrize("texts", [QUERIES, QUERIES[:1]], ids=["k-above-pool", "single-example-pool"])
 def test_k_larger_than_pool_still_excludes_the_task_itself(texts):
     chosen = pool(texts).select({"text": texts[0]}, len(texts) + 3)
