@@ -52,6 +52,9 @@ from prelabel.settings import Settings
 
 log = logging.getLogger(__name__)
 
+# The provenance fields every region carries into Label Studio.
+REGION_PROVENANCE = ("model", "prompt_version", "guideline_hash", "config_hash", "time", "cached", "score_source")
+
 
 @dataclass
 class ProjectContext:
@@ -188,6 +191,8 @@ class Predictor:
             cached = await self.cache.get(key)
             if cached is not None:
                 cached["meta"]["provenance"].update(cached=True, time=_now(), latency_ms=_ms(started))
+                for region in cached["result"]:
+                    region["prelabel"].update(cached=True, time=cached["meta"]["provenance"]["time"])
                 metrics.TASKS.labels(cached["meta"]["status"], "hit").inc()
                 return cached
 
@@ -266,25 +271,35 @@ class Predictor:
         self, ctx: ProjectContext, regions: list[dict[str, Any]], score: float, status: str,
         errors: dict[str, str], started: float, provenance: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
+        """A Label Studio prediction.
+
+        Label Studio stores only ``result``, ``score`` and ``model_version`` of a prediction
+        (other keys are dropped) but keeps extra keys inside regions verbatim. So each region
+        carries a compact ``prelabel`` provenance record, and a task that is not fully labeled
+        shows it in ``model_version`` (``…#needs_human`` / ``…#error``), which the Data Manager
+        can filter on. ``meta`` holds everything, for API and CLI callers.
+        """
+        record = {
+            "model": self.llm.model,
+            "prompt_version": ctx.prompt.version,
+            "guideline": ctx.guideline_name,
+            "guideline_hash": ctx.guideline.hash,
+            "config_hash": ctx.schema.config_hash,
+            "time": _now(),
+            "cached": False,
+            "latency_ms": _ms(started),
+            **(provenance or {}),
+        }
+        stamp = {key: record.get(key) for key in REGION_PROVENANCE} | {"status": status}
         return {
-            "result": regions,
+            "result": [{**region, "prelabel": stamp} for region in regions],
             "score": round(score, 6),
-            "model_version": self.model_version(ctx),
+            "model_version": self.model_version(ctx) + ("" if status == "ok" else f"#{status}"),
             "meta": {
                 "status": status,
                 "errors": errors,
                 "skipped_controls": [f"{u.tag}:{u.name}" for u in ctx.schema.unsupported],
-                "provenance": {
-                    "model": self.llm.model,
-                    "prompt_version": ctx.prompt.version,
-                    "guideline": ctx.guideline_name,
-                    "guideline_hash": ctx.guideline.hash,
-                    "config_hash": ctx.schema.config_hash,
-                    "time": _now(),
-                    "cached": False,
-                    "latency_ms": _ms(started),
-                    **(provenance or {}),
-                },
+                "provenance": record,
             },
         }
 

@@ -103,11 +103,18 @@ def test_predictions_stored_in_label_studio_are_valid(case: str, label_studio, l
             data = prediction.model_dump()
             assert 0.0 <= data["score"] <= 1.0
             assert data["model_version"], "model_version must be set"
-            model_versions.add(data["model_version"])
+            base_version, _, status = data["model_version"].partition("#")
+            assert status in ("", "needs_human", "error")
+            model_versions.add(base_version)
             text = tasks[data["task"]].data["text"]
             for region in data["result"]:
                 assert region["from_name"] != "boxes", "an unsupported control must never be filled"
-                assert not _region_problems(interface, region, text), (region, text)
+                problems = _region_problems(interface, {k: v for k, v in region.items() if k != "prelabel"}, text)
+                assert not problems, (region, text)
+                # Provenance survives inside the regions stored by Label Studio.
+                stamp = region["prelabel"]
+                assert stamp["prompt_version"] in base_version and stamp["guideline_hash"] and stamp["time"]
+                assert stamp["status"] == (status or "ok")
                 filled += 1
         assert len(model_versions) == 1 and next(iter(model_versions)).startswith(ls_backend.env["PRELABEL_LLM_MODEL"])
         # Invalid answers may leave a control empty (fail closed) but the model fills most of them.
