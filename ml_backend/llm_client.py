@@ -177,7 +177,8 @@ class LLMClient:
                 raise self._retryable("timeout", endpoint, exc) from None
             except openai.APIConnectionError as exc:
                 raise self._retryable("connection_error", endpoint, exc) from None
-            except openai.APIResponseValidationError as exc:
+            except (openai.APIResponseValidationError, ValueError) as exc:
+                # ValueError: a 200 whose body is not JSON (the client's response.json() fails).
                 raise self._retryable("bad_response", endpoint, exc) from None
             return self._completion(endpoint, response)
 

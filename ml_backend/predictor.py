@@ -163,7 +163,22 @@ class Predictor:
 
         ``pool`` replaces the context's few-shot pool (a project's own, with its human labels).
         """
-        return list(await asyncio.gather(*(self.predict_task(task, context, pool) for task in tasks)))
+        return list(await asyncio.gather(*(self._predict_isolated(task, context, pool) for task in tasks)))
+
+    async def _predict_isolated(
+        self, task: Any, ctx: ProjectContext, pool: FewShotPool | None
+    ) -> dict[str, Any]:
+        """``predict_task``, but an unexpected failure costs this task only, never the batch."""
+        started = time.perf_counter()
+        try:
+            return await self.predict_task(task, ctx, pool)
+        except Exception as exc:  # a bug or an unforeseen upstream answer: fail closed, logged
+            log.exception("task %s: unexpected %s", task.get("id") if isinstance(task, dict) else "?",
+                          type(exc).__name__)
+            metrics.TASKS.labels("error", "miss").inc()
+            metrics.NEEDS_HUMAN.labels("internal_error").inc()
+            return self._prediction(ctx, [], 0.0, "error", {"task": f"internal_error: {type(exc).__name__}"},
+                                    started)
 
     async def predict_task(
         self, task: dict[str, Any], ctx: ProjectContext, pool: FewShotPool | None = None

@@ -110,7 +110,7 @@ class BasicAuthMiddleware:
             return
         supplied = dict(scope["headers"]).get(b"authorization", b"")
         if not hmac.compare_digest(_normalise_basic(supplied), self.expected):
-            metrics.BAD_REQUESTS.labels(scope.get("path", ""), "unauthorized").inc()
+            metrics.BAD_REQUESTS.labels("auth", "unauthorized").inc()
             response = JSONResponse(
                 {"error": "authentication required", "reason": "unauthorized"},
                 status_code=401,

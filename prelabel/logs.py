@@ -65,5 +65,5 @@ def configure_logging(level: str = "INFO", json_logs: bool = False, secrets: lis
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    for noisy in ("httpx", "httpx2", "httpcore", "openai"):
+    for noisy in ("httpx", "httpx2", "httpcore", "httpcore2", "openai"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))

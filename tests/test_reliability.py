@@ -243,14 +243,8 @@ def test_bad_label_then_ok(llm: FaultServer, backend: BackendClient) -> None:
     assert llm.stats()["requests"] == 2
 
 
-GARBAGE_BUG = (
-    "BUG: for an HTTP 200 whose body is not JSON, openai raises json.JSONDecodeError (a ValueError, "
-    "not an openai.APIError); LLMClient._attempt (ml_backend/llm_client.py) does not catch it and "
-    "Predictor.predict's asyncio.gather propagates it, so the whole /predict answers 500"
-)
 
 
-@pytest.mark.xfail(strict=True, reason=GARBAGE_BUG)
 def test_garbage_http_is_retried(llm: FaultServer, backend: BackendClient) -> None:
     """An HTTP 200 whose body is not JSON (a broken proxy) must be retried like a bad response,
     not crash the whole /predict request."""
@@ -266,7 +260,6 @@ def test_garbage_http_is_retried(llm: FaultServer, backend: BackendClient) -> No
             + delta(before, after, LLM_REQUESTS, outcome="server_error")) == 1
 
 
-@pytest.mark.xfail(strict=True, reason=GARBAGE_BUG)
 def test_garbage_http_only_gives_error_for_that_task(llm: FaultServer, backend: BackendClient) -> None:
     llm.set_script(["ok"] + ["garbage_http"] * 4)
     first, second = task("garbage neighbour ok"), task("garbage forever")
