@@ -89,6 +89,17 @@ def make_tasks(phase: str, n: int, nonce: str, start_id: int = 1) -> list[dict[s
     return tasks
 
 
+def labelling(prediction: dict[str, Any]) -> tuple[Any, ...]:
+    """What a prediction says about the task (regions and scores), without provenance such as
+    timestamps or the ``cached`` flag."""
+    keys = ("from_name", "to_name", "type", "value", "score")
+    regions = tuple(
+        tuple((k, json.dumps(region.get(k), sort_keys=True)) for k in keys)
+        for region in prediction.get("result") or []
+    )
+    return regions, prediction.get("score"), prediction.get("model_version")
+
+
 def predict_body(tasks: list[dict[str, Any]]) -> dict[str, Any]:
     return {"tasks": tasks, "label_config": LABEL_CONFIG, "project": PROJECT}
 
@@ -419,9 +430,12 @@ class Bench:
         }
         if r.status_code != 200:
             time.sleep(0.5)  # let the backend's log reach the file
+            tail = self.backend.tail(60)
+            cause = next((ln.strip() for ln in reversed(tail.splitlines()) if ln.strip()), "")
             raise RuntimeError(
-                f"/predict ({phase}) answered HTTP {r.status_code}: "
-                f"{r.text[:500]}\nbackend log:\n{self.backend.tail()}"
+                f"/predict ({phase}) answered HTTP {r.status_code}: {r.text[:300]}"
+                + (f" [backend log: {cause[:300]}]" if cause else "")
+                + f"\nbackend log:\n{tail}"
             )
         out = r.json()
         check = self.check_results(tasks, out)
@@ -446,6 +460,7 @@ class Bench:
             raise RuntimeError(f"expected {len(tasks)} results, got {n}")
         labelled = in_set = cached = 0
         statuses: dict[str, int] = {}
+        reasons: dict[str, int] = {}
         for res in results:
             if (
                 not isinstance(res, dict)
@@ -457,6 +472,9 @@ class Bench:
             meta = res.get("meta") or {}
             status = meta.get("status", "?")
             statuses[status] = statuses.get(status, 0) + 1
+            for msg in (meta.get("errors") or {}).values():
+                key = str(msg)[:160]
+                reasons[key] = reasons.get(key, 0) + 1
             if (meta.get("provenance") or {}).get("cached"):
                 cached += 1
             if res["result"]:
@@ -474,6 +492,8 @@ class Bench:
             "labels_in_set": in_set,
             "cached": cached,
             "status": statuses,
+            "all_ok": in_set == len(results) and statuses.get("ok", 0) == len(results),
+            "top_errors": dict(sorted(reasons.items(), key=lambda kv: -kv[1])[:3]),
         }
 
     def machine_cpu(self) -> dict[str, float]:
@@ -596,11 +616,12 @@ class Bench:
         stats = self.fault_stats()
         ideal = a.concurrency / lat
         tps = n / t_a
-        self.tasks_a, self.results_a = tasks, [r["result"] for r in info["response"]["results"]]
+        self.tasks_a = tasks
+        self.results_a = [labelling(r) for r in info["response"]["results"]]
         # reference: the same LLM calls straight from an openai client, same latency/concurrency
         self.sampler.set_phase("a-direct")
         direct = self.direct_fault_time(stats["requests"], a.concurrency)
-        direct_tps = n / direct["wall_s"]
+        direct_tps = stats["requests"] / direct["wall_s"]  # LLM calls/s (= tasks/s when 1:1)
         self.results["a_concurrent"] = {
             "tasks": n,
             "latency_ms": a.latency_ms,
@@ -625,7 +646,7 @@ class Bench:
         self.http.post(f"{self.fault_url}/_reset")
         t_d, info = self.predict(self.tasks_a, "d")
         stats = self.fault_stats()
-        same = self.results_a == [r["result"] for r in info["response"]["results"]]
+        same = self.results_a == [labelling(r) for r in info["response"]["results"]]
         hit_ms = 1000 * t_d / n
         miss_ms = 1000 * self.results["a_concurrent"]["wall_s"] / n
         self.results["d_cache"] = {
@@ -738,15 +759,28 @@ def llm_window(info: dict[str, Any], stats: dict[str, Any], n: int) -> dict[str,
 def verdicts(r: dict[str, Any], args: argparse.Namespace) -> dict[str, bool | None]:
     """PASS (True) / FAIL (False) per target; a phase that failed fails all its checks."""
     checks: dict[str, tuple[str, Any]] = {
-        "a_throughput_ge_90pct_ideal": ("a_concurrent", lambda a: a["pct_of_ideal"] >= 90),
-        "a_all_labelled": ("a_concurrent", lambda a: a["check"]["labels_in_set"] == a["tasks"]),
+        "a_throughput_ge_90pct_ideal": (
+            "a_concurrent",
+            lambda a: a["pct_of_ideal"] >= 90 and a["check"]["all_ok"],
+        ),
+        "a_all_labelled": ("a_concurrent", lambda a: a["check"]["all_ok"]),
         "a_in_flight_le_concurrency": (
             "a_concurrent",
             lambda a: a["llm_in_flight_max"] <= args.concurrency,
         ),
         "b_in_flight_is_1": ("b_sequential", lambda b: b["llm_in_flight_max"] == 1),
-        "c_net_overhead_lt_2ms": ("c_overhead", lambda c: c["net_overhead_ms_per_task"] < 2.0),
-        "d_cache_ratio_ge_50x": ("d_cache", lambda d: d["ratio"] >= 50),
+        "b_all_labelled": ("b_sequential", lambda b: b["check"]["all_ok"]),
+        "c_all_labelled": ("c_overhead", lambda c: c["check"]["all_ok"]),
+        "c_net_overhead_lt_2ms": (
+            "c_overhead",
+            lambda c: c["net_overhead_ms_per_task"] < 2.0 and c["check"]["all_ok"],
+        ),
+        "d_cache_ratio_ge_50x": (
+            "d_cache",
+            lambda d: (
+                d["ratio"] >= 50 and d["check"]["all_ok"] and d["check"]["cached"] == d["tasks"]
+            ),
+        ),
         "d_no_llm_calls_on_hits": ("d_cache", lambda d: d["llm_requests_during_hits"] == 0),
         "d_same_results": ("d_cache", lambda d: d["same_results"]),
         "e_peak_rss_lt_500mb": ("e_memory", lambda e: e["peak_rss_mb"] < RSS_LIMIT_MB),
@@ -762,7 +796,21 @@ def print_table(r: dict[str, Any], v: dict[str, bool | None]) -> None:
     def mark(key: str) -> str:
         return {True: "PASS", False: "FAIL", None: "n/a"}[v[key]]
 
-    sections: list[tuple[str, str, str, Any]] = []  # (letter, key, title, rows(fig) -> list)
+    def status_rows(fig: dict[str, Any], verdict: str | None = None) -> list[tuple[str, ...]]:
+        check = fig["check"]
+        status = ", ".join(f"{k} {v}" for k, v in sorted(check["status"].items()))
+        rows = [
+            (
+                "task status (meta.status)",
+                status,
+                f"ok {fig['tasks']}",
+                mark(verdict) if verdict else "",
+            )
+        ]
+        rows += [
+            (f"  {n} x error", msg[:110], "", "") for msg, n in check.get("top_errors", {}).items()
+        ]
+        return rows
 
     def a_rows(a: dict[str, Any]) -> list[tuple[str, str, str, str]]:
         return [
@@ -780,7 +828,7 @@ def print_table(r: dict[str, Any], v: dict[str, bool | None]) -> None:
             (
                 "  reference: same calls from a bare openai client (no backend)",
                 (
-                    f"{a['direct_openai_client_tasks_per_s']:.1f} tasks/s = "
+                    f"{a['direct_openai_client_tasks_per_s']:.1f} calls/s = "
                     f"{a['direct_openai_client_pct_of_ideal']}% of ideal"
                 ),
                 "",
@@ -810,6 +858,7 @@ def print_table(r: dict[str, Any], v: dict[str, bool | None]) -> None:
                 "all",
                 mark("a_all_labelled"),
             ),
+            *status_rows(a),
         ]
 
     def b_rows(b: dict[str, Any]) -> list[tuple[str, str, str, str]]:
@@ -822,6 +871,7 @@ def print_table(r: dict[str, Any], v: dict[str, bool | None]) -> None:
                 "",
             ),
             ("max LLM calls in flight", str(b["llm_in_flight_max"]), "1", mark("b_in_flight_is_1")),
+            *status_rows(b, "b_all_labelled"),
             (
                 "speed-up concurrent / sequential",
                 f"{speedup}x" if speedup else "n/a (no a)",
@@ -833,6 +883,7 @@ def print_table(r: dict[str, Any], v: dict[str, bool | None]) -> None:
     def c_rows(c: dict[str, Any]) -> list[tuple[str, str, str, str]]:
         return [
             ("LLM calls", str(c["llm_requests"]), "", ""),
+            *status_rows(c, "c_all_labelled"),
             ("backend wall time per task", f"{c['wall_ms_per_task']:.3f} ms", "", ""),
             (
                 "  split: before 1st LLM call / LLM window / after last answer",
@@ -876,6 +927,12 @@ def print_table(r: dict[str, Any], v: dict[str, bool | None]) -> None:
                 mark("d_no_llm_calls_on_hits"),
             ),
             ("same predictions as phase a", str(d["same_results"]), "True", mark("d_same_results")),
+            (
+                "served from the cache (meta.provenance.cached)",
+                f"{d['check']['cached']}/{d['tasks']}",
+                "all",
+                "",
+            ),
         ]
 
     def e_rows(e: dict[str, Any]) -> list[tuple[str, str, str, str]]:
@@ -903,7 +960,7 @@ def print_table(r: dict[str, Any], v: dict[str, bool | None]) -> None:
             title += f" ({figures['tasks']} tasks)"
         block = [(letter, title, "", "", "")]
         if "error" in figures:
-            block.append(("", "ERROR", figures["error"][:150].replace("\n", " "), "", "FAIL"))
+            block.append(("", "ERROR", figures["error"][:200].replace("\n", " "), "", "FAIL"))
         else:
             block += [("", *row) for row in rows(figures)]
         table.append(block)
