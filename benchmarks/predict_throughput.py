@@ -815,7 +815,13 @@ def print_table(r: dict[str, Any], v: dict[str, bool | None]) -> None:
     def a_rows(a: dict[str, Any]) -> list[tuple[str, str, str, str]]:
         return [
             ("wall time", f"{a['wall_s']:.2f} s", "", ""),
-            ("throughput", f"{a['tasks_per_s']:.1f} tasks/s", "", ""),
+            (
+                "throughput",
+                f"{a['tasks_per_s']:.1f} tasks/s"
+                + ("" if a["check"]["all_ok"] else " (INVALID: not every task got a label)"),
+                "",
+                "",
+            ),
             (
                 "  split: before 1st LLM call / LLM window / after last answer",
                 (
@@ -874,7 +880,12 @@ def print_table(r: dict[str, Any], v: dict[str, bool | None]) -> None:
             *status_rows(b, "b_all_labelled"),
             (
                 "speed-up concurrent / sequential",
-                f"{speedup}x" if speedup else "n/a (no a)",
+                (f"{speedup}x" if speedup else "n/a (no a)")
+                + (
+                    ""
+                    if r.get("a_concurrent", {}).get("check", {}).get("all_ok", True)
+                    else " (INVALID: phase a failed tasks)"
+                ),
                 "",
                 "",
             ),
