@@ -30,6 +30,8 @@ if str(_ROOT) not in sys.path:  # `tests.harness` importable however pytest is l
 from tests.harness import processes
 from tests.harness.backend import BackendFactory
 
+_FACTORIES: list[BackendFactory] = []
+
 
 @pytest.fixture(scope="session")
 def harness_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -82,8 +84,10 @@ def backend_factory(harness_dir: Path, request: pytest.FixtureRequest):
         llm=lambda: request.getfixturevalue("llm_server"),
         redis_url=lambda: request.getfixturevalue("redis_url"),
     )
+    _FACTORIES.append(factory)
     yield factory
     factory.stop_all()
+    _FACTORIES.remove(factory)
 
 
 @pytest.fixture()
@@ -109,9 +113,14 @@ _BACKENDS = pytest.StashKey[list]()
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
+    """A failed test that used backends gets the tail of their logs in its report."""
     report = yield
     if report.failed:
-        for b in item.stash.get(_BACKENDS, []):
+        backends = list(item.stash.get(_BACKENDS, []))
+        if "backend_factory" in getattr(item, "fixturenames", ()):
+            for factory in _FACTORIES:
+                backends += [b for b in factory.started if b not in backends]
+        for b in backends:
             report.sections.append((f"{b.process.name} log ({b.log_path})", b.log_tail(80)))
     return report
 
