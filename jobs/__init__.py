@@ -1,0 +1,1 @@
+"""Background jobs on RQ: webhook events, batch pre-annotation, second-model review."""

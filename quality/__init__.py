@@ -1,0 +1,1 @@
+"""Quality control: spot-check sampling and per-class agreement against human labels."""

@@ -1,0 +1,1 @@
+"""Active-learning priority: uncertainty, disagreement, diversity; pool-based simulation."""

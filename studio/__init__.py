@@ -1,0 +1,1 @@
+"""Talking to Label Studio: project setup from templates, connecting the backend, webhooks."""
