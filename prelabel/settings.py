@@ -93,6 +93,9 @@ class Settings(BaseSettings):
     port: int = 9090
     basic_auth_user: str | None = None
     basic_auth_password: SecretStr | None = None
+    webhook_secret: SecretStr | None = Field(
+        None, description="Shared secret Label Studio webhooks send as X-Prelabel-Secret."
+    )
     max_request_bytes: int = Field(20 * 1024 * 1024, ge=1024)
     max_tasks_per_request: int = Field(5000, ge=1)
     max_text_chars: int = Field(20_000, ge=1, description="Longer task text -> needs human.")
@@ -134,7 +137,7 @@ class Settings(BaseSettings):
     def secret_values(self) -> list[str]:
         """Every secret this configuration holds, for the log redaction filter."""
         secrets = [key.get_secret_value() for key in self.llm_api_keys]
-        for secret in (self.basic_auth_password, self.label_studio_api_key):
+        for secret in (self.basic_auth_password, self.label_studio_api_key, self.webhook_secret):
             if secret is not None:
                 secrets.append(secret.get_secret_value())
         return [s for s in secrets if s and s != "not-needed"]
