@@ -288,6 +288,17 @@ def test_concurrency_is_bounded_and_parallel(llm: FaultServer, backend: BackendC
     assert elapsed < 64 * 0.2 / 3, f"64 tasks took {elapsed:.2f}s: not concurrent"
 
 
+def test_one_request_with_more_tasks_than_redis_connections(llm: FaultServer, backend: BackendClient) -> None:
+    """Label Studio sends up to thousands of tasks in one /predict; each looks the cache up at once."""
+    tasks = [task(f"big batch {i}") for i in range(300)]
+    results = backend.predict_ok(tasks)
+    statuses = [r["meta"]["status"] for r in results]
+    assert statuses.count("ok") == 300, {s: statuses.count(s) for s in set(statuses)}
+    assert llm.stats()["requests"] == 300
+    again = backend.predict_ok(tasks)
+    assert all(r["meta"]["provenance"]["cached"] for r in again)
+
+
 def test_cache_hit_skips_llm(llm: FaultServer, backend: BackendClient) -> None:
     tasks = [task("cached one"), task("cached two")]
     first = backend.predict_ok(tasks)
