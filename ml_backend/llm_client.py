@@ -172,7 +172,8 @@ class LLMClient:
                 raise self._retryable("server_error", endpoint, exc, _retry_after(exc.response)) from None
             except openai.APIStatusError as exc:
                 metrics.LLM_REQUESTS.labels("bad_request").inc()
-                raise LLMError("bad_request", f"{endpoint.label}: HTTP {exc.status_code}: {self._describe(exc)}") from None
+                raise LLMError(
+                    "bad_request", f"{endpoint.label}: HTTP {exc.status_code}: {self._describe(exc)}") from None
             except (openai.APITimeoutError, TimeoutError) as exc:
                 raise self._retryable("timeout", endpoint, exc) from None
             except openai.APIConnectionError as exc:

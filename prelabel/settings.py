@@ -68,6 +68,30 @@ class Settings(BaseSettings):
     )
     logprobs: bool = Field(True, description="Ask for token logprobs to compute confidence.")
 
+    # --- second-model review (worker) ---------------------------------------------------
+    reviewer_base_urls: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Reviewer's OpenAI-compatible base URLs (default: the pre-annotator's).",
+    )
+    reviewer_api_keys: Annotated[list[SecretStr], NoDecode] = Field(
+        default_factory=list, description="Reviewer's API keys (default: the pre-annotator's)."
+    )
+    reviewer_model: str | None = Field(
+        None, description="Reviewer model name; must differ from the pre-annotator (model or endpoint)."
+    )
+    review_below: float | None = Field(
+        None, ge=0.0, le=1.0,
+        description="Cost cascade: review only pre-annotations whose score is under this (default: all).",
+    )
+
+    # --- background jobs (worker) ---------------------------------------------------------
+    job_retries: int = Field(3, ge=0, description="Retries of a failed job (backoff 10 s, 60 s, 5 min).")
+    job_timeout: int = Field(1800, ge=10, description="Seconds one job may run.")
+    event_dedupe_ttl: int = Field(7 * 24 * 3600, ge=60, description="Seconds a delivered event id is remembered.")
+    retrain_every: int = Field(
+        0, ge=0, description="Start the training pipeline after this many new human labels (0: never)."
+    )
+
     # --- prompts -------------------------------------------------------------------------
     guideline: str | None = Field(
         None, description="Guideline for projects without one: template name or YAML path."
@@ -113,7 +137,7 @@ class Settings(BaseSettings):
     log_json: bool = False
     log_level: str = "INFO"
 
-    @field_validator("llm_base_urls", "llm_api_keys", mode="before")
+    @field_validator("llm_base_urls", "llm_api_keys", "reviewer_base_urls", "reviewer_api_keys", mode="before")
     @classmethod
     def _csv(cls, value: object) -> object:
         return _split_csv(value)
@@ -136,11 +160,20 @@ class Settings(BaseSettings):
 
     def secret_values(self) -> list[str]:
         """Every secret this configuration holds, for the log redaction filter."""
-        secrets = [key.get_secret_value() for key in self.llm_api_keys]
+        secrets = [key.get_secret_value() for key in [*self.llm_api_keys, *self.reviewer_api_keys]]
         for secret in (self.basic_auth_password, self.label_studio_api_key, self.webhook_secret):
             if secret is not None:
                 secrets.append(secret.get_secret_value())
         return [s for s in secrets if s and s != "not-needed"]
+
+
+def reviewer_settings(settings: Settings) -> Settings:
+    """The same settings pointed at the reviewer model: the LLM client is built from these."""
+    return settings.model_copy(update={
+        "llm_base_urls": settings.reviewer_base_urls or settings.llm_base_urls,
+        "llm_api_keys": settings.reviewer_api_keys or settings.llm_api_keys,
+        "llm_model": settings.reviewer_model or settings.llm_model,
+    })
 
 
 @lru_cache(maxsize=1)

@@ -33,6 +33,7 @@ from tests.support.fault_llm import FaultServer, running_fault_server
 pytestmark = pytest.mark.timeout(120)
 
 MAX_BYTES = 16384
+WEBHOOK_SECRET = "whsec-test-7f3a"
 MAX_TASKS = 10
 MAX_CHARS = 300
 BAD = "prelabel_bad_requests_total"
@@ -61,6 +62,7 @@ def backend(fault: FaultServer, tmp_path_factory: pytest.TempPathFactory) -> Ite
         {
             "OPENAI_BASE_URL": fault.base_url,
             "PRELABEL_MAX_REQUEST_BYTES": str(MAX_BYTES),
+            "PRELABEL_WEBHOOK_SECRET": WEBHOOK_SECRET,
             "PRELABEL_MAX_TASKS_PER_REQUEST": str(MAX_TASKS),
             "PRELABEL_MAX_TEXT_CHARS": str(MAX_CHARS),
             "PRELABEL_LLM_MAX_RETRIES": "1",
@@ -314,24 +316,41 @@ def test_setup_then_predict_without_label_config(api: BackendClient) -> None:
 
 # --- /webhook -----------------------------------------------------------------------------------------
 def test_webhook(api: BackendClient) -> None:
-    before = api.metrics_text()
-    assert_rejected(api, api.post("/webhook", content=b"<xml/>"), 400, "webhook", "invalid_json", before)
-    for body in ({"project": {"id": 1}}, {"action": 5}, ["ANNOTATION_CREATED"]):
+    signed = {"X-Prelabel-Secret": WEBHOOK_SECRET}
+    event = {"action": "ANNOTATION_CREATED", "project": {"id": 7},
+             "annotation": {"id": 1, "task": 3, "result": [], "updated_at": "2026-11-24T10:00:00Z"}}
+    for headers in ({}, {"X-Prelabel-Secret": WEBHOOK_SECRET + "x"}, {"X-Prelabel-Secret": ""}):
         before = api.metrics_text()
-        assert_rejected(api, api.post("/webhook", json=body), 400, "webhook", "bad_event", before)
+        assert_rejected(api, api.post("/webhook", json=event, headers=headers), 401, "webhook", "unauthorized",
+                        before)
+    assert metric_value(api.metrics_text(), "prelabel_jobs", state="queued") == 0, "an unsigned call queued work"
 
     before = api.metrics_text()
-    response = api.post("/webhook", json={"action": "ANNOTATION_CREATED", "project": {"id": 7},
-                                          "annotation": {"id": 1, "result": []}})
+    assert_rejected(api, api.post("/webhook", content=b"<xml/>", headers=signed), 400, "webhook", "invalid_json",
+                    before)
+    for body in ({"project": {"id": 1}}, {"action": 5}, ["ANNOTATION_CREATED"],
+                 {"action": "ANNOTATION_CREATED", "project": {"id": 7}, "annotation": {"id": 1}},
+                 {"action": "TASKS_CREATED", "project": {"id": 7}, "tasks": []},
+                 {"action": "TASKS_CREATED", "project": "seven", "tasks": [{"id": 1}]}):
+        before = api.metrics_text()
+        assert_rejected(api, api.post("/webhook", json=body, headers=signed), 400, "webhook", "bad_event", before)
+
+    before = api.metrics_text()
+    response = api.post("/webhook", json=event, headers=signed)
     assert response.status_code == 200, response.text
-    assert response.json()["action"] == "ANNOTATION_CREATED"
+    assert response.json()["status"] == "queued" and response.json()["action"] == "ANNOTATION_CREATED"
+    again = api.post("/webhook", json=event, headers=signed)
+    assert again.json() == {**response.json(), "status": "duplicate"}
     after = api.metrics_text()
     assert metric_value(after, "prelabel_webhook_events_total", action="ANNOTATION_CREATED") \
         - metric_value(before, "prelabel_webhook_events_total", action="ANNOTATION_CREATED") == 1
+    assert metric_value(after, "prelabel_jobs", state="queued") == 1
+    ignored = api.post("/webhook", json={"action": "PROJECT_UPDATED", "project": {"id": 7}}, headers=signed)
+    assert ignored.status_code == 200 and ignored.json()["status"] == "ignored"
 
     before = api.metrics_text()
     big = json.dumps({"action": "X", "pad": "p" * MAX_BYTES}).encode()
-    assert_rejected(api, api.post("/webhook", content=big), 413, "webhook", "too_large", before)
+    assert_rejected(api, api.post("/webhook", content=big, headers=signed), 413, "webhook", "too_large", before)
 
 
 # --- still serving ----------------------------------------------------------------------------------

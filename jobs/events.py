@@ -1,0 +1,101 @@
+"""Label Studio webhook events: validated, reduced to what a job needs, and given a stable id.
+
+Label Studio sends a webhook once, inside the request that caused it, and never retries; but a
+project can have two webhooks to the same URL, a proxy can replay, and users re-send by hand. The
+event id is derived from the action, the objects it is about and their version, so the same
+event delivered twice maps to the same job and is done once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+# Events that start work; any other action Label Studio sends is acknowledged and ignored.
+TASKS_CREATED = "TASKS_CREATED"
+ANNOTATION_CREATED = "ANNOTATION_CREATED"
+ANNOTATION_UPDATED = "ANNOTATION_UPDATED"
+ANNOTATIONS_DELETED = "ANNOTATIONS_DELETED"
+START_TRAINING = "START_TRAINING"
+HANDLED = frozenset({TASKS_CREATED, ANNOTATION_CREATED, ANNOTATION_UPDATED, ANNOTATIONS_DELETED, START_TRAINING})
+
+# "Start training" carries nothing but the project: a second click within this window is the
+# same request; after it, a new training run.
+START_TRAINING_DEDUPE_S = 60
+
+
+class EventError(ValueError):
+    """A webhook body that cannot be a Label Studio event; answered with 400, nothing enqueued."""
+
+
+@dataclass(frozen=True)
+class Event:
+    """What a job needs from one webhook call (never the whole body: no task texts, no tokens)."""
+
+    action: str
+    project_id: int
+    key: str
+    task_ids: list[int] = field(default_factory=list)
+    annotation_ids: list[int] = field(default_factory=list)
+    label_config: str | None = None
+    dedupe_ttl: int | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Event:
+        return cls(**data)
+
+
+def parse_event(body: Any) -> Event | None:
+    """The event in a webhook body; None for actions prelabel does not act on.
+
+    Raises ``EventError`` when the body is not a well-formed event of a handled action.
+    """
+    if not isinstance(body, dict) or not isinstance(body.get("action"), str):
+        raise EventError("webhook body must be a JSON object with a string 'action'")
+    action = body["action"]
+    if action not in HANDLED:
+        return None
+    project = body.get("project")
+    pid = _int(project.get("id") if isinstance(project, dict) else project, "project id")
+    config = project.get("label_config") if isinstance(project, dict) else None
+    if action == TASKS_CREATED:
+        tasks = body.get("tasks")
+        if not isinstance(tasks, list) or not tasks:
+            raise EventError("TASKS_CREATED needs a non-empty 'tasks' list")
+        ids = sorted({_int(t.get("id") if isinstance(t, dict) else None, "task id") for t in tasks})
+        return Event(action, pid, event_key(action, pid, ids), task_ids=ids, label_config=config)
+    if action in (ANNOTATION_CREATED, ANNOTATION_UPDATED):
+        annotation = body.get("annotation")
+        if not isinstance(annotation, dict):
+            raise EventError(f"{action} needs an 'annotation' object")
+        aid = _int(annotation.get("id"), "annotation id")
+        tid = _int(annotation.get("task"), "annotation task")
+        version = annotation.get("updated_at") or _digest(annotation.get("result"))
+        return Event(action, pid, event_key(action, pid, aid, version), task_ids=[tid], annotation_ids=[aid],
+                     label_config=config)
+    if action == ANNOTATIONS_DELETED:
+        annotations = body.get("annotations")
+        if not isinstance(annotations, list) or not annotations:
+            raise EventError("ANNOTATIONS_DELETED needs a non-empty 'annotations' list")
+        ids = sorted({_int(a.get("id") if isinstance(a, dict) else None, "annotation id") for a in annotations})
+        return Event(action, pid, event_key(action, pid, ids), annotation_ids=ids, label_config=config)
+    return Event(action, pid, event_key(action, pid), label_config=config, dedupe_ttl=START_TRAINING_DEDUPE_S)
+
+
+def _int(value: Any, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise EventError(f"missing or invalid {what}: {value!r}")
+    return value
+
+
+def _digest(value: Any) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def event_key(*parts: Any) -> str:
+    return _digest(parts)

@@ -1,0 +1,274 @@
+"""The job functions the worker runs: one per webhook event, and the follow-ups they queue.
+
+TASKS_CREATED  -> pre-annotate the new tasks in the background, then review them
+ANNOTATION_*   -> remember the new human label, refresh ranking and quality, maybe retrain
+START_TRAINING -> the training pipeline (or a clear "not configured" status without it)
+
+Every function here may run more than once for the same input (retries, a crashed worker's job
+picked up again) and leaves Label Studio as if it ran once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+
+from prelabel.jobs import events as ev
+from prelabel.jobs.events import Event
+from prelabel.jobs.projects import ProjectRecord, label_studio_access, load_project
+from prelabel.jobs.queue import connection, enqueue, enqueue_once
+from prelabel.jobs.review import REVIEW_ERROR, REVIEW_PREFIX, Review, is_review, proposed_answer, review_one
+from prelabel.jobs.status import REVIEW_STATS_KEY
+from prelabel.jobs.studio import ProjectClient
+from prelabel.label_config.schema import TaskDataError
+from prelabel.ml_backend.llm_client import LLMClient
+from prelabel.ml_backend.predictor import Predictor, ProjectContext, open_predictor
+from prelabel.settings import Settings, get_settings, reviewer_settings
+
+log = logging.getLogger(__name__)
+
+NEW_LABELS_KEY = "prelabel:new_labels:{pid}"
+TRAIN_STATUS_KEY = "prelabel:train:{pid}"
+
+
+class ReviewRetry(RuntimeError):
+    """Some reviews failed for a transient reason; raising makes RQ retry the job later."""
+
+
+@dataclass
+class ProjectJob:
+    """What every job of one project needs: settings, Redis, the project record, Label Studio."""
+
+    settings: Settings
+    conn: redis.Redis
+    project_id: int
+    record: ProjectRecord
+    ls: ProjectClient
+
+    @classmethod
+    def open(cls, project_id: int, settings: Settings | None = None) -> ProjectJob:
+        settings = settings or get_settings()
+        conn = connection(settings)
+        record = load_project(conn, project_id)
+        url, token = label_studio_access(settings, record)
+        return cls(settings, conn, project_id, record, ProjectClient(url, token, project_id))
+
+    def context(self, label_config: str | None) -> ProjectContext:
+        predictor = Predictor(self.settings, llm=None, cache=None)  # type: ignore[arg-type]
+        return predictor.context(label_config or self.ls.label_config(), self.record.guideline)
+
+
+# --- entry point of every webhook job --------------------------------------------------------
+def handle_event(event_data: dict[str, Any]) -> dict[str, Any]:
+    event = Event.from_dict(event_data)
+    job = ProjectJob.open(event.project_id)
+    if event.action == ev.TASKS_CREATED:
+        return preannotate(job, event.task_ids, event.label_config)
+    if event.action in (ev.ANNOTATION_CREATED, ev.ANNOTATION_UPDATED):
+        return on_human_label(job, event.annotation_ids)
+    if event.action == ev.ANNOTATIONS_DELETED:
+        queue_refresh(job)
+        return {"refresh": "queued"}
+    return start_training(job.settings, job.conn, event.project_id)
+
+
+# --- pre-annotation ----------------------------------------------------------------------------
+def preannotate(job: ProjectJob, task_ids: list[int], label_config: str | None) -> dict[str, Any]:
+    """Pre-annotate tasks in the background (projects too big for an interactive /predict)."""
+    counts = asyncio.run(_preannotate(job, task_ids, label_config))
+    enqueue(job.conn, job.settings, review_tasks, job.project_id, task_ids, label_config,
+            job_id=f"review-{job.project_id}-{ev.event_key(task_ids)}", description=f"review {len(task_ids)} tasks")
+    return counts
+
+
+async def _preannotate(job: ProjectJob, task_ids: list[int], label_config: str | None) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    async with open_predictor(job.settings) as predictor:
+        ctx = predictor.context(label_config or await asyncio.to_thread(job.ls.label_config), job.record.guideline)
+        family = predictor.model_version(ctx)
+        step = max(1, job.settings.llm_concurrency * 2)
+        for start in range(0, len(task_ids), step):
+            chunk = task_ids[start:start + step]
+            tasks = await asyncio.gather(*(asyncio.to_thread(_task_needing, job.ls, tid, family) for tid in chunk))
+            todo = [t for t in tasks if t is not None]
+            counts["already_done"] = counts.get("already_done", 0) + len(chunk) - len(todo)
+            predictions = await predictor.predict(todo, ctx)
+            for task, prediction in zip(todo, predictions):
+                await asyncio.to_thread(job.ls.upsert_prediction, task["id"], prediction,
+                                        lambda mv: mv.startswith(family))
+                status = prediction["meta"]["status"]
+                counts[status] = counts.get(status, 0) + 1
+    log.info("project %s: pre-annotated %d tasks: %s", job.project_id, len(task_ids), counts)
+    return counts
+
+
+def _task_needing(ls: ProjectClient, task_id: int, family: str) -> dict[str, Any] | None:
+    """The task, unless it already has a complete pre-annotation of this model and prompt."""
+    done = any(p.get("model_version") == family for p in ls.predictions(task_id))
+    return None if done else ls.task(task_id)
+
+
+# --- second-model review ---------------------------------------------------------------------
+def review_tasks(project_id: int, task_ids: list[int], label_config: str | None = None) -> dict[str, int]:
+    job = ProjectJob.open(project_id)
+    counts, transient = asyncio.run(_review(job, task_ids, label_config))
+    queue_refresh(job)
+    if transient:
+        raise ReviewRetry(f"{len(transient)} review(s) failed for a transient reason: tasks {transient[:10]}")
+    return counts
+
+
+def check_reviewer(settings: Settings) -> None:
+    """The reviewer must be a different model or a different endpoint than the pre-annotator."""
+    reviewer = reviewer_settings(settings)
+    if reviewer.llm_model == settings.llm_model and reviewer.llm_base_urls == settings.llm_base_urls:
+        raise ValueError(
+            "the reviewer must differ from the pre-annotator: set PRELABEL_REVIEWER_MODEL and/or "
+            "PRELABEL_REVIEWER_BASE_URLS"
+        )
+
+
+async def _review(job: ProjectJob, task_ids: list[int], label_config: str | None) -> tuple[dict[str, int], list[int]]:
+    check_reviewer(job.settings)
+    ctx = await asyncio.to_thread(job.context, label_config)
+    llm = LLMClient(reviewer_settings(job.settings))
+    counts: dict[str, int] = {}
+    transient: list[int] = []
+    try:
+        async def one(task_id: int) -> None:
+            status = await _review_task(job, llm, ctx, task_id)
+            counts[status] = counts.get(status, 0) + 1
+            if status == REVIEW_ERROR:
+                transient.append(task_id)
+
+        await asyncio.gather(*(one(tid) for tid in task_ids))
+    finally:
+        await llm.aclose()
+    log.info("project %s: reviewed %d tasks: %s", job.project_id, len(task_ids), counts)
+    return counts, sorted(transient)
+
+
+async def _review_task(job: ProjectJob, llm: LLMClient, ctx: ProjectContext, task_id: int) -> str:
+    predictions = await asyncio.to_thread(job.ls.predictions, task_id)
+    pre = _latest(p for p in predictions if not is_review(p.get("model_version") or ""))
+    if pre is None:
+        return "no_pre_annotation"
+    family = f"{REVIEW_PREFIX}{llm.model}@{ctx.prompt.version}"
+    done = _latest(p for p in predictions if (p.get("model_version") or "").startswith(family))
+    if done is not None and _reviewed_id(done) == pre["id"] and not done["model_version"].endswith(REVIEW_ERROR):
+        return "already_reviewed"
+    threshold = job.settings.review_below
+    if threshold is not None and (pre.get("score") or 0.0) >= threshold:
+        return "skipped_confident"
+
+    task = await asyncio.to_thread(job.ls.task, task_id)
+    regions = [r for r in pre.get("result") or [] if isinstance(r, dict)]
+    if "#" in (pre.get("model_version") or "") or not regions:
+        review = Review("needs_human", "pre-annotation incomplete", model=llm.model)
+    else:
+        try:
+            texts = ctx.schema.object_texts(task.get("data") or {})
+        except TaskDataError as exc:
+            review = Review("needs_human", "task data unusable", errors=[str(exc)], model=llm.model)
+        else:
+            review = await review_one(llm, ctx, texts, proposed_answer(ctx, regions))
+    prediction = review_prediction(family, pre, review)
+    outcome = await asyncio.to_thread(job.ls.upsert_prediction, task_id, prediction,
+                                      lambda mv: mv.startswith(family))
+    await asyncio.to_thread(job.ls.set_fields, task, {"prelabel_review": review.status})
+    if outcome != "unchanged":
+        job.conn.hincrby(REVIEW_STATS_KEY, review.status, 1)
+    if review.errors:
+        log.info("task %s: review %s: %s", task_id, review.status, "; ".join(review.errors)[:300])
+    return review.status
+
+
+def review_prediction(family: str, pre: dict[str, Any], review: Review) -> dict[str, Any]:
+    """The reviewer's prediction: its correction when it rejected, else the reviewed regions.
+
+    Label Studio keeps only result/score/model_version, so the verdict travels in the
+    ``model_version`` suffix and in every region's ``prelabel.review``.
+    """
+    stamp = {"status": review.status, "verdict": review.verdict, "rationale": review.rationale,
+             "reviewed": pre["id"], "reviewed_model_version": pre.get("model_version"), "time": _now()}
+    if review.corrected is not None:
+        source = [r for regions in review.corrected.regions.values() for r in regions]
+        score = 0.5
+    else:
+        source = [{k: v for k, v in r.items() if k != "id"} for r in pre.get("result") or []]
+        score = float(pre.get("score") or 0.0) if review.status == "passed" else 0.0
+    result = [{**region, "prelabel": {**(region.get("prelabel") or {}), "review": stamp}} for region in source]
+    return {"result": result, "score": score, "model_version": f"{family}#{review.status}"}
+
+
+def _latest(predictions: Any) -> dict[str, Any] | None:
+    items = list(predictions)
+    return max(items, key=lambda p: p["id"]) if items else None
+
+
+def _reviewed_id(prediction: dict[str, Any]) -> int | None:
+    for region in prediction.get("result") or []:
+        review = (region.get("prelabel") or {}).get("review") or {}
+        if "reviewed" in review:
+            return review["reviewed"]
+    return None
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+# --- human labels: ranking, quality, retraining ------------------------------------------------
+def on_human_label(job: ProjectJob, annotation_ids: list[int]) -> dict[str, Any]:
+    key = NEW_LABELS_KEY.format(pid=job.project_id)
+    job.conn.sadd(key, *annotation_ids)  # a set: the same annotation delivered twice counts once
+    queue_refresh(job)
+    new_labels = job.conn.scard(key)
+    every = job.settings.retrain_every
+    if every and new_labels >= every:
+        job.conn.delete(key)
+        enqueue(job.conn, job.settings, start_training_job, job.project_id,
+                job_id=f"train-{job.project_id}-{int(time.time())}", description="retrain after new labels")
+        return {"new_labels": new_labels, "training": "queued"}
+    return {"new_labels": new_labels}
+
+
+def queue_refresh(job: ProjectJob) -> None:
+    enqueue_once(job.conn, job.settings, refresh_project, job.project_id,
+                 job_id=f"refresh-{job.project_id}", description="refresh ranking and quality")
+
+
+def refresh_project(project_id: int) -> dict[str, Any]:
+    """Re-rank the project's queue and recompute per-class agreement."""
+    job = ProjectJob.open(project_id)
+    try:
+        from prelabel.quality.project import refresh_quality
+        from prelabel.ranking.project import refresh_ranking
+    except ImportError as exc:  # the ranking/quality packages are optional parts of a build
+        return {"status": "not_available", "reason": str(exc)}
+    ranking = refresh_ranking(job.ls.sdk, project_id)
+    quality = refresh_quality(job.ls.sdk, project_id, job.conn)
+    return {"ranking": str(ranking), "quality": str(quality)}
+
+
+# --- training --------------------------------------------------------------------------------
+def start_training_job(project_id: int) -> dict[str, Any]:
+    settings = get_settings()
+    return start_training(settings, connection(settings), project_id)
+
+
+def start_training(settings: Settings, conn: redis.Redis, project_id: int) -> dict[str, Any]:
+    """Hand the project to the training pipeline, or record why it cannot run here."""
+    key = TRAIN_STATUS_KEY.format(pid=project_id)
+    try:
+        from prelabel.train.pipeline import run_flywheel
+    except ImportError as exc:
+        status = {"stage": "not_configured", "error": f"training pipeline not available: {exc}", "time": _now()}
+        conn.hset(key, mapping=status)
+        return status
+    return run_flywheel(project_id)

@@ -1,0 +1,90 @@
+"""Putting work on the RQ queue: one job per event, at most once per event id.
+
+Every job is retried with backoff, keeps its failure (with the reason) in RQ's failed registry,
+and is written so that running it twice changes nothing the second time (the worker that picks a
+crashed job up again re-runs it from the start).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+from rq import Queue, Retry
+from rq.job import Job, JobStatus
+
+from prelabel.jobs.events import Event
+from prelabel.redis_conn import redis_url
+from prelabel.settings import Settings
+
+QUEUE_NAME = "prelabel"
+RETRY_INTERVALS = [10, 60, 300]
+DEDUPE_PREFIX = "prelabel:event:"
+PENDING = {JobStatus.QUEUED, JobStatus.SCHEDULED, JobStatus.DEFERRED}
+
+
+def connection(settings: Settings) -> redis.Redis:
+    """A synchronous client (RQ's own protocol is synchronous)."""
+    return redis.Redis.from_url(redis_url(settings), health_check_interval=30)
+
+
+def job_queue(conn: redis.Redis) -> Queue:
+    return Queue(QUEUE_NAME, connection=conn)
+
+
+@dataclass(frozen=True)
+class Enqueued:
+    job_id: str
+    duplicate: bool
+
+
+def enqueue_event(conn: redis.Redis, settings: Settings, event: Event) -> Enqueued:
+    """Queue the job for an event unless the same event was delivered before.
+
+    The dedupe marker is set atomically (SET NX) *before* the job exists, so two deliveries
+    racing each other still create one job; if queueing fails the marker is removed again so a
+    later delivery is not lost.
+    """
+    from prelabel.jobs.handlers import handle_event
+
+    job_id = f"event-{event.action.lower()}-{event.project_id}-{event.key}"
+    ttl = event.dedupe_ttl or settings.event_dedupe_ttl
+    if not conn.set(DEDUPE_PREFIX + job_id, "1", nx=True, ex=ttl):
+        return Enqueued(job_id, duplicate=True)
+    try:
+        enqueue(conn, settings, handle_event, event.as_dict(), job_id=job_id,
+                description=f"{event.action} project {event.project_id}")
+    except Exception:
+        conn.delete(DEDUPE_PREFIX + job_id)
+        raise
+    return Enqueued(job_id, duplicate=False)
+
+
+def enqueue(
+    conn: redis.Redis, settings: Settings, func: Callable[..., Any], *args: Any, job_id: str, description: str
+) -> Job:
+    """Queue ``func(*args)`` with prelabel's retry, timeout and retention policy."""
+    retry = Retry(max=settings.job_retries, interval=RETRY_INTERVALS[: max(1, settings.job_retries)]) \
+        if settings.job_retries else None
+    return job_queue(conn).enqueue(
+        func, *args, job_id=job_id, description=description, retry=retry, job_timeout=settings.job_timeout,
+        result_ttl=24 * 3600, failure_ttl=30 * 24 * 3600,
+    )
+
+
+def enqueue_once(
+    conn: redis.Redis, settings: Settings, func: Callable[..., Any], *args: Any, job_id: str, description: str
+) -> Job | None:
+    """Queue a follow-up job unless one with this id is still waiting to run (debounce).
+
+    Used for per-project refreshes (ranking, quality) that many events ask for: while one is
+    pending, asking again adds nothing; once it ran, the next request queues a fresh one.
+    """
+    existing = Job.fetch_many([job_id], connection=conn)[0]
+    if existing is not None:
+        if existing.get_status(refresh=False) in PENDING:
+            return None
+        existing.delete()
+    return enqueue(conn, settings, func, *args, job_id=job_id, description=description)

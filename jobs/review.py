@@ -1,0 +1,134 @@
+"""Second-model review: a different model judges each pre-annotation.
+
+The reviewer sees the same guideline and input as the pre-annotator, plus the proposed answer,
+and returns a verdict, a rationale of at most 50 characters and, when it disagrees, its own
+answer. That answer goes through the same validation as any prediction: a correction that is not
+valid for the config is never written as a label (the task becomes ``needs_human``).
+
+Statuses: ``passed`` (reviewer agrees), ``rejected`` (reviewer disagrees and gave a valid
+correction), ``needs_human`` (no usable verdict or correction, or nothing to review),
+``review_error`` (the reviewer could not be reached; the job retries later).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from prelabel.label_config.answers import CheckedAnswer, check_answer
+from prelabel.label_config.controls import AnswerError
+from prelabel.ml_backend.llm_client import LLMClient, LLMError
+from prelabel.ml_backend.predictor import ProjectContext
+from prelabel.ml_backend.validation import feedback, parse_answer
+
+PASSED, REJECTED, NEEDS_HUMAN, REVIEW_ERROR = "passed", "rejected", "needs_human", "review_error"
+STATUSES = (PASSED, REJECTED, NEEDS_HUMAN, REVIEW_ERROR)
+RATIONALE_MAX = 50
+REVIEW_PREFIX = "review:"
+
+REVIEW_INSTRUCTIONS = """You are the reviewer: a second, independent annotator checking another model's \
+annotation of the input against the guideline below.
+Answer with one JSON object and nothing else:
+- "verdict": "correct" if the proposed annotation follows the guideline, else "incorrect".
+- "rationale": why, in at most 50 characters.
+- "corrected": only when the verdict is "incorrect": the right annotation, in exactly the answer \
+format the guideline's output section describes.
+
+The guideline given to the annotator:
+"""
+
+
+@dataclass
+class Review:
+    status: str
+    rationale: str = ""
+    verdict: str | None = None
+    corrected: CheckedAnswer | None = None
+    errors: list[str] = field(default_factory=list)
+    model: str | None = None
+
+
+def is_review(model_version: str) -> bool:
+    return model_version.startswith(REVIEW_PREFIX)
+
+
+def review_schema(ctx: ProjectContext) -> dict[str, Any]:
+    """JSON schema of the reviewer's answer (guided decoding where the server supports it)."""
+    return {
+        "type": "object",
+        "properties": {
+            "verdict": {"type": "string", "enum": ["correct", "incorrect"]},
+            "rationale": {"type": "string", "maxLength": RATIONALE_MAX},
+            "corrected": ctx.schema.json_schema(),
+        },
+        "required": ["verdict", "rationale"],
+        "additionalProperties": False,
+    }
+
+
+def review_messages(ctx: ProjectContext, texts: dict[str, str], proposed: dict[str, Any]) -> list[dict[str, str]]:
+    user = (
+        ctx.prompt.render_input(texts)
+        + "\n\n# Proposed annotation\n" + json.dumps(proposed, ensure_ascii=False)
+    )
+    return [
+        {"role": "system", "content": REVIEW_INSTRUCTIONS + ctx.prompt.system},
+        {"role": "user", "content": user},
+    ]
+
+
+def proposed_answer(ctx: ProjectContext, regions: list[dict[str, Any]]) -> dict[str, Any]:
+    """The pre-annotation's answer, rebuilt from its stored regions control by control."""
+    answer = {}
+    for control in ctx.schema.fields:
+        value = control.from_regions([r for r in regions if r.get("from_name") == control.name])
+        if value is not None:
+            answer[control.name] = value
+    return answer
+
+
+def judge(ctx: ProjectContext, content: str, texts: dict[str, str], proposed: dict[str, Any]) -> Review:
+    """Turn one reviewer answer into a Review; raises AnswerError when the answer is unusable."""
+    data, _ = parse_answer(content)
+    verdict = data.get("verdict")
+    if verdict not in ("correct", "incorrect"):
+        raise AnswerError("verdict", "label_not_in_set", f"verdict must be 'correct' or 'incorrect', got {verdict!r}")
+    rationale = str(data.get("rationale") or "").strip()[:RATIONALE_MAX]
+    if verdict == "correct":
+        return Review(PASSED, rationale, verdict)
+    corrected = data.get("corrected")
+    if not isinstance(corrected, dict) or not corrected:
+        raise AnswerError("corrected", "empty", "verdict is 'incorrect' but no 'corrected' annotation was given")
+    checked = check_answer(ctx.schema, ctx.guideline.constraints, corrected, texts)
+    if checked.errors:
+        first = next(iter(checked.errors.values()))
+        raise AnswerError("corrected", first.reason, "corrected: " + "; ".join(str(e) for e in checked.errors.values()))
+    if checked.answer == proposed:
+        # "Incorrect" with the very same answer is no disagreement we can act on.
+        return Review(NEEDS_HUMAN, rationale, verdict, errors=["correction equals the proposal"])
+    return Review(REJECTED, rationale, verdict, corrected=checked)
+
+
+async def review_one(
+    llm: LLMClient, ctx: ProjectContext, texts: dict[str, str], proposed: dict[str, Any]
+) -> Review:
+    """Ask the reviewer, with one corrective retry on an unusable answer (like pre-annotation)."""
+    messages = review_messages(ctx, texts, proposed)
+    errors: list[str] = []
+    for _ in range(2):
+        try:
+            completion = await llm.complete(messages, review_schema(ctx))
+        except LLMError as exc:
+            return Review(REVIEW_ERROR, errors=[f"{exc.kind}: {exc}"], model=llm.model)
+        try:
+            review = judge(ctx, completion.content, texts, proposed)
+            review.model = llm.model
+            return review
+        except AnswerError as exc:
+            errors.append(str(exc))
+            messages = messages + [
+                {"role": "assistant", "content": completion.content},
+                {"role": "user", "content": feedback([exc])},
+            ]
+    return Review(NEEDS_HUMAN, errors=errors, model=llm.model)

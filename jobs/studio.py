@@ -1,0 +1,65 @@
+"""Label Studio reads and idempotent writes for background jobs (label-studio-sdk).
+
+Jobs can run twice (a retry, a crashed worker's job picked up again), so every write is an
+upsert keyed by what it is: a prediction is matched by its ``model_version`` family, a task field
+is written only when its value changes. Running a job again never adds a second prediction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from label_studio_sdk.client import LabelStudio
+
+
+def _plain(obj: Any) -> dict[str, Any]:
+    return obj.model_dump() if hasattr(obj, "model_dump") else dict(obj)
+
+
+class ProjectClient:
+    """One Label Studio project as the jobs see it."""
+
+    def __init__(self, url: str, token: str, project_id: int, timeout: float = 30.0) -> None:
+        self.sdk = LabelStudio(base_url=url, api_key=token, timeout=timeout)
+        self.project_id = project_id
+
+    def label_config(self) -> str:
+        return _plain(self.sdk.projects.get(id=self.project_id))["label_config"]
+
+    def task(self, task_id: int) -> dict[str, Any]:
+        return _plain(self.sdk.tasks.get(id=str(task_id)))
+
+    def predictions(self, task_id: int) -> list[dict[str, Any]]:
+        return [_plain(p) for p in self.sdk.predictions.list(task=task_id)]
+
+    def upsert_prediction(
+        self, task_id: int, prediction: dict[str, Any], same_family: Callable[[str], bool]
+    ) -> str:
+        """Create the prediction, or update the task's existing one of the same family.
+
+        Returns ``created``, ``updated`` or ``unchanged``. Extra predictions of the same family
+        (left by an older version of prelabel or a race) are deleted so exactly one remains.
+        """
+        existing = [p for p in self.predictions(task_id) if same_family(p.get("model_version") or "")]
+        fields = {k: prediction[k] for k in ("result", "score", "model_version")}
+        if not existing:
+            self.sdk.predictions.create(task=task_id, **fields)
+            return "created"
+        keep, *extra = sorted(existing, key=lambda p: p["id"])
+        for duplicate in extra:
+            self.sdk.predictions.delete(id=duplicate["id"])
+        if all(keep.get(k) == v for k, v in fields.items()):
+            return "unchanged"
+        self.sdk.predictions.update(id=keep["id"], **fields)
+        return "updated"
+
+    def set_fields(self, task: dict[str, Any], fields: dict[str, Any]) -> bool:
+        """Merge ``fields`` into the task's data (Data Manager columns); True when it changed."""
+        data = dict(task.get("data") or {})
+        if all(data.get(k) == v for k, v in fields.items()):
+            return False
+        data.update(fields)
+        self.sdk.tasks.update(id=str(task["id"]), data=data)
+        task["data"] = data
+        return True

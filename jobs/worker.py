@@ -1,0 +1,107 @@
+"""``prelabel worker``: RQ workers for the prelabel queue, with crashed jobs picked up again.
+
+RQ notices a dead worker's job only after its heartbeat expires (about a minute) and its
+next maintenance run. A worker starting on the same host can tell at once that the process
+that held a job is gone, so it hands such jobs back to the queue before it starts working
+(a retry when the job has retries left, RQ's failed registry otherwise).
+
+Each worker process runs one job at a time in-process (``SimpleWorker``): the jobs are
+I/O-bound and already concurrent inside (asyncio), and killing the worker kills its job, so
+nothing runs on unseen. Scale with more processes (``--processes``) or more containers.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import socket
+
+import redis
+from rq import SimpleWorker
+from rq.executions import Execution
+from rq.registry import StartedJobRegistry
+from rq.worker import Worker
+
+from prelabel.jobs.queue import connection, job_queue
+from prelabel.redis_conn import embedded_redis_stopped_on_exit
+from prelabel.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def _alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _holder_is_dead(conn: redis.Redis, worker_name: str) -> bool:
+    worker = Worker.find_by_key(Worker.redis_worker_namespace_prefix + worker_name, connection=conn)
+    if worker is None:
+        return True  # its registration expired: no heartbeat for a while
+    return worker.hostname == socket.gethostname() and not _alive(worker.pid)
+
+
+def requeue_orphans(conn: redis.Redis) -> list[str]:
+    """Hand the jobs of workers that died mid-job back to RQ's abandoned-job handling."""
+    registry = StartedJobRegistry(queue=job_queue(conn))
+    orphans: list[str] = []
+    for job_id, execution_id in registry.get_job_and_execution_ids(cleanup=False):
+        try:
+            execution = Execution.fetch(execution_id, job_id, connection=conn)
+        except ValueError:  # execution record gone: RQ's own cleanup handles the entry
+            continue
+        if _holder_is_dead(conn, execution.worker_name):
+            conn.zadd(registry.key, {execution.composite_key: 0})  # expire it now
+            orphans.append(job_id)
+    if orphans:
+        registry.cleanup()
+        log.warning("requeued %d job(s) of dead workers: %s", len(orphans), ", ".join(orphans))
+    return orphans
+
+
+def run_worker(settings: Settings, burst: bool = False, maintenance_interval: int = 60) -> None:
+    """One worker process, until SIGTERM/Ctrl-C (warm shutdown: the current job finishes)."""
+    with embedded_redis_stopped_on_exit():
+        conn = connection(settings)
+        try:
+            requeue_orphans(conn)
+            worker = SimpleWorker([job_queue(conn)], connection=conn, maintenance_interval=maintenance_interval)
+            worker.work(burst=burst, with_scheduler=True, logging_level=settings.log_level.upper())
+        finally:
+            conn.close()
+
+
+def run_workers(settings: Settings, processes: int, burst: bool = False, maintenance_interval: int = 60) -> None:
+    """``processes`` worker processes; the first one owns the embedded Redis if there is one."""
+    if processes <= 1:
+        run_worker(settings, burst, maintenance_interval)
+        return
+    with embedded_redis_stopped_on_exit():
+        from prelabel.redis_conn import redis_url
+
+        env_url = redis_url(settings)  # start the embedded server once, share its socket
+        children = [
+            multiprocessing.get_context("spawn").Process(
+                target=run_worker, args=(settings.model_copy(update={"redis_url": env_url}), burst,
+                                         maintenance_interval),
+            )
+            for _ in range(processes)
+        ]
+        for child in children:
+            child.start()
+        try:
+            for child in children:
+                child.join()
+        finally:
+            for child in children:
+                if child.is_alive():
+                    child.terminate()
+                    child.join(10)
