@@ -20,7 +20,7 @@ from prelabel.redis_conn import redis_url
 from prelabel.settings import Settings
 
 QUEUE_NAME = "prelabel"
-RETRY_INTERVALS = [10, 60, 300]
+RETRY_FACTORS = (1, 6, 30)
 DEDUPE_PREFIX = "prelabel:event:"
 PENDING = {JobStatus.QUEUED, JobStatus.SCHEDULED, JobStatus.DEFERRED}
 
@@ -66,8 +66,8 @@ def enqueue(
     conn: redis.Redis, settings: Settings, func: Callable[..., Any], *args: Any, job_id: str, description: str
 ) -> Job:
     """Queue ``func(*args)`` with prelabel's retry, timeout and retention policy."""
-    retry = Retry(max=settings.job_retries, interval=RETRY_INTERVALS[: max(1, settings.job_retries)]) \
-        if settings.job_retries else None
+    intervals = [settings.job_retry_backoff * f for f in RETRY_FACTORS[: max(1, settings.job_retries)]]
+    retry = Retry(max=settings.job_retries, interval=intervals) if settings.job_retries else None
     return job_queue(conn).enqueue(
         func, *args, job_id=job_id, description=description, retry=retry, job_timeout=settings.job_timeout,
         result_ttl=24 * 3600, failure_ttl=30 * 24 * 3600,

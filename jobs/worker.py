@@ -16,14 +16,16 @@ import logging
 import multiprocessing
 import os
 import socket
+from pathlib import Path
 
 import redis
 from rq import SimpleWorker
 from rq.executions import Execution
 from rq.registry import StartedJobRegistry
+from rq.scheduler import SCHEDULER_KEY_TEMPLATE, RQScheduler
 from rq.worker import Worker
 
-from prelabel.jobs.queue import connection, job_queue
+from prelabel.jobs.queue import QUEUE_NAME, connection, job_queue
 from prelabel.redis_conn import embedded_redis_stopped_on_exit
 from prelabel.settings import Settings
 
@@ -31,6 +33,7 @@ log = logging.getLogger(__name__)
 
 
 def _alive(pid: int | None) -> bool:
+    """Whether a process of this host is running (a zombie, dead but not yet reaped, is not)."""
     if not pid:
         return False
     try:
@@ -39,7 +42,11 @@ def _alive(pid: int | None) -> bool:
         return False
     except PermissionError:
         return True
-    return True
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True  # no procfs: trust the signal check
+    return stat.rsplit(")", 1)[-1].split()[0] != "Z"
 
 
 def _holder_is_dead(conn: redis.Redis, worker_name: str) -> bool:
@@ -47,6 +54,31 @@ def _holder_is_dead(conn: redis.Redis, worker_name: str) -> bool:
     if worker is None:
         return True  # its registration expired: no heartbeat for a while
     return worker.hostname == socket.gethostname() and not _alive(worker.pid)
+
+
+def release_dead_scheduler_lock(conn: redis.Redis) -> bool:
+    """Free the queue's scheduler lock when the scheduler holding it died on this host.
+
+    Retries wait in RQ's scheduled registry until a scheduler moves them to the queue; a
+    killed worker's scheduler keeps its lock for about a minute, and a new worker only tries
+    to take it every two minutes, so without this retries would stall for up to three.
+    """
+    lock_key = RQScheduler.get_locking_key(QUEUE_NAME)
+    holder = conn.get(lock_key)
+    if holder is None:
+        return False
+    info = conn.hgetall(SCHEDULER_KEY_TEMPLATE % holder.decode())
+    host = (info.get(b"hostname") or b"").decode()
+    pid = int(info.get(b"pid") or 0)
+    if host == socket.gethostname() and pid and not _alive(pid):
+        # Delete only if it is still that holder's lock (a live scheduler may have taken it since).
+        if conn.eval(_DELETE_IF_EQUAL, 1, lock_key, holder):
+            log.warning("released the scheduler lock of a dead scheduler (pid %d)", pid)
+            return True
+    return False
+
+
+_DELETE_IF_EQUAL = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
 
 
 def requeue_orphans(conn: redis.Redis) -> list[str]:
@@ -73,6 +105,7 @@ def run_worker(settings: Settings, burst: bool = False, maintenance_interval: in
         conn = connection(settings)
         try:
             requeue_orphans(conn)
+            release_dead_scheduler_lock(conn)
             worker = SimpleWorker([job_queue(conn)], connection=conn, maintenance_interval=maintenance_interval)
             worker.work(burst=burst, with_scheduler=True, logging_level=settings.log_level.upper())
         finally:

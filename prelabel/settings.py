@@ -85,7 +85,8 @@ class Settings(BaseSettings):
     )
 
     # --- background jobs (worker) ---------------------------------------------------------
-    job_retries: int = Field(3, ge=0, description="Retries of a failed job (backoff 10 s, 60 s, 5 min).")
+    job_retries: int = Field(3, ge=0, description="Retries of a failed job.")
+    job_retry_backoff: int = Field(10, ge=1, description="Seconds before the 1st retry; then x6, x30.")
     job_timeout: int = Field(1800, ge=10, description="Seconds one job may run.")
     event_dedupe_ttl: int = Field(7 * 24 * 3600, ge=60, description="Seconds a delivered event id is remembered.")
     retrain_every: int = Field(
