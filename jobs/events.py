@@ -64,10 +64,7 @@ def parse_event(body: Any) -> Event | None:
     pid = _int(project.get("id") if isinstance(project, dict) else project, "project id")
     config = project.get("label_config") if isinstance(project, dict) else None
     if action == TASKS_CREATED:
-        tasks = body.get("tasks")
-        if not isinstance(tasks, list) or not tasks:
-            raise EventError("TASKS_CREATED needs a non-empty 'tasks' list")
-        ids = sorted({_int(t.get("id") if isinstance(t, dict) else None, "task id") for t in tasks})
+        ids = _ids(body, "tasks", "task id")
         return Event(action, pid, event_key(action, pid, ids), task_ids=ids, label_config=config)
     if action in (ANNOTATION_CREATED, ANNOTATION_UPDATED):
         annotation = body.get("annotation")
@@ -79,12 +76,16 @@ def parse_event(body: Any) -> Event | None:
         return Event(action, pid, event_key(action, pid, aid, version), task_ids=[tid], annotation_ids=[aid],
                      label_config=config)
     if action == ANNOTATIONS_DELETED:
-        annotations = body.get("annotations")
-        if not isinstance(annotations, list) or not annotations:
-            raise EventError("ANNOTATIONS_DELETED needs a non-empty 'annotations' list")
-        ids = sorted({_int(a.get("id") if isinstance(a, dict) else None, "annotation id") for a in annotations})
+        ids = _ids(body, "annotations", "annotation id")
         return Event(action, pid, event_key(action, pid, ids), annotation_ids=ids, label_config=config)
     return Event(action, pid, event_key(action, pid), label_config=config, dedupe_ttl=START_TRAINING_DEDUPE_S)
+
+
+def _ids(body: dict[str, Any], key: str, what: str) -> list[int]:
+    items = body.get(key)
+    if not isinstance(items, list) or not items:
+        raise EventError(f"{body['action']} needs a non-empty '{key}' list")
+    return sorted({_int(item.get("id") if isinstance(item, dict) else None, what) for item in items})
 
 
 def _int(value: Any, what: str) -> int:

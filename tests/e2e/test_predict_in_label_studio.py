@@ -9,13 +9,13 @@ these tests check wiring and validity, never accuracy.
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 from label_studio_sdk.label_interface import LabelInterface
+
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -57,16 +57,6 @@ def ls_backend(backend_factory, label_studio):
     return backend_factory.start(label_studio=label_studio, name="e2e-backend")
 
 
-def _wait(predicate, timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(1)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-
-
 def _region_problems(interface: LabelInterface, region: dict, text: str) -> list[str]:
     problems = interface.validate_region(region, return_errors=True) or []
     value = region["value"]
@@ -91,7 +81,7 @@ def test_predictions_stored_in_label_studio_are_valid(case: str, label_studio, l
         client.actions.create(
             id="retrieve_tasks_predictions", project=project.id, selected_items={"all": True, "excluded": []}
         )
-        predictions = _wait(
+        predictions = wait_for(
             lambda: (p := list(client.predictions.list(project=project.id))) and len(p) >= len(texts) and p,
             timeout=240, what=f"{len(texts)} predictions in project {project.id}",
         )
@@ -136,7 +126,7 @@ def test_human_labels_become_few_shot_examples(label_studio, ls_backend) -> None
                    "value": {"choices": ["navigational"]}}]
         client.annotations.create(id=task.id, result=result, was_cancelled=False)
         client.ml.create(project=project.id, url=ls_backend.url, title="prelabel", is_interactive=False)
-        info = _wait(
+        info = wait_for(
             lambda: (r := httpx.get(f"{ls_backend.url}/projects/{project.id}", timeout=5)).status_code == 200
             and r.json()["human_examples"] >= 1 and r.json(),
             timeout=60, what="the backend to load the human-labeled task",

@@ -11,7 +11,6 @@ import json
 import os
 import signal
 import subprocess
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +25,7 @@ from tests.harness.ports import free_port
 from tests.harness.processes import ManagedProcess, child_env
 from tests.harness.redis_server import redis_server_binary
 from tests.support.fault_llm import running_fault_server
+from tests.support.waiting import wait_for as wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -122,13 +122,7 @@ def project_state(label_studio, pid: int) -> dict[int, dict]:
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float, what: str, stack: Stack | None = None) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.5)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}\n{stack.logs() if stack else ''}")
+    return wait_until(predicate, timeout, what, context=stack.logs if stack else None)
 
 
 def all_reviewed(label_studio, pid: int, n: int, final: bool = False) -> Callable[[], dict | None]:
