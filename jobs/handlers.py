@@ -245,12 +245,10 @@ def queue_refresh(job: ProjectJob) -> None:
 
 def refresh_project(project_id: int) -> dict[str, Any]:
     """Re-rank the project's queue and recompute per-class agreement."""
+    from prelabel.quality.project import refresh_quality
+    from prelabel.ranking.project import refresh_ranking
+
     job = ProjectJob.open(project_id)
-    try:
-        from prelabel.quality.project import refresh_quality
-        from prelabel.ranking.project import refresh_ranking
-    except ImportError as exc:  # the ranking/quality packages are optional parts of a build
-        return {"status": "not_available", "reason": str(exc)}
     ranking = refresh_ranking(job.ls.sdk, project_id)
     quality = refresh_quality(job.ls.sdk, project_id, job.conn)
     return {"ranking": str(ranking), "quality": str(quality)}

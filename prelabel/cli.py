@@ -15,6 +15,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from prelabel.jobs import cli as jobs_cli
+from prelabel.quality import cli as quality_cli
+from prelabel.ranking import cli as ranking_cli
 from prelabel.redis_conn import embedded_redis_stopped_on_exit
 from prelabel.settings import Settings, get_settings
 
@@ -23,6 +25,9 @@ config_app = typer.Typer(help="Inspect labeling configs and guidelines.", no_arg
 app.add_typer(config_app, name="config")
 app.command()(jobs_cli.worker)
 app.command()(jobs_cli.jobs)
+app.command()(quality_cli.quality)
+app.command()(quality_cli.spotcheck)
+app.command("simulate-al")(ranking_cli.simulate_al)
 console = Console(stderr=True)
 
 

@@ -187,7 +187,18 @@ def test_import_annotate_review_rank_through_label_studio(label_studio, llm_serv
              "the queue to drain", real_stack)
     jobs = real_stack.jobs()
     assert jobs["failed"] == 0, jobs["failed_jobs"]
-    assert_one_each(project_state(label_studio, pid))
+    state = project_state(label_studio, pid)
+    assert_one_each(state)
+
+    # ranking and quality refreshed after the human label: priorities on the unlabeled tasks,
+    # the Data Manager view that sorts by them, agreement stats for the worker's metrics
+    priorities = {t: task["data"].get("prelabel_priority") for t, task in state.items() if t != tid}
+    assert all(isinstance(p, float) and 0.0 <= p <= 1.0 for p in priorities.values()), priorities
+    views = [v.model_dump() for v in client.views.list(project=pid)]
+    [view] = [v for v in views if v["data"].get("title") == "prelabel: priority"]
+    assert view["data"]["ordering"] == ["-tasks:data.prelabel_priority"]
+    quality = json.loads(real_stack.redis().get(f"prelabel:quality:{pid}"))
+    assert quality["compared"] == 1 and quality["classes"][0]["label"] == "navigational"
 
 
 # --- faults: worker killed, reviewer down, Redis restarted -------------------------------------------

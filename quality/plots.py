@@ -1,0 +1,40 @@
+"""Pictures people would rather look at than tables: confusion matrices."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+
+def confusion_png(matrix: np.ndarray, rows: Sequence[str], columns: Sequence[str], path: Path,
+                  title: str = "pre-annotation vs human") -> Path:
+    """Row-normalised confusion matrix with counts, rows = human label, columns = predicted."""
+    import matplotlib
+
+    matrix = np.asarray(matrix)
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    totals = matrix.sum(axis=1, keepdims=True)
+    share = np.divide(matrix, totals, out=np.zeros(matrix.shape, dtype=float), where=totals > 0)
+    size = max(4.0, 0.7 * len(columns) + 2)
+    fig, ax = plt.subplots(figsize=(size + 1, size))
+    image = ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(len(columns)), labels=list(columns), rotation=45, ha="right")
+    ax.set_yticks(range(len(rows)), labels=list(rows))
+    ax.set_xlabel("pre-annotation")
+    ax.set_ylabel("human")
+    ax.set_title(title)
+    for i in range(matrix.shape[0]):
+        for j in range(matrix.shape[1]):
+            if matrix[i, j]:
+                ax.text(j, i, str(matrix[i, j]), ha="center", va="center",
+                        color="white" if share[i, j] > 0.6 else "black", fontsize=9)
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="share of the human label's tasks")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

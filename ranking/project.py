@@ -1,0 +1,80 @@
+"""Re-rank a Label Studio project and write the priority where annotators see it.
+
+The priority goes into each unlabeled task's ``data.prelabel_priority`` (written only when it
+changed), and a Data Manager view ``prelabel: priority`` sorts the queue by it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from prelabel.label_config.schema import build_schema
+from prelabel.ranking.priority import rank
+from prelabel.ranking.signals import TaskSignals, task_signals
+
+PRIORITY_FIELD = "prelabel_priority"
+VIEW_TITLE = "prelabel: priority"
+VIEW_ORDERING = [f"-tasks:data.{PRIORITY_FIELD}"]
+
+
+@dataclass
+class RankingResult:
+    tasks: int
+    written: int
+    unlabeled: int
+    view_id: int
+
+    def __str__(self) -> str:
+        return f"{self.unlabeled} unlabeled of {self.tasks} tasks ranked, {self.written} priorities written"
+
+
+def classification_control(label_config: str) -> tuple[str | None, str, list[str]]:
+    """(Choices control name, the text key it reads, its labels); control None if there is none."""
+    schema = build_schema(label_config)
+    for control in schema.fields:
+        if control.tag == "Choices":
+            obj = schema.objects[control.object_name]
+            return control.name, obj.value_key, list(control.label_values)
+    first = schema.fields[0] if schema.fields else None
+    key = schema.objects[first.object_name].value_key if first else "text"
+    return None, key, []
+
+
+def project_signals(client: Any, project_id: int) -> tuple[list[TaskSignals], list[str], list[Any]]:
+    config = _plain(client.projects.get(id=project_id))["label_config"]
+    control, key, labels = classification_control(config)
+    tasks = [_plain(t) for t in client.tasks.list(project=project_id, fields="all")]
+    return [task_signals(t, control or "", key) for t in tasks], labels, tasks
+
+
+def ensure_priority_view(client: Any, project_id: int) -> int:
+    for view in client.views.list(project=project_id):
+        data = _plain(view).get("data") or {}
+        if data.get("title") == VIEW_TITLE:
+            return int(_plain(view)["id"])
+    view = client.views.create(project=project_id, data={"title": VIEW_TITLE, "ordering": VIEW_ORDERING})
+    return int(_plain(view)["id"])
+
+
+def refresh_ranking(client: Any, project_id: int) -> RankingResult:
+    signals, labels, tasks = project_signals(client, project_id)
+    written = 0
+    if signals:
+        ranking = rank(signals, labels)
+        by_id = {t["id"]: t for t in tasks}
+        for task_id, value, s in zip(ranking.ids, ranking.priority, signals):
+            if s.labeled:
+                continue
+            data = dict(by_id[task_id].get("data") or {})
+            value = round(float(value), 4)
+            if data.get(PRIORITY_FIELD) != value:
+                data[PRIORITY_FIELD] = value
+                client.tasks.update(id=str(task_id), data=data)
+                written += 1
+    view_id = ensure_priority_view(client, project_id)
+    return RankingResult(len(signals), written, sum(not s.labeled for s in signals), view_id)
+
+
+def _plain(obj: Any) -> dict[str, Any]:
+    return obj.model_dump() if hasattr(obj, "model_dump") else dict(obj)
