@@ -1,39 +1,54 @@
-"""Diversity: keep the top of the queue from being fifty copies of one case.
+"""Text features and diversity: keep the top of the queue from being fifty copies of one case.
 
-Tasks are embedded cheaply (hashed character n-grams -> TF-IDF -> SVD, no model to download),
-clustered with mini-batch k-means, and each task's priority is discounted by how many
-higher-priority tasks of its own cluster come before it. The first task of every cluster keeps
-its priority; the tenth near-duplicate of a case is pushed far down.
+Texts are hashed into word uni/bi-gram features once (no vocabulary to fit, no model to
+download); the same sparse matrix feeds the refresh model, and a random projection of it feeds
+mini-batch k-means. Each task's priority is then discounted by how many higher-priority tasks of
+its own cluster come before it: the first task of every cluster keeps its priority, the tenth
+near-duplicate of a case is pushed far down. Building the index is the expensive part (about a
+second per 100k short texts); it depends only on the texts, so callers cache it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
+import scipy.sparse as sp
 from sklearn.cluster import MiniBatchKMeans
-from sklearn.decomposition import TruncatedSVD
-from sklearn.feature_extraction.text import HashingVectorizer, TfidfTransformer
+from sklearn.feature_extraction.text import HashingVectorizer
 from sklearn.preprocessing import normalize
+from sklearn.random_projection import SparseRandomProjection
+
+N_FEATURES = 2**18
+EMBED_DIMS = 64
 
 
-def embed(texts: Sequence[str], dims: int = 64, seed: int = 0) -> np.ndarray:
-    """Dense, L2-normalised text vectors (n x <= dims)."""
-    hashed = HashingVectorizer(analyzer="char_wb", ngram_range=(3, 4), n_features=2**18,
-                               alternate_sign=False, norm=None).transform(texts)
-    tfidf = TfidfTransformer(sublinear_tf=True).fit_transform(hashed)
-    k = max(1, min(dims, tfidf.shape[0] - 1, tfidf.shape[1] - 1))
-    if tfidf.shape[0] < 3:
-        return normalize(tfidf.toarray()[:, :k] if tfidf.shape[1] else np.zeros((tfidf.shape[0], 1)))
-    return normalize(TruncatedSVD(n_components=k, random_state=seed).fit_transform(tfidf))
+def hashed_features(texts: Sequence[str]) -> sp.csr_matrix:
+    return HashingVectorizer(ngram_range=(1, 2), n_features=N_FEATURES, alternate_sign=False).transform(texts)
 
 
-def clusters(vectors: np.ndarray, n_clusters: int, seed: int = 0) -> np.ndarray:
-    n_clusters = max(1, min(n_clusters, len(vectors)))
-    if n_clusters == 1:
-        return np.zeros(len(vectors), dtype=np.int64)
-    model = MiniBatchKMeans(n_clusters=n_clusters, random_state=seed, n_init=1, batch_size=2048)
-    return model.fit_predict(vectors)
+def default_clusters(n: int) -> int:
+    return int(np.clip(np.sqrt(n / 2), 2, 200))
+
+
+@dataclass
+class TextIndex:
+    """Features and cluster of every task text, in the order given."""
+
+    features: sp.csr_matrix
+    groups: np.ndarray
+
+    @classmethod
+    def build(cls, texts: Sequence[str], n_clusters: int | None = None, seed: int = 0) -> TextIndex:
+        features = hashed_features(texts)
+        n = len(texts)
+        k = max(1, min(n_clusters or default_clusters(n), n))
+        if k == 1:
+            return cls(features, np.zeros(n, dtype=np.int64))
+        vectors = normalize(SparseRandomProjection(EMBED_DIMS, random_state=seed).fit_transform(features))
+        groups = MiniBatchKMeans(n_clusters=k, random_state=seed, n_init=1, batch_size=2048).fit_predict(vectors)
+        return cls(features, groups)
 
 
 def rank_within(groups: np.ndarray, scores: np.ndarray) -> np.ndarray:

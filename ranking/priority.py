@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from prelabel.ranking.diversity import clusters, diversify, embed
+from prelabel.ranking.diversity import TextIndex, diversify
 from prelabel.ranking.refresh_model import RefreshModel
 from prelabel.ranking.signals import ABNORMAL_REVIEW, TaskSignals
 from prelabel.ranking.uncertainty import Measure, uncertainty
@@ -38,34 +38,37 @@ class Ranking:
 
 
 def rank(signals: Sequence[TaskSignals], labels: Sequence[str], measure: Measure = "margin",
-         n_clusters: int | None = None, seed: int = 0) -> Ranking:
+         index: TextIndex | None = None, seed: int = 0) -> Ranking:
+    """Priorities of ``signals`` (same order). ``index``: their texts' TextIndex, if cached."""
     n = len(signals)
     labels = list(labels)
-    texts = [s.text for s in signals]
+    index = index if index is not None else TextIndex.build([s.text for s in signals], seed=seed)
     unc = np.ones(n)
-    source = ["none"] * n
-    disagree = np.array([1.0 if s.disagreement else 0.0 for s in signals])
-    abnormal = np.array([1.0 if (s.review_status in ABNORMAL_REVIEW or s.pre_status) else 0.0 for s in signals])
+    source = np.full(n, "none", dtype=object)
 
-    model = RefreshModel(labels, seed).fit([s.text for s in signals if s.labeled],
-                                           [s.human for s in signals if s.labeled]) if labels else None
-    model_probs = model.predict_proba(texts) if model is not None and model.fitted else None
-    for i, s in enumerate(signals):
-        if s.label_probs and labels:
-            row = np.array([[s.label_probs.get(label, 0.0) for label in labels]])
-            unc[i], source[i] = uncertainty(row, measure)[0], "logprobs"
-        elif model_probs is not None:
-            unc[i], source[i] = uncertainty(model_probs[i:i + 1], measure)[0], "refresh_model"
-            best = int(model_probs[i].argmax())
-            if s.predicted is not None and model_probs[i, best] >= CONFIDENT and labels[best] != s.predicted:
-                disagree[i] = 1.0
-        elif s.score is not None:
-            unc[i], source[i] = 1.0 - s.score, "score"
+    score = np.array([np.nan if s.score is None else s.score for s in signals])
+    has_score = ~np.isnan(score)
+    unc[has_score], source[has_score] = 1.0 - score[has_score], "score"
+
+    labeled = np.array([s.labeled for s in signals], dtype=bool)
+    disagree = np.array([s.disagreement for s in signals], dtype=float)
+    abnormal = np.array([bool(s.review_status in ABNORMAL_REVIEW or s.pre_status) for s in signals], dtype=float)
+    if labels:
+        model = RefreshModel(labels, seed).fit(index.features[labeled], [s.human for s in signals if s.labeled])
+        if model.fitted:
+            todo = np.flatnonzero(~labeled)
+            probs = model.predict_proba(index.features[todo])
+            unc[todo], source[todo] = uncertainty(probs, measure), "refresh_model"
+            best = probs.argmax(axis=1)
+            predicted = np.array([signals[i].predicted for i in todo], dtype=object)
+            confident_other = (probs.max(axis=1) >= CONFIDENT) & (predicted != None)  # noqa: E711
+            confident_other &= np.array(labels, dtype=object)[best] != predicted
+            disagree[todo[confident_other]] = 1.0
+        with_probs = [i for i, s in enumerate(signals) if s.label_probs]
+        if with_probs:
+            rows = np.array([[signals[i].label_probs.get(label, 0.0) for label in labels] for i in with_probs])
+            unc[with_probs], source[with_probs] = uncertainty(rows, measure), "logprobs"
 
     base = W_UNCERTAIN * unc + W_DISAGREE * disagree + W_ABNORMAL * abnormal
-    labeled = np.array([s.labeled for s in signals], dtype=bool)
     base[labeled] = 0.0
-    if n > 1:
-        k = n_clusters or int(np.clip(np.sqrt(n / 2), 2, 200))
-        base = diversify(base, clusters(embed(texts, seed=seed), k, seed))
-    return Ranking([s.id for s in signals], base, unc, source)
+    return Ranking([s.id for s in signals], diversify(base, index.groups, DIVERSITY_DECAY), unc, list(source))

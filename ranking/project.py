@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from prelabel.label_config.schema import build_schema
+from prelabel.ranking.diversity import TextIndex
 from prelabel.ranking.priority import rank
 from prelabel.ranking.signals import TaskSignals, task_signals
 
@@ -57,11 +58,28 @@ def ensure_priority_view(client: Any, project_id: int) -> int:
     return int(_plain(view)["id"])
 
 
+_INDEXES: dict[int, tuple[int, TextIndex]] = {}
+
+
+def cached_index(project_id: int, signals: list[TaskSignals]) -> TextIndex:
+    """The project's TextIndex, rebuilt only when its tasks or their texts changed.
+
+    The worker process runs one refresh after another for the same project; the texts rarely
+    change between two of them, the labels and reviews do.
+    """
+    key = hash(tuple((s.id, s.text) for s in signals))
+    cached = _INDEXES.get(project_id)
+    if cached is None or cached[0] != key:
+        cached = (key, TextIndex.build([s.text for s in signals]))
+        _INDEXES[project_id] = cached
+    return cached[1]
+
+
 def refresh_ranking(client: Any, project_id: int) -> RankingResult:
     signals, labels, tasks = project_signals(client, project_id)
     written = 0
     if signals:
-        ranking = rank(signals, labels)
+        ranking = rank(signals, labels, index=cached_index(project_id, signals))
         by_id = {t["id"]: t for t in tasks}
         for task_id, value, s in zip(ranking.ids, ranking.priority, signals):
             if s.labeled:

@@ -141,7 +141,7 @@ def simulate(texts: Sequence[str], labels: Sequence[str], *, budget: int = 3000,
 def _fit(x, y: np.ndarray, seed: int) -> LogisticRegression | None:
     if len(set(y)) < 2:
         return None  # one class so far: predict it
-    return LogisticRegression(max_iter=300, C=10.0, random_state=seed).fit(x, y)
+    return LogisticRegression(solver="saga", max_iter=100, tol=1e-3, C=10.0, random_state=seed).fit(x, y)
 
 
 def _predict(model: LogisticRegression | None, x, seen: np.ndarray) -> np.ndarray:

@@ -7,6 +7,7 @@ import math
 import re
 
 import pytest
+
 from prelabel.label_config.controls import (
     ChoicesField,
     LabelInfo,

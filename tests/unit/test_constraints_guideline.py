@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from pydantic import ValidationError
+
 from prelabel.label_config.constraints import Constraint, ref_values
 from prelabel.label_config.guideline import (
     Guideline,
@@ -14,7 +16,6 @@ from prelabel.label_config.guideline import (
     template_path,
 )
 from prelabel.label_config.schema import build_schema
-from pydantic import ValidationError
 
 SLOTS = """<View><Text name="text" value="$text"/>
 <TextArea name="departure_city" toName="text"/>

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+
 from prelabel.label_config.guideline import parse_guideline
 from prelabel.label_config.schema import build_schema
 from prelabel.ml_backend.fewshot import FewShotPool, file_examples, guideline_examples

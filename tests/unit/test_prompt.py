@@ -8,6 +8,7 @@ import json
 
 import pytest
 import redis
+
 from prelabel.label_config.guideline import (
     load_guideline,
     parse_guideline,

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from prelabel.ranking.diversity import diversify, embed, rank_within
+from prelabel.ranking.diversity import TextIndex, diversify, rank_within
 from prelabel.ranking.priority import rank
-from prelabel.ranking.signals import TaskSignals, task_signals
+from prelabel.ranking.signals import task_signals
 from prelabel.ranking.simulate import simulate, write_curves
 from prelabel.ranking.uncertainty import entropy, least_confidence, margin
 
@@ -37,11 +37,15 @@ def test_rank_within_groups_and_diversify() -> None:
     assert out[0] == pytest.approx(0.45) and out[1] == pytest.approx(0.2)
 
 
-def test_embed_puts_near_duplicates_together() -> None:
-    texts = ["cheap flights to rome", "cheap flights to rome!", "how tall is everest", "python tutorial"] * 3
-    vectors = embed(texts)
-    assert vectors.shape[0] == len(texts)
-    assert vectors[0] @ vectors[1] > vectors[0] @ vectors[2]
+def test_index_clusters_near_duplicates_together() -> None:
+    texts = ["cheap flights to rome from paris", "cheap flights to rome from paris today",
+             "how tall is mount everest in meters", "how tall is mount everest in meters really",
+             "python tutorial for absolute beginners", "python tutorial for absolute beginners free"]
+    index = TextIndex.build(texts * 5, n_clusters=3)
+    assert index.features.shape[0] == 30
+    groups = index.groups[:6]
+    assert groups[0] == groups[1] and groups[2] == groups[3] and groups[4] == groups[5]
+    assert len({groups[0], groups[2], groups[4]}) == 3
 
 
 def _task(tid: int, text: str, pred: str | None, score: float | None, review: str = "", reviewed: str | None = None,
@@ -80,7 +84,7 @@ def test_priority_puts_uncertain_disagreeing_abnormal_first_and_labeled_last() -
         _task(3, "reviewer disagrees gamma", "x", 0.9, "rejected", "y"),
         _task(4, "already labeled delta", "x", 0.2, "rejected", "y", human="y"),
     ]]
-    ranking = rank(signals, labels, n_clusters=1)
+    ranking = rank(signals, labels, index=TextIndex.build([x.text for x in signals], n_clusters=1))
     order = [ranking.ids[i] for i in np.argsort(-ranking.priority)]
     assert order[0] == 3 and order[-1] == 4
     assert ranking.priority[ranking.ids.index(2)] > ranking.priority[ranking.ids.index(1)]

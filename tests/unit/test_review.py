@@ -8,7 +8,14 @@ import pytest
 
 from prelabel.jobs.handlers import check_reviewer, review_prediction
 from prelabel.jobs.review import (
-    NEEDS_HUMAN, PASSED, REJECTED, Review, judge, proposed_answer, review_messages, review_schema,
+    NEEDS_HUMAN,
+    PASSED,
+    REJECTED,
+    Review,
+    judge,
+    proposed_answer,
+    review_messages,
+    review_schema,
 )
 from prelabel.label_config.controls import AnswerError
 from prelabel.ml_backend.predictor import Predictor

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 import pytest
+
 from prelabel.label_config.controls import (
     ChoicesField,
     LabelsField,

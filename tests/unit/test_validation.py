@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from prelabel.label_config.constraints import Constraint
 from prelabel.label_config.controls import AnswerError
 from prelabel.label_config.schema import build_schema
