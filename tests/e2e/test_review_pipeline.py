@@ -30,6 +30,7 @@ from tests.support.waiting import wait_for as wait_until
 pytestmark = pytest.mark.e2e
 
 SECRET = "whsec-e2e-review-1b2c"
+AUTH = ("prelabel", "basic-e2e-pass")
 CONFIG = (Path(__file__).resolve().parents[2] / "label_config" / "templates" / "search_intent.xml").read_text()
 LABELS = {"navigational", "informational", "transactional", "entertainment", "educational", "other"}
 STATUSES = {"passed", "rejected", "needs_human", "review_error"}
@@ -85,9 +86,11 @@ def _own_db(url: str) -> str:
 
 
 def start_stack(backend_factory, label_studio, name: str, redis_url: str, env: dict[str, str]) -> Stack:
+    """Backend (webhook secret + basic auth, as a deployment would run it) and one worker."""
     backend = backend_factory.start(
-        env={"REDIS_URL": redis_url, "PRELABEL_WEBHOOK_SECRET": SECRET, "PRELABEL_JOB_RETRY_BACKOFF": "2", **env},
-        label_studio=label_studio, name=name,
+        env={"REDIS_URL": redis_url, "PRELABEL_WEBHOOK_SECRET": SECRET, "PRELABEL_JOB_RETRY_BACKOFF": "2",
+             "PRELABEL_BASIC_AUTH_USER": AUTH[0], "PRELABEL_BASIC_AUTH_PASSWORD": AUTH[1], **env},
+        label_studio=label_studio, name=name, auth=AUTH,
     )
     stack = Stack(backend, redis_url)
     stack.start_worker()
@@ -98,7 +101,10 @@ def new_project(label_studio, stack: Stack, title: str) -> int:
     """A project connected to the stack's backend, its webhook signed with the shared secret."""
     client = label_studio.sdk()
     project = client.projects.create(title=title, label_config=CONFIG)
-    client.ml.create(project=project.id, url=stack.backend.url, title="prelabel", is_interactive=False)
+    # Basic auth: Label Studio sends it on /health, /setup, /predict and START_TRAINING; the event
+    # webhooks carry no credentials, so they are signed with the shared secret instead.
+    client.ml.create(project=project.id, url=stack.backend.url, title="prelabel", is_interactive=False,
+                     auth_method="BASIC_AUTH", basic_auth_user=AUTH[0], basic_auth_pass=AUTH[1])
     hooks = [h for h in client.webhooks.list(project=project.id) if h.url.startswith(stack.backend.url)]
     assert hooks, "Label Studio did not create the backend's webhook"
     for hook in hooks:
@@ -199,6 +205,12 @@ def test_import_annotate_review_rank_through_label_studio(label_studio, llm_serv
     assert view["data"]["ordering"] == ["-tasks:data.prelabel_priority"]
     quality = json.loads(real_stack.redis().get(f"prelabel:quality:{pid}"))
     assert quality["compared"] == 1 and quality["classes"][0]["label"] == "navigational"
+
+    # "Start training" in Label Studio reaches the worker, which records a visible status
+    client.ml.train(id=client.ml.list(project=pid)[0].id)
+    status = wait_for(lambda: real_stack.redis().hgetall(f"prelabel:train:{pid}"), 60, "a training status",
+                      real_stack)
+    assert status[b"stage"], status
 
 
 # --- faults: worker killed, reviewer down, Redis restarted -------------------------------------------

@@ -84,10 +84,12 @@ class BackendFactory:
         timeout: float = DEFAULT_START_TIMEOUT,
         health_path: str = "/health",
         name: str | None = None,
+        auth: tuple[str, str] | None = None,
     ) -> Backend:
         """Start one backend. ``env`` entries override the defaults (``None`` unsets one);
         ``label_studio`` (the fixture object) adds ``LABEL_STUDIO_URL`` / ``_API_KEY``;
-        ``args`` are appended to the command line."""
+        ``args`` are appended to the command line; ``auth`` = basic-auth credentials for the
+        readiness probe of a backend that requires them."""
         env = dict(env or {})
         with self._lock:
             n = next(self._counter)
@@ -145,7 +147,7 @@ class BackendFactory:
         )
         try:
             proc.wait_until(
-                lambda: httpx.get(f"{url}{health_path}", timeout=2).status_code == 200,
+                lambda: httpx.get(f"{url}{health_path}", timeout=2, auth=auth).status_code == 200,
                 timeout=timeout,
                 what=f"answering GET {health_path} with 200",
             )
