@@ -388,3 +388,4 @@ async def open_predictor(settings: Settings) -> AsyncIterator[Predictor]:
     finally:
         await llm.aclose()
         await client.aclose()
+        await client.connection_pool.disconnect()  # a pool passed in is not closed by aclose()

@@ -19,6 +19,7 @@ from prelabel.quality import cli as quality_cli
 from prelabel.ranking import cli as ranking_cli
 from prelabel.redis_conn import embedded_redis_stopped_on_exit
 from prelabel.settings import Settings, get_settings
+from prelabel.stack import cli as stack_cli
 
 app = typer.Typer(help="LLM pre-annotation, review and active learning for Label Studio.", no_args_is_help=True)
 config_app = typer.Typer(help="Inspect labeling configs and guidelines.", no_args_is_help=True)
@@ -28,6 +29,9 @@ app.command()(jobs_cli.jobs)
 app.command()(quality_cli.quality)
 app.command()(quality_cli.spotcheck)
 app.command("simulate-al")(ranking_cli.simulate_al)
+app.command()(stack_cli.up)
+app.command()(stack_cli.down)
+app.command()(stack_cli.status)
 console = Console(stderr=True)
 
 

@@ -11,29 +11,20 @@ virtualenvs it uses are created by ``scripts/provision.sh`` (run by ``scripts/te
 
 from __future__ import annotations
 
-import os
 import shutil
 import sys
 from pathlib import Path
 
-LS_VERSION = "1.23.2"
-LLAMA_CPP_VERSION = "0.3.36"
+from prelabel.stack.locations import (  # noqa: F401 - re-exported for the fixtures
+    LLAMA_CPP_VERSION,
+    LS_VERSION,
+    cache_dir,
+    llama_venv,
+    ls_venv,
+    require_venv,
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("PRELABEL_CACHE") or Path.home() / ".cache" / "prelabel")
-
-
-def ls_venv() -> Path:
-    return Path(os.environ.get("PRELABEL_LS_VENV") or cache_dir() / f"label-studio-{LS_VERSION}")
-
-
-def llama_venv() -> Path:
-    return Path(
-        os.environ.get("PRELABEL_LLAMA_VENV") or cache_dir() / f"llama-cpp-{LLAMA_CPP_VERSION}"
-    )
 
 
 def dev_bin(name: str) -> str:
@@ -49,12 +40,3 @@ def dev_bin(name: str) -> str:
         )
     return found
 
-
-def require_venv(venv: Path, what: str) -> Path:
-    """Fail with a clear message when a provisioned venv is missing or incomplete."""
-    if not (venv / "bin" / "python").exists() or not (venv / ".ok").exists():
-        raise FileNotFoundError(
-            f"{what} virtualenv missing or incomplete at {venv} (no bin/python or .ok marker); "
-            "run scripts/provision.sh (scripts/test.sh does it for you)"
-        )
-    return venv

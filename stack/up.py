@@ -1,0 +1,263 @@
+"""``prelabel up``: the whole product on one machine, on embedded defaults.
+
+Real Label Studio (its own virtualenv), embedded Redis (owned by this process), the local LLM
+server (llama.cpp on the packaged SmolLM2 GGUF) unless ``OPENAI_BASE_URL`` points elsewhere, the
+backend and a worker; then a sample project pre-annotated through the normal path (webhook ->
+worker). Everything lives under one data directory (``PRELABEL_DATA_DIR``), so a second ``up``
+finds the same Label Studio database, admin, project and queue. Nothing is installed here: a
+missing piece is reported with the command that provides it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import httpx
+
+from prelabel.settings import Settings
+
+SAMPLE_TEMPLATE = "search_intent"
+SAMPLE_TITLE = "Search intent (prelabel sample)"
+LOCAL_MODEL = "smollm2"
+
+
+class StackError(RuntimeError):
+    """A clear, user-facing reason why the stack cannot start (no traceback needed)."""
+
+
+@dataclass
+class StackRecord:
+    """What ``up`` leaves in ``<data>/stack/stack.json`` (0600: it holds the local admin login)."""
+
+    pid: int = 0
+    ls_port: int = 8080
+    backend_port: int = 9090
+    llm_port: int = 8000
+    ls_credentials: list[str] = field(default_factory=list)  # username, password, legacy token
+    webhook_secret: str = ""
+    basic_auth: list[str] = field(default_factory=list)
+    project_id: int | None = None
+    children: dict[str, int] = field(default_factory=dict)
+    llm_base_url: str = ""
+
+    @classmethod
+    def load(cls, path: Path) -> StackRecord:
+        return cls(**json.loads(path.read_text())) if path.exists() else cls()
+
+    def save(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(asdict(self), indent=2))
+        tmp.chmod(0o600)
+        tmp.replace(path)
+
+
+def stack_dir(settings: Settings) -> Path:
+    return Path(settings.data_dir) / "stack"
+
+
+def record_path(settings: Settings) -> Path:
+    return stack_dir(settings) / "stack.json"
+
+
+def pid_alive(pid: int) -> bool:
+    from prelabel.jobs.worker import _alive
+
+    return _alive(pid)
+
+
+def _port_free(port: int) -> bool:
+    import socket
+
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def preflight(settings: Settings, record: StackRecord, external_llm: str | None) -> None:
+    """Everything that can be checked before starting anything, each with a clear message."""
+    from prelabel.stack.llm_server import find_gguf
+    from prelabel.stack.locations import llama_venv, ls_venv, require_venv
+
+    if record.pid and pid_alive(record.pid):
+        raise StackError(f"the stack is already running (pid {record.pid}); `prelabel status` or `prelabel down`")
+    ports = {"Label Studio": record.ls_port, "backend": record.backend_port}
+    if not external_llm:
+        ports["LLM server"] = record.llm_port
+    for what, port in ports.items():
+        if not _port_free(port):
+            raise StackError(f"port {port} ({what}) is already in use: stop what uses it or choose another port "
+                             f"(prelabel up --help)")
+    try:
+        require_venv(ls_venv(), "Label Studio")
+    except FileNotFoundError as exc:
+        raise StackError(str(exc)) from None
+    if external_llm:
+        try:
+            httpx.get(external_llm.rstrip("/") + "/models", timeout=5,
+                      headers={"Authorization": f"Bearer {settings.llm_api_keys[0].get_secret_value()}"})
+        except httpx.HTTPError as exc:
+            raise StackError(f"OPENAI_BASE_URL {external_llm} is unreachable ({type(exc).__name__}); "
+                             "unset it to use the local model") from None
+        return
+    try:
+        find_gguf(require_venv(llama_venv(), "llama-cpp-python"))
+    except FileNotFoundError as exc:
+        raise StackError(f"local model missing: {exc}") from None
+
+
+def run_up(settings: Settings, *, ls_port: int, backend_port: int, llm_port: int, template: str,
+           say: Callable[[str], None], wait_predictions: float = 600.0,
+           stop_event: threading.Event | None = None) -> int:
+    """Start everything, set up the sample project, wait for Ctrl-C/SIGTERM, stop everything."""
+    from prelabel.redis_conn import redis_url, stop_embedded
+    from prelabel.stack.label_studio import new_credentials, start_label_studio
+    from prelabel.stack.llm_server import start_llm_server
+    from prelabel.stack.processes import ManagedProcess, child_env, stop_all
+
+    path = record_path(settings)
+    record = StackRecord.load(path)
+    record.ls_port, record.backend_port, record.llm_port = ls_port, backend_port, llm_port
+    external_llm = os.environ.get("OPENAI_BASE_URL") or os.environ.get("PRELABEL_LLM_BASE_URLS")
+    preflight(settings, record, external_llm)
+
+    record.ls_credentials = record.ls_credentials or list(new_credentials())
+    record.webhook_secret = record.webhook_secret or secrets.token_hex(16)
+    record.basic_auth = record.basic_auth or ["prelabel", secrets.token_hex(12)]
+    record.pid = os.getpid()
+    record.children = {}
+    record.save(path)
+    root = stack_dir(settings)
+    stop = stop_event or threading.Event()
+    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        say("starting embedded Redis, Label Studio (first start ~40 s) and the LLM server ...")
+        redis = redis_url(settings)
+        ls = start_label_studio(root / "label-studio", port=ls_port, credentials=tuple(record.ls_credentials),
+                                data_dir=root / "label-studio" / "data")
+        record.children["label-studio"] = ls.process.pid
+        if external_llm:
+            llm_url, model, structured = external_llm, settings.llm_model, settings.structured_output
+        else:
+            llm = start_llm_server(root / "llm", port=llm_port)
+            record.children["llm"] = llm.process.pid
+            llm_url, model, structured = llm.base_url, LOCAL_MODEL, "json_object"
+        record.llm_base_url = llm_url
+        backend_url = f"http://127.0.0.1:{backend_port}"
+        env = child_env(None, {
+            "REDIS_URL": redis, "OPENAI_BASE_URL": llm_url, "PRELABEL_LLM_MODEL": model,
+            "PRELABEL_STRUCTURED_OUTPUT": structured,
+            "PRELABEL_REVIEWER_MODEL": settings.reviewer_model or f"{model}-reviewer",
+            "PRELABEL_WEBHOOK_SECRET": record.webhook_secret,
+            "PRELABEL_BASIC_AUTH_USER": record.basic_auth[0], "PRELABEL_BASIC_AUTH_PASSWORD": record.basic_auth[1],
+            "LABEL_STUDIO_URL": ls.url, "LABEL_STUDIO_API_KEY": ls.api_key,
+            "PRELABEL_DATA_DIR": str(settings.data_dir),
+        })
+        prelabel = str(Path(sys.executable).with_name("prelabel"))
+        backend = ManagedProcess("backend", [prelabel, "serve", "--host", "127.0.0.1", "--port", str(backend_port)],
+                                 log_path=root / "logs" / "backend.log", env=env, cwd=root).start()
+        worker = ManagedProcess("worker", [prelabel, "worker"], log_path=root / "logs" / "worker.log", env=env,
+                                cwd=root).start()
+        record.children.update(backend=backend.pid, worker=worker.pid)
+        record.save(path)
+        backend.wait_until(lambda: httpx.get(backend_url + "/health", timeout=2,
+                                             auth=tuple(record.basic_auth)).status_code == 200,
+                           timeout=60, what="answering /health")
+
+        record.project_id = sample_project(ls, backend_url, record, template, say)
+        record.save(path)
+        wait_for_predictions(ls, record.project_id, wait_predictions, say, stop)
+        say(f"Label Studio: {ls.url}/projects/{record.project_id}/data  (login {ls.username} / {ls.password})")
+        say(f"backend: {backend_url} (metrics: {backend_url}/metrics); worker log: {root / 'logs' / 'worker.log'}")
+        say("Ctrl-C (or `prelabel down`) stops everything; data stays in " + str(settings.data_dir))
+        while not stop.wait(1):
+            for proc in (backend, worker):
+                if not proc.alive():
+                    raise StackError(f"{proc.name} exited (code {proc.returncode()}); see {proc.log_path}")
+        return 0
+    finally:
+        say("stopping ...")
+        stop_all()
+        stop_embedded()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        record.pid, record.children = 0, {}
+        record.save(path)
+
+
+def sample_project(ls, backend_url: str, record: StackRecord, template: str, say: Callable[[str], None]) -> int:
+    from prelabel.stack.sample_project import ensure_project, template_files
+
+    config, tasks = template_files(template)
+    setup = ensure_project(ls.sdk(), title=SAMPLE_TITLE if template == SAMPLE_TEMPLATE else f"{template} (prelabel)",
+                           label_config=config, tasks=tasks, backend_url=backend_url,
+                           webhook_secret=record.webhook_secret, basic_auth=tuple(record.basic_auth),
+                           guideline=template)
+    say(f"project {setup.project_id}: " + ("created" if setup.created else "reused") +
+        (", backend connected" if setup.connected else "") + (f", {setup.imported} tasks imported"
+                                                              if setup.imported else ""))
+    return setup.project_id
+
+
+def wait_for_predictions(ls, project_id: int, timeout: float, say: Callable[[str], None],
+                         stop: threading.Event) -> None:
+    from prelabel.stack.sample_project import predicted_tasks
+
+    deadline = time.monotonic() + timeout
+    done, total = predicted_tasks(ls.sdk(), project_id)
+    while done < total and time.monotonic() < deadline and not stop.is_set():
+        stop.wait(2)
+        done, total = predicted_tasks(ls.sdk(), project_id)
+    say(f"{done}/{total} tasks pre-annotated (the worker reviews and ranks them next)")
+
+
+def run_down(settings: Settings, say: Callable[[str], None], timeout: float = 60.0) -> int:
+    record = StackRecord.load(record_path(settings))
+    if not record.pid or not pid_alive(record.pid):
+        say("the stack is not running")
+        leftovers = [pid for pid in record.children.values() if pid_alive(pid)]
+        for pid in leftovers:
+            os.killpg(pid, signal.SIGKILL)
+        return 0
+    os.kill(record.pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while pid_alive(record.pid) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    if pid_alive(record.pid):
+        say(f"`prelabel up` (pid {record.pid}) did not stop in {timeout:.0f} s; killing its processes")
+        for pid in [*record.children.values(), record.pid]:
+            if pid_alive(pid):
+                os.kill(pid, signal.SIGKILL)
+        return 1
+    say("stopped")
+    return 0
+
+
+def stack_status(settings: Settings) -> dict:
+    record = StackRecord.load(record_path(settings))
+    running = bool(record.pid and pid_alive(record.pid))
+    status = {"running": running, "pid": record.pid or None, "data_dir": str(settings.data_dir),
+              "project_id": record.project_id,
+              "label_studio": f"http://127.0.0.1:{record.ls_port}", "backend": f"http://127.0.0.1:{record.backend_port}",
+              "processes": {name: pid_alive(pid) for name, pid in record.children.items()}}
+    if running:
+        for name, url, auth in (("label_studio_health", status["label_studio"] + "/health", None),
+                                ("backend_health", status["backend"] + "/health", tuple(record.basic_auth))):
+            try:
+                status[name] = httpx.get(url, timeout=3, auth=auth).status_code == 200
+            except httpx.HTTPError:
+                status[name] = False
+    return status

@@ -1,0 +1,145 @@
+"""`prelabel up` / `status` / `down`: the README's run command, end to end, and its failures.
+
+Runs the real command in a temporary data directory (real Label Studio, llama.cpp, embedded
+Redis, backend, worker), checks through the Label Studio API that the sample project was
+pre-annotated by the backend and that a human annotation reaches the worker, stops it with
+`prelabel down`, starts it again on the same data (no duplicates), and checks that the usual
+mistakes end with a clear message and a non-zero exit instead of a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from label_studio_sdk.client import LabelStudio
+
+from tests.harness import dev_bin
+from tests.harness.ports import free_port
+from tests.harness.processes import ManagedProcess, child_env
+from tests.support.waiting import wait_for
+
+pytestmark = pytest.mark.e2e
+
+
+class Up:
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir
+        self.ports = {"--ls-port": free_port(), "--backend-port": free_port(), "--llm-port": free_port()}
+        self.env = child_env(None, {"PRELABEL_DATA_DIR": str(data_dir), "OPENAI_BASE_URL": None,
+                                    "PRELABEL_LLM_BASE_URLS": None, "REDIS_URL": None})
+        self.proc: ManagedProcess | None = None
+        self.runs = 0
+
+    def start(self) -> ManagedProcess:
+        self.runs += 1
+        args = [a for pair in self.ports.items() for a in (pair[0], str(pair[1]))]
+        self.proc = ManagedProcess(f"up-{self.runs}", [dev_bin("prelabel"), "up", *args],
+                                   log_path=self.data_dir.parent / f"up-{self.runs}.log", env=self.env).start()
+        return self.proc
+
+    def output(self) -> str:
+        return self.proc.log_path.read_text(errors="replace") if self.proc else ""
+
+    def cli(self, *args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([dev_bin("prelabel"), *args], env=self.env, capture_output=True, text=True,
+                              timeout=120, check=False)
+
+    def record(self) -> dict:
+        return json.loads((self.data_dir / "stack" / "stack.json").read_text())
+
+    def client(self) -> LabelStudio:
+        _, _, token = self.record()["ls_credentials"]
+        return LabelStudio(base_url=f"http://127.0.0.1:{self.ports['--ls-port']}", api_key=token)
+
+    def ready(self) -> bool:
+        return "tasks pre-annotated" in self.output() and "Ctrl-C" in self.output()
+
+
+@pytest.fixture()
+def up(tmp_path: Path) -> Iterator[Up]:
+    stack = Up(tmp_path / "data")
+    yield stack
+    stack.cli("down")
+    if stack.proc is not None:
+        stack.proc.stop()
+
+
+def _alive(pid: int) -> bool:
+    from prelabel.jobs.worker import _alive as alive
+
+    return alive(pid)
+
+
+def test_up_annotate_down_and_up_again(up: Up) -> None:
+    up.start()
+    wait_for(up.ready, 600, "`prelabel up` to report the sample project", context=up.output)
+    status = json.loads(up.cli("status", "--json").stdout)
+    assert status["running"] and status["label_studio_health"] and status["backend_health"], status
+    assert all(status["processes"].values()), status
+
+    client = up.client()
+    [project] = [p for p in client.projects.list() if p.title == "Search intent (prelabel sample)"]
+    tasks = list(client.tasks.list(project=project.id))
+    predictions = [p for p in client.predictions.list(project=project.id)
+                   if not p.model_version.startswith("review:")]
+    assert tasks and {p.task for p in predictions} == {t.id for t in tasks}, "every sample task pre-annotated"
+    assert all(p.model_version.startswith("smollm2@p-") for p in predictions)
+
+    annotation = client.annotations.create(id=tasks[0].id, result=[{
+        "from_name": "intent", "to_name": "text", "type": "choices", "value": {"choices": ["other"]}}])
+    worker_log = up.data_dir / "stack" / "logs" / "worker.log"
+    wait_for(lambda: f"ANNOTATION_CREATED project {project.id}" in worker_log.read_text(), 120,
+             "the annotation webhook to reach the worker", context=lambda: worker_log.read_text()[-3000:])
+    assert annotation.id
+
+    record = up.record()
+    pids = [record["pid"], *record["children"].values()]
+    down = up.cli("down")
+    assert down.returncode == 0, down.stdout + down.stderr
+    wait_for(lambda: not any(_alive(pid) for pid in pids), 30, "every process of the stack to exit")
+    assert up.proc.popen.wait(10) == 0, up.output()[-2000:]
+    leftovers = subprocess.run(["pgrep", "-f", str(up.data_dir)], capture_output=True, text=True).stdout
+    assert not leftovers.strip(), f"processes left behind: {leftovers}"
+    assert up.cli("status").returncode == 3
+
+    up.start()
+    wait_for(up.ready, 300, "the second `prelabel up`", context=up.output)
+    client = up.client()
+    projects = [p for p in client.projects.list() if p.title == "Search intent (prelabel sample)"]
+    assert [p.id for p in projects] == [project.id], "a second project was created"
+    assert len(list(client.tasks.list(project=project.id))) == len(tasks), "tasks were imported again"
+    assert len(list(client.ml.list(project=project.id))) == 1, "the backend was connected twice"
+    hooks = [h for h in client.webhooks.list(project=project.id) if h.url.endswith("/webhook")]
+    assert len(hooks) == 1 and hooks[0].headers.get("X-Prelabel-Secret"), hooks
+    assert "reused" in up.output()
+
+
+def test_port_in_use_is_a_clear_error(up: Up) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", up.ports["--backend-port"]))
+        busy.listen()
+        proc = up.start()
+        code = proc.popen.wait(60)
+    assert code == 2
+    out = up.output()
+    assert f"port {up.ports['--backend-port']} (backend) is already in use" in out
+    assert "Traceback" not in out
+
+
+def test_missing_model_and_unreachable_llm_are_clear_errors(up: Up, tmp_path: Path) -> None:
+    up.env["PRELABEL_LLAMA_VENV"] = str(tmp_path / "no-such-venv")
+    code = up.start().popen.wait(60)
+    assert code == 2 and "local model missing" in up.output() and "Traceback" not in up.output()
+
+    del up.env["PRELABEL_LLAMA_VENV"]
+    up.env["OPENAI_BASE_URL"] = f"http://127.0.0.1:{free_port()}/v1"
+    code = up.start().popen.wait(60)
+    out = up.output()
+    assert code == 2 and "is unreachable" in out and "Traceback" not in out
+    assert os.environ.get("OPENAI_API_KEY", "\0") not in out
