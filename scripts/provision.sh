@@ -19,7 +19,7 @@
 #   PRELABEL_PYTHON           interpreter for new venvs (default python3.11, else python3; >= 3.10)
 #   PRELABEL_EXTRAS           extras for venv-dev (default "dev"; e.g. "dev,train")
 #   PRELABEL_FORCE_REINSTALL  1: re-run the editable install of venv-dev even when up to date
-#   PRELABEL_SKIP=ls,llama    skip provisioning those venvs (ls, llama, dev)
+#   PRELABEL_SKIP=ls,llama    skip provisioning those parts (ls, llama, dev, browser)
 set -euo pipefail
 
 LS_VERSION=1.23.2
@@ -220,6 +220,25 @@ with_lock() {
     )
 }
 
+# Headless Chromium for the browser test (Debian's packages; selenium uses the system driver, so
+# nothing is downloaded at test time). Only where apt-get works as root; otherwise the test skips.
+provision_browser() {
+    if command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; then
+        say "chromium: ok ($(command -v chromium))"
+        return 0
+    fi
+    if [ "$(id -u)" != "0" ] || ! command -v apt-get >/dev/null 2>&1; then
+        say "chromium: not installed and apt-get unavailable (not root?): the browser test will skip"
+        return 0
+    fi
+    local log="$CACHE/browser-install.log"
+    say "chromium: apt-get install chromium chromium-driver (log: $log)"
+    if ! { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; } >"$log" 2>&1; then
+        say "chromium: install failed (see $log): the browser test will skip"
+    fi
+}
+
+case "$SKIP" in *,browser,*) say "chromium: skipped (PRELABEL_SKIP)" ;; *) with_lock browser provision_browser ;; esac
 case "$SKIP" in *,ls,*) say "label-studio: skipped (PRELABEL_SKIP)" ;; *) with_lock label-studio provision_label_studio ;; esac
 case "$SKIP" in *,llama,*) say "llama-cpp-python: skipped (PRELABEL_SKIP)" ;; *) with_lock llama provision_llama ;; esac
 case "$SKIP" in *,dev,*) say "venv-dev: skipped (PRELABEL_SKIP)" ;; *) with_lock dev provision_dev ;; esac
