@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import re
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
@@ -356,6 +357,47 @@ class NumberField(ControlField):
         return None
 
 
+LIST_ITEM = re.compile(r"^\[([^\]\n]+)\] ", re.MULTILINE)
+
+
+@dataclass
+class RankerField(ControlField):
+    """Ranking of the items of a ``List`` (e.g. K model outputs), best first.
+
+    The List object is rendered for the prompt as one ``[id] title: body`` line per item, so the
+    model answers with item ids; a valid answer is a permutation of exactly those ids. Label
+    Studio stores it as ``{"ranker": {<this control's name>: [ids in order]}}`` (checked in the
+    labeling UI: keyed by the List's name instead, nothing renders).
+    """
+
+    tag: ClassVar[str] = "Ranker"
+    region_type: ClassVar[str] = "ranker"
+
+    def json_schema(self) -> dict[str, Any]:
+        return {"type": "array", "items": {"type": "string"}, "minItems": 2}
+
+    def describe(self) -> str:
+        return f'"{self.name}": the ids of all the listed items (the [id] before each), best first, each exactly once'
+
+    def to_regions(self, value: Any, text: str) -> list[dict[str, Any]]:
+        ids = LIST_ITEM.findall(text)
+        if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+            raise AnswerError(self.name, "schema", f"expected a list of item ids, got {value!r}")
+        unknown = [item for item in value if item not in ids]
+        if unknown:
+            raise AnswerError(self.name, "label_not_in_set", f"unknown item ids {unknown}; the ids are {ids}")
+        if len(value) != len(set(value)) or set(value) != set(ids):
+            raise AnswerError(self.name, "schema", f"must rank every item exactly once: {ids}, got {value}")
+        return [self._region({"ranker": {self.name: list(value)}})]
+
+    def from_regions(self, regions: list[dict[str, Any]]) -> Any:
+        for region in self._own(regions):
+            order = (region.get("value") or {}).get("ranker", {}).get(self.name)
+            if isinstance(order, list):
+                return order
+        return None
+
+
 def _fmt(number: float) -> str:
     return str(int(number)) if float(number).is_integer() else str(number)
 
@@ -365,5 +407,5 @@ def _region_id(*parts: str) -> str:
 
 
 FIELD_TYPES: dict[str, type[ControlField]] = {
-    cls.tag: cls for cls in (ChoicesField, LabelsField, TextAreaField, RatingField, NumberField)
+    cls.tag: cls for cls in (ChoicesField, LabelsField, TextAreaField, RatingField, NumberField, RankerField)
 }

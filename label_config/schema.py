@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 TEXT_OBJECTS = {"Text", "HyperText", "Paragraphs"}
 # Controls that carry offsets need a plain Text object (HyperText spans need XPath ranges).
 SPAN_OBJECTS = {"Text"}
+LIST_OBJECTS = {"List"}
 
 
 class ConfigError(ValueError):
@@ -101,7 +102,26 @@ def _as_text(obj: ObjectInfo, raw: Any) -> str:
             speaker = item.get("author") or item.get("speaker") or ""
             lines.append(f"{speaker}: {item.get('text', '')}" if speaker else str(item.get("text", "")))
         return "\n".join(lines)
+    if obj.tag == "List" and isinstance(raw, list):
+        return _list_text(obj, raw)
     raise TaskDataError(f"'{obj.value_key}' must be a string, got {type(raw).__name__}")
+
+
+def _list_text(obj: ObjectInfo, items: list[Any]) -> str:
+    """A List's items as ``[id] title: body`` lines (the ids a Ranker answer refers to)."""
+    lines, seen = [], set()
+    for item in items:
+        if not isinstance(item, dict) or not str(item.get("id", "")).strip():
+            raise TaskDataError(f"'{obj.value_key}' items must be objects with an 'id'")
+        item_id = str(item["id"])
+        if item_id in seen or "]" in item_id or "\n" in item_id:
+            raise TaskDataError(f"'{obj.value_key}' item ids must be unique, without ']' or newlines: {item_id!r}")
+        seen.add(item_id)
+        title, body = (" ".join(str(item.get(key) or "").split()) for key in ("title", "body"))
+        lines.append(f"[{item_id}] " + ": ".join(part for part in (title, body) if part))
+    if len(lines) < 2:
+        raise TaskDataError(f"'{obj.value_key}' needs at least two items to rank")
+    return "\n".join(lines)
 
 
 def config_hash(config: str) -> str:
@@ -146,7 +166,7 @@ def _unsupported_reason(control: Any, objects: dict[str, ObjectInfo]) -> str | N
     obj = objects.get(to_names[0])
     if obj is None:
         return f"toName '{to_names[0]}' is not an object with a $value"
-    allowed = SPAN_OBJECTS if control.tag == "Labels" else TEXT_OBJECTS
+    allowed = SPAN_OBJECTS if control.tag == "Labels" else LIST_OBJECTS if control.tag == "Ranker" else TEXT_OBJECTS
     if obj.tag not in allowed:
         return f"<{control.tag}> on <{obj.tag}> is not supported (needs {'/'.join(sorted(allowed))})"
     if control.tag in ("Choices", "Labels") and not control.labels:

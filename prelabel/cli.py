@@ -20,6 +20,7 @@ from prelabel.ranking import cli as ranking_cli
 from prelabel.redis_conn import embedded_redis_stopped_on_exit
 from prelabel.settings import Settings, get_settings
 from prelabel.stack import cli as stack_cli
+from prelabel.studio import cli as studio_cli
 
 app = typer.Typer(help="LLM pre-annotation, review and active learning for Label Studio.", no_args_is_help=True)
 config_app = typer.Typer(help="Inspect labeling configs and guidelines.", no_args_is_help=True)
@@ -32,6 +33,7 @@ app.command("simulate-al")(ranking_cli.simulate_al)
 app.command()(stack_cli.up)
 app.command()(stack_cli.down)
 app.command()(stack_cli.status)
+app.command()(studio_cli.init)
 console = Console(stderr=True)
 
 

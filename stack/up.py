@@ -199,7 +199,7 @@ def run_up(settings: Settings, *, ls_port: int, backend_port: int, llm_port: int
 
 
 def sample_project(ls, backend_url: str, record: StackRecord, template: str, say: Callable[[str], None]) -> int:
-    from prelabel.stack.sample_project import ensure_project, template_files
+    from prelabel.studio.project_setup import ensure_project, template_files
 
     config, tasks = template_files(template)
     setup = ensure_project(ls.sdk(), title=SAMPLE_TITLE if template == SAMPLE_TEMPLATE else f"{template} (prelabel)",
@@ -214,7 +214,7 @@ def sample_project(ls, backend_url: str, record: StackRecord, template: str, say
 
 def wait_for_predictions(ls, project_id: int, timeout: float, say: Callable[[str], None],
                          stop: threading.Event) -> None:
-    from prelabel.stack.sample_project import predicted_tasks
+    from prelabel.studio.project_setup import predicted_tasks
 
     deadline = time.monotonic() + timeout
     done, total = predicted_tasks(ls.sdk(), project_id)

@@ -1,6 +1,6 @@
 """Create (or find) a Label Studio project wired to prelabel, idempotently.
 
-``prelabel up`` runs this on every start, so each step first looks at what is there: the project
+``prelabel init`` and ``prelabel up`` (on every start) run this, so each step first looks at what is there: the project
 is found by title, the backend connected only if no ML backend points at it, the webhook header
 set only where missing, the sample tasks imported only into an empty project.
 """
@@ -8,6 +8,7 @@ set only where missing, the sample tasks imported only into an empty project.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
@@ -28,6 +29,8 @@ class ProjectSetup:
 def template_files(name: str) -> tuple[str, list[dict[str, Any]]]:
     """The shipped template's labeling config and sample tasks."""
     folder = resources.files("prelabel.label_config") / "templates"
+    if not re.fullmatch(r"[a-z0-9_]+", name) or not (folder / f"{name}.xml").is_file():
+        raise FileNotFoundError(f"no template {name!r}")
     config = (folder / f"{name}.xml").read_text(encoding="utf-8")
     sample = folder / f"{name}.sample.jsonl"
     tasks = [json.loads(line) for line in sample.read_text(encoding="utf-8").splitlines() if line.strip()] \
