@@ -9,7 +9,7 @@ from rich.console import Console
 
 from prelabel.settings import get_settings
 
-console = Console()
+console = Console(soft_wrap=True)
 
 
 def _say(message: str) -> None:
