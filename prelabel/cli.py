@@ -15,10 +15,14 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from prelabel.settings import Settings, get_settings
+from prelabel.train.cli import app as train_app
+from prelabel.train.cli import eval_command
 
 app = typer.Typer(help="LLM pre-annotation, review and active learning for Label Studio.", no_args_is_help=True)
 config_app = typer.Typer(help="Inspect labeling configs and guidelines.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
+app.add_typer(train_app, name="train")
+app.command("eval")(eval_command)
 console = Console(stderr=True)
 
 
