@@ -181,7 +181,7 @@ def _api_key(settings: Settings) -> str:
 
 def enqueue_flywheel(queue: Any, project_id: str | int, **kwargs: Any) -> Any:
     """Queue ``run_flywheel`` on an RQ queue (the START_TRAINING handler); status becomes 'queued'."""
-    job = queue.enqueue(run_flywheel, str(project_id), kwargs=kwargs, job_timeout=JOB_TIMEOUT,
+    job = queue.enqueue(run_flywheel, args=(str(project_id),), kwargs=kwargs, job_timeout=JOB_TIMEOUT,
                         description=f"flywheel for project {project_id}")
     Status(queue.connection, str(project_id)).set(state="queued", job_id=job.id, queued=_now())
     return job
