@@ -71,13 +71,20 @@ class TransformersEngine:
 
     def __init__(self, model: str | Path, *, adapter: str | Path | None = None, max_new_tokens: int = 64,
                  batch_size: int = 16, template: str = "default") -> None:
-        from prelabel.train.models import ModelRef, load_model, load_tokenizer, resolve_model
+        from prelabel.train.models import (
+            ModelRef,
+            load_model,
+            load_tokenizer,
+            resolve_model,
+            resolve_precision,
+        )
 
         ref = resolve_model(model)
         self.model = str(ref.path) + (f"+{adapter}" if adapter else "")
         self.tokenizer = load_tokenizer(ModelRef(Path(adapter)) if adapter else ref, template)
         self.tokenizer.padding_side = "left"
-        self.lm = load_model(ref, "fp32")
+        self.dtype = resolve_precision("auto")  # bf16/fp16 on a GPU, fp32 on CPU
+        self.lm = load_model(ref, self.dtype)
         if adapter:
             from peft import PeftModel
 
@@ -88,7 +95,7 @@ class TransformersEngine:
 
     def describe(self) -> dict[str, Any]:
         return {"engine": self.name, "model": self.model, "max_new_tokens": self.max_new_tokens,
-                "decoding": "greedy", "guided": False}
+                "decoding": "greedy", "guided": False, "dtype": self.dtype}
 
     def generate(self, conversations: list[list[dict[str, str]]], fmt: AnswerFormat | None) -> list[Generation]:
         results: list[Generation] = []

@@ -329,15 +329,14 @@ def train(
                        record)
 
 
-def _tokenized(records: list[Any], tokenizer: Any, cutoff_len: int) -> Any:
-    import datasets
-
+def _tokenized(records: list[Any], tokenizer: Any, cutoff_len: int) -> list[dict[str, list[int]]]:
+    """Rows the collator pads; a plain list is a valid map-style dataset for the Trainer."""
     rows = []
     for record in records:
         item = tokenize(record, tokenizer, cutoff_len)
         rows.append({"input_ids": item.input_ids, "attention_mask": [1] * len(item.input_ids),
                      "labels": item.labels})
-    return datasets.Dataset.from_list(rows)
+    return rows
 
 
 def _evals(metrics: dict[str, Any]) -> dict[str, float]:

@@ -3,7 +3,7 @@
 LoRA training is interrupted and resumed from its checkpoint, the loss goes down, the merged
 model reproduces base+adapter, the transformers engine and the llama.cpp server (openai engine)
 are evaluated on the same test split, and promotion is exercised both ways. Then the RQ pipeline
-function runs the whole chain with a real Redis. Sizes are tiny (few steps, short prompts) to
+function runs the whole chain with a real Redis (on a tiny local model, for speed). Sizes are tiny (few steps, short prompts) to
 keep CI on 2 cores fast; accuracy is not the point, behaviour is.
 """
 
@@ -18,12 +18,12 @@ import yaml
 pytest.importorskip("peft", reason="needs the train extra (PRELABEL_EXTRAS=dev,train)")
 torch = pytest.importorskip("torch", reason="needs the train extra (PRELABEL_EXTRAS=dev,train)")
 
-from typer.testing import CliRunner  # noqa: E402
+from typer.testing import CliRunner
 
-from prelabel.cli import app  # noqa: E402
-from prelabel.settings import Settings, get_settings  # noqa: E402
-from tests.harness.llm_server import find_gguf  # noqa: E402
-from tests.support.flywheel_data import spam_dataset  # noqa: E402
+from prelabel.cli import app
+from prelabel.settings import Settings, get_settings
+from tests.harness.llm_server import find_gguf
+from tests.support.flywheel_data import spam_dataset
 
 pytestmark = pytest.mark.e2e
 
@@ -177,17 +177,22 @@ def test_train_resume_merge_eval_promote(gguf: Path, workdir: Path, env: Setting
     assert client.llen("prelabel:train:decisions") == 2
 
 
-def test_flywheel_pipeline_with_redis(gguf: Path, workdir: Path, env: Settings, llm_server) -> None:
+def test_flywheel_pipeline_with_redis(workdir: Path, env: Settings, llm_server) -> None:
+    """The job function end to end; a tiny local model keeps it quick (the model is not the point)."""
     import redis
 
     from prelabel.redis_conn import redis_url
     from prelabel.train.pipeline import STAGES, read_status, run_flywheel
     from prelabel.train.promote import active_model
+    from tests.support.flywheel_data import INSTRUCTION, classification_records
+    from tests.support.tiny_model import build_tiny_model
 
     data = spam_dataset(workdir / "dataset-pipeline")
+    texts = [INSTRUCTION] + [r["input"] + " " + r["output"] for r in classification_records(60)]
+    model = build_tiny_model(workdir / "tiny", texts)
     config = workdir / "flywheel.yaml"
     config.write_text(yaml.safe_dump({
-        "train": {"model_name_or_path": str(gguf), **TRAIN, "max_steps": 4, "eval_steps": 2, "save_steps": 2},
+        "train": {"model_name_or_path": str(model), **TRAIN, "max_steps": 4, "eval_steps": 2, "save_steps": 2},
         "merge_dtype": "float32",
         "eval": {"engine": "transformers", "max_new_tokens": 8},
         "promotion": {"margin": 0.0, "max_class_drop": 1.0},
