@@ -21,6 +21,8 @@ from prelabel.redis_conn import embedded_redis_stopped_on_exit
 from prelabel.settings import Settings, get_settings
 from prelabel.stack import cli as stack_cli
 from prelabel.studio import cli as studio_cli
+from prelabel.train.cli import app as train_app
+from prelabel.train.cli import eval_command
 
 app = typer.Typer(help="LLM pre-annotation, review and active learning for Label Studio.", no_args_is_help=True)
 config_app = typer.Typer(help="Inspect labeling configs and guidelines.", no_args_is_help=True)
@@ -34,6 +36,8 @@ app.command()(stack_cli.up)
 app.command()(stack_cli.down)
 app.command()(stack_cli.status)
 app.command()(studio_cli.init)
+app.add_typer(train_app, name="train")
+app.command("eval")(eval_command)
 console = Console(stderr=True)
 
 

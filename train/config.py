@@ -1,0 +1,194 @@
+"""Run configuration for LoRA training, with the knob names people know from LLaMA-Factory.
+
+Every model here forbids unknown keys: a typo such as ``lora_rnak`` must stop the run before a
+model is loaded, not silently train with the default. ``load_yaml`` turns pydantic's errors into
+one readable message with "did you mean" hints.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+Precision = Literal["auto", "bf16", "fp16", "fp32"]
+MergeDtype = Literal["auto", "float32", "bfloat16", "float16"]
+EngineName = Literal["auto", "transformers", "vllm", "openai"]
+M = TypeVar("M", bound=BaseModel)
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot be run; raised before any model is loaded."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=False)
+
+
+class TrainConfig(_Strict):
+    """``prelabel train lora --config run.yaml``: one LoRA (or QLoRA) run on an exported dataset."""
+
+    model_name_or_path: str = Field(description="Base model: a Hugging Face model directory or a .gguf file.")
+    template: Literal["default", "chatml"] = Field(
+        "default", description="Chat format: the tokenizer's own chat template, or ChatML for models without one."
+    )
+    dataset_dir: Path = Field(description="Exported dataset: train/val/test.jsonl + manifest.json.")
+    output_dir: Path = Field(description="Checkpoints, logs and the final adapter go here.")
+    lora_rank: int = Field(8, ge=1)
+    lora_alpha: int = Field(16, ge=1)
+    lora_dropout: float = Field(0.05, ge=0.0, lt=1.0)
+    lora_target: list[str] = Field(
+        default_factory=lambda: ["q_proj", "v_proj", "o_proj"],
+        description="Module names to adapt (list or comma-separated); 'all' = every linear layer.",
+    )
+    quantization_bit: Literal[4, 8] | None = Field(
+        None, description="QLoRA: load the base in 4/8 bit (needs bitsandbytes and a CUDA GPU)."
+    )
+    learning_rate: float = Field(2e-4, gt=0)
+    num_train_epochs: float = Field(5.0, gt=0)
+    max_steps: int = Field(-1, description="> 0 overrides num_train_epochs.")
+    lr_scheduler_type: Literal["cosine", "linear", "constant", "constant_with_warmup"] = "cosine"
+    warmup_ratio: float = Field(0.1, ge=0.0, lt=1.0)
+    per_device_train_batch_size: int = Field(4, ge=1)
+    per_device_eval_batch_size: int = Field(8, ge=1)
+    gradient_accumulation_steps: int = Field(1, ge=1)
+    cutoff_len: int = Field(1024, ge=16, description="Max tokens per example (prompt is cut from the left).")
+    max_samples: int | None = Field(None, ge=1, description="Use at most this many training records.")
+    precision: Precision = Field("auto", description="auto: bf16 on GPUs that support it, else fp16; fp32 on CPU.")
+    logging_steps: int = Field(10, ge=1)
+    eval_steps: int = Field(50, ge=1)
+    save_steps: int = Field(50, ge=1)
+    save_total_limit: int = Field(3, ge=1)
+    metric_for_best_model: Literal["auto", "accuracy", "exact_match", "loss"] = Field(
+        "auto", description="auto: accuracy for classification/rating, exact_match otherwise."
+    )
+    resume_from_checkpoint: str = Field(
+        "auto", description="auto: the last checkpoint in output_dir; 'none'; or a checkpoint path."
+    )
+    seed: int = 42
+
+    @field_validator("lora_target", mode="before")
+    @classmethod
+    def _csv(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TrainConfig:
+        if self.save_steps % self.eval_steps:
+            raise ValueError(
+                f"save_steps ({self.save_steps}) must be a multiple of eval_steps ({self.eval_steps}): "
+                "the best checkpoint is chosen among evaluated ones"
+            )
+        if not self.lora_target:
+            raise ValueError("lora_target is empty")
+        return self
+
+    def fingerprint(self) -> dict[str, Any]:
+        """What makes two runs the same run (a resumed run must match it)."""
+        return self.model_dump(mode="json", exclude={"resume_from_checkpoint", "output_dir"})
+
+
+class EvalConfig(_Strict):
+    """How a model is evaluated on the test split."""
+
+    engine: EngineName = Field("auto", description="auto: vllm when installed and a GPU is present, else transformers.")
+    max_new_tokens: int = Field(64, ge=1)
+    batch_size: int = Field(16, ge=1)
+    concurrency: int = Field(8, ge=1, description="openai engine: requests in flight.")
+    max_samples: int | None = Field(None, ge=1)
+
+
+class PromotionPolicy(_Strict):
+    """When a candidate replaces the current pre-annotator."""
+
+    margin: float = Field(0.01, ge=0.0, description="Primary metric must beat the current one by at least this.")
+    max_class_drop: float = Field(
+        0.05, ge=0.0, description="No class (field) may lose more than this in F1 (accuracy)."
+    )
+    cascade_threshold: float | None = Field(
+        None, gt=0.0, lt=1.0,
+        description="Cost cascade: the new model labels, the previous one takes tasks under this confidence.",
+    )
+
+
+class ServeConfig(_Strict):
+    """Where the promoted (merged) model will be served, e.g. ``vllm serve MERGED --served-model-name NAME``."""
+
+    base_url: str = Field(description="OpenAI-compatible URL serving the merged model.")
+    model_name: str | None = Field(None, description="Served model name; default prelabel-<project>-<run>.")
+
+
+class FlywheelConfig(_Strict):
+    """``PRELABEL_TRAIN_CONFIG``: the export -> train -> merge -> eval -> promote pipeline."""
+
+    train: dict[str, Any] = Field(
+        description="TrainConfig fields except dataset_dir/output_dir, which the pipeline sets per run."
+    )
+    merge_dtype: MergeDtype = "auto"
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    promotion: PromotionPolicy = Field(default_factory=PromotionPolicy)
+    serve: ServeConfig
+    export: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments for the export.")
+
+    @field_validator("train")
+    @classmethod
+    def _train_keys(cls, value: dict[str, Any]) -> dict[str, Any]:
+        for key in ("dataset_dir", "output_dir"):
+            if key in value:
+                raise ValueError(f"train.{key} is set by the pipeline for each run; remove it")
+        TrainConfig.model_validate({**value, "dataset_dir": ".", "output_dir": "."})
+        return value
+
+    def train_config(self, dataset_dir: Path, output_dir: Path) -> TrainConfig:
+        return TrainConfig.model_validate({**self.train, "dataset_dir": dataset_dir, "output_dir": output_dir})
+
+
+def describe_errors(exc: ValidationError, model: type[BaseModel]) -> str:
+    """Pydantic errors as one line each, with a suggestion for misspelt keys."""
+    lines = []
+    for error in exc.errors():
+        where = ".".join(str(part) for part in error["loc"]) or "(top level)"
+        if error["type"] == "extra_forbidden":
+            known = _known_keys(model, error["loc"])
+            guess = difflib.get_close_matches(str(error["loc"][-1]), known, n=1)
+            hint = f" (did you mean '{guess[0]}'?)" if guess else ""
+            lines.append(f"{where}: unknown key{hint}")
+        else:
+            lines.append(f"{where}: {error['msg']}")
+    return "; ".join(lines)
+
+
+def _known_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
+    for part in loc[:-1]:
+        field = model.model_fields.get(str(part))
+        annotation = getattr(field, "annotation", None)
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            model = annotation
+        elif part == "train":
+            model = TrainConfig
+    return list(model.model_fields)
+
+
+def load_yaml(path: Path, model: type[M]) -> M:
+    """Read and validate a YAML config; every problem becomes a ``ConfigError``."""
+    try:
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"cannot read config {path}: {exc.strerror or exc}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of settings at the top level")
+    return validate(data, model, source=str(path))
+
+
+def validate(data: dict[str, Any], model: type[M], source: str = "config") -> M:
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(f"{source}: {describe_errors(exc, model)}") from None
