@@ -64,12 +64,15 @@ class Mapper:
         definitions = g.labels.get(self.control.name, {})
         for label in self.control.labels:
             definition = definitions.get(label.value)
-            lines.append(f"- {label.value}: {(definition.definition if definition else '') or label.hint or ''}".rstrip(": "))
+            text = (definition.definition if definition else "") or label.hint or ""
+            lines.append(f"- {label.value}: {text}" if text else f"- {label.value}")
         lines += [f"- rule: {rule}" for rule in g.rules]
         if g.when_unsure:
             lines.append(f"When unsure: {g.when_unsure}")
-        many = self.task_type == "multilabel"
-        lines.append("Answer with a JSON list of labels." if many else "Answer with exactly one label and nothing else.")
+        if self.task_type == "multilabel":
+            lines.append("Answer with a JSON list of labels.")
+        else:
+            lines.append("Answer with exactly one label and nothing else.")
         return "\n".join(lines)
 
     def record(self, task: dict[str, Any], result: list[dict[str, Any]]) -> Record | None:
@@ -96,8 +99,8 @@ class Mapper:
         if self.task_type == "rating":
             return Record(tid, body, str(value), label=str(value))
         if self.task_type == "ranking":
-            items = {str(i.get("id")): " ".join(str(i.get("body") or i.get("title") or "").split())
-                     for i in (task.get("data") or {}).get(self.ctx.schema.objects[self.control.object_name].value_key, [])}
+            raw = (task.get("data") or {}).get(self.ctx.schema.objects[self.control.object_name].value_key, [])
+            items = {str(i.get("id")): " ".join(str(i.get("body") or i.get("title") or "").split()) for i in raw}
             order = [i for i in value if i in items]
             prompt = next((t for n, t in texts.items() if n != self.control.object_name), body)
             return Record(tid, prompt, items[order[0]] if order else "", pairs=ranking_pairs(order, items))

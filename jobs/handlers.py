@@ -2,7 +2,7 @@
 
 TASKS_CREATED  -> pre-annotate the new tasks in the background, then review them
 ANNOTATION_*   -> remember the new human label, refresh ranking and quality, maybe retrain
-START_TRAINING -> the training pipeline (or a clear "not configured" status without it)
+START_TRAINING -> the training pipeline (export -> LoRA -> merge -> eval -> promote), its status in Redis
 
 Every function here may run more than once for the same input (retries, a crashed worker's job
 picked up again) and leaves Label Studio as if it ran once.
@@ -21,7 +21,7 @@ import redis
 from prelabel.jobs import events as ev
 from prelabel.jobs.events import Event
 from prelabel.jobs.projects import ProjectRecord, label_studio_access, load_project
-from prelabel.jobs.queue import connection, enqueue, enqueue_once
+from prelabel.jobs.queue import connection, enqueue, enqueue_once, job_queue
 from prelabel.jobs.review import REVIEW_ERROR, REVIEW_PREFIX, Review, is_review, proposed_answer, review_one
 from prelabel.jobs.status import REVIEW_STATS_KEY
 from prelabel.jobs.studio import ProjectClient
@@ -33,7 +33,6 @@ from prelabel.settings import Settings, get_settings, reviewer_settings
 log = logging.getLogger(__name__)
 
 NEW_LABELS_KEY = "prelabel:new_labels:{pid}"
-TRAIN_STATUS_KEY = "prelabel:train:{pid}"
 
 
 class ReviewRetry(RuntimeError):
@@ -225,17 +224,15 @@ def _now() -> str:
 
 # --- human labels: ranking, quality, retraining ------------------------------------------------
 def on_human_label(job: ProjectJob, annotation_ids: list[int]) -> dict[str, Any]:
+    """Count new human labels (each annotation once, however often delivered), refresh, maybe retrain."""
+    from prelabel.train.pipeline import note_verified_labels
+
     key = NEW_LABELS_KEY.format(pid=job.project_id)
-    job.conn.sadd(key, *annotation_ids)  # a set: the same annotation delivered twice counts once
+    new = job.conn.sadd(key, *annotation_ids)  # a set: the same annotation delivered twice counts once
     queue_refresh(job)
-    new_labels = job.conn.scard(key)
-    every = job.settings.retrain_every
-    if every and new_labels >= every:
-        job.conn.delete(key)
-        enqueue(job.conn, job.settings, start_training_job, job.project_id,
-                job_id=f"train-{job.project_id}-{int(time.time())}", description="retrain after new labels")
-        return {"new_labels": new_labels, "training": "queued"}
-    return {"new_labels": new_labels}
+    if new and note_verified_labels(job.conn, job.project_id, new):
+        return {"new_labels": new, "training": start_training(job.settings, job.conn, job.project_id)}
+    return {"new_labels": new}
 
 
 def queue_refresh(job: ProjectJob) -> None:
@@ -255,18 +252,9 @@ def refresh_project(project_id: int) -> dict[str, Any]:
 
 
 # --- training --------------------------------------------------------------------------------
-def start_training_job(project_id: int) -> dict[str, Any]:
-    settings = get_settings()
-    return start_training(settings, connection(settings), project_id)
-
-
 def start_training(settings: Settings, conn: redis.Redis, project_id: int) -> dict[str, Any]:
-    """Hand the project to the training pipeline, or record why it cannot run here."""
-    key = TRAIN_STATUS_KEY.format(pid=project_id)
-    try:
-        from prelabel.train.pipeline import run_flywheel
-    except ImportError as exc:
-        status = {"stage": "not_configured", "error": f"training pipeline not available: {exc}", "time": _now()}
-        conn.hset(key, mapping=status)
-        return status
-    return run_flywheel(project_id)
+    """Queue the export -> train -> merge -> eval -> promote pipeline (status in prelabel:train:<id>)."""
+    from prelabel.train.pipeline import enqueue_flywheel
+
+    job = enqueue_flywheel(job_queue(conn), project_id)
+    return {"flywheel": "queued", "job_id": job.id}

@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from prelabel.export import cli as export_cli
 from prelabel.jobs import cli as jobs_cli
 from prelabel.quality import cli as quality_cli
 from prelabel.ranking import cli as ranking_cli
@@ -38,6 +39,7 @@ app.command()(stack_cli.status)
 app.command()(studio_cli.init)
 app.add_typer(train_app, name="train")
 app.command("eval")(eval_command)
+app.command()(export_cli.export)
 console = Console(stderr=True)
 
 

