@@ -102,7 +102,10 @@ class Mapper:
             raw = (task.get("data") or {}).get(self.ctx.schema.objects[self.control.object_name].value_key, [])
             items = {str(i.get("id")): " ".join(str(i.get("body") or i.get("title") or "").split()) for i in raw}
             order = [i for i in value if i in items]
-            prompt = next((t for n, t in texts.items() if n != self.control.object_name), body)
+            data = task.get("data") or {}
+            prompt = next((str(data[o.value_key]) for name, o in self.ctx.schema.objects.items()
+                           if name != self.control.object_name and o.tag in ("Text", "HyperText")
+                           and o.value_key in data), body)
             return Record(tid, prompt, items[order[0]] if order else "", pairs=ranking_pairs(order, items))
         return Record(tid, body, json.dumps(answer, ensure_ascii=False, sort_keys=True))
 
