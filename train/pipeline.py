@@ -75,14 +75,9 @@ def _text(value: Any) -> str:
 
 
 def export_dataset(project_id: str, out_dir: Path, options: dict[str, Any]) -> Path:
-    """Adapter to the export package, imported lazily so the flywheel runs before it lands."""
-    try:
-        from prelabel.export.pipeline import export_project
-    except ImportError:
-        raise FlywheelError(
-            "export not available: prelabel.export.pipeline.export_project is not installed; "
-            "pass dataset_dir to train on an existing export"
-        ) from None
+    """The project's human-verified tasks as a dataset folder (``prelabel export`` with ``options``)."""
+    from prelabel.export.pipeline import export_project
+
     return Path(export_project(project_id, out_dir=out_dir, **options))
 
 

@@ -4,7 +4,6 @@ the flywheel job's status and failure paths, against a real embedded Redis (redi
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -192,7 +191,7 @@ def test_verified_label_trigger(client) -> None:
 def test_flywheel_failures_are_visible_in_status(tmp_path: Path, settings: Settings, client,
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     from prelabel.train.config import ConfigError
-    from prelabel.train.pipeline import FlywheelError, read_status, run_flywheel
+    from prelabel.train.pipeline import read_status, run_flywheel
 
     with pytest.raises(ConfigError, match="no flywheel config"):
         run_flywheel("9", settings=settings)
@@ -200,10 +199,13 @@ def test_flywheel_failures_are_visible_in_status(tmp_path: Path, settings: Setti
     assert status["state"] == "failed" and status["error"].startswith("config: ConfigError")
     config = tmp_path / "flywheel.yaml"
     config.write_text(yaml.safe_dump({"train": {"model_name_or_path": "m"}, "serve": {"base_url": "http://x/v1"}}))
-    monkeypatch.setitem(sys.modules, "prelabel.export.pipeline", None)  # the export package is not there
-    with pytest.raises(FlywheelError, match="export not available"):
+    monkeypatch.delenv("LABEL_STUDIO_URL", raising=False)
+    monkeypatch.delenv("LABEL_STUDIO_API_KEY", raising=False)
+    from prelabel.export.source import SourceError
+
+    with pytest.raises(SourceError, match="LABEL_STUDIO_URL"):  # nowhere to export from
         run_flywheel("9", config_path=str(config), settings=settings)
-    assert read_status(client, "9")["error"].startswith("export: FlywheelError: export not available")
+    assert read_status(client, "9")["error"].startswith("export: SourceError")
     assert client.get("prelabel:train:9:lock") is None
     client.set("prelabel:train:9:lock", "other-run")
     assert run_flywheel("9", config_path=str(config), settings=settings)["state"] == "skipped"
