@@ -39,7 +39,7 @@ from prelabel.label_config.schema import (
 )
 from prelabel.ml_backend import metrics
 from prelabel.ml_backend.cache import PredictionCache, cache_key
-from prelabel.ml_backend.confidence import FALLBACK_SCORE, answer_confidences
+from prelabel.ml_backend.confidence import FALLBACK_SCORE, answer_confidences, answer_label_probs
 from prelabel.ml_backend.fewshot import FewShotPool, file_examples, guideline_examples
 from prelabel.ml_backend.llm_client import Completion, LLMClient, LLMError
 from prelabel.ml_backend.prompt import Example, Prompt
@@ -79,6 +79,7 @@ class _Attempt:
     completion: Completion
     checked: CheckedAnswer
     confidences: dict[str, float] | None = None
+    label_probs: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
 @dataclass
@@ -277,7 +278,8 @@ class Predictor:
         for name, error in checked.errors.items():
             metrics.VALIDATION_ERRORS.labels(ctx.schema.field(name).tag, error.reason, str(attempt)).inc()
         confidences = answer_confidences(completion.content, start, completion.tokens, ctx.schema.fields, answer)
-        return _Attempt(completion, checked, confidences)
+        label_probs = answer_label_probs(completion.content, start, completion.tokens, ctx.schema.fields, answer)
+        return _Attempt(completion, checked, confidences, label_probs)
 
     # --- output --------------------------------------------------------------------------
     def _no_prediction(self, ctx: ProjectContext, reason: str, message: str, started: float) -> dict[str, Any]:
@@ -310,7 +312,7 @@ class Predictor:
         }
         stamp = {key: record.get(key) for key in REGION_PROVENANCE} | {"status": status}
         return {
-            "result": [{**region, "prelabel": stamp} for region in regions],
+            "result": [{**region, "prelabel": {**region.get("prelabel", {}), **stamp}} for region in regions],
             "score": round(score, 6),
             "model_version": self.model_version(ctx) + ("" if status == "ok" else f"#{status}"),
             "meta": {
@@ -333,6 +335,7 @@ def _merge(ctx: ProjectContext, attempts: list[_Attempt]) -> _Outcome:
     """
     merged = CheckedAnswer({})
     scores: dict[str, float] = {}
+    distributions: dict[str, dict[str, float]] = {}
     for control in ctx.schema.fields:
         for attempt in attempts:
             if control.name in attempt.checked.regions:
@@ -340,6 +343,8 @@ def _merge(ctx: ProjectContext, attempts: list[_Attempt]) -> _Outcome:
                 merged.regions[control.name] = attempt.checked.regions[control.name]
                 if attempt.confidences and control.name in attempt.confidences:
                     scores[control.name] = attempt.confidences[control.name]
+                if control.name in attempt.label_probs:
+                    distributions[control.name] = attempt.label_probs[control.name]
                 break
             if control.name not in attempt.checked.errors and control.name in attempt.checked.answer:
                 merged.answer[control.name] = attempt.checked.answer[control.name]  # valid but empty
@@ -355,6 +360,8 @@ def _merge(ctx: ProjectContext, attempts: list[_Attempt]) -> _Outcome:
         for region in merged.regions.get(control.name, []):
             if control.name in scores:
                 region = {**region, "score": scores[control.name]}
+            if control.name in distributions:
+                region = {**region, "prelabel": {"label_probs": distributions[control.name]}}
             outcome.regions.append(region)
     outcome.scores = {name: score for name, score in scores.items() if name in merged.regions}
     if merged.regions and not outcome.scores:

@@ -17,6 +17,7 @@ from sklearn.metrics import roc_auc_score
 pytestmark = pytest.mark.e2e
 
 ROOT = Path(__file__).resolve().parents[2]
+LABELS = {"navigational", "informational", "transactional", "entertainment", "educational", "other"}
 
 
 def test_score_ranks_wrong_answers_lower(backend_factory) -> None:
@@ -30,14 +31,21 @@ def test_score_ranks_wrong_answers_lower(backend_factory) -> None:
     )
     response.raise_for_status()
     results = response.json()["results"]
-    scores, correct = [], []
+    scores, correct, distribution_scores = [], [], []
     for row, prediction in zip(rows, results):
         assert 0.0 <= prediction["score"] <= 1.0
         if not prediction["result"]:
             continue  # left for a human: no label to be right or wrong about
         assert prediction["meta"]["provenance"]["score_source"] == "logprobs"
         scores.append(prediction["score"])
-        correct.append(prediction["result"][0]["value"]["choices"][0] == row["label"])
+        region = prediction["result"][0]
+        chosen = region["value"]["choices"][0]
+        correct.append(chosen == row["label"])
+        probs = region["prelabel"].get("label_probs")
+        if probs is not None:  # the label distribution, when the server returned alternatives
+            assert set(probs) == set(LABELS) and abs(sum(probs.values()) - 1) < 1e-3
+            assert probs[chosen] == max(probs.values()) or probs[chosen] > 0
+        distribution_scores.append(probs[chosen] if probs else None)
     assert len(scores) >= len(rows) // 2, "most tasks should get a valid label"
     assert len(set(scores)) > 1, "scores must vary with the model's certainty"
     report = {
@@ -47,7 +55,10 @@ def test_score_ranks_wrong_answers_lower(backend_factory) -> None:
         "mean_score_correct": sum(s for s, c in zip(scores, correct) if c) / max(1, sum(correct)),
         "mean_score_wrong": sum(s for s, c in zip(scores, correct) if not c) / max(1, len(correct) - sum(correct)),
         "auroc": roc_auc_score(correct, scores) if 0 < sum(correct) < len(correct) else None,
+        "with_label_distribution": sum(p is not None for p in distribution_scores),
     }
+    if all(p is not None for p in distribution_scores) and 0 < sum(correct) < len(correct):
+        report["auroc_label_distribution"] = roc_auc_score(correct, distribution_scores)
     out = ROOT / "artifacts"
     out.mkdir(exist_ok=True)
     (out / "confidence_auroc.json").write_text(json.dumps(report, indent=2))
