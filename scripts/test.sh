@@ -11,7 +11,7 @@ set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 CACHE="${PRELABEL_CACHE:-$HOME/.cache/prelabel}"
-VENV="$CACHE/venv-dev"
+VENV="${PRELABEL_DEV_VENV:-$CACHE/venv-dev}"
 
 bash "$REPO/scripts/provision.sh"
 

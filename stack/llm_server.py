@@ -14,14 +14,16 @@ docs/label-studio-protocol.md, section "llama.cpp server", and tests/test_harnes
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 
+from prelabel.stack.llm_smoke import NotReady, check_completion
 from prelabel.stack.locations import llama_venv, require_venv
 from prelabel.stack.ports import free_port
-from prelabel.stack.processes import ManagedProcess, child_env
+from prelabel.stack.processes import ManagedProcess, StartupError, child_env
 
 MODEL_ALIAS = "smollm2"
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -126,10 +128,27 @@ def start_llm_server(
             timeout=timeout,
             what="serving /v1/models",
         )
+        await_real_answer(proc, base_url)
     except BaseException:
         proc.stop()
         raise
     return LLMServer(base_url=base_url, model=MODEL_ALIAS, process=proc, gguf=gguf)
+
+
+def await_real_answer(proc: ManagedProcess, base_url: str, timeout: float = 60.0) -> str:
+    """Readiness is a real answer: one chat completion with the JSON grammar and logprobs.
+
+    A server that lists its models may still die on its first completion (a build using CPU
+    instructions the machine does not allow); that is reported here, with its log, not later
+    as hundreds of failed LLM calls.
+    """
+    try:
+        return check_completion(base_url, MODEL_ALIAS, timeout=timeout)
+    except NotReady as exc:
+        time.sleep(0.5)  # let a crashed server be reaped so the message names its exit
+        state = f"; it then died ({proc.exit_text()})" if not proc.alive() else ""
+        raise StartupError(f"{proc.name} listed its models but gave no real answer: {exc}{state}; "
+                           f"log: {proc.log_path}") from None
 
 
 def external_llm_server() -> LLMServer | None:

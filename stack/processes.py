@@ -26,6 +26,8 @@ from pathlib import Path
 
 import psutil
 
+from prelabel.stack.llm_smoke import exit_text
+
 
 class StartupError(RuntimeError):
     """A server did not become ready; the message carries the tail of its log."""
@@ -144,6 +146,10 @@ class ManagedProcess:
     def returncode(self) -> int | None:
         return self.popen.poll() if self.popen else None
 
+    def exit_text(self) -> str:
+        """How it ended, for people: "exited with code 1" or "killed by SIGSEGV"."""
+        return exit_text(self.returncode())
+
     def _remember_descendants(self) -> None:
         if not self.alive():
             return
@@ -218,7 +224,7 @@ class ManagedProcess:
         last_exc: BaseException | None = None
         while True:
             if not self.alive():
-                raise self.fail(f"exited with code {self.returncode()} before {what}")
+                raise self.fail(f"{self.exit_text()} before {what}")
             try:
                 if check():
                     return
