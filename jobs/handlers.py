@@ -19,6 +19,7 @@ from typing import Any
 import redis
 
 from prelabel.jobs import events as ev
+from prelabel.jobs import outcomes
 from prelabel.jobs.events import Event
 from prelabel.jobs.projects import ProjectRecord, label_studio_access, load_project
 from prelabel.jobs.queue import connection, enqueue, enqueue_once, job_queue
@@ -88,6 +89,7 @@ def preannotate(job: ProjectJob, task_ids: list[int], label_config: str | None) 
 
 async def _preannotate(job: ProjectJob, task_ids: list[int], label_config: str | None) -> dict[str, int]:
     counts: dict[str, int] = {}
+    results: dict[int, outcomes.Outcome] = {}
     async with open_predictor(job.settings) as default:
         router = ModelRouter(default)
         predictor = await router.for_project(str(job.project_id))
@@ -96,24 +98,26 @@ async def _preannotate(job: ProjectJob, task_ids: list[int], label_config: str |
         step = max(1, job.settings.llm_concurrency * 2)
         for start in range(0, len(task_ids), step):
             chunk = task_ids[start:start + step]
-            tasks = await asyncio.gather(*(asyncio.to_thread(_task_needing, job.ls, tid, family) for tid in chunk))
-            todo = [t for t in tasks if t is not None]
+            todo = await asyncio.to_thread(_tasks_needing, job.ls, chunk, family)
             counts["already_done"] = counts.get("already_done", 0) + len(chunk) - len(todo)
             predictions = await predictor.predict(todo, ctx)
             for task, prediction in zip(todo, predictions):
+                outcome = outcomes.prediction_outcome(prediction)  # recorded first: LS keeps no reasons
+                outcomes.record(job.conn, job.project_id, {task["id"]: outcome})
                 await asyncio.to_thread(job.ls.upsert_prediction, task["id"], prediction,
                                         lambda mv: mv.startswith(family))
-                status = prediction["meta"]["status"]
-                counts[status] = counts.get(status, 0) + 1
+                counts[outcome.status] = counts.get(outcome.status, 0) + 1
+                results[task["id"]] = outcome
         await router.aclose()
-    log.info("project %s: pre-annotated %d tasks: %s", job.project_id, len(task_ids), counts)
+    log.info("project %s: %d task(s): %s%s", job.project_id, len(task_ids), outcomes.Tally.of(results.values()).summary(),
+             f"; {counts['already_done']} already done" if counts.get("already_done") else "")
     return counts
 
 
-def _task_needing(ls: ProjectClient, task_id: int, family: str) -> dict[str, Any] | None:
-    """The task, unless it already has a complete pre-annotation of this model and prompt."""
-    done = any(p.get("model_version") == family for p in ls.predictions(task_id))
-    return None if done else ls.task(task_id)
+def _tasks_needing(ls: ProjectClient, task_ids: list[int], family: str) -> list[dict[str, Any]]:
+    """The tasks, except those that already have a complete pre-annotation of this model and prompt."""
+    return [task for task in ls.tasks(task_ids)
+            if not any(p.get("model_version") == family for p in task.get("predictions") or [])]
 
 
 # --- second-model review ---------------------------------------------------------------------
@@ -163,7 +167,8 @@ async def _review_task(job: ProjectJob, llm: LLMClient, ctx: ProjectContext, tas
         return "no_pre_annotation"
     family = f"{REVIEW_PREFIX}{llm.model}@{ctx.prompt.version}"
     done = _latest(p for p in predictions if (p.get("model_version") or "").startswith(family))
-    if done is not None and _reviewed_id(done) == pre["id"] and not done["model_version"].endswith(REVIEW_ERROR):
+    if done is not None and _reviewed(done) == (pre["id"], pre.get("model_version")) \
+            and not done["model_version"].endswith(REVIEW_ERROR):
         return "already_reviewed"
     threshold = job.settings.review_below
     if threshold is not None and (pre.get("score") or 0.0) >= threshold:
@@ -214,11 +219,13 @@ def _latest(predictions: Any) -> dict[str, Any] | None:
     return max(items, key=lambda p: p["id"]) if items else None
 
 
-def _reviewed_id(prediction: dict[str, Any]) -> int | None:
+def _reviewed(prediction: dict[str, Any]) -> tuple[int, str | None] | None:
+    """(id, model_version) of the pre-annotation a review judged: the pre-annotation is updated in
+    place when a task is pre-annotated again, so its id alone does not say it is the same one."""
     for region in prediction.get("result") or []:
         review = (region.get("prelabel") or {}).get("review") or {}
         if "reviewed" in review:
-            return review["reviewed"]
+            return review["reviewed"], review.get("reviewed_model_version")
     return None
 
 

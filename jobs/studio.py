@@ -7,7 +7,8 @@ is written only when its value changes. Running a job again never adds a second 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import json
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from label_studio_sdk.client import LabelStudio
@@ -28,7 +29,23 @@ class ProjectClient:
         return _plain(self.sdk.projects.get(id=self.project_id))["label_config"]
 
     def task(self, task_id: int) -> dict[str, Any]:
+        """One task (``GET /api/tasks/<id>``): only for tasks that already have a prediction, see
+        ``tasks``."""
         return _plain(self.sdk.tasks.get(id=str(task_id)))
+
+    def tasks(self, ids: list[int] | None = None) -> Iterator[dict[str, Any]]:
+        """Tasks of the project (all, or these ids) with their annotations and predictions, paged.
+
+        Through the Data Manager's list, never ``GET /api/tasks/<id>``: for a task without
+        predictions that call makes Label Studio ask the ML backend's ``/predict`` first
+        (``show_collab_predictions``, on by default), synchronously, up to its 100 s timeout,
+        which would pay for every pre-annotation twice.
+        """
+        query = None if ids is None else json.dumps({"selectedItems": {"all": False, "included": list(ids)}})
+        if ids is not None and not ids:
+            return
+        for task in self.sdk.tasks.list(project=self.project_id, fields="all", query=query):
+            yield _plain(task)
 
     def predictions(self, task_id: int) -> list[dict[str, Any]]:
         return [_plain(p) for p in self.sdk.predictions.list(task=task_id)]

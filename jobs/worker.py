@@ -8,6 +8,9 @@ that held a job is gone, so it hands such jobs back to the queue before it start
 Each worker process runs one job at a time in-process (``SimpleWorker``): the jobs are
 I/O-bound and already concurrent inside (asyncio), and killing the worker kills its job, so
 nothing runs on unseen. Scale with more processes (``--processes``) or more containers.
+
+Each worker also queues, periodically, a reconcile job per project (``jobs/reconcile.py``): tasks
+that an LLM outage or a lost webhook left without a pre-annotation get one once the LLM answers.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from rq.scheduler import SCHEDULER_KEY_TEMPLATE, RQScheduler
 from rq.worker import Worker
 
 from prelabel.jobs.queue import QUEUE_NAME, connection, job_queue
+from prelabel.jobs.reconcile import ReconcileTicker
 from prelabel.redis_conn import embedded_redis_stopped_on_exit
 from prelabel.settings import Settings
 
@@ -103,12 +107,17 @@ def run_worker(settings: Settings, burst: bool = False, maintenance_interval: in
     """One worker process, until SIGTERM/Ctrl-C (warm shutdown: the current job finishes)."""
     with embedded_redis_stopped_on_exit():
         conn = connection(settings)
+        ticker = None if burst else ReconcileTicker(settings)
         try:
             requeue_orphans(conn)
             release_dead_scheduler_lock(conn)
+            if ticker:
+                ticker.start()
             worker = SimpleWorker([job_queue(conn)], connection=conn, maintenance_interval=maintenance_interval)
             worker.work(burst=burst, with_scheduler=True, logging_level=settings.log_level.upper())
         finally:
+            if ticker:
+                ticker.stop()
             conn.close()
 
 

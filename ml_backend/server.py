@@ -35,6 +35,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from prelabel import __version__
 from prelabel.jobs.events import EventError, parse_event
+from prelabel.jobs.outcomes import record_predictions
 from prelabel.jobs.projects import ProjectRecord, project_key
 from prelabel.jobs.queue import connection, enqueue_event
 from prelabel.jobs.status import QUEUE_COLLECTOR
@@ -316,6 +317,7 @@ class Backend:
         except REJECTED as exc:
             return _error("predict", _rejection(exc))
         results = await predictor.predict(body.tasks, context, state.pool if state else None)
+        await run_in_threadpool(record_predictions, self.jobs_conn, project_id(body.project), body.tasks, results)
         metrics.PREDICT_LATENCY.observe(time.perf_counter() - started)
         return Response(orjson.dumps({"results": results, "model_version": predictor.model_version(context)}),
                         media_type="application/json")

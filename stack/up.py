@@ -23,7 +23,9 @@ from pathlib import Path
 
 import httpx
 
+from prelabel.jobs.outcomes import Tally
 from prelabel.settings import Settings
+from prelabel.stack.llm_smoke import NotReady, check_completion
 
 SAMPLE_TEMPLATE = "search_intent"
 SAMPLE_TITLE = "Search intent (prelabel sample)"
@@ -31,7 +33,15 @@ LOCAL_MODEL = "smollm2"
 
 
 class StackError(RuntimeError):
-    """A clear, user-facing reason why the stack cannot start (no traceback needed)."""
+    """A clear, user-facing reason why the stack cannot start or stopped (no traceback needed)."""
+
+    exit_code = 2
+
+
+class ChildDied(StackError):
+    """A process the stack started has died: named, with how it ended and its log."""
+
+    exit_code = 1
 
 
 @dataclass
@@ -87,6 +97,15 @@ def _port_free(port: int) -> bool:
     return True
 
 
+def llm_answers(base_url: str, settings: Settings, *, local: bool = False, timeout: float = 60.0) -> str:
+    """One real chat completion (JSON grammar + logprobs) from the LLM the stack uses."""
+    if local:
+        return check_completion(base_url, LOCAL_MODEL, timeout=timeout)
+    return check_completion(base_url, settings.llm_model, api_key=settings.llm_api_keys[0].get_secret_value(),
+                            timeout=timeout, structured_output=settings.structured_output,
+                            logprobs=settings.logprobs)
+
+
 def preflight(settings: Settings, record: StackRecord, external_llm: str | None) -> None:
     """Everything that can be checked before starting anything, each with a clear message."""
     from prelabel.stack.llm_server import find_gguf
@@ -112,6 +131,10 @@ def preflight(settings: Settings, record: StackRecord, external_llm: str | None)
         except httpx.HTTPError as exc:
             raise StackError(f"OPENAI_BASE_URL {external_llm} is unreachable ({type(exc).__name__}); "
                              "unset it to use the local model") from None
+        try:
+            llm_answers(external_llm, settings)
+        except NotReady as exc:
+            raise StackError(f"OPENAI_BASE_URL {external_llm} gives no real answer: {exc}") from None
         return
     try:
         find_gguf(require_venv(llama_venv(), "llama-cpp-python"))
@@ -144,17 +167,20 @@ def run_up(settings: Settings, *, ls_port: int, backend_port: int, llm_port: int
     stop = stop_event or threading.Event()
     previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        say("starting embedded Redis, Label Studio (first start ~40 s) and the LLM server ...")
+        say("starting embedded Redis, the LLM server and Label Studio (first start ~40 s) ...")
         redis = redis_url(settings)
-        ls = start_label_studio(root / "label-studio", port=ls_port, credentials=tuple(record.ls_credentials),
-                                data_dir=root / "label-studio" / "data")
-        record.children["label-studio"] = ls.process.pid
+        children: dict[str, ManagedProcess] = {}
         if external_llm:
             llm_url, model, structured = external_llm, settings.llm_model, settings.structured_output
-        else:
+        else:  # first: a model that cannot answer is reported in seconds, not after Label Studio's start
             llm = start_llm_server(root / "llm", port=llm_port)
+            children["llm"] = llm.process
             record.children["llm"] = llm.process.pid
             llm_url, model, structured = llm.base_url, LOCAL_MODEL, "json_object"
+        ls = start_label_studio(root / "label-studio", port=ls_port, credentials=tuple(record.ls_credentials),
+                                data_dir=root / "label-studio" / "data")
+        children["label-studio"] = ls.process
+        record.children["label-studio"] = ls.process.pid
         record.llm_base_url = llm_url
         backend_url = f"http://127.0.0.1:{backend_port}"
         env = child_env(None, {
@@ -171,22 +197,33 @@ def run_up(settings: Settings, *, ls_port: int, backend_port: int, llm_port: int
                                  log_path=root / "logs" / "backend.log", env=env, cwd=root).start()
         worker = ManagedProcess("worker", [prelabel, "worker"], log_path=root / "logs" / "worker.log", env=env,
                                 cwd=root).start()
+        children.update(backend=backend, worker=worker)
         record.children.update(backend=backend.pid, worker=worker.pid)
         record.save(path)
         backend.wait_until(lambda: httpx.get(backend_url + "/health", timeout=2,
                                              auth=tuple(record.basic_auth)).status_code == 200,
                            timeout=60, what="answering /health")
 
+        def watch() -> None:
+            """Every process the stack started, for its whole life: a death ends `up` with one line."""
+            for name, proc in children.items():
+                if not proc.alive():
+                    raise ChildDied(f"{name} died ({proc.exit_text()}); log: {proc.log_path}")
+
         record.project_id = sample_project(ls, backend_url, record, template, say)
         record.save(path)
-        wait_for_predictions(ls, record.project_id, wait_predictions, say, stop)
+        progress = PreannotationProgress(ls, record.project_id, redis)
+        tally = progress.wait(wait_predictions, stop, watch)
+        say(progress.line(tally, llm_url))
         say(f"Label Studio: {ls.url}/projects/{record.project_id}/data  (login {ls.username} / {ls.password})")
         say(f"backend: {backend_url} (metrics: {backend_url}/metrics); worker log: {root / 'logs' / 'worker.log'}")
         say("Ctrl-C (or `prelabel down`) stops everything; data stays in " + str(settings.data_dir))
         while not stop.wait(1):
-            for proc in (backend, worker):
-                if not proc.alive():
-                    raise StackError(f"{proc.name} exited (code {proc.returncode()}); see {proc.log_path}")
+            watch()
+            if progress.due():
+                changed = progress.update()
+                if changed is not None:
+                    say(progress.line(changed, llm_url))
         return 0
     finally:
         say("stopping ...")
@@ -212,16 +249,60 @@ def sample_project(ls, backend_url: str, record: StackRecord, template: str, say
     return setup.project_id
 
 
-def wait_for_predictions(ls, project_id: int, timeout: float, say: Callable[[str], None],
-                         stop: threading.Event) -> None:
-    from prelabel.studio.project_setup import predicted_tasks
+class PreannotationProgress:
+    """How many sample tasks really are pre-annotated, and why the others are not.
 
-    deadline = time.monotonic() + timeout
-    done, total = predicted_tasks(ls.sdk(), project_id)
-    while done < total and time.monotonic() < deadline and not stop.is_set():
-        stop.wait(2)
-        done, total = predicted_tasks(ls.sdk(), project_id)
-    say(f"{done}/{total} tasks pre-annotated (the worker reviews and ranks them next)")
+    A task counts only when its pre-annotation has at least one valid region. The reasons of
+    the others come from the worker's record in Redis (Label Studio keeps no reasons).
+    """
+
+    def __init__(self, ls, project_id: int, redis_url: str, every: float = 10.0) -> None:
+        import redis
+
+        self.ls, self.project_id, self.every = ls, project_id, every
+        self.conn = redis.Redis.from_url(redis_url)
+        self.last: Tally | None = None
+        self._next = 0.0
+
+    def tally(self) -> Tally:
+        from prelabel.jobs.outcomes import load
+        from prelabel.studio.project_setup import preannotation_tally
+
+        return preannotation_tally(self.ls.sdk(), self.project_id, lambda: load(self.conn, self.project_id))
+
+    def wait(self, timeout: float, stop: threading.Event, watch: Callable[[], None]) -> Tally:
+        """Until every task has an outcome (valid, or failed with a reason), or ``timeout``."""
+        deadline = time.monotonic() + timeout
+        tally = self.tally()
+        while not tally.settled and time.monotonic() < deadline and not stop.is_set():
+            watch()
+            stop.wait(2)
+            tally = self.tally()
+        self.last = tally
+        self._next = time.monotonic() + self.every
+        return tally
+
+    def due(self) -> bool:
+        """Keep looking while some task is not pre-annotated (the worker retries LLM errors)."""
+        return self.last is not None and self.last.labeled < self.last.total and time.monotonic() >= self._next
+
+    def update(self) -> Tally | None:
+        """The new tally when it changed since the last line, else None."""
+        self._next = time.monotonic() + self.every
+        tally = self.tally()
+        if (tally.labeled, tally.pending, tally.failed) == (self.last.labeled, self.last.pending, self.last.failed):
+            return None
+        self.last = tally
+        return tally
+
+    @staticmethod
+    def line(tally: Tally, llm_url: str) -> str:
+        if tally.total and not tally.labeled and not tally.pending:
+            return (f"[bold red]{tally.summary()} - no task got a valid label: the LLM at {llm_url} gives no "
+                    "usable answer. The worker retries them when it answers again (worker log below).[/bold red]")
+        if tally.labeled < tally.total:
+            return f"[yellow]{tally.summary()}[/yellow] (the worker retries LLM errors; reviews and ranking follow)"
+        return f"{tally.summary()} (the worker reviews and ranks them next)"
 
 
 def run_down(settings: Settings, say: Callable[[str], None], timeout: float = 60.0) -> int:
@@ -260,4 +341,10 @@ def stack_status(settings: Settings) -> dict:
                 status[name] = httpx.get(url, timeout=3, auth=auth).status_code == 200
             except httpx.HTTPError:
                 status[name] = False
+        status["llm"] = record.llm_base_url
+        try:  # readiness is a real answer, not a model list
+            llm_answers(record.llm_base_url, settings, local="llm" in record.children, timeout=30)
+            status["llm_health"] = True
+        except NotReady as exc:
+            status["llm_health"], status["llm_error"] = False, str(exc)
     return status

@@ -11,7 +11,10 @@ import json
 import re
 from dataclasses import dataclass, field
 from importlib import resources
+from collections.abc import Callable
 from typing import Any
+
+from prelabel.jobs.outcomes import Outcome, Tally
 
 WEBHOOK_HEADER = "X-Prelabel-Secret"
 
@@ -78,9 +81,30 @@ def ensure_project(
     return setup
 
 
-def predicted_tasks(client: Any, project_id: int) -> tuple[int, int]:
-    """(tasks with at least one prelabel pre-annotation, all tasks) of a project."""
-    tasks = {_plain(t)["id"] for t in client.tasks.list(project=project_id)}
-    done = {_plain(p)["task"] for p in client.predictions.list(project=project_id)
-            if not (_plain(p).get("model_version") or "").startswith("review:")}
-    return len(done & tasks), len(tasks)
+def preannotation_tally(client: Any, project_id: int, recorded: Callable[[], dict[int, Outcome]]) -> Tally:
+    """Per task of the project: pre-annotated (its latest prelabel prediction has a valid region),
+    failed (with the reason the worker recorded, else the ``#status`` of the prediction), or pending.
+
+    The worker records a reason before it writes the prediction, so the records are read after
+    the predictions: every prediction seen then has its reason."""
+    from prelabel.jobs.reconcile import is_own_preannotation
+
+    latest: dict[int, dict[str, Any]] = {}
+    for prediction in (_plain(p) for p in client.predictions.list(project=project_id)):
+        if is_own_preannotation(prediction.get("model_version") or ""):
+            task = prediction["task"]
+            if task not in latest or prediction["id"] > latest[task]["id"]:
+                latest[task] = prediction
+    task_ids = [_plain(t)["id"] for t in client.tasks.list(project=project_id)]
+    reasons = recorded()
+    per_task: list[Outcome | None] = []
+    for task_id in task_ids:
+        prediction = latest.get(task_id)
+        status = (prediction or {}).get("model_version", "").partition("#")[2] or "ok"
+        if prediction and prediction.get("result"):
+            per_task.append(Outcome(status, None, labeled=True))
+        elif task_id in reasons and not reasons[task_id].labeled:
+            per_task.append(reasons[task_id])
+        else:
+            per_task.append(Outcome(status, status) if prediction else None)
+    return Tally.of(per_task)

@@ -60,6 +60,11 @@ def llm_server(harness_dir: Path):
 
     external = external_llm_server()
     if external is not None:
+        from prelabel.stack.llm_smoke import check_completion
+
+        # readiness is a real answer, for a server started elsewhere too
+        check_completion(external.base_url, external.model, api_key=external.api_key,
+                         structured_output=external.structured_output)
         yield external
         return
     server = start_llm_server(harness_dir / "llm")

@@ -11,20 +11,26 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from label_studio_sdk.client import LabelStudio
 
+from prelabel.jobs.reconcile import is_own_preannotation
 from tests.harness import dev_bin
 from tests.harness.ports import free_port
 from tests.harness.processes import ManagedProcess, child_env
+from tests.support.switch_proxy import SwitchProxy
 from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.e2e
+
+FAKE_LLAMA = Path(__file__).resolve().parents[1] / "support" / "fake_llama"
 
 
 class Up:
@@ -143,3 +149,74 @@ def test_missing_model_and_unreachable_llm_are_clear_errors(up: Up, tmp_path: Pa
     out = up.output()
     assert code == 2 and "is unreachable" in out and "Traceback" not in out
     assert os.environ.get("OPENAI_API_KEY", "\0") not in out
+
+
+def broken_llama_venv(root: Path) -> Path:
+    """A real venv whose llama_cpp server lists its models, then dies with SIGSEGV on a completion."""
+    venv = root / "broken-llama"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    [site] = list((venv / "lib").glob("python*/site-packages"))
+    shutil.copytree(FAKE_LLAMA / "llama_cpp", site / "llama_cpp")
+    (root / "model.gguf").write_bytes(b"GGUF")
+    (venv / "model.path").write_text(str(root / "model.gguf"))
+    (venv / ".ok").write_text("test")
+    return venv
+
+
+def test_llm_server_that_dies_on_its_first_completion_is_named(up: Up, tmp_path: Path) -> None:
+    up.env["PRELABEL_LLAMA_VENV"] = str(broken_llama_venv(tmp_path))
+    code = up.start().popen.wait(180)
+    out = up.output()
+    assert code != 0, out
+    assert "llama-cpp-server listed its models but gave no real answer" in out, out
+    assert "killed by SIGSEGV" in out and "llama-server.log" in out, out
+    assert "pre-annotated" not in out and "Traceback" not in out, out
+
+
+def test_llm_outage_during_import_heals_every_task_without_duplicates(up: Up, llm_server) -> None:
+    """The LLM goes away while the sample is imported: `up` says plainly that nothing was labeled,
+    and once the LLM answers again the worker's reconcile job labels every task exactly once,
+    except the one a human annotated meanwhile."""
+    host, port = llm_server.base_url.split("//")[1].split("/")[0].split(":")
+    with SwitchProxy(host, int(port)) as proxy:
+        up.env.update({"OPENAI_BASE_URL": proxy.base_url, "PRELABEL_LLM_MODEL": llm_server.model,
+                       "PRELABEL_STRUCTURED_OUTPUT": "json_object", "PRELABEL_RECONCILE_INTERVAL": "3",
+                       "PRELABEL_LLM_MAX_RETRIES": "1", "PRELABEL_JOB_RETRY_BACKOFF": "2"})
+        up.start()
+        wait_for(lambda: "starting embedded Redis" in up.output(), 120, "the preflight completion",
+                 context=up.output)
+        proxy.switch(False)
+        wait_for(lambda: "tasks pre-annotated" in up.output(), 600, "the first count", context=up.output)
+        out = up.output()
+        assert "0/8 tasks pre-annotated; 8 error: llm_connection_error" in out, out
+        assert "no task got a valid label" in out
+
+        client = up.client()
+        [project] = [p for p in client.projects.list() if p.title == "Search intent (prelabel sample)"]
+        tasks = sorted(t.id for t in client.tasks.list(project=project.id))
+        human = tasks[0]
+        client.annotations.create(id=human, result=[{
+            "from_name": "intent", "to_name": "text", "type": "choices", "value": {"choices": ["other"]}}])
+
+        proxy.switch(True)
+
+        def own(task_id: int) -> list:
+            return [p for p in client.predictions.list(task=task_id) if is_own_preannotation(p.model_version)]
+
+        def healed() -> bool:
+            return all(any(p.result for p in own(t)) for t in tasks[1:])
+
+        wait_for(healed, 300, "every unannotated task pre-annotated after the outage",
+                 context=lambda: up.output()[-3000:])
+        wait_for(lambda: "7/8 tasks pre-annotated" in up.output(), 60, "`up` to report the healed tasks",
+                 context=up.output)
+        for task_id in tasks:
+            predictions = own(task_id)
+            assert len(predictions) == 1, f"task {task_id}: {[p.model_version for p in predictions]}"
+            if task_id == human:
+                assert predictions[0].model_version.endswith("#error") and not predictions[0].result
+            else:
+                assert predictions[0].model_version.startswith(f"{llm_server.model}@p-")
+                assert "#error" not in predictions[0].model_version
+        worker_log = (up.data_dir / "stack" / "logs" / "worker.log").read_text()
+        assert "reconcile pre-annotated 7 task(s) again" in worker_log, worker_log[-3000:]

@@ -1,0 +1,157 @@
+"""Self-healing: tasks that an LLM outage or a lost webhook left without a pre-annotation get one.
+
+An error prediction (``…#error``: the LLM was unreachable, crashed or timed out) must not block a
+later good one. The worker therefore runs a reconcile job per project:
+
+* every ``reconcile_interval`` seconds, the tasks whose latest attempt failed for an LLM error
+  (``prelabel:errored:<project>``, written by the batch pre-annotation);
+* every ``reconcile_scan_interval`` seconds (and when a worker starts), a scan of the project in
+  Label Studio for tasks without any prelabel pre-annotation or whose latest one is an error:
+  this covers webhooks refused with 503 while Redis was down, and errors from before this
+  record existed.
+
+One task is tried first; when the LLM still fails, the round ends there (no call storm against
+a dead server). Tasks with a human annotation (or a skip) are never touched; predictions are
+updated in place, never duplicated.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import redis
+from rq.job import Job, JobStatus
+
+from prelabel.jobs import outcomes
+from prelabel.jobs.queue import PENDING, connection, enqueue
+from prelabel.settings import Settings
+
+log = logging.getLogger(__name__)
+
+SCANNED_KEY = "prelabel:reconcile:scanned:{pid}"
+PROJECT_PATTERN = "prelabel:project:*"
+NEW_TASK_GRACE = timedelta(minutes=2)
+_OWN = re.compile(r"^[^:#]+@p-[0-9a-f]+")  # prelabel's pre-annotation model_version (reviews start "review:")
+
+
+def is_own_preannotation(model_version: str) -> bool:
+    return bool(_OWN.match(model_version or ""))
+
+
+def needs_preannotation(task: dict[str, Any], now: datetime | None = None) -> bool:
+    """No human touched it, and it has no prelabel pre-annotation or its latest one is an error.
+
+    A task without any pre-annotation counts only once it is older than ``NEW_TASK_GRACE``: a
+    task just imported waits for its own TASKS_CREATED job, which is on its way.
+    """
+    if task.get("total_annotations") or task.get("cancelled_annotations") or task.get("annotations"):
+        return False
+    own = [p for p in task.get("predictions") or [] if is_own_preannotation(p.get("model_version") or "")]
+    if not own:
+        return _age(task, now) >= NEW_TASK_GRACE
+    latest = max(own, key=lambda p: p.get("id") or 0)
+    return (latest.get("model_version") or "").endswith("#" + outcomes.ERROR)
+
+
+def _age(task: dict[str, Any], now: datetime | None) -> timedelta:
+    created = task.get("created_at")
+    if isinstance(created, str):
+        try:
+            created = datetime.fromisoformat(created.replace("Z", "+00:00"))
+        except ValueError:
+            created = None
+    if not isinstance(created, datetime):
+        return NEW_TASK_GRACE  # no date: treat as old enough
+    if created.tzinfo is None:
+        created = created.replace(tzinfo=UTC)
+    return (now or datetime.now(UTC)) - created
+
+
+def reconcile_project(project_id: int, scan: bool | None = None) -> dict[str, Any]:
+    """Pre-annotate this project's tasks that an LLM error or a lost event left without a label."""
+    from prelabel.jobs.handlers import ProjectJob, preannotate
+
+    job = ProjectJob.open(project_id)
+    scan_key = SCANNED_KEY.format(pid=project_id)
+    if scan is None:  # a full scan once per scan interval, whichever worker gets there first
+        scan = bool(job.conn.set(scan_key, "1", nx=True, ex=job.settings.reconcile_scan_interval))
+    found = {t["id"]: t for t in job.ls.tasks()} if scan else {}
+    errored = set(outcomes.errored_tasks(job.conn, project_id))
+    if errored - set(found):  # as Label Studio has them now: a human may have labeled one since
+        found |= {t["id"]: t for t in job.ls.tasks(sorted(errored - set(found)))}
+    if errored - set(found):  # deleted tasks
+        job.conn.srem(outcomes.ERRORED_KEY.format(pid=project_id), *(errored - set(found)))
+    candidates = {task_id for task_id, task in found.items() if needs_preannotation(task)}
+    if not candidates:
+        return {"candidates": 0}
+    first, *rest = sorted(candidates)
+    probe = preannotate(job, [first], None)
+    if probe.get(outcomes.ERROR):
+        log.info("project %s: %d task(s) still wait for the LLM (it fails again)", project_id, len(candidates))
+        return {"candidates": len(candidates), "healed": 0, "still_failing": len(candidates)}
+    counts = preannotate(job, rest, None) if rest else {}
+    healed = len(candidates) - counts.get(outcomes.ERROR, 0)
+    log.info("project %s: reconcile pre-annotated %d task(s) again: %s", project_id, len(candidates),
+             {k: probe.get(k, 0) + counts.get(k, 0) for k in set(probe) | set(counts)})
+    return {"candidates": len(candidates), "healed": healed, "still_failing": counts.get(outcomes.ERROR, 0)}
+
+
+def known_projects(conn: redis.Redis) -> list[int]:
+    """Projects the backend was set up for (their records hold how to reach Label Studio)."""
+    ids = []
+    for key in conn.scan_iter(match=PROJECT_PATTERN, count=500):
+        tail = key.decode().rsplit(":", 1)[-1]
+        if tail.isdigit():
+            ids.append(int(tail))
+    return sorted(ids)
+
+
+def queue_reconcile(conn: redis.Redis, settings: Settings, project_id: int, scan: bool | None = None) -> bool:
+    """Queue the project's reconcile job unless one is waiting or running (``scan``: force or skip
+    the full scan; None: once per scan interval)."""
+    job_id = f"reconcile-{project_id}"
+    existing = Job.fetch_many([job_id], connection=conn)[0]
+    if existing is not None:
+        if existing.get_status(refresh=False) in PENDING | {JobStatus.STARTED}:
+            return False
+        existing.delete()
+    enqueue(conn, settings, reconcile_project, project_id, scan, job_id=job_id,
+            description="reconcile pre-annotations")
+    return True
+
+
+class ReconcileTicker:
+    """A worker's background thread: queue every known project's reconcile job periodically."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="prelabel-reconcile", daemon=True)
+
+    def start(self) -> ReconcileTicker:
+        if self.settings.reconcile_interval > 0:
+            self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _run(self) -> None:
+        conn = connection(self.settings)
+        scan: bool | None = True  # a worker that starts looks at everything once
+        try:
+            while True:
+                try:
+                    for project_id in known_projects(conn):
+                        queue_reconcile(conn, self.settings, project_id, scan)
+                    scan = None
+                except redis.RedisError as exc:  # Redis restarting: try again next tick
+                    log.warning("reconcile: Redis unavailable (%s)", type(exc).__name__)
+                if self._stop.wait(self.settings.reconcile_interval):
+                    return
+        finally:
+            conn.close()

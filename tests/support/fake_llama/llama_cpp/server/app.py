@@ -1,0 +1,1 @@
+"""Importable like the real server's app module (provisioning imports it as a check)."""
