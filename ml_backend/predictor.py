@@ -192,6 +192,9 @@ class Predictor:
             texts = ctx.schema.object_texts(task.get("data") if isinstance(task, dict) else None)
         except TaskDataError as exc:
             return self._no_prediction(ctx, "bad_task_data", str(exc), started)
+        problem = ctx.guideline.input_problem(task["data"], ctx.schema)
+        if problem:
+            return self._no_prediction(ctx, "bad_task_data", problem, started)
         if not any(text.strip() for text in texts.values()):
             return self._no_prediction(ctx, "empty_input", "task text is empty", started)
         size = sum(len(text) for text in texts.values())
