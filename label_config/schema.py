@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from xml.etree import ElementTree
 from dataclasses import dataclass, field
 from typing import Any
+from xml.etree import ElementTree
 
 from label_studio_sdk.label_interface import LabelInterface
 

@@ -58,7 +58,7 @@ def sample(signals: Sequence[TaskSignals], n: int = 150, abnormal_share: float =
             passed[s.predicted].append(s)
     chosen: dict[int, str] = {}
     if passed:
-        remaining = n - int(round(n * abnormal_share))
+        remaining = n - round(n * abnormal_share)
         quota = max(PER_CLASS_MIN, remaining // len(passed))
         for label in sorted(passed):
             rng.shuffle(passed[label])

@@ -30,7 +30,7 @@ def template(name: str):
 # --- search intent ----------------------------------------------------------------------------
 def test_search_intent_price_checks_and_comparisons_are_informational() -> None:
     _, guideline, prompt = template("search_intent")
-    assert not re.search(r"price comparisons?[^.]*are transactional", prompt, re.I), "the old, inverted rule"
+    assert not re.search(r"price comparisons?[^.]*are transactional", prompt, re.IGNORECASE), "the old, inverted rule"
     price_rules = [rule for rule in guideline.rules if "price" in rule.lower()]
     assert any(re.search(r"comparing prices[^.]*are informational, not transactional", r) for r in price_rules)
     assert all(rule in prompt for rule in price_rules)
@@ -197,3 +197,17 @@ def test_flight_slots_relative_dates_are_kept_as_written(flights, date: str, ok:
     checked = check_answer(schema, guideline.constraints, answer(date=date), {"text": f"Paris to Rome {date}"})
     assert ("date" in checked.regions) == ok, checked.errors
     assert '"tomorrow"' in prompt and "kept as written" in prompt
+
+
+# --- prelabel predict input -------------------------------------------------------------------
+def test_predict_reads_plain_text_one_item_per_line_and_json_forms() -> None:
+    from prelabel.predict_cli import read_tasks
+
+    assert read_tasks("facebook login\n\n  iphone price \n", "auto", "text") == [
+        {"data": {"text": "facebook login"}}, {"data": {"text": "iphone price"}}]
+    assert read_tasks('{"text": "a"}\n{"data": {"text": "b"}, "id": 3}\n', "auto", "text") == [
+        {"data": {"text": "a"}}, {"data": {"text": "b"}, "id": 3}]
+    assert read_tasks('[{"text": "a"}]', "auto", "text") == [{"data": {"text": "a"}}]
+    assert read_tasks('{"not": "json"} but text', "text", "q") == [{"data": {"q": '{"not": "json"} but text'}}]
+    with pytest.raises(ValueError, match="one text object"):
+        read_tasks("a line", "auto", None)
