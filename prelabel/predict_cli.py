@@ -172,7 +172,7 @@ def predict(
     table = summary.distribution()
     if table is not None:
         console.print(table)
-    console.print(summary.final_line())
+    console.print(summary.final_line(), markup=False, highlight=False)
     if summary.failed == summary.total:
         raise typer.Exit(1)
 
@@ -189,5 +189,5 @@ async def _predict_offline(settings: Settings, label_config: str, guideline: str
                 results.append(prediction)
                 summary.add(prediction)
                 if summary.total % every == 0 or summary.total == len(tasks):
-                    console.print(summary.progress_line(), highlight=False)
+                    console.print(summary.progress_line(), markup=False, highlight=False)
     return results
