@@ -34,7 +34,7 @@ def test_enqueued_flywheel_is_run_by_prelabel_worker(redis_server, tmp_path: Pat
                                                     capture_output=True, text=True, timeout=timeout, check=False)
     queued = run("train", "flywheel", "41", "--config", str(config), "--dataset-dir", str(data), "--enqueue")
     assert queued.returncode == 0, queued.stdout + queued.stderr
-    job_id = re.search(r"queued job (\S+) on 'prelabel'", queued.stderr).group(1)
+    job_id = re.search(r"queued job (\S+)", queued.stderr).group(1)
     status = json.loads(run("train", "status", "41").stdout)["status"]
     assert status["state"] == "queued"
 
