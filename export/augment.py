@@ -16,6 +16,8 @@ import re
 from importlib import resources
 from pathlib import Path
 
+from prelabel.export.dedupe import normalise
+
 METHODS = ("synonyms", "llm")
 SHARE = 0.3  # share of a text's words replaced
 _TOKENS = re.compile(r"(\w[\w'-]*)")
@@ -67,14 +69,15 @@ def synonym_variant(text: str, table: dict[str, list[str]], rng: random.Random, 
 def synonym_variants(sources: list[str], needed: int, table: dict[str, list[str]], rng: random.Random,
                      taken: set[str]) -> list[tuple[int, str]]:
     """Up to ``needed`` (source index, variant) pairs, cycling over ``sources``; ``taken`` holds
-    the normalised texts that already exist (updated), so no variant repeats one."""
+    the normalised texts (``dedupe.normalise``: words only) that already exist (updated), so no
+    variant repeats one, not even with other punctuation or case."""
     out: list[tuple[int, str]] = []
     for attempt in range(needed * 10):
         if len(out) >= needed or not sources:
             break
         index = attempt % len(sources)
         variant = synonym_variant(sources[index], table, rng)
-        key = " ".join(variant.lower().split())
+        key = normalise(variant)
         if key not in taken:
             taken.add(key)
             out.append((index, variant))
@@ -106,7 +109,7 @@ def llm_paraphrases(sources: list[str], needed: int, taken: set[str], settings: 
             if isinstance(answer, BaseException):  # LLMError after retries, or a transport error
                 continue
             variant = _paraphrase(answer.content, source)
-            key = " ".join((variant or "").lower().split())
+            key = normalise(variant or "")
             if variant and key not in taken:
                 taken.add(key)
                 out.append((index, variant))

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from prelabel.export.augment import METHODS, llm_paraphrases, load_synonyms, synonym_variants
-from prelabel.export.dedupe import Deduper
+from prelabel.export.dedupe import Deduper, normalise
 from prelabel.export.mapping import Mapper, MappingError, Record
 from prelabel.export.pii import find_pii, redact
 from prelabel.export.split import SPLITS, Splitter
@@ -273,7 +273,7 @@ def _write(tasks: Iterable[dict[str, Any]], mapper: Mapper, options: ExportOptio
             for label in ([record.label] if isinstance(record.label, str) else record.label or []):
                 state.labels[split][label] += 1
             if mapper.task_type == "classification" and options.augment_below:
-                state.texts.add(" ".join(record.input.lower().split()))  # no variant may equal a val/test text
+                state.texts.add(normalise(record.input))  # no variant may equal a val/test text
                 if split == "train" and len(state.sources[record.label]) < options.augment_below:
                     state.sources[record.label].append((record.task_id, record.input))
     finally:
