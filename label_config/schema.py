@@ -11,9 +11,9 @@ import hashlib
 import logging
 from dataclasses import dataclass, field
 from typing import Any
-from xml.etree import ElementTree
 
 from label_studio_sdk.label_interface import LabelInterface
+from lxml import etree
 
 from prelabel.label_config.controls import (
     FIELD_TYPES,
@@ -196,9 +196,11 @@ def _make_field(control: Any, obj: ObjectInfo, occurrence: SpanOccurrence, confi
 def _ranker_buckets(config: str, name: str) -> list[str]:
     """The ``<Bucket name>`` children of the Ranker called ``name``, in config order (best first).
 
-    label-studio-sdk does not expose them; the config was already parsed by it, so it is XML.
+    label-studio-sdk does not expose them; the config was already parsed by it (with lxml), so it
+    is XML. Entities are not expanded and nothing is fetched: configs come from requests.
     """
-    for element in ElementTree.fromstring(config).iter("Ranker"):
+    parser = etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False)
+    for element in etree.fromstring(config.encode("utf-8"), parser).iter("Ranker"):
         if element.get("name") == name:
             return [bucket.get("name", "") for bucket in element.iter("Bucket") if bucket.get("name")]
     return []
