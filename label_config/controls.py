@@ -365,37 +365,88 @@ class RankerField(ControlField):
     """Ranking of the items of a ``List`` (e.g. K model outputs), best first.
 
     The List object is rendered for the prompt as one ``[id] title: body`` line per item, so the
-    model answers with item ids; a valid answer is a permutation of exactly those ids. Label
-    Studio stores it as ``{"ranker": {<this control's name>: [ids in order]}}`` (checked in the
-    labeling UI: keyed by the List's name instead, nothing renders).
+    model answers with item ids. Two shapes, as in Label Studio:
+
+    * a plain ``<Ranker>``: a strict order, a permutation of all the ids, stored as
+      ``{"ranker": {<this control's name>: [ids in order]}}`` (checked in the labeling UI: keyed
+      by the List's name instead, nothing renders);
+    * a ``<Ranker>`` with ``<Bucket>`` children (``buckets``, best first): ties are allowed. The
+      answer is a list of groups of ids, best group first, ids in one group tied; group *i* is
+      stored in bucket *i*: ``{"ranker": {"rank_1": ["o2"], "rank_2": ["o1", "o3"]}}``.
     """
 
     tag: ClassVar[str] = "Ranker"
     region_type: ClassVar[str] = "ranker"
+    buckets: list[str] = field(default_factory=list)
 
     def json_schema(self) -> dict[str, Any]:
-        return {"type": "array", "items": {"type": "string"}, "minItems": 2}
+        if not self.buckets:
+            return {"type": "array", "items": {"type": "string"}, "minItems": 2}
+        group = {"type": "array", "items": {"type": "string"}, "minItems": 1}
+        return {"type": "array", "items": group, "minItems": 1, "maxItems": len(self.buckets)}
 
     def describe(self) -> str:
-        return f'"{self.name}": the ids of all the listed items (the [id] before each), best first, each exactly once'
+        if not self.buckets:
+            return f'"{self.name}": the ids of all the listed items (the [id] before each), best first, each exactly once'
+        return (
+            f'"{self.name}": groups of the ids of all the listed items (the [id] before each), best group first, '
+            f'e.g. [["b"], ["a", "c"], ["d"]]; ids in one group are tied (equally good); every id exactly once; '
+            f"at most {len(self.buckets)} groups"
+        )
 
     def to_regions(self, value: Any, text: str) -> list[dict[str, Any]]:
         ids = LIST_ITEM.findall(text)
-        if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
-            raise AnswerError(self.name, "schema", f"expected a list of item ids, got {value!r}")
-        unknown = [item for item in value if item not in ids]
+        groups = self._groups(value)
+        ranked = [item for group in groups for item in group]
+        unknown = [item for item in ranked if item not in ids]
         if unknown:
             raise AnswerError(self.name, "label_not_in_set", f"unknown item ids {unknown}; the ids are {ids}")
-        if len(value) != len(set(value)) or set(value) != set(ids):
+        if len(ranked) != len(set(ranked)) or set(ranked) != set(ids):
             raise AnswerError(self.name, "schema", f"must rank every item exactly once: {ids}, got {value}")
-        return [self._region({"ranker": {self.name: list(value)}})]
+        if not self.buckets:
+            return [self._region({"ranker": {self.name: ranked}})]
+        return [self._region({"ranker": {bucket: list(group) for bucket, group in zip(self.buckets, groups)}})]
+
+    def _groups(self, value: Any) -> list[list[str]]:
+        """The answer as tie groups (a plain ranking: one id per group); ``AnswerError`` on a bad shape."""
+        if not self.buckets:
+            if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+                raise AnswerError(self.name, "schema", f"expected a list of item ids, got {value!r}")
+            return [[item] for item in value]
+        if (not isinstance(value, list) or not value
+                or not all(isinstance(g, list) and g and all(isinstance(i, str) for i in g) for g in value)):
+            raise AnswerError(self.name, "schema", f"expected a list of groups of item ids, got {value!r}")
+        if len(value) > len(self.buckets):
+            raise AnswerError(self.name, "schema", f"{len(value)} groups, but the config has {len(self.buckets)} ranks")
+        return value
 
     def from_regions(self, regions: list[dict[str, Any]]) -> Any:
+        """A plain ranking's order, or a bucketed ranking's non-empty groups in bucket order.
+
+        Items a human left in the List (Label Studio's ``_`` column) are in no group: the answer
+        then fails ``to_regions`` ("must rank every item"), so an incomplete ranking is never
+        taken for a complete one.
+        """
         for region in self._own(regions):
-            order = (region.get("value") or {}).get("ranker", {}).get(self.name)
-            if isinstance(order, list):
-                return order
+            ranker = (region.get("value") or {}).get("ranker")
+            if not isinstance(ranker, dict):
+                continue
+            if not self.buckets:
+                order = ranker.get(self.name)
+                if isinstance(order, list):
+                    return order
+                continue
+            groups = [list(ranker[b]) for b in self.buckets if isinstance(ranker.get(b), list) and ranker[b]]
+            if groups:
+                return groups
         return None
+
+
+def tie_groups(value: Any) -> list[list[str]]:
+    """A ranking answer (plain order or bucket groups) as tie groups, best first."""
+    if isinstance(value, list) and value and all(isinstance(g, list) for g in value):
+        return [[str(i) for i in g] for g in value]
+    return [[str(i)] for i in value or []]
 
 
 def _fmt(number: float) -> str:

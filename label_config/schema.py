@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from label_studio_sdk.label_interface import LabelInterface
+from lxml import etree
 
 from prelabel.label_config.controls import (
     FIELD_TYPES,
@@ -20,6 +21,7 @@ from prelabel.label_config.controls import (
     ControlField,
     LabelInfo,
     LabelsField,
+    RankerField,
     SpanOccurrence,
 )
 
@@ -149,7 +151,7 @@ def build_schema(config: str, occurrence: SpanOccurrence = "all") -> OutputSchem
         if problem:
             unsupported.append(Unsupported(control.name, control.tag, problem))
             continue
-        fields.append(_make_field(control, objects[control.to_name[0]], occurrence))
+        fields.append(_make_field(control, objects[control.to_name[0]], occurrence, config))
 
     if not fields:
         detail = "; ".join(f"<{u.tag} name=\"{u.name}\">: {u.reason}" for u in unsupported)
@@ -174,7 +176,7 @@ def _unsupported_reason(control: Any, objects: dict[str, ObjectInfo]) -> str | N
     return None
 
 
-def _make_field(control: Any, obj: ObjectInfo, occurrence: SpanOccurrence) -> ControlField:
+def _make_field(control: Any, obj: ObjectInfo, occurrence: SpanOccurrence, config: str) -> ControlField:
     label_tags = control.labels_attrs or {}
     labels = [
         LabelInfo(value, label_tags[value].attr.get("hint") if value in label_tags else None)
@@ -186,7 +188,22 @@ def _make_field(control: Any, obj: ObjectInfo, occurrence: SpanOccurrence) -> Co
         return ChoicesField(**common, multiple=control.attr.get("choice") == "multiple")
     if control.tag == "Labels":
         return LabelsField(**common, occurrence=occurrence)
+    if control.tag == "Ranker":
+        return RankerField(**common, buckets=_ranker_buckets(config, control.name))
     return FIELD_TYPES[control.tag](**common)
+
+
+def _ranker_buckets(config: str, name: str) -> list[str]:
+    """The ``<Bucket name>`` children of the Ranker called ``name``, in config order (best first).
+
+    label-studio-sdk does not expose them; the config was already parsed by it (with lxml), so it
+    is XML. Entities are not expanded and nothing is fetched: configs come from requests.
+    """
+    parser = etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False)
+    for element in etree.fromstring(config.encode("utf-8"), parser).iter("Ranker"):
+        if element.get("name") == name:
+            return [bucket.get("name", "") for bucket in element.iter("Bucket") if bucket.get("name")]
+    return []
 
 
 def required(control: ControlField) -> bool:

@@ -57,6 +57,7 @@ log = logging.getLogger(__name__)
 
 # The provenance fields every region carries into Label Studio.
 REGION_PROVENANCE = ("model", "prompt_version", "guideline_hash", "config_hash", "time", "cached", "score_source")
+RAW_OUTPUT_CHARS = 1000  # of each answer kept in a failed task's meta.raw_output
 
 
 @dataclass
@@ -192,6 +193,9 @@ class Predictor:
             texts = ctx.schema.object_texts(task.get("data") if isinstance(task, dict) else None)
         except TaskDataError as exc:
             return self._no_prediction(ctx, "bad_task_data", str(exc), started)
+        problem = ctx.guideline.input_problem(task["data"], ctx.schema)
+        if problem:
+            return self._no_prediction(ctx, "bad_task_data", problem, started)
         if not any(text.strip() for text in texts.values()):
             return self._no_prediction(ctx, "empty_input", "task text is empty", started)
         size = sum(len(text) for text in texts.values())
@@ -245,6 +249,8 @@ class Predictor:
             },
         )
         metrics.TASKS.labels(status, "miss").inc()
+        if status != "ok":  # what the model said, for debugging (never cached: failures are not)
+            prediction["meta"]["raw_output"] = [a.completion.content[:RAW_OUTPUT_CHARS] for a in attempts]
         if status == "ok" and self.cache is not None:
             await self.cache.set(key, prediction)
         return prediction

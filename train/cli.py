@@ -176,18 +176,20 @@ def flywheel_command(
     project: str = typer.Argument(..., help="Label Studio project id."),
     config: Path = typer.Option(None, "--config", "-c", help="Flywheel YAML (default PRELABEL_TRAIN_CONFIG)."),
     dataset_dir: Path = typer.Option(None, help="Use this exported dataset instead of exporting now."),
-    enqueue: bool = typer.Option(False, "--enqueue", help="Queue it for an RQ worker instead of running here."),
-    queue_name: str = typer.Option("training", "--queue", help="RQ queue name (with --enqueue)."),
+    enqueue: bool = typer.Option(False, "--enqueue",
+                                 help="Queue it for `prelabel worker` (same Redis) instead of running here."),
 ) -> None:
     """Export -> train -> merge -> eval -> promote for one project (status: `prelabel train status`)."""
     from prelabel.train.pipeline import enqueue_flywheel, run_flywheel
 
-    kwargs = {"config_path": str(config) if config else None, "dataset_dir": str(dataset_dir) if dataset_dir else None}
+    kwargs = {"config_path": str(config.resolve()) if config else None,
+              "dataset_dir": str(dataset_dir.resolve()) if dataset_dir else None}
     if enqueue:
-        from rq import Queue
+        from prelabel.jobs.queue import job_queue
 
-        job = enqueue_flywheel(Queue(queue_name, connection=_redis()), project, **kwargs)
-        console.print(f"queued job {job.id} on '{queue_name}'")
+        queue = job_queue(_redis())  # the queue `prelabel worker` consumes, nothing else
+        job = enqueue_flywheel(queue, project, **kwargs)
+        console.print(f"queued job {job.id} on '{queue.name}' (run by `prelabel worker`)")
         return
     with _clear_errors():
         result = run_flywheel(project, **kwargs)
