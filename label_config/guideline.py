@@ -132,9 +132,10 @@ def guideline_ref(raw: Any) -> str | dict | None:
     deeper than ``MAX_INLINE_DEPTH`` (hashing, storing or validating a 1,000-deep one would
     overflow the stack). Anything else is a ``GuidelineError``.
     """
-    if raw is None or isinstance(raw, str):
-        if isinstance(raw, str):
-            _check_name(raw)
+    if raw is None or (isinstance(raw, str) and not raw.strip()):
+        return None  # Label Studio's "Extra params" left empty
+    if isinstance(raw, str):
+        _check_name(raw)
         return raw
     if not isinstance(raw, dict):
         raise GuidelineError(f"guideline must be a name or a mapping, not {type(raw).__name__}")

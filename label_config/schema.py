@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,6 +33,7 @@ TEXT_OBJECTS = {"Text", "HyperText", "Paragraphs"}
 # Controls that carry offsets need a plain Text object (HyperText spans need XPath ranges).
 SPAN_OBJECTS = {"Text"}
 LIST_OBJECTS = {"List"}
+_DTD = re.compile(r"<!\s*(DOCTYPE|ENTITY)", re.IGNORECASE)
 
 
 class ConfigError(ValueError):
@@ -134,6 +136,8 @@ def build_schema(config: str, occurrence: SpanOccurrence = "all") -> OutputSchem
     """Parse ``config`` and build its answer schema; raise ``ConfigError`` when nothing is fillable."""
     if not isinstance(config, str) or not config.strip():
         raise ConfigError("empty labeling config")
+    if _DTD.search(config):  # entity expansion, external entities: a labeling config never needs them
+        raise ConfigError("a labeling config may not declare a DTD or entities (<!DOCTYPE>, <!ENTITY>)")
     try:
         interface = LabelInterface(config)
     except Exception as exc:  # the SDK raises assorted XML/validation errors

@@ -129,10 +129,9 @@ class Predictor:
         source: Path | dict | None
         if isinstance(guideline, str) and allow_path and Path(guideline).is_file():
             source = Path(guideline)
-        elif isinstance(guideline, str):
-            source = named_guideline_path(guideline, self.settings.guidelines_dir)
         else:
-            source = guideline_ref(guideline)  # type: ignore[assignment]  # None or a checked mapping
+            ref = guideline_ref(guideline)  # a plain name, a bounded mapping or None
+            source = named_guideline_path(ref, self.settings.guidelines_dir) if isinstance(ref, str) else ref
         ref = json.dumps(source, sort_keys=True) if isinstance(source, dict) else str(source)
         return (config_hash(label_config), ref), source
 

@@ -17,17 +17,19 @@ import logging
 import re
 import time
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
 import orjson
 import redis
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, Strict, ValidationError
 from redis.exceptions import RedisError
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -52,6 +54,8 @@ from prelabel.studio.access import Access, AccessRefused, resolve
 
 log = logging.getLogger(__name__)
 
+MAX_FETCHES = 4  # background Label Studio fetches (few-shot examples) at once
+
 
 class RequestError(Exception):
     def __init__(self, status: int, reason: str, message: str) -> None:
@@ -61,9 +65,13 @@ class RequestError(Exception):
         self.message = message
 
 
+# A project is what Label Studio sends: a string ("12.1795520286") or an int, never a bool or float.
+ProjectField = Annotated[str, Strict()] | Annotated[int, Strict()] | None
+
+
 class SetupRequest(BaseModel):
     model_config = ConfigDict(extra="allow")
-    project: str | int | None = None
+    project: ProjectField = None
     schema_: str | None = Field(None, alias="schema")
     hostname: str | None = None
     access_token: SecretStr | None = None
@@ -73,7 +81,7 @@ class SetupRequest(BaseModel):
 class PredictRequest(BaseModel):
     model_config = ConfigDict(extra="allow")
     tasks: list[Any]
-    project: str | int | None = None
+    project: ProjectField = None
     label_config: str | None = None
     params: dict[str, Any] | None = None
 
@@ -237,6 +245,9 @@ class Backend:
         self.jobs_conn: redis.Redis | None = None
         self.router: ModelRouter | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._fetching: set[str] = set()  # projects whose human examples are being fetched
+        # Configs are parsed on their own threads: never queued behind slow Label Studio calls.
+        self._builder = ThreadPoolExecutor(max_workers=2, thread_name_prefix="prelabel-config")
 
     @asynccontextmanager
     async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
@@ -256,6 +267,7 @@ class Backend:
             try:
                 yield
             finally:
+                self._builder.shutdown(wait=False, cancel_futures=True)
                 QUEUE_COLLECTOR.conn = None
                 self.jobs_conn.close()
                 await self.router.aclose()
@@ -284,9 +296,10 @@ class Backend:
             state = ProjectState(body.schema_, guideline, body.hostname, body.access_token)
             self.projects.put(pid, state)
             await self._remember_project(pid, state)
-            if context is not None and self.settings.fewshot_k > 0:
+            wants_examples = context is not None and self.settings.fewshot_k > 0
+            if wants_examples or body.hostname:  # a refused hostname is counted and logged now, fetch or not
                 access = self._studio_access(pid, state)
-                if access is not None:
+                if access is not None and wants_examples and self._may_fetch(pid):
                     self._background(self._load_human_examples(pid, state, context, access))
         version = predictor.model_version(context) if context else predictor.llm.model
         return JSONResponse({"model_version": version})
@@ -301,7 +314,7 @@ class Backend:
         if cached is not None:
             return cached
         try:
-            return await asyncio.to_thread(predictor.context, config, guideline)
+            return await asyncio.get_running_loop().run_in_executor(self._builder, predictor.context, config, guideline)
         except REJECTED:
             raise
         except Exception as exc:
@@ -340,6 +353,17 @@ class Backend:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    def _may_fetch(self, pid: str) -> bool:
+        """At most ``MAX_FETCHES`` example fetches at once, one per project: a flood of /setup calls
+        while Label Studio is slow must not queue unbounded work (and keep evicted configs alive).
+        Label Studio repeats /setup before every prediction run, so a skipped fetch comes again."""
+        if pid in self._fetching or len(self._fetching) >= MAX_FETCHES:
+            log.info("project %s: human-labeled examples not fetched now (%d fetches running)",
+                     pid, len(self._fetching))
+            return False
+        self._fetching.add(pid)
+        return True
+
     def _studio_access(self, pid: str, state: ProjectState) -> Access | None:
         """Where this project's Label Studio may be called; None (counted, logged) when nowhere."""
         try:
@@ -355,9 +379,11 @@ class Backend:
         try:
             examples = await asyncio.to_thread(
                 lambda: fetch_labeled_examples(access.client(), pid, context.schema))
-        except Exception as exc:  # LS unreachable, bad token, a redirect, ...: predictions go on without them
+        except Exception as exc:  # noqa: BLE001 - LS unreachable, bad token, a redirect, ...: predictions go on without them
             log.warning("project %s: could not load human-labeled examples: %s", pid, type(exc).__name__)
             return
+        finally:
+            self._fetching.discard(pid)
         state.pool = context.pool_with(examples)
         state.human_examples = len(examples)
 
@@ -462,6 +488,16 @@ def create_app(settings: Settings | None = None) -> Starlette:
         ],
         middleware=middleware,
         lifespan=backend.lifespan,
+        exception_handlers={HTTPException: _http_error},
     )
     app.state.backend = backend
     return app
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    """Unknown paths and methods get the same JSON error as any bad request, counted under ``other``."""
+    assert isinstance(exc, HTTPException)
+    reasons = {404: "not_found", 405: "method_not_allowed"}
+    response = _error("other", RequestError(exc.status_code, reasons.get(exc.status_code, "bad_request"), exc.detail))
+    response.headers.update(exc.headers or {})
+    return response
