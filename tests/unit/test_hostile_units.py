@@ -3,8 +3,10 @@ config attributes, linear-time patterns, bounded guideline references, project i
 
 from __future__ import annotations
 
+import asyncio
 import io
 import logging
+import math
 import time
 from pathlib import Path
 
@@ -17,6 +19,7 @@ from prelabel.label_config.guideline import GuidelineError, guideline_ref
 from prelabel.label_config.schema import ConfigError, build_schema, metric_tag
 from prelabel.logs import PlainFormatter, escape_controls
 from prelabel.lru import LRU, Once
+from prelabel.ml_backend.llm_client import LLMClient, LLMError
 from prelabel.ml_backend.predictor import Predictor
 from prelabel.ml_backend.server import RequestError, project_id
 from prelabel.settings import Settings
@@ -148,3 +151,18 @@ def test_config_check_refuses_unsafe_patterns_and_bad_numbers(tmp_path: Path) ->
     config.write_text(f'{OPEN}<Number name="n" toName="text" min="nan"/></View>')
     result = runner.invoke(app, ["config", "check", str(config)])
     assert result.exit_code == 2 and "min" in result.output
+
+
+def test_unserialisable_request_is_a_local_error_never_retried() -> None:
+    """A NaN in a schema (a config that slipped past validation) fails once, locally: it is not an
+    LLM failure, so it is neither sent nor retried (the endpoint here would refuse connections,
+    which would be retried with backoff and give ``connection_error``)."""
+    client = LLMClient(Settings(llm_base_urls=["http://127.0.0.1:9/v1"], llm_max_retries=3))
+    started = time.perf_counter()
+    try:
+        with pytest.raises(LLMError) as info:
+            asyncio.run(client.complete([{"role": "user", "content": "x"}], {"type": "number", "minimum": math.nan}))
+    finally:
+        asyncio.run(client.aclose())
+    assert info.value.kind == "local_error"
+    assert time.perf_counter() - started < 1
