@@ -21,7 +21,7 @@ import redis
 from prelabel.jobs import events as ev
 from prelabel.jobs import outcomes
 from prelabel.jobs.events import Event
-from prelabel.jobs.projects import ProjectRecord, label_studio_access, load_project
+from prelabel.jobs.projects import ProjectRecord, load_project
 from prelabel.jobs.queue import connection, enqueue, enqueue_once, job_queue
 from prelabel.jobs.review import REVIEW_ERROR, REVIEW_PREFIX, Review, is_review, proposed_answer, review_one
 from prelabel.jobs.status import REVIEW_STATS_KEY
@@ -31,6 +31,7 @@ from prelabel.ml_backend.llm_client import LLMClient
 from prelabel.ml_backend.model_router import ModelRouter
 from prelabel.ml_backend.predictor import Predictor, ProjectContext, open_predictor
 from prelabel.settings import Settings, get_settings, reviewer_settings
+from prelabel.studio.access import connect
 
 log = logging.getLogger(__name__)
 
@@ -56,8 +57,8 @@ class ProjectJob:
         settings = settings or get_settings()
         conn = connection(settings)
         record = load_project(conn, project_id)
-        url, token = label_studio_access(settings, record)
-        return cls(settings, conn, project_id, record, ProjectClient(url, token, project_id))
+        sdk = connect(settings, record.hostname, record.access_token)  # AccessRefused: the job fails, said why
+        return cls(settings, conn, project_id, record, ProjectClient(sdk, project_id))
 
     def context(self, label_config: str | None) -> ProjectContext:
         predictor = Predictor(self.settings, llm=None, cache=None)  # type: ignore[arg-type]

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import logging
 import random
 import time
@@ -119,6 +120,7 @@ class LLMClient:
 
     async def complete(self, messages: list[dict[str, str]], schema: dict[str, Any]) -> Completion:
         """One chat completion constrained to ``schema``; raises ``LLMError`` when it gives up."""
+        _check_serialisable(messages, schema)
         started = time.perf_counter()
         attempts = 0
         retrying = AsyncRetrying(
@@ -265,6 +267,16 @@ class LLMClient:
             mode=endpoint.mode,
             usage={k: v for k, v in usage.items() if isinstance(v, int)},
         )
+
+
+def _check_serialisable(messages: list[dict[str, str]], schema: dict[str, Any]) -> None:
+    """A request that cannot become JSON fails here, once, as ``local_error``: no server ever saw
+    it, so it is not an LLM failure and retrying cannot help (e.g. a NaN bound in a schema)."""
+    try:
+        json.dumps({"messages": messages, "schema": schema}, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        metrics.LLM_REQUESTS.labels("local_error").inc()
+        raise LLMError("local_error", f"the request cannot be serialised: {_short(str(exc))}") from None
 
 
 def _kind(state: RetryCallState) -> str:

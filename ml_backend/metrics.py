@@ -8,7 +8,7 @@ from prometheus_client import Counter, Histogram
 LLM_REQUESTS = Counter(
     "prelabel_llm_requests_total",
     "LLM call attempts by outcome (ok, rate_limited, server_error, timeout, connection_error, "
-    "bad_response, bad_request).",
+    "bad_response, bad_request; local_error: a request that could not be serialised, never sent).",
     ["outcome"],
 )
 LLM_RETRIES = Counter("prelabel_llm_retries_total", "LLM retries by the failure that caused them.", ["reason"])

@@ -24,6 +24,7 @@ from prelabel.label_config.guideline import (
     Guideline,
     GuidelineError,
     default_guideline,
+    guideline_ref,
     load_guideline,
     named_guideline_path,
     parse_guideline,
@@ -35,8 +36,11 @@ from prelabel.label_config.schema import (
     OutputSchema,
     TaskDataError,
     build_schema,
+    config_hash,
+    metric_tag,
     unsupported_once,
 )
+from prelabel.lru import LRU
 from prelabel.ml_backend import metrics
 from prelabel.ml_backend.cache import PredictionCache, cache_key
 from prelabel.ml_backend.confidence import FALLBACK_SCORE, answer_confidences, answer_label_probs
@@ -96,7 +100,7 @@ class Predictor:
         self.settings = settings
         self.llm = llm
         self.cache = cache
-        self._contexts: dict[tuple[str, str | None], ProjectContext] = {}
+        self._contexts: LRU[tuple[str, str], ProjectContext] = LRU(settings.context_cache_size)
         self._template_signatures: dict[tuple, str] | None = None
 
     # --- project context -----------------------------------------------------------------
@@ -106,25 +110,35 @@ class Predictor:
         """Build (or reuse) the schema, guideline, prompt and few-shot pool of a config.
 
         ``guideline`` is a name (shipped or in ``guidelines_dir``) or an inline mapping; a file
-        path is accepted only with ``allow_path`` (the CLI), never from an HTTP request.
+        path is accepted only with ``allow_path`` (the CLI), never from an HTTP request. Built
+        contexts are kept in an LRU of ``context_cache_size`` (configs come from requests: an
+        unbounded cache is a memory leak anyone can drive).
         """
+        key, source = self._context_key(label_config, guideline, allow_path)
+        return self._contexts.get_or_build(
+            key, lambda: self._build_context(build_schema(label_config, self.settings.span_occurrence), source))
+
+    def cached_context(self, label_config: str, guideline: str | dict | None = None) -> ProjectContext | None:
+        """The context of this config and guideline if it is already built (cheap: no parsing)."""
+        return self._contexts.get(self._context_key(label_config, guideline, False)[0])
+
+    def _context_key(
+        self, label_config: str, guideline: str | dict | None, allow_path: bool
+    ) -> tuple[tuple[str, str], Path | dict | None]:
+        if not isinstance(label_config, str) or not label_config.strip():
+            raise ConfigError("empty labeling config")
         source: Path | dict | None
-        if guideline is None or isinstance(guideline, dict):
-            source = guideline
-        elif isinstance(guideline, str):
-            trusted_file = allow_path and Path(guideline).is_file()
-            source = Path(guideline) if trusted_file else named_guideline_path(guideline, self.settings.guidelines_dir)
+        if isinstance(guideline, str) and allow_path and Path(guideline).is_file():
+            source = Path(guideline)
         else:
-            raise GuidelineError(f"guideline must be a name or a mapping, not {type(guideline).__name__}")
-        schema = build_schema(label_config, self.settings.span_occurrence)
-        key = (schema.config_hash, json.dumps(source, sort_keys=True) if isinstance(source, dict) else str(source))
-        if key not in self._contexts:
-            self._contexts[key] = self._build_context(schema, source)
-        return self._contexts[key]
+            ref = guideline_ref(guideline)  # a plain name, a bounded mapping or None
+            source = named_guideline_path(ref, self.settings.guidelines_dir) if isinstance(ref, str) else ref
+        ref = json.dumps(source, sort_keys=True) if isinstance(source, dict) else str(source)
+        return (config_hash(label_config), ref), source
 
     def _build_context(self, schema: OutputSchema, guideline_ref: Path | dict | None) -> ProjectContext:
         for item in unsupported_once(schema):
-            metrics.UNSUPPORTED_CONTROLS.labels(item.tag).inc()
+            metrics.UNSUPPORTED_CONTROLS.labels(metric_tag(item.tag)).inc()
         guideline, name = self._resolve_guideline(schema, guideline_ref)
         errors, warnings = guideline.check_against(schema)
         if errors:

@@ -125,6 +125,10 @@ class Settings(BaseSettings):
     max_request_bytes: int = Field(20 * 1024 * 1024, ge=1024)
     max_tasks_per_request: int = Field(5000, ge=1)
     max_text_chars: int = Field(20_000, ge=1, description="Longer task text -> needs human.")
+    context_cache_size: int = Field(
+        128, ge=1, description="Configs (config + guideline pairs) whose prompt/schema are kept built (LRU).")
+    project_cache_size: int = Field(
+        1024, ge=1, description="Projects whose /setup state is kept in memory (LRU; Redis keeps the rest).")
 
     # --- Label Studio (calls back into LS) ----------------------------------------------
     label_studio_url: str | None = Field(
@@ -133,6 +137,11 @@ class Settings(BaseSettings):
     label_studio_api_key: SecretStr | None = Field(
         None,
         validation_alias=AliasChoices("LABEL_STUDIO_API_KEY", "PRELABEL_LABEL_STUDIO_API_KEY"),
+    )
+    label_studio_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Other Label Studio origins (comma-separated URLs) a /setup hostname may name; "
+                    "they are called with the request's own token only, never LABEL_STUDIO_API_KEY.",
     )
 
     # --- training flywheel ---------------------------------------------------------------
@@ -147,7 +156,8 @@ class Settings(BaseSettings):
     log_json: bool = False
     log_level: str = "INFO"
 
-    @field_validator("llm_base_urls", "llm_api_keys", "reviewer_base_urls", "reviewer_api_keys", mode="before")
+    @field_validator("llm_base_urls", "llm_api_keys", "reviewer_base_urls", "reviewer_api_keys", "label_studio_hosts",
+                     mode="before")
     @classmethod
     def _csv(cls, value: object) -> object:
         return _split_csv(value)

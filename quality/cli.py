@@ -15,13 +15,13 @@ console = Console()
 
 
 def _client():  # noqa: ANN202 - the SDK's client type
-    from label_studio_sdk.client import LabelStudio
+    from prelabel.studio.access import AccessRefused, connect
 
-    settings = get_settings()
-    if not settings.label_studio_url or not settings.label_studio_api_key:
-        console.print("[red]error:[/red] set LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY")
-        raise typer.Exit(2)
-    return LabelStudio(base_url=settings.label_studio_url, api_key=settings.label_studio_api_key.get_secret_value())
+    try:
+        return connect(get_settings())
+    except AccessRefused as exc:
+        console.print(f"[red]error:[/red] {exc} (set LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY)")
+        raise typer.Exit(2) from None
 
 
 def quality(

@@ -38,8 +38,9 @@ Script behaviours (consumed one per chat request, in arrival order; ``ok`` once 
 600 s; released promptly on server shutdown or when the client disconnects, e.g. on its own
 timeout), ``malformed`` (HTTP 200, content is truncated JSON),
 ``bad_label`` (valid JSON, every enum-constrained string is ``"__not_in_label_set__"``),
-``garbage_http`` (HTTP 200 whose body is not JSON at all). The injected latency applies to every
-behaviour except ``hang``.
+``garbage_http`` (HTTP 200 whose body is not JSON at all), ``content:<text>`` (HTTP 200 whose message
+content is exactly ``<text>``: a hostile answer), ``status:<code>`` (an OpenAI-style error with that
+HTTP status). The injected latency applies to every behaviour except ``hang``.
 """
 
 from __future__ import annotations
@@ -83,7 +84,7 @@ BAD_LABEL = "__not_in_label_set__"
 HANG_SECONDS = 600.0
 DEFAULT_MODEL = "fault-llm"
 CHOSEN_LOGPROB = -0.05
-BEHAVIOURS = ("ok", "429", "500", "503", "hang", "malformed", "bad_label", "garbage_http")
+BEHAVIOURS = ("ok", "429", "500", "503", "hang", "malformed", "bad_label", "garbage_http", "content", "status")
 _WORDS = (
     "alpha",
     "bravo",
@@ -513,15 +514,22 @@ def logprobs_for(content: str, top_n: int) -> list[dict[str, Any]]:
 # --------------------------------------------------------------------------------------------
 # Server state and app
 # --------------------------------------------------------------------------------------------
-def parse_behaviour(item: Any) -> tuple[str, int | None]:
-    """``"429:5"`` -> ``("429", 5)``; raises ValueError on an unknown behaviour."""
+def parse_behaviour(item: Any) -> tuple[str, int | str | None]:
+    """``"429:5"`` -> ``("429", 5)``; ``"content:{}"`` -> ``("content", "{}")``; raises ValueError on
+    an unknown behaviour."""
     if isinstance(item, int):
         item = str(item)
     if not isinstance(item, str):
         raise TypeError(f"behaviour must be a string, got {item!r}")
+    if item.startswith("content:"):  # the text is taken verbatim (whitespace and colons included)
+        return "content", item[len("content:"):]
     name, _, arg = item.strip().partition(":")
     if name not in BEHAVIOURS:
         raise ValueError(f"unknown behaviour {item!r}; known: {', '.join(BEHAVIOURS)}")
+    if name == "status":
+        if not arg.isdigit() or not 100 <= int(arg) <= 599:
+            raise ValueError(f"bad status in {item!r}")
+        return name, int(arg)
     if arg:
         if name != "429":
             raise ValueError(f"behaviour {name!r} takes no argument")
@@ -541,7 +549,7 @@ class FaultState:
     def __init__(self, latency_ms: float = 0.0, model: str = DEFAULT_MODEL) -> None:
         self.latency_ms = float(latency_ms)
         self.model = model
-        self.script: deque[tuple[str, int | None]] = deque()
+        self.script: deque[tuple[str, int | str | None]] = deque()
         self.requests = 0
         self.served: Counter[str] = Counter()
         self.in_flight = 0
@@ -648,6 +656,10 @@ def create_app(state: FaultState) -> Starlette:
                 return _error(
                     int(behaviour), f"{msg} (injected by fault server)", "server_error", None
                 )
+            if behaviour == "status":
+                state.served["status"] += 1
+                assert isinstance(arg, int)
+                return _error(arg, f"HTTP {arg} (injected by fault server)", "invalid_request_error", None)
             if behaviour == "garbage_http":
                 state.served["garbage_http"] += 1
                 return Response(
@@ -665,6 +677,8 @@ def create_app(state: FaultState) -> Starlette:
             state.last_request = body
 
             content = generate_content(body, bad_enum=(behaviour == "bad_label"))
+            if behaviour == "content":
+                content = str(arg)
             if behaviour == "malformed":
                 content = content[: max(1, len(content) // 2)]
                 content = content.removesuffix("}")
