@@ -41,7 +41,7 @@ from prelabel.jobs.status import QUEUE_COLLECTOR
 from prelabel.label_config.guideline import GuidelineError
 from prelabel.label_config.schema import ConfigError
 from prelabel.ml_backend import metrics
-from prelabel.ml_backend.fewshot import FewShotPool
+from prelabel.ml_backend.fewshot_store import ProjectPools, add_example, pool_size
 from prelabel.ml_backend.model_router import ModelRouter
 from prelabel.ml_backend.predictor import Predictor, ProjectContext, open_predictor
 from prelabel.ml_backend.project_examples import fetch_labeled_examples
@@ -83,8 +83,6 @@ class ProjectState:
     guideline: str | dict | None
     hostname: str | None
     access_token: SecretStr | None
-    pool: FewShotPool | None = None
-    human_examples: int = 0
 
 
 def project_id(raw: str | int | None) -> str | None:
@@ -201,6 +199,7 @@ class Backend:
         self.predictor: Predictor | None = None
         self.jobs_conn: redis.Redis | None = None
         self.router: ModelRouter | None = None
+        self.pools = ProjectPools()  # human-labeled few-shot examples, shared with the workers via Redis
         self._tasks: set[asyncio.Task[None]] = set()
 
     @asynccontextmanager
@@ -271,28 +270,30 @@ class Backend:
         task.add_done_callback(self._tasks.discard)
 
     async def _load_human_examples(self, pid: str, state: ProjectState, context: ProjectContext) -> None:
-        """Add the project's human-labeled tasks to its few-shot pool (best effort, logged)."""
+        """Put the project's human-labeled tasks into its shared few-shot pool (best effort, logged)."""
         url = state.hostname or self.settings.label_studio_url
         token = state.access_token or self.settings.label_studio_api_key
         if not url or token is None:
             return
         try:
             examples = await asyncio.to_thread(
-                fetch_labeled_examples, url, token.get_secret_value(), pid, context.schema
+                fetch_labeled_examples, url, token.get_secret_value(), pid, context.schema,
+                self.settings.fewshot_pool_max,
             )
+            for example in examples:
+                await asyncio.to_thread(add_example, self.jobs_conn, pid, int(example.source.split(":")[1]),
+                                        example.texts, example.answer, self.settings.fewshot_pool_max)
         except Exception as exc:  # LS unreachable, bad token, ...: predictions go on without them
             log.warning("project %s: could not load human-labeled examples: %s", pid, type(exc).__name__)
-            return
-        state.pool = context.pool_with(examples)
-        state.human_examples = len(examples)
 
     async def project_info(self, request: Request) -> Response:
         """What the backend knows about a project (no secrets): for operators and tests."""
         state = self.projects.get(request.path_params["pid"])
         if state is None:
             return JSONResponse({"error": "unknown project", "reason": "unknown_project"}, status_code=404)
+        examples = await run_in_threadpool(pool_size, self.jobs_conn, request.path_params["pid"])
         return JSONResponse({"project": request.path_params["pid"], "has_config": bool(state.label_config),
-                             "human_examples": state.human_examples})
+                             "human_examples": examples})
 
     async def predict(self, request: Request) -> Response:
         started = time.perf_counter()
@@ -315,7 +316,9 @@ class Backend:
             context = predictor.context(config, guideline)
         except REJECTED as exc:
             return _error("predict", _rejection(exc))
-        results = await predictor.predict(body.tasks, context, state.pool if state else None)
+        client = predictor.cache.client if predictor.cache is not None else None
+        pool = await self.pools.pool(client, project_id(body.project), context)
+        results = await predictor.predict(body.tasks, context, pool)
         metrics.PREDICT_LATENCY.observe(time.perf_counter() - started)
         return Response(orjson.dumps({"results": results, "model_version": predictor.model_version(context)}),
                         media_type="application/json")
