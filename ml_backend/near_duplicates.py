@@ -44,7 +44,9 @@ def jaccard(a: set[str], b: set[str]) -> float:
 def group(texts: list[str | None], threshold: float) -> list[tuple[int, float]]:
     """For each text: (index of its group's representative, similarity to it). ``None`` texts
     (unusable task data) are their own group."""
-    lsh = MinHashLSH(threshold=min(threshold, 0.99), num_perm=NUM_PERM)
+    # LSH only proposes candidates (set a little below the threshold for recall); the exact
+    # Jaccard similarity decides.
+    lsh = MinHashLSH(threshold=min(0.9, max(0.1, threshold - 0.1)), num_perm=NUM_PERM)
     grams: dict[int, set[str]] = {}
     out: list[tuple[int, float]] = []
     for i, text in enumerate(texts):

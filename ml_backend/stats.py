@@ -19,6 +19,9 @@ CASCADE_KEY = "prelabel:stats:cascade"  # field: route (cheap | fallback)
 REUSE_KEY = "prelabel:stats:near_duplicates"  # field: outcome (reused | revalidated_individually)
 INDEPENDENCE_KEY = "prelabel:reviewer:independence"  # JSON: the last reviewer-vs-pre-annotator check
 
+INDEPENDENCE_METRIC = "prelabel_reviewer_independence"
+INDEPENDENCE_DOC = ("1 for the verdict of the last check whether the reviewer serves other weights than the "
+                    "pre-annotator (different_weights, same_weights, unknown).")
 _FAMILIES = {
     CASCADE_KEY: ("prelabel_cascade_routes", "Tasks answered per cascade route (cheap model, or fallback "
                                              "below the calibrated threshold), backend and workers.", "route"),
@@ -45,6 +48,12 @@ def read(conn: Any, key: str) -> dict[str, int]:
 class SharedCounters:
     """Prometheus collector over the Redis counters (uses the backend's queue connection)."""
 
+    def describe(self) -> Iterator[Metric]:
+        """The families without values: registering must not read Redis (or import the queue)."""
+        for name, doc, label in _FAMILIES.values():
+            yield CounterMetricFamily(name, doc, labels=[label])
+        yield GaugeMetricFamily(INDEPENDENCE_METRIC, INDEPENDENCE_DOC, labels=["verdict"])
+
     def collect(self) -> Iterator[Metric]:
         from prelabel.jobs.status import QUEUE_COLLECTOR
 
@@ -65,9 +74,7 @@ class SharedCounters:
         except RedisError:
             return
         if raw:
-            gauge = GaugeMetricFamily("prelabel_reviewer_independence", "1 for the verdict of the last check "
-                                      "whether the reviewer serves other weights than the pre-annotator.",
-                                      labels=["verdict"])
+            gauge = GaugeMetricFamily(INDEPENDENCE_METRIC, INDEPENDENCE_DOC, labels=["verdict"])
             gauge.add_metric([json.loads(raw)["verdict"]], 1)
             yield gauge
 

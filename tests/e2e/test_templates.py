@@ -5,8 +5,9 @@ validates the config), its guideline fits the config (``prelabel config check``)
 tasks are pre-annotated through the backend connected as the project's ML backend, and every
 stored region is checked against its control: choices in the set (one for single choice),
 ratings and numbers in range, spans equal to the text at their offsets, rankings a permutation of
-the listed items. SmolLM2-135M is tiny:
-this checks validity, never correctness.
+the listed items. Each template must yield at least one valid region on its samples and no task
+may end in ``error`` (an LLM outage or a bug); ``needs_human`` is allowed (an invalid answer left
+for a human). SmolLM2-135M is tiny: this checks validity, never correctness.
 """
 
 from __future__ import annotations
@@ -93,9 +94,9 @@ def test_template_pre_annotated_in_label_studio(name: str, label_studio, templat
     for prediction in predictions:
         data = prediction.model_dump()
         assert 0.0 <= data["score"] <= 1.0
-        assert data["model_version"].partition("#")[2] in ("", "needs_human", "error")
+        assert data["model_version"].partition("#")[2] in ("", "needs_human"), (name, data["model_version"])
         for region in data["result"]:
             regions += 1
             assert not _problems(interface, config, region, stored[data["task"]]), (name, region)
     statuses = [p.model_version.partition("#")[2] or "ok" for p in predictions]
-    print(f"{name}: {regions} regions, statuses {statuses}")
+    assert regions >= 1, f"{name}: no valid region on {len(predictions)} sample tasks (statuses {statuses})"

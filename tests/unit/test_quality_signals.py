@@ -1,0 +1,133 @@
+"""Near-duplicate reuse, annotator screening, reviewer independence, the shared few-shot pool's rules."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from prelabel.label_config.answers import check_answer
+from prelabel.label_config.schema import build_schema
+from prelabel.ml_backend.fewshot import FewShotPool
+from prelabel.ml_backend.model_identity import DIFFERENT, SAME, UNKNOWN, ServerIdentity, compare
+from prelabel.ml_backend.near_duplicates import group, reused_prediction
+from prelabel.ml_backend.predictor import Predictor
+from prelabel.ml_backend.prompt import Example
+from prelabel.quality.annotators import pair_agreement, screen
+from prelabel.ranking.uncertainty import inclusion_uncertainty
+from prelabel.settings import Settings
+
+NER = """<View><Text name="text" value="$text"/>
+<Choices name="intent" toName="text"><Choice value="book"/><Choice value="other"/></Choices>
+<Labels name="ents" toName="text"><Label value="CITY"/></Labels></View>"""
+
+
+# --- near-duplicate grouping and reuse -------------------------------------------------------
+def test_near_duplicates_group_under_their_first_member_and_others_stay_alone():
+    texts = ["Cheap flights from Paris to Rome next Friday", "cheap flights from paris to rome next friday!",
+             "weather tomorrow in Oslo", "Cheap flights from Paris to Rome next Friday please", None,
+             "how do vaccines work"]
+    groups = group(texts, 0.7)
+    assert [rep for rep, _ in groups] == [0, 0, 2, 0, 4, 5]
+    assert groups[1][1] == 1.0  # case and punctuation do not count
+    assert 0.7 <= groups[3][1] < 1.0
+    assert [rep for rep, _ in group(texts, 0.99)] == [0, 0, 2, 3, 4, 5]
+
+
+@pytest.fixture(scope="module")
+def ctx():
+    return Predictor(Settings(), llm=None, cache=None).context(NER)  # type: ignore[arg-type]
+
+
+def rep_prediction(ctx, text: str, answer: dict) -> dict:
+    checked = check_answer(ctx.schema, [], answer, {"text": text})
+    regions = [{**r, "score": 0.8, "prelabel": {"model": "m", "label_probs": {"book": 0.8, "other": 0.2}}}
+               for rs in checked.regions.values() for r in rs]
+    return {"result": regions, "score": 0.8, "model_version": "m@p",
+            "meta": {"status": "ok", "provenance": {"model": "m", "llm_calls": 1, "cached": False}}}
+
+
+def test_reused_answer_is_revalidated_against_the_members_own_text(ctx):
+    rep = rep_prediction(ctx, "book Paris now", {"intent": "book", "ents": [{"text": "Paris", "label": "CITY"}]})
+    reused = reused_prediction(ctx, {"id": 9, "data": {"text": "please book Paris now"}}, 3, rep, 0.8)
+    assert reused["meta"]["provenance"]["reused_from"] == 3 and reused["meta"]["provenance"]["llm_calls"] == 0
+    span = next(r for r in reused["result"] if r["from_name"] == "ents")
+    assert (span["value"]["start"], span["value"]["end"]) == (12, 17)  # offsets in the member's own text
+    assert "please book Paris now"[12:17] == "Paris"
+    assert all(r["prelabel"]["reused_from"] == 3 for r in reused["result"])
+    assert rep["result"][1]["value"]["start"] == 5, "the representative's prediction is not modified"
+    # The span is not in the member's text: no reuse, the member is asked individually.
+    assert reused_prediction(ctx, {"id": 10, "data": {"text": "please book Rome now"}}, 3, rep, 0.8) is None
+    failed = {**rep, "meta": {**rep["meta"], "status": "needs_human"}}
+    assert reused_prediction(ctx, {"id": 11, "data": {"text": "book Paris now"}}, 3, failed, 1.0) is None
+
+
+# --- few-shot pool: never the task itself ------------------------------------------------------
+def test_pool_never_shows_a_task_its_own_example():
+    pool = FewShotPool([Example({"text": "cheap flights to rome"}, {"intent": "book"}, "task:5"),
+                        Example({"text": "cheap flight to rome"}, {"intent": "book"}, "task:6"),
+                        Example({"text": "weather"}, {"intent": "other"}, "task:7")])
+    chosen = pool.select({"text": "cheap flights to rome!"}, 3, exclude="task:5")
+    assert "task:5" not in [e.source for e in chosen] and len(chosen) == 2
+    assert "task:5" in [e.source for e in pool.select({"text": "cheap flights to rome!"}, 3, exclude="task:6")]
+
+
+# --- multiple-choice uncertainty -------------------------------------------------------------
+def test_inclusion_uncertainty_is_the_least_settled_decision():
+    rows = np.array([[0.99, 0.01, 0.02], [0.95, 0.5, 0.0], [1.0, 0.0, 0.3]])
+    assert inclusion_uncertainty(rows) == pytest.approx([0.04, 1.0, 0.6])
+
+
+# --- annotator screening -----------------------------------------------------------------------
+CHOICES = """<View><Text name="text" value="$text"/>
+<Choices name="intent" toName="text"><Choice value="book"/><Choice value="other"/></Choices></View>"""
+
+
+def ann(who: str, label: str, ground_truth: bool = False) -> dict:
+    return {"completed_by": who, "ground_truth": ground_truth, "was_cancelled": False,
+            "result": [{"from_name": "intent", "to_name": "text", "type": "choices", "value": {"choices": [label]}}]}
+
+
+def test_screening_scores_reference_majority_and_per_class_and_flags_the_outlier():
+    schema = build_schema(CHOICES)
+    truth = ["book", "other", "book", "other", "book", "book"]
+    tasks = []
+    for i, label in enumerate(truth):
+        wrong = "other" if label == "book" else "book"
+        tasks.append({"id": i, "data": {"text": f"t{i}"}, "annotations": [
+            ann("lead", label, ground_truth=True), ann("good", label), ann("ok", label),
+            ann("bad", wrong if i % 3 else label)]})
+    report = screen(tasks, schema, bar=0.8, min_tasks=3)
+    by = {a.annotator: a for a in report.annotators}
+    assert by["good"].reference == 1.0 and by["good"].tasks == 6 and not by["good"].flags
+    assert by["bad"].reference == pytest.approx(2 / 6)
+    assert any("agreement" in f for f in by["bad"].flags)
+    assert by["bad"].per_class["book"] == [1, 4] and by["bad"].per_class["other"] == [1, 2]
+    # Majority of the others: good, ok and lead agree, so bad disagrees with them 4 times of 6.
+    assert by["bad"].majority == pytest.approx(2 / 6) and by["good"].majority == 1.0
+
+
+def test_ranking_agreement_counts_pairs_in_the_same_order():
+    assert pair_agreement([1, 2, 3, 4], [1, 2, 3, 4]) == 1.0
+    assert pair_agreement([1, 2, 3, 4], [4, 3, 2, 1]) == 0.0
+    assert pair_agreement([1, 2, 3], [2, 1, 3]) == pytest.approx(2 / 3)
+
+
+# --- reviewer independence ---------------------------------------------------------------------
+def ident(endpoint: str, model: str, probe=None, weights=None) -> ServerIdentity:
+    return ServerIdentity(endpoint, model, [model], weights, probe)
+
+
+def test_same_weights_under_two_names_are_found_by_the_probe():
+    probe = [[("Paris", -0.1), ("Paris", -0.1), ("London", -3.0)], [(".", -0.5), (".", -0.5), ("!", -1.2)]]
+    noisy = [[("Paris", -0.105), ("Paris", -0.105), ("London", -2.99)], [(".", -0.5), (".", -0.5), ("!", -1.2)]]
+    verdict, evidence = compare(ident("h:1", "smollm2", probe), ident("h:2", "smollm2-reviewer", noisy))
+    assert verdict == SAME and "same weights" in evidence
+    other = [[("Paris", -0.4), ("Paris", -0.4), ("Lyon", -2.0)], [(".", -0.5), (".", -0.5), ("!", -1.2)]]
+    assert compare(ident("h:1", "a", probe), ident("h:2", "b", other))[0] == DIFFERENT
+
+
+def test_reported_weights_decide_before_the_probe_and_nothing_known_is_unknown():
+    a, b = ident("h:1", "a", weights="/m/x.gguf"), ident("h:2", "b", weights="/m/x.gguf")
+    assert compare(a, b)[0] == SAME
+    assert compare(a, ident("h:2", "b", weights="Qwen/Qwen2.5-7B"))[0] == DIFFERENT
+    assert compare(ident("h:1", "a"), ident("h:2", "b"))[0] == UNKNOWN
