@@ -74,14 +74,20 @@ def identify(base_url: str, api_key: str, model: str, timeout: float = 60.0) -> 
             if answer.status_code == 200 and "json" in answer.headers.get("content-type", ""):
                 props = answer.json()
             identity.weights = _weights(models, model, props)
-            reply = http.post(f"{base}/chat/completions", json={
-                "model": model, "messages": PROBE, "temperature": 0.0, "max_tokens": PROBE_TOKENS,
-                "logprobs": True, "top_logprobs": 5, "seed": 0})
-            if reply.status_code == 200:
+            request = {"model": model, "messages": PROBE, "temperature": 0.0, "max_tokens": PROBE_TOKENS,
+                       "logprobs": True, "top_logprobs": 5, "seed": 0}
+            # A base (not chat-tuned) model may end its turn at once: then ask for JSON, which
+            # grammar-constrained servers make it write.
+            for extra in ({}, {"response_format": {"type": "json_object"}}):
+                reply = http.post(f"{base}/chat/completions", json=request | extra)
+                if reply.status_code != 200:
+                    continue
                 content = ((reply.json().get("choices") or [{}])[0].get("logprobs") or {}).get("content") or []
                 identity.probe = [[(str(t["token"]), float(t["logprob"]))]
                                   + [(str(a["token"]), float(a["logprob"])) for a in t.get("top_logprobs") or []]
                                   for t in content] or None
+                if identity.probe:
+                    break
     except (httpx.HTTPError, ValueError, KeyError, TypeError) as exc:
         identity.error = f"{type(exc).__name__}: {str(exc)[:120]}"
     return identity

@@ -134,3 +134,44 @@ def test_calibration_map_and_new_few_shot_examples_apply_without_restart(backend
         assert provenance["calibration"] == "cal-test"
         assert other["score"] == pytest.approx(cmap(provenance["raw_score"]), abs=1e-5)
     conn.delete(calibration_key(PROJECT, "smollm2"), *pool_keys)
+
+
+def test_reviewer_on_the_same_weights_is_reported_whatever_its_name(llm_server, second_llm, redis_url):
+    """Two servers (or one) with the same GGUF under other names: the check asks the servers."""
+    from prelabel.jobs.handlers import reviewer_independence
+    from prelabel.ml_backend.model_identity import SAME, compare, identify
+    from prelabel.ml_backend.stats import INDEPENDENCE_KEY
+    from prelabel.settings import Settings
+
+    ours = identify(llm_server.base_url, llm_server.api_key, "smollm2")
+    theirs = identify(second_llm.base_url, second_llm.api_key, "smollm2-reviewer")
+    assert ours.probe and theirs.probe, (ours.error, theirs.error)
+    verdict, evidence = compare(ours, theirs)
+    assert verdict == SAME, evidence
+
+    conn = redis_lib.Redis.from_url(redis_url)
+    conn.delete(INDEPENDENCE_KEY)
+    settings = Settings(llm_base_urls=[llm_server.base_url], llm_model="smollm2", reviewer_model="smollm2-reviewer",
+                        reviewer_base_urls=[second_llm.base_url])
+    assert reviewer_independence(settings, conn)["verdict"] == SAME
+    strict = settings.model_copy(update={"reviewer_require_different_weights": True})
+    with pytest.raises(ValueError, match="not an independent model"):
+        reviewer_independence(strict, conn)
+    conn.delete(INDEPENDENCE_KEY)
+
+
+def test_reviewer_on_other_weights_is_reported_different(llm_server, harness_dir):
+    from prelabel.ml_backend.model_identity import DIFFERENT, compare, identify
+    from prelabel.stack.llm_server import find_reviewer_gguf
+
+    gguf = find_reviewer_gguf()
+    if gguf is None:
+        pytest.skip("no second GGUF provisioned (PRELABEL_REVIEWER_GGUF / reviewer-model.path): "
+                    "the local reviewer is the same weights, see the test above")
+    other = start_llm_server(harness_dir / "llm-reviewer", gguf=gguf, alias="reviewer")
+    try:
+        verdict, evidence = compare(identify(llm_server.base_url, llm_server.api_key, "smollm2"),
+                                    identify(other.base_url, other.api_key, "reviewer"))
+    finally:
+        other.process.stop()
+    assert verdict == DIFFERENT, evidence

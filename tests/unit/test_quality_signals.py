@@ -131,3 +131,30 @@ def test_reported_weights_decide_before_the_probe_and_nothing_known_is_unknown()
     assert compare(a, b)[0] == SAME
     assert compare(a, ident("h:2", "b", weights="Qwen/Qwen2.5-7B"))[0] == DIFFERENT
     assert compare(ident("h:1", "a"), ident("h:2", "b"))[0] == UNKNOWN
+
+
+def test_predict_with_reuse_asks_one_task_per_group_and_the_failed_revalidations_alone(ctx):
+    import asyncio
+
+    from prelabel.ml_backend.near_duplicates import predict_with_reuse
+
+    asked: list[list[int]] = []
+
+    async def predict(batch, c, pool):  # the model: labels each task from its own text
+        asked.append([t["id"] for t in batch])
+        out = []
+        for t in batch:
+            city = "Paris" if "Paris" in t["data"]["text"] else "Rome"
+            out.append(rep_prediction(ctx, t["data"]["text"], {"intent": "book",
+                                                               "ents": [{"text": city, "label": "CITY"}]}))
+        return out
+
+    tasks = [{"id": 1, "data": {"text": "book a flight to Paris on Friday"}},
+             {"id": 2, "data": {"text": "Book a flight to Paris on Friday!"}},
+             {"id": 3, "data": {"text": "book a flight to Pariz on Friday"}},  # near, but no "Paris" in it
+             {"id": 4, "data": {"text": "what is the weather in Rome today"}}]
+    results = asyncio.run(predict_with_reuse(predict, tasks, ctx, None, 0.7))
+    assert asked == [[1, 4], [3]], "one call per group, then the member whose reuse failed validation"
+    assert results[1]["meta"]["provenance"]["reused_from"] == 1
+    assert "reused_from" not in results[2]["meta"]["provenance"]
+    assert [r["meta"]["provenance"]["llm_calls"] for r in results] == [1, 0, 1, 1]
