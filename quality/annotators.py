@@ -5,6 +5,7 @@ Per annotator, over a project's non-cancelled annotations:
 * ``tasks``: tasks they labeled;
 * ``reference``: agreement with the reference answer of a task: a ground-truth annotation by
   someone else (Label Studio's *ground truth* flag), which is what the qualification set carries;
+  ground truths by others that disagree with each other give the task no reference;
 * ``majority``: agreement with the majority of the *other* annotators of the same task (ties and
   tasks nobody else labeled do not count);
 * ``per_class``: accuracy per reference class (the first Choices control; the majority label when
@@ -141,12 +142,14 @@ def screen(tasks: list[dict[str, Any]], schema: OutputSchema, bar: float = 0.8, 
             s = stats.setdefault(who, AnnotatorStats(who))
             s.tasks += 1
             mine = answers[id(annotation)]
-            reference = next((t for t in truths if annotator_of(t) != who), None)
+            # The reference: the ground truth of someone else; several that disagree are none.
+            references = {answers[id(t)]: t for t in truths if annotator_of(t) != who and answers[id(t)] is not None}
+            reference = next(iter(references.values())) if len(references) == 1 else None
             others = [answers[id(a)] for a in annotations if annotator_of(a) != who and answers[id(a)] is not None]
             top = Counter(others).most_common(2)
             majority = top[0][0] if top and (len(top) == 1 or top[0][1] > top[1][1]) else None
             target = None
-            if reference is not None and answers[id(reference)] is not None:
+            if reference is not None:
                 s.reference_n += 1
                 s.reference_agreed += mine == answers[id(reference)]
                 target = reference["result"]

@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-console = Console()
+console = Console(width=140)
 
 
 def annotators(
@@ -45,10 +45,11 @@ def annotators(
     report = screen(tasks, schema, bar, min_tasks, qualification)
     title = f"project {project}: annotators" + (" (qualification set)" if qualification else "")
     table = Table(title=title)
-    for column in ("annotator", "tasks", "reference", "majority", "ranking", "per class", "flags"):
+    for column in ("annotator", "tasks", "reference", "majority", "ranking", "weakest classes", "flags"):
         table.add_column(column)
     for a in report.annotators:
-        per_class = ", ".join(f"{c} {agreed}/{n}" for c, (agreed, n) in sorted(a.per_class.items()))
+        weakest = sorted(a.per_class.items(), key=lambda item: (item[1][0] / item[1][1], item[0]))[:2]
+        per_class = ", ".join(f"{c} {agreed}/{n}" for c, (agreed, n) in weakest)
         flags = "; ".join(a.flags)
         table.add_row(a.annotator, str(a.tasks), _share(a.reference, a.reference_n), _share(a.majority, a.majority_n),
                       "-" if a.ranking_agreement is None else f"{a.ranking_agreement:.0%}", per_class,

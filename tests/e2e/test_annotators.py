@@ -47,6 +47,13 @@ def test_screening_flags_the_annotator_who_disagrees(label_studio, tmp_path) -> 
             {"result": region(alice), "completed_by": users["alice"]},
             {"result": region(bob), "completed_by": users["bob"]}]})
     client.projects.import_tasks(id=project.id, request=tasks)
+    # Label Studio marks imported annotations as ground truth: only the reference stays so.
+    for task in client.tasks.list(project=project.id, fields="all"):
+        for annotation in task.annotations or []:
+            who = annotation.get("completed_by") if isinstance(annotation, dict) else annotation.completed_by
+            if who in users.values():
+                client.annotations.update(id=annotation["id"] if isinstance(annotation, dict) else annotation.id,
+                                          ground_truth=False)
 
     env = child_env(None, {"LABEL_STUDIO_URL": label_studio.url, "LABEL_STUDIO_API_KEY": label_studio.api_key})
     out = tmp_path / "screening"

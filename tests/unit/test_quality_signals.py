@@ -158,3 +158,12 @@ def test_predict_with_reuse_asks_one_task_per_group_and_the_failed_revalidations
     assert results[1]["meta"]["provenance"]["reused_from"] == 1
     assert "reused_from" not in results[2]["meta"]["provenance"]
     assert [r["meta"]["provenance"]["llm_calls"] for r in results] == [1, 0, 1, 1]
+
+
+def test_ground_truths_that_disagree_give_no_reference():
+    schema = build_schema(CHOICES)
+    tasks = [{"id": 1, "data": {"text": "t"}, "annotations": [
+        ann("lead", "book", ground_truth=True), ann("second", "other", ground_truth=True), ann("x", "book")]}]
+    by = {a.annotator: a for a in screen(tasks, schema, min_tasks=1).annotators}
+    assert by["x"].reference_n == 0 and by["x"].majority_n == 0  # a tie among the others: no majority either
+    assert by["lead"].reference == 0.0 and by["lead"].reference_n == 1  # its one other ground truth disagrees
