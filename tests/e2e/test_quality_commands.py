@@ -1,17 +1,23 @@
-"""``prelabel annotators`` on a real Label Studio: two annotators, one of whom disagrees on purpose.
+"""``prelabel annotators`` and ``prelabel quality`` on a real Label Studio and Redis.
 
-Ten tasks carry a ground-truth annotation (the reference); alice labels like it on 9 of them,
-bob picks a wrong intent on 7. The screening must say so (reference and majority agreement,
-per-class accuracy, flags), in its table, annotators.json and annotators.png.
+Screening: ten tasks carry a ground-truth annotation (the reference); alice labels like it on 9
+of them, bob picks a wrong intent on 7. The screening must say so (reference and majority
+agreement, per-class accuracy, flags), in its table, annotators.json and annotators.png.
+
+Calibration: a project whose pre-annotations are overconfident (scores near 0.9, right about half
+the time): ``prelabel quality`` says "uncalibrated" before any human label, then reports ECE and
+AUROC before/after, writes the reliability diagram and stores a map the backend reads.
 """
 
 from __future__ import annotations
 
 import json
+import random
 import subprocess
 from pathlib import Path
 
 import pytest
+import redis as redis_lib
 
 from tests.harness import dev_bin
 from tests.harness.processes import child_env
@@ -74,3 +80,45 @@ def test_screening_flags_the_annotator_who_disagrees(label_studio, tmp_path) -> 
     assert "alice" in run.stdout or str(users["alice"]) in run.stdout
     png = out / "annotators.png"
     assert png.stat().st_size > 10_000 and png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_quality_reports_calibration_before_and_after_and_stores_the_map(label_studio, redis_url, tmp_path):
+    client = label_studio.sdk()
+    project = client.projects.create(title="calibration", label_config=CONFIG)
+    rng = random.Random(3)
+    labels = sorted(WRONG)
+    rows = []
+    for i in range(60):
+        truth = labels[i % len(labels)]
+        raw = round(rng.uniform(0.6, 0.99), 4)
+        right = rng.random() < (raw - 0.55) * 1.5  # right far less often than the score says
+        guess = truth if right else WRONG[truth]
+        rows.append((f"query {i}", truth, guess, raw))
+    client.projects.import_tasks(id=project.id, request=[{"text": text} for text, *_ in rows])
+    tasks = sorted(client.tasks.list(project=project.id), key=lambda t: t.id)
+    for task, (_, _, guess, raw) in zip(tasks, rows):
+        result = [{**region(guess)[0], "prelabel": {"model": "smollm2", "raw_score": raw}}]
+        client.predictions.create(task=task.id, result=result, score=raw, model_version="smollm2@p-test")
+    env = child_env(None, {"LABEL_STUDIO_URL": label_studio.url, "LABEL_STUDIO_API_KEY": label_studio.api_key,
+                           "REDIS_URL": redis_url})
+    out = tmp_path / "quality"
+
+    def quality() -> subprocess.CompletedProcess:
+        run = subprocess.run([dev_bin("prelabel"), "quality", "--project", str(project.id), "--out", str(out)],
+                             env=env, capture_output=True, text=True, timeout=300)
+        assert run.returncode == 0, run.stdout + run.stderr
+        return run
+
+    before = quality()
+    assert "uncalibrated" in before.stdout
+    for task, (_, truth, _, _) in zip(tasks, rows):
+        client.annotations.create(id=task.id, result=region(truth), was_cancelled=False)
+    after = quality()
+    print(after.stdout)
+    report = json.loads((out / "calibration.json").read_text())["models"][0]
+    assert report["model"] == "smollm2" and report["n"] == 60 and report["status"] == "calibrated"
+    assert report["after"]["ece"] < report["before"]["ece"]
+    png = out / "reliability-smollm2.png"
+    assert png.stat().st_size > 10_000
+    stored = redis_lib.Redis.from_url(redis_url).get(f"prelabel:calibration:{project.id}:smollm2")
+    assert stored and json.loads(stored)["id"] == report["map"]["id"]
