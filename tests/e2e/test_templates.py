@@ -84,8 +84,10 @@ def test_template_pre_annotated_in_label_studio(name: str, label_studio, templat
     client.projects.import_tasks(id=project.id, request=tasks[:TASKS_PER_TEMPLATE])
     client.ml.create(project=project.id, url=templates_backend.url, title="prelabel", is_interactive=False,
                      extra_params={"guideline": name})
+    # Label Studio answers when /predict returns (it waits up to ML_TIMEOUT_PREDICT, 100 s): the
+    # SDK's own 60 s must not cut that short on a busy machine.
     client.actions.create(id="retrieve_tasks_predictions", project=project.id,
-                          selected_items={"all": True, "excluded": []})
+                          selected_items={"all": True, "excluded": []}, request_options={"timeout_in_seconds": 150})
     predictions = wait_for(lambda: (p := list(client.predictions.list(project=project.id)))
                            and len(p) >= TASKS_PER_TEMPLATE and p, 300, f"{name}: predictions")
     stored = {t.id: t.data for t in client.tasks.list(project=project.id, fields="all")}
