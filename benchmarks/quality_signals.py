@@ -91,7 +91,7 @@ async def measure(rows: list[dict[str, Any]], reviews: int, cascade_tasks: int, 
                                    label_probs=(p["result"][0]["prelabel"].get("label_probs") if p["result"] else None),
                                    pre_status="" if p["meta"]["status"] == "ok" else p["meta"]["status"])
                        for i, p in enumerate(individual)]
-            ranking = rank(signals, [c.label_values for c in ctx.schema.fields][0])
+            ranking = rank(signals, ctx.schema.fields[0].label_values)
             sources = {s: ranking.source.count(s) for s in set(ranking.source)}
             report["uncertainty_sources"] = sources
             report["uncertainty_share_label_probs"] = sources.get("label_probs", 0) / len(signals)
@@ -147,7 +147,7 @@ async def measure(rows: list[dict[str, Any]], reviews: int, cascade_tasks: int, 
             # (the cache, warm from step 1, only saves this run's time, not a count).
             calls = {"n": 0}
 
-            async def counted(batch, c, pool):  # noqa: ANN001, ANN202
+            async def counted(batch, c, pool):
                 calls["n"] += len(batch)
                 return await predictor.predict(batch, c, pool)
 

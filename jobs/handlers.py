@@ -40,8 +40,8 @@ from prelabel.ml_backend.confidence import FALLBACK_SCORE
 from prelabel.ml_backend.fewshot_store import ProjectPools
 from prelabel.ml_backend.llm_client import LLMClient
 from prelabel.ml_backend.model_router import ModelRouter
-from prelabel.ml_backend.stats import INDEPENDENCE_KEY
 from prelabel.ml_backend.predictor import Predictor, ProjectContext, open_predictor
+from prelabel.ml_backend.stats import INDEPENDENCE_KEY
 from prelabel.settings import Settings, get_settings, reviewer_settings
 
 log = logging.getLogger(__name__)

@@ -8,7 +8,8 @@ fallback model:
 
 * cheap first: every task goes to the promoted (cheap) model;
 * a task whose answer is not ``ok`` or whose calibrated score is under the threshold goes to the
-  fallback model, whose answer (also calibrated) replaces it;
+  fallback model, whose answer (also calibrated) replaces it; when the fallback fails (LLM
+  outage) a valid cheap answer is kept (route ``fallback_failed``, the error in provenance);
 * provenance names the model that answered (``meta.provenance.model`` and each region's stamp),
   and ``meta.provenance.cascade`` / the region stamp's ``route`` say which route it took, with
   the cheap model's score; both routes are counted (``prelabel_cascade_routes_total``);
@@ -28,7 +29,7 @@ from prelabel.ml_backend.fewshot import FewShotPool
 from prelabel.ml_backend.predictor import Predictor, ProjectContext
 from prelabel.ml_backend.stats import CASCADE_KEY, count
 
-CHEAP, FALLBACK = "cheap", "fallback"
+CHEAP, FALLBACK, FALLBACK_FAILED = "cheap", "fallback", "fallback_failed"
 
 
 class ProjectPredictor:
@@ -44,15 +45,15 @@ class ProjectPredictor:
 
     # The Predictor surface the server and the worker use.
     @property
-    def llm(self):  # noqa: ANN201 - the primary's LLMClient
+    def llm(self):
         return self.primary.llm
 
     @property
-    def cache(self):  # noqa: ANN201
+    def cache(self):
         return self.primary.cache
 
     @property
-    def settings(self):  # noqa: ANN201
+    def settings(self):
         return self.primary.settings
 
     def context(self, label_config: str, guideline: str | dict | None = None, **kwargs: Any) -> ProjectContext:
@@ -79,13 +80,20 @@ class ProjectPredictor:
             return results
         escalate = [i for i, p in enumerate(results) if not self._confident(p)]
         cheap = {i: (results[i]["score"], results[i]["meta"]["status"]) for i in escalate}
+        routes = dict.fromkeys(range(len(results)), CHEAP)
         if escalate:
             answers = await self.fallback.predict([tasks[i] for i in escalate], ctx, pool)
             for i, answer in zip(escalate, answers):
-                results[i] = calibrate(answer, self.fallback_calibration)
+                if answer["meta"]["status"] == "error" and results[i]["result"]:
+                    # The fallback is down: the cheap model's valid (if unsure) answer is kept.
+                    routes[i] = FALLBACK_FAILED
+                    results[i]["meta"]["provenance"]["fallback_error"] = answer["meta"]["errors"]
+                else:
+                    routes[i] = FALLBACK
+                    results[i] = calibrate(answer, self.fallback_calibration)
         family = self.model_version(ctx)
         for i, prediction in enumerate(results):
-            route = FALLBACK if i in cheap else CHEAP
+            route = routes[i]
             cheap_score, cheap_status = cheap.get(i, (prediction["score"], prediction["meta"]["status"]))
             record = {"route": route, "threshold": self.threshold, "cheap_model": self.primary.llm.model,
                       "fallback_model": self.fallback.llm.model, "cheap_score": cheap_score,
@@ -95,12 +103,12 @@ class ProjectPredictor:
                 region.setdefault("prelabel", {})["route"] = route
             status = prediction["model_version"].partition("#")[2]
             prediction["model_version"] = family + (f"#{status}" if status else "")
-        await count(self._client, CASCADE_KEY, FALLBACK, len(escalate))
-        await count(self._client, CASCADE_KEY, CHEAP, len(results) - len(escalate))
+        for route in (CHEAP, FALLBACK, FALLBACK_FAILED):
+            await count(self._client, CASCADE_KEY, route, sum(r == route for r in routes.values()))
         return results
 
     @property
-    def _client(self):  # noqa: ANN202
+    def _client(self):
         return self.cache.client if self.cache is not None else None
 
     def _confident(self, prediction: dict[str, Any]) -> bool:

@@ -69,7 +69,7 @@ def identify(base_url: str, api_key: str, model: str, timeout: float = 60.0) -> 
             models = listed.json().get("data", []) if listed.status_code == 200 else []
             identity.served = [str(m.get("id")) for m in models]
             props = None
-            root = base[:-3] if base.endswith("/v1") else base
+            root = base.removesuffix("/v1")
             answer = http.get(f"{root}/props")
             if answer.status_code == 200 and "json" in answer.headers.get("content-type", ""):
                 props = answer.json()

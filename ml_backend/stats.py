@@ -23,10 +23,10 @@ INDEPENDENCE_METRIC = "prelabel_reviewer_independence"
 INDEPENDENCE_DOC = ("1 for the verdict of the last check whether the reviewer serves other weights than the "
                     "pre-annotator (different_weights, same_weights, unknown).")
 _FAMILIES = {
-    CASCADE_KEY: ("prelabel_cascade_routes", "Tasks answered per cascade route (cheap model, or fallback "
-                                             "below the calibrated threshold), backend and workers.", "route"),
-    REUSE_KEY: ("prelabel_near_duplicate_tasks", "Near-duplicate tasks that reused their representative's "
-                                                 "answer, or failed revalidation and were asked individually.",
+    CASCADE_KEY: ("prelabel_cascade_routes", ("Tasks answered per cascade route (cheap model, or fallback "
+                                              "below the calibrated threshold), backend and workers."), "route"),
+    REUSE_KEY: ("prelabel_near_duplicate_tasks", ("Near-duplicate tasks that reused their representative's "
+                                                  "answer, or failed revalidation and were asked individually."),
                 "outcome"),
 }
 
