@@ -167,3 +167,32 @@ def test_ground_truths_that_disagree_give_no_reference():
     by = {a.annotator: a for a in screen(tasks, schema, min_tasks=1).annotators}
     assert by["x"].reference_n == 0 and by["x"].majority_n == 0  # a tie among the others: no majority either
     assert by["lead"].reference == 0.0 and by["lead"].reference_n == 1  # its one other ground truth disagrees
+
+
+def test_qualification_scores_only_the_reference_set_and_says_who_qualifies(tmp_path):
+    import json
+
+    from prelabel.quality.annotators import REFERENCE_FIELD, reference_tasks
+
+    schema = build_schema(CHOICES)
+    refs = tmp_path / "refs.jsonl"
+    refs.write_text("\n".join(json.dumps({"data": {"text": f"r{i}"}, "answer": {"intent": label}})
+                              for i, label in enumerate(["book", "other", "book", "book", "other"])))
+    records = reference_tasks(refs, schema, "ref-1")
+    assert [r["data"][REFERENCE_FIELD] for r in records] == ["ref-1"] * 5
+    assert records[1]["result"][0]["value"] == {"choices": ["other"]}
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"data": {"text": "x"}, "answer": {"intent": "shopping"}}))
+    with pytest.raises(ValueError, match="does not fit"):
+        reference_tasks(bad, schema, "ref-2")
+
+    tasks = []
+    for i, record in enumerate(records):
+        label = record["result"][0]["value"]["choices"][0]
+        tasks.append({"id": i, "data": record["data"], "annotations": [
+            {**ann("lead", label, ground_truth=True)}, ann("new", label), ann("careless", "book")]})
+    tasks.append({"id": 99, "data": {"text": "ordinary"}, "annotations": [ann("new", "other"), ann("x", "book")]})
+    by = {a.annotator: a for a in screen(tasks, schema, bar=0.8, min_tasks=5, qualification=True).annotators}
+    assert by["new"].tasks == 5 and by["new"].flags == ["qualified"]
+    assert by["careless"].reference == pytest.approx(3 / 5) and "qualified" not in by["careless"].flags
+    assert "x" not in by  # only the reference set counts
