@@ -6,10 +6,13 @@ nothing (llama.cpp serves any GGUF under any ``--model_alias``), so each server 
 * what it serves: ``GET /v1/models`` ids, and the weights it reports where it reports them
   (vLLM's ``root``: the model path or hub id; llama.cpp's native server's ``/props``
   ``model_path``; an id that is itself a ``.gguf`` path when no alias was given);
-* how it answers: a fixed greedy probe with ``top_logprobs``. The same weights give the same
-  tokens and the same log-probabilities (to within ``TOLERANCE`` for batching noise); different
-  weights, even one fine-tune apart, do not. This works for every OpenAI-compatible server that
-  returns logprobs, llama-cpp-python included, which reports nothing about its weights.
+* how it answers: a fixed greedy probe with ``top_logprobs`` (asked twice, the second answer
+  kept, so both servers have the prompt cached alike). The same weights give the same tokens and
+  the same alternatives with nearly the same log-probabilities (``TOLERANCE_*`` absorb batching
+  noise); different models do not. A very light fine-tune of the same base may be
+  indistinguishable by the probe: ``same_weights`` then means "answers like the same weights".
+  This works for every OpenAI-compatible server that returns logprobs, llama-cpp-python
+  included, which reports nothing about its weights.
 
 ``compare`` gives ``different_weights``, ``same_weights`` or ``unknown`` (neither reports weights
 nor logprobs) with the evidence.
@@ -24,7 +27,11 @@ import httpx
 
 PROBE = [{"role": "user", "content": "Complete with one word. The capital of France is"}]
 PROBE_TOKENS = 4
-TOLERANCE = 0.02  # max |logprob difference| still read as "same weights"
+# Same weights, same server build: the numbers still move a little with how much of the prompt
+# the server had cached (llama.cpp evaluates a cached prefix in other batches: up to ~0.2 on one
+# alternative of a Q4 model, measured). Different models differ in the alternatives themselves.
+TOLERANCE_MEAN = 0.1  # mean |logprob difference| over all compared alternatives
+TOLERANCE_MAX = 0.4  # and no single one further apart than this
 SAME, DIFFERENT, UNKNOWN = "same_weights", "different_weights", "unknown"
 
 
@@ -79,6 +86,7 @@ def identify(base_url: str, api_key: str, model: str, timeout: float = 60.0) -> 
             # A base (not chat-tuned) model may end its turn at once: then ask for JSON, which
             # grammar-constrained servers make it write.
             for extra in ({}, {"response_format": {"type": "json_object"}}):
+                http.post(f"{base}/chat/completions", json=request | extra)  # warm-up: the prompt cached
                 reply = http.post(f"{base}/chat/completions", json=request | extra)
                 if reply.status_code != 200:
                     continue
@@ -94,14 +102,19 @@ def identify(base_url: str, api_key: str, model: str, timeout: float = 60.0) -> 
 
 
 def _same_probe(a: list[list[tuple[str, float]]], b: list[list[tuple[str, float]]]) -> bool:
-    if len(a) != len(b):
+    """Same emitted tokens, same alternatives (as sets: near-equal ones may swap places), and
+    log-probabilities within the tolerances."""
+    if len(a) != len(b) or not a:
         return False
+    gaps: list[float] = []
     for left, right in zip(a, b):
-        if [t for t, _ in left] != [t for t, _ in right]:
+        if left[0][0] != right[0][0]:
             return False
-        if any(abs(x - y) > TOLERANCE for (_, x), (_, y) in zip(left, right)):
+        mine, theirs = dict(left[1:]), dict(right[1:])
+        if set(mine) != set(theirs):
             return False
-    return True
+        gaps += [abs(mine[t] - theirs[t]) for t in mine]
+    return sum(gaps) / len(gaps) <= TOLERANCE_MEAN and max(gaps) <= TOLERANCE_MAX
 
 
 def compare(a: ServerIdentity, b: ServerIdentity) -> tuple[str, str]:

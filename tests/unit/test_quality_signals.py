@@ -196,3 +196,14 @@ def test_qualification_scores_only_the_reference_set_and_says_who_qualifies(tmp_
     assert by["new"].tasks == 5 and by["new"].flags == ["qualified"]
     assert by["careless"].reference == pytest.approx(3 / 5) and "qualified" not in by["careless"].flags
     assert "x" not in by  # only the reference set counts
+
+
+def test_prefix_cache_noise_of_one_llama_server_still_reads_as_the_same_weights():
+    """Measured: SmolLM2 on llama.cpp, the same probe on a fresh prompt vs a cached one."""
+    fresh = [[("The", -1.98785), ("The", -1.98785), ("Paris", -2.26919), ("I", -3.27950), ("A", -3.56146)],
+             [(" of", -0.04073), (" of", -0.04073), (" is", -3.76089), (",", -5.80886), (" city", -5.83540)],
+             [(" France", -0.15846), (" France", -0.15846), (" the", -3.54290), (" Spain", -4.59966)]]
+    cached = [[("The", -1.93941), ("The", -1.93941), ("Paris", -2.35127), ("I", -3.22167), ("A", -3.49902)],
+              [(" of", -0.03499), (" of", -0.03499), (" is", -3.90162), (",", -5.91200), (" city", -5.92951)],
+              [(" France", -0.16839), (" France", -0.16839), (" the", -3.35083), (" Spain", -4.59679)]]
+    assert compare(ident("h:1", "smollm2", fresh), ident("h:1", "smollm2-reviewer", cached))[0] == SAME
