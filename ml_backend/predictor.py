@@ -43,7 +43,8 @@ from prelabel.label_config.schema import (
 from prelabel.lru import LRU
 from prelabel.ml_backend import metrics
 from prelabel.ml_backend.cache import PredictionCache, cache_key
-from prelabel.ml_backend.confidence import FALLBACK_SCORE, answer_confidences, answer_label_probs
+from prelabel.ml_backend.confidence import FALLBACK_SCORE, answer_confidences
+from prelabel.ml_backend.distribution import answer_label_probs, distribution_score, kind_of
 from prelabel.ml_backend.fewshot import FewShotPool, file_examples, guideline_examples
 from prelabel.ml_backend.llm_client import Completion, LLMClient, LLMError
 from prelabel.ml_backend.prompt import Example, Prompt
@@ -60,7 +61,8 @@ from prelabel.settings import Settings
 log = logging.getLogger(__name__)
 
 # The provenance fields every region carries into Label Studio.
-REGION_PROVENANCE = ("model", "prompt_version", "guideline_hash", "config_hash", "time", "cached", "score_source")
+REGION_PROVENANCE = ("model", "prompt_version", "guideline_hash", "config_hash", "time", "cached", "score_source",
+                     "raw_score", "calibration")
 RAW_OUTPUT_CHARS = 1000  # of each answer kept in a failed task's meta.raw_output
 
 
@@ -92,7 +94,15 @@ class _Outcome:
     regions: list[dict[str, Any]] = field(default_factory=list)
     errors: dict[str, AnswerError] = field(default_factory=dict)
     scores: dict[str, float] = field(default_factory=dict)
-    score_source: str = "logprobs"
+    score_sources: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def score_source(self) -> str:
+        """``label_probs`` when every score came from a label distribution, ``logprobs`` when
+        some came from the chosen tokens only, ``none`` without logprobs (the 0.5 fallback)."""
+        if self.regions and not self.scores:
+            return "none"
+        return "label_probs" if set(self.score_sources.values()) == {"label_probs"} else "logprobs"
 
 
 class Predictor:
@@ -218,7 +228,7 @@ class Predictor:
                 ctx, "text_too_long", f"{size} characters > max_text_chars={self.settings.max_text_chars}", started
             )
 
-        examples = (pool or ctx.pool).select(texts, self.settings.fewshot_k)
+        examples = (pool or ctx.pool).select(texts, self.settings.fewshot_k, exclude=f"task:{task.get('id')}")
         key = cache_key(
             model=self.llm.model, prompt=ctx.prompt.version, config=ctx.schema.config_hash, texts=texts,
             examples=[[e.texts, e.answer] for e in examples], temperature=self.llm.temperature,
@@ -258,7 +268,10 @@ class Predictor:
                 "llm_attempts": sum(a.completion.attempts for a in attempts),
                 "fewshot": [e.source for e in examples],
                 "score_source": outcome.score_source,
+                "raw_score": round(score, 6),
+                "calibration": "uncalibrated",
                 "control_scores": outcome.scores,
+                "control_score_sources": outcome.score_sources,
                 "usage": completion.usage,
             },
         )
@@ -355,6 +368,7 @@ def _merge(ctx: ProjectContext, attempts: list[_Attempt]) -> _Outcome:
     """
     merged = CheckedAnswer({})
     scores: dict[str, float] = {}
+    sources: dict[str, str] = {}
     distributions: dict[str, dict[str, float]] = {}
     for control in ctx.schema.fields:
         for attempt in attempts:
@@ -362,9 +376,12 @@ def _merge(ctx: ProjectContext, attempts: list[_Attempt]) -> _Outcome:
                 merged.answer[control.name] = attempt.checked.answer.get(control.name)
                 merged.regions[control.name] = attempt.checked.regions[control.name]
                 if attempt.confidences and control.name in attempt.confidences:
-                    scores[control.name] = attempt.confidences[control.name]
+                    scores[control.name], sources[control.name] = attempt.confidences[control.name], "logprobs"
                 if control.name in attempt.label_probs:
                     distributions[control.name] = attempt.label_probs[control.name]
+                    score = distribution_score(control, merged.answer[control.name], distributions[control.name])
+                    if score is not None:
+                        scores[control.name], sources[control.name] = round(score, 6), "label_probs"
                 break
             if control.name not in attempt.checked.errors and control.name in attempt.checked.answer:
                 merged.answer[control.name] = attempt.checked.answer[control.name]  # valid but empty
@@ -381,11 +398,11 @@ def _merge(ctx: ProjectContext, attempts: list[_Attempt]) -> _Outcome:
             if control.name in scores:
                 region = {**region, "score": scores[control.name]}
             if control.name in distributions:
-                region = {**region, "prelabel": {"label_probs": distributions[control.name]}}
+                region = {**region, "prelabel": {"label_probs": distributions[control.name],
+                                                 "label_probs_kind": kind_of(control)}}
             outcome.regions.append(region)
     outcome.scores = {name: score for name, score in scores.items() if name in merged.regions}
-    if merged.regions and not outcome.scores:
-        outcome.score_source = "none"
+    outcome.score_sources = {name: source for name, source in sources.items() if name in outcome.scores}
     return outcome
 
 

@@ -46,7 +46,7 @@ from prelabel.label_config.guideline import GuidelineError, guideline_ref
 from prelabel.label_config.schema import ConfigError
 from prelabel.lru import LRU
 from prelabel.ml_backend import metrics
-from prelabel.ml_backend.fewshot import FewShotPool
+from prelabel.ml_backend.fewshot_store import ProjectPools, add_example, pool_size
 from prelabel.ml_backend.model_router import ModelRouter
 from prelabel.ml_backend.predictor import Predictor, ProjectContext, open_predictor
 from prelabel.ml_backend.project_examples import fetch_labeled_examples
@@ -95,8 +95,6 @@ class ProjectState:
     guideline: str | dict | None
     hostname: str | None
     access_token: SecretStr | None
-    pool: FewShotPool | None = None
-    human_examples: int = 0
 
 
 _PROJECT = re.compile(r"([0-9]{1,18})(?:\.[0-9]{1,20})?")
@@ -245,6 +243,7 @@ class Backend:
         self.predictor: Predictor | None = None
         self.jobs_conn: redis.Redis | None = None
         self.router: ModelRouter | None = None
+        self.pools = ProjectPools()  # human-labeled few-shot examples, shared with the workers via Redis
         self._tasks: set[asyncio.Task[None]] = set()
         self._fetching: set[str] = set()  # projects whose human examples are being fetched
         # Configs are parsed on their own threads: never queued behind slow Label Studio calls.
@@ -376,17 +375,17 @@ class Backend:
     async def _load_human_examples(
         self, pid: str, state: ProjectState, context: ProjectContext, access: Access
     ) -> None:
-        """Add the project's human-labeled tasks to its few-shot pool (best effort, logged)."""
+        """Put the project's human-labeled tasks into its shared few-shot pool (best effort, logged)."""
         try:
             examples = await asyncio.to_thread(
-                lambda: fetch_labeled_examples(access.client(), pid, context.schema))
+                lambda: fetch_labeled_examples(access.client(), pid, context.schema, self.settings.fewshot_pool_max))
+            for example in examples:
+                await asyncio.to_thread(add_example, self.jobs_conn, pid, int(example.source.split(":")[1]),
+                                        example.texts, example.answer, self.settings.fewshot_pool_max)
         except Exception as exc:  # noqa: BLE001 - LS unreachable, bad token, a redirect, ...: predictions go on without them
             log.warning("project %s: could not load human-labeled examples: %s", pid, type(exc).__name__)
-            return
         finally:
             self._fetching.discard(pid)
-        state.pool = context.pool_with(examples)
-        state.human_examples = len(examples)
 
     async def project_info(self, request: Request) -> Response:
         """What the backend knows about a project (no secrets): for operators and tests."""
@@ -397,8 +396,8 @@ class Backend:
         state = self.projects.get(pid) if pid else None
         if state is None:
             return JSONResponse({"error": "unknown project", "reason": "unknown_project"}, status_code=404)
-        return JSONResponse({"project": pid, "has_config": bool(state.label_config),
-                             "human_examples": state.human_examples})
+        examples = await run_in_threadpool(pool_size, self.jobs_conn, pid)
+        return JSONResponse({"project": pid, "has_config": bool(state.label_config), "human_examples": examples})
 
     async def predict(self, request: Request) -> Response:
         started = time.perf_counter()
@@ -422,8 +421,10 @@ class Backend:
             context = await self._context(predictor, config, guideline)
         except REJECTED as exc:
             return _error("predict", _rejection(exc))
-        results = await predictor.predict(body.tasks, context, state.pool if state else None)
-        await run_in_threadpool(record_predictions, self.jobs_conn, project_id(body.project), body.tasks, results)
+        client = predictor.cache.client if predictor.cache is not None else None
+        pool = await self.pools.pool(client, pid, context)
+        results = await predictor.predict(body.tasks, context, pool)
+        await run_in_threadpool(record_predictions, self.jobs_conn, pid, body.tasks, results)
         metrics.PREDICT_LATENCY.observe(time.perf_counter() - started)
         return Response(orjson.dumps({"results": results, "model_version": predictor.model_version(context)}),
                         media_type="application/json")

@@ -79,6 +79,10 @@ class Settings(BaseSettings):
     reviewer_model: str | None = Field(
         None, description="Reviewer model name; must differ from the pre-annotator (model or endpoint)."
     )
+    reviewer_require_different_weights: bool = Field(
+        False, description="Refuse to review when the reviewer's server answers with the pre-annotator's "
+                           "weights (default: review, and report 'same_weights').",
+    )
     review_below: float | None = Field(
         None, ge=0.0, le=1.0,
         description="Cost cascade: review only pre-annotations whose score is under this (default: all).",
@@ -105,6 +109,14 @@ class Settings(BaseSettings):
     fewshot_k: int = Field(3, ge=0, description="Few-shot examples per prompt.")
     span_occurrence: SpanOccurrence = Field(
         "all", description="Which occurrences of a returned span text get a region."
+    )
+    fewshot_pool_max: int = Field(
+        500, ge=0, description="Human-labeled few-shot examples kept per project (newest win)."
+    )
+    near_duplicate_threshold: float | None = Field(
+        None, gt=0.0, le=1.0,
+        description="Near-duplicate reuse: tasks of one batch whose texts are at least this similar "
+                    "(MinHash Jaccard of word 3-shingles) share one LLM answer (default: off).",
     )
 
     # --- storage -------------------------------------------------------------------------

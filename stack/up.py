@@ -182,6 +182,9 @@ def run_up(settings: Settings, *, ls_port: int, backend_port: int, llm_port: int
         children["label-studio"] = ls.process
         record.children["label-studio"] = ls.process.pid
         record.llm_base_url = llm_url
+        if not external_llm and not (settings.reviewer_model or settings.reviewer_base_urls):
+            say("reviewer: the same SmolLM2 weights with a reviewer prompt (no second local model is provisioned; "
+                "reviews say independence=same_weights)")
         backend_url = f"http://127.0.0.1:{backend_port}"
         env = child_env(None, {
             "REDIS_URL": redis, "OPENAI_BASE_URL": llm_url, "PRELABEL_LLM_MODEL": model,
