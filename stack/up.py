@@ -182,14 +182,17 @@ def run_up(settings: Settings, *, ls_port: int, backend_port: int, llm_port: int
         children["label-studio"] = ls.process
         record.children["label-studio"] = ls.process.pid
         record.llm_base_url = llm_url
+        reviewer: dict[str, str | None] = {"PRELABEL_REVIEWER_MODEL": settings.reviewer_model or f"{model}-reviewer"}
         if not external_llm and not (settings.reviewer_model or settings.reviewer_base_urls):
-            say("reviewer: the same SmolLM2 weights with a reviewer prompt (no second local model is provisioned; "
-                "reviews say independence=same_weights)")
+            local = start_local_reviewer(root, say)
+            if local is not None:
+                children["reviewer"] = local.process
+                record.children["reviewer"] = local.process.pid
+                reviewer = {"PRELABEL_REVIEWER_MODEL": local.model, "PRELABEL_REVIEWER_BASE_URLS": local.base_url}
         backend_url = f"http://127.0.0.1:{backend_port}"
         env = child_env(None, {
             "REDIS_URL": redis, "OPENAI_BASE_URL": llm_url, "PRELABEL_LLM_MODEL": model,
-            "PRELABEL_STRUCTURED_OUTPUT": structured,
-            "PRELABEL_REVIEWER_MODEL": settings.reviewer_model or f"{model}-reviewer",
+            "PRELABEL_STRUCTURED_OUTPUT": structured, **reviewer,
             "PRELABEL_WEBHOOK_SECRET": record.webhook_secret,
             "PRELABEL_BASIC_AUTH_USER": record.basic_auth[0], "PRELABEL_BASIC_AUTH_PASSWORD": record.basic_auth[1],
             "LABEL_STUDIO_URL": ls.url, "LABEL_STUDIO_API_KEY": ls.api_key,
@@ -250,6 +253,24 @@ def sample_project(ls, backend_url: str, record: StackRecord, template: str, say
         (", backend connected" if setup.connected else "") + (f", {setup.imported} tasks imported"
                                                               if setup.imported else ""))
     return setup.project_id
+
+
+def start_local_reviewer(root: Path, say: Callable[[str], None]):
+    """The second local model for reviews when one is provisioned (``find_reviewer_gguf``), else None.
+
+    Its readiness is a real answer too. Without it the reviewer is SmolLM2 with a reviewer prompt,
+    and `up` says so: the reviews' independence check then reports ``same_weights``.
+    """
+    from prelabel.stack.llm_server import REVIEWER_ALIAS, find_reviewer_gguf, start_llm_server
+
+    gguf = find_reviewer_gguf()
+    if gguf is None:
+        say("reviewer: the same SmolLM2 weights with a reviewer prompt (no second local model is provisioned; "
+            "reviews say independence=same_weights)")
+        return None
+    server = start_llm_server(root / "reviewer", gguf=gguf, alias=REVIEWER_ALIAS)
+    say(f"reviewer: {gguf.name} (other weights than the pre-annotator: a 270M base model, weak verdicts)")
+    return server
 
 
 class PreannotationProgress:
