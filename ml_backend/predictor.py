@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from prelabel.label_config.controls import AnswerError
+from prelabel.label_config.controls import AnswerError, ChoicesField
 from prelabel.label_config.guideline import (
     Guideline,
     GuidelineError,
@@ -40,9 +40,11 @@ from prelabel.label_config.schema import (
 from prelabel.ml_backend import metrics
 from prelabel.ml_backend.cache import PredictionCache, cache_key
 from prelabel.ml_backend.confidence import FALLBACK_SCORE, answer_confidences, answer_label_probs
+from prelabel.ml_backend.context_budget import ContextBudget, Fitted, TokenCounter, TooLong, answer_budget
 from prelabel.ml_backend.fewshot import FewShotPool, file_examples, guideline_examples
 from prelabel.ml_backend.llm_client import Completion, LLMClient, LLMError
-from prelabel.ml_backend.prompt import Example, Prompt
+from prelabel.ml_backend.prompt import NONE_OF_THESE, Example, Prompt, answer_schema
+from prelabel.ml_backend.shortlist import Shortlister
 from prelabel.ml_backend.validation import (
     CheckedAnswer,
     apply_constraints,
@@ -69,9 +71,34 @@ class ProjectContext:
     prompt: Prompt
     pool: FewShotPool
 
+    shortlist_k: int = 10
+    _shortlisters: dict[int, tuple[FewShotPool, dict[str, Shortlister]]] = field(default_factory=dict, repr=False)
+    _pool_order: dict[int, tuple[FewShotPool, dict[int, int]]] = field(default_factory=dict, repr=False)
+
     def pool_with(self, examples: list[Example]) -> FewShotPool:
         """This context's pool plus more examples (e.g. a project's human-labeled tasks)."""
         return FewShotPool(self.pool.examples + examples)
+
+    def candidates(self, texts: dict[str, str], pool: FewShotPool) -> dict[str, list[str]]:
+        """Per shortlisted control, the candidate labels for this task (``shortlist``)."""
+        if not self.prompt.shortlisted:
+            return {}
+        if id(pool) not in self._shortlisters:
+            if len(self._shortlisters) > 8:  # pools are replaced when /setup reloads human labels
+                self._shortlisters.clear()
+            self._shortlisters[id(pool)] = (pool, {
+                name: Shortlister(self.schema.field(name), self.guideline, pool.examples, self.shortlist_k)
+                for name in sorted(self.prompt.shortlisted)})
+        query = "\n".join(texts.values())
+        return {name: s.candidates(query) for name, s in self._shortlisters[id(pool)][1].items()}
+
+    def pool_order(self, pool: FewShotPool) -> dict[int, int]:
+        """id(example) -> its place in the pool: few-shot turns are shown in this stable order."""
+        if id(pool) not in self._pool_order:
+            if len(self._pool_order) > 8:
+                self._pool_order.clear()
+            self._pool_order[id(pool)] = (pool, {id(e): i for i, e in enumerate(pool.examples)})
+        return self._pool_order[id(pool)][1]
 
 
 @dataclass
@@ -97,6 +124,11 @@ class Predictor:
         self.cache = cache
         self._contexts: dict[tuple[str, str | None], ProjectContext] = {}
         self._template_signatures: dict[tuple, str] | None = None
+        self.budget: ContextBudget | None = None
+        if llm is not None:
+            endpoint = llm.endpoints[0]
+            counter = TokenCounter(endpoint.url, endpoint.client.api_key, llm.model)
+            self.budget = ContextBudget(counter, settings.llm_context_window, llm.learned_context_window)
 
     # --- project context -----------------------------------------------------------------
     def context(
@@ -133,7 +165,10 @@ class Predictor:
         examples = guideline_examples(guideline, schema)
         if self.settings.fewshot_file:
             examples += file_examples(self.settings.fewshot_file, schema)
-        return ProjectContext(schema, guideline, name, Prompt(schema, guideline), FewShotPool(examples))
+        shortlisted = frozenset(c.name for c in schema.fields
+                                if isinstance(c, ChoicesField) and len(c.labels) > self.settings.shortlist_above)
+        return ProjectContext(schema, guideline, name, Prompt(schema, guideline, shortlisted), FewShotPool(examples),
+                              shortlist_k=self.settings.shortlist_k)
 
     def _resolve_guideline(self, schema: OutputSchema, ref: Path | dict | None) -> tuple[Guideline, str]:
         if isinstance(ref, dict):
@@ -169,6 +204,20 @@ class Predictor:
         """
         return list(await asyncio.gather(*(self._predict_isolated(task, context, pool) for task in tasks)))
 
+    async def predict_until(
+        self, tasks: list[Any], context: ProjectContext, pool: FewShotPool | None, deadline: float
+    ) -> list[dict[str, Any] | None]:
+        """Like ``predict``, but stops at ``deadline`` (event-loop time): tasks not finished by
+        then are cancelled (their LLM calls too) and come back as ``None``."""
+        jobs = [asyncio.ensure_future(self._predict_isolated(task, context, pool)) for task in tasks]
+        if not jobs:
+            return []
+        _, pending = await asyncio.wait(jobs, timeout=max(0.0, deadline - asyncio.get_running_loop().time()))
+        for job in pending:
+            job.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+        return [job.result() if job.done() and not job.cancelled() else None for job in jobs]
+
     async def _predict_isolated(
         self, task: Any, ctx: ProjectContext, pool: FewShotPool | None
     ) -> dict[str, Any]:
@@ -200,11 +249,15 @@ class Predictor:
                 ctx, "text_too_long", f"{size} characters > max_text_chars={self.settings.max_text_chars}", started
             )
 
-        examples = (pool or ctx.pool).select(texts, self.settings.fewshot_k)
+        pool = pool or ctx.pool
+        examples = pool.select(texts, self.settings.fewshot_k)
+        candidates = ctx.candidates(texts, pool)
+        window = await self.budget.window() if self.budget else None
         key = cache_key(
             model=self.llm.model, prompt=ctx.prompt.version, config=ctx.schema.config_hash, texts=texts,
             examples=[[e.texts, e.answer] for e in examples], temperature=self.llm.temperature,
-            occurrence=self.settings.span_occurrence,
+            occurrence=self.settings.span_occurrence, **({"candidates": candidates} if candidates else {}),
+            **({"window": window} if window else {}),
         )
         if self.cache is not None:
             cached = await self.cache.get(key)
@@ -215,9 +268,15 @@ class Predictor:
                 metrics.TASKS.labels(cached["meta"]["status"], "hit").inc()
                 return cached
 
+        answer_tokens = answer_budget(ctx.schema, texts, self.llm.max_tokens, candidates)
+        fitted = await self._fit(ctx, texts, examples, answer_tokens, candidates, pool)
+        if isinstance(fitted, TooLong):
+            return self._no_prediction(ctx, "context_too_long", str(fitted), started)
         try:
-            outcome, attempts = await self._label(ctx, texts, examples)
+            outcome, attempts = await self._label(ctx, texts, fitted, candidates)
         except LLMError as exc:
+            if exc.kind == "context_too_long":  # the server counted more than we did: no retry helps
+                return self._no_prediction(ctx, "context_too_long", str(exc), started)
             metrics.TASKS.labels("error", "miss").inc()
             metrics.NEEDS_HUMAN.labels(f"llm_{exc.kind}").inc()
             return self._prediction(ctx, [], 0.0, "error", {"llm": f"{exc.kind}: {exc}"}, started,
@@ -238,10 +297,13 @@ class Predictor:
                 "structured_output": completion.mode,
                 "llm_calls": len(attempts),
                 "llm_attempts": sum(a.completion.attempts for a in attempts),
-                "fewshot": [e.source for e in examples],
+                "fewshot": [e.source for e in fitted.examples],
                 "score_source": outcome.score_source,
                 "control_scores": outcome.scores,
                 "usage": completion.usage,
+                "queue_ms": round(sum(a.completion.queue_s for a in attempts) * 1000, 2),
+                "prompt_fit": fitted.provenance(),
+                **({"shortlist": candidates} if candidates else {}),
             },
         )
         metrics.TASKS.labels(status, "miss").inc()
@@ -249,24 +311,41 @@ class Predictor:
             await self.cache.set(key, prediction)
         return prediction
 
+    async def _fit(
+        self, ctx: ProjectContext, texts: dict[str, str], examples: list[Example], answer_tokens: int,
+        candidates: dict[str, list[str]], pool: FewShotPool,
+    ) -> Fitted | TooLong:
+        """The task's prompt fitted to the context window (``context_budget``)."""
+        order = ctx.pool_order(pool)
+        if self.budget is None:
+            chosen = sorted(examples, key=lambda e: order.get(id(e), 0))
+            messages = ctx.prompt.messages(texts, chosen, candidates=candidates)
+            return Fitted(messages, answer_tokens, 0, "full", chosen, 0, None)
+        return await self.budget.fit(ctx.prompt, texts, examples, answer_tokens, candidates, order)
+
     async def _label(
-        self, ctx: ProjectContext, texts: dict[str, str], examples: list[Example]
+        self, ctx: ProjectContext, texts: dict[str, str], fitted: Fitted, candidates: dict[str, list[str]]
     ) -> tuple[_Outcome, list[_Attempt]]:
-        messages = ctx.prompt.messages(texts, examples)
-        first = await self._ask(ctx, messages, texts, attempt=1)
+        messages = fitted.messages
+        schema = answer_schema(ctx.schema, candidates) if candidates else ctx.schema.json_schema()
+        first = await self._ask(ctx, messages, texts, 1, schema, fitted.max_tokens, candidates)
         attempts = [first]
-        if first.checked.errors:
+        # "none of the candidates" is an answer, not a mistake to correct
+        correctable = {n: e for n, e in first.checked.errors.items() if e.reason != "not_in_shortlist"}
+        if correctable:
             retry_messages = messages + [
                 {"role": "assistant", "content": first.completion.content},
-                {"role": "user", "content": feedback(first.checked.errors)},
+                {"role": "user", "content": feedback(correctable)},
             ]
-            attempts.append(await self._ask(ctx, retry_messages, texts, attempt=2))
+            if self.budget is None or await self.budget.fits_followup(retry_messages, fitted.max_tokens):
+                attempts.append(await self._ask(ctx, retry_messages, texts, 2, schema, fitted.max_tokens, candidates))
         return _merge(ctx, attempts), attempts
 
     async def _ask(
-        self, ctx: ProjectContext, messages: list[dict[str, str]], texts: dict[str, str], attempt: int
+        self, ctx: ProjectContext, messages: list[dict[str, str]], texts: dict[str, str], attempt: int,
+        schema: dict[str, Any], max_tokens: int, candidates: dict[str, list[str]],
     ) -> _Attempt:
-        completion = await self.llm.complete(messages, ctx.schema.json_schema())
+        completion = await self.llm.complete(messages, schema, max_tokens=max_tokens)
         metrics.LLM_LATENCY.observe(completion.latency_s)
         try:
             answer, start = parse_answer(completion.content)
@@ -274,7 +353,9 @@ class Predictor:
             metrics.VALIDATION_ERRORS.labels("answer", exc.reason, str(attempt)).inc()
             errors = {c.name: AnswerError(c.name, exc.reason, exc.message) for c in ctx.schema.fields}
             return _Attempt(completion, CheckedAnswer({}, errors=errors))
+        answer, declined = _declined(answer, candidates)
         checked = check_answer(ctx.schema, ctx.guideline.constraints, answer, texts)
+        checked.errors.update(declined)
         for name, error in checked.errors.items():
             metrics.VALIDATION_ERRORS.labels(ctx.schema.field(name).tag, error.reason, str(attempt)).inc()
         confidences = answer_confidences(completion.content, start, completion.tokens, ctx.schema.fields, answer)
@@ -367,6 +448,20 @@ def _merge(ctx: ProjectContext, attempts: list[_Attempt]) -> _Outcome:
     if merged.regions and not outcome.scores:
         outcome.score_source = "none"
     return outcome
+
+
+def _declined(
+    answer: dict[str, Any], candidates: dict[str, list[str]]
+) -> tuple[dict[str, Any], dict[str, AnswerError]]:
+    """Take shortlisted controls answered with ``none_of_these`` out of the answer, as errors."""
+    declined: dict[str, AnswerError] = {}
+    for name, labels in candidates.items():
+        value = answer.get(name)
+        if value == NONE_OF_THESE or (isinstance(value, list) and NONE_OF_THESE in value):
+            answer = {k: v for k, v in answer.items() if k != name}
+            declined[name] = AnswerError(
+                name, "not_in_shortlist", f"none of the {len(labels)} candidate labels fits ({', '.join(labels)})")
+    return answer, declined
 
 
 def _signature(schema: OutputSchema) -> tuple:

@@ -41,6 +41,7 @@ from prelabel.jobs.status import QUEUE_COLLECTOR
 from prelabel.label_config.guideline import GuidelineError
 from prelabel.label_config.schema import ConfigError
 from prelabel.ml_backend import metrics
+from prelabel.ml_backend.deadline import Answer, answer_within_deadline, loop_time
 from prelabel.ml_backend.fewshot import FewShotPool
 from prelabel.ml_backend.model_router import ModelRouter
 from prelabel.ml_backend.predictor import Predictor, ProjectContext, open_predictor
@@ -296,6 +297,7 @@ class Backend:
 
     async def predict(self, request: Request) -> Response:
         started = time.perf_counter()
+        arrived = loop_time()
         try:
             raw = await read_json(request, self.settings.max_request_bytes)
             body = PredictRequest.model_validate(raw)
@@ -315,10 +317,17 @@ class Backend:
             context = predictor.context(config, guideline)
         except REJECTED as exc:
             return _error("predict", _rejection(exc))
-        results = await predictor.predict(body.tasks, context, state.pool if state else None)
+        pool = state.pool if state else None
+        answer = None
+        if state is not None and self.jobs_conn is not None:  # a Label Studio project: mind its deadline
+            answer = await answer_within_deadline(
+                predictor, body.tasks, context, pool, conn=self.jobs_conn, settings=self.settings,
+                project_id=project_id(body.project) or "", label_config=config, arrived=arrived)
+        if answer is None:
+            answer = Answer(await predictor.predict(body.tasks, context, pool))
         metrics.PREDICT_LATENCY.observe(time.perf_counter() - started)
-        return Response(orjson.dumps({"results": results, "model_version": predictor.model_version(context)}),
-                        media_type="application/json")
+        return Response(orjson.dumps({"results": answer.results, "model_version": predictor.model_version(context),
+                                      "pending": answer.pending}), media_type="application/json")
 
     async def webhook(self, request: Request) -> Response:
         """Authenticate, validate, queue, answer: Label Studio waits 1 s and never retries."""
