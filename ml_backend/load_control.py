@@ -15,10 +15,11 @@ compares every answer's latency with it:
 * latency above that: the server is queueing; shrink in proportion (at most halve), at most
   once per round trip so one burst of slow answers does not collapse the limit;
 * a timeout, 429, 503 or a refused connection: halve (at most once per round trip);
-* the base is refreshed by a *probe* when it has not been confirmed for ``probe_interval_s``:
-  new calls wait until the endpoint is idle and one call is sent alone (BBR's ProbeRTT). A
+* the base is what the last call sent *alone* (nothing else of ours in flight on the endpoint)
+  took, or a lower latency seen since. When it has not been confirmed for ``probe_interval_s``,
+  new calls wait until the endpoint is idle and one call is sent alone (BBR's ProbeRTT): a
   one-slot server kept at two calls in flight never shows its base latency otherwise, and a
-  stale base would let the limit creep up.
+  stale base would let the limit creep up (or, if the server got slower, pin it at 1).
 
 ``PRELABEL_LLM_CONCURRENCY`` is the upper bound; ``PRELABEL_LLM_ADAPTIVE=false`` pins the limit
 to it (the old fixed behaviour).
@@ -73,6 +74,7 @@ class AdaptiveLimit:
         self._base_at = 0.0
         self.queue_delay_s = 0.0  # smoothed (latency - base): the server's own queueing
         self.probing = False
+        self.last_rtt = 0.0
         self._growing = True  # slow start until the first sign of queueing
         self._last_cut = -math.inf
 
@@ -95,7 +97,8 @@ class AdaptiveLimit:
         if not self.adaptive:
             return
         now = self._clock()
-        if self.probing and alone:  # the probe: what one call alone costs now, higher or lower
+        self.last_rtt = rtt
+        if alone:  # nothing of ours queued ahead of it: what one call costs now, higher or lower
             self.base_rtt, self._base_at, self.probing = rtt, now, False
         elif self.base_rtt is None or rtt <= self.base_rtt * 1.1:  # confirmed (or lowered)
             self.base_rtt, self._base_at = min(rtt, self.base_rtt or rtt), now
@@ -117,7 +120,7 @@ class AdaptiveLimit:
 
     def _cut(self, now: float, factor: float) -> None:
         # At most one cut per round trip: the answers of one overloaded round all report it.
-        if now - self._last_cut < (self.base_rtt or 0.0):
+        if now - self._last_cut < max(self.base_rtt or 0.0, self.last_rtt):
             return
         self._last_cut = now
         self.limit = max(1.0, self.limit * factor)
