@@ -84,7 +84,18 @@ class TokenCounter:
         self._lock = asyncio.Lock()
         self._cache: OrderedDict[str, int] = OrderedDict()
         self._cache_size = cache_size
+        self._http: httpx.AsyncClient | None = None
         self.calls = 0
+
+    @property
+    def http(self) -> httpx.AsyncClient:
+        if self._http is None:
+            self._http = httpx.AsyncClient(timeout=30, headers=self._headers, trust_env=False)
+        return self._http
+
+    async def aclose(self) -> None:
+        if self._http is not None:
+            await self._http.aclose()
 
     @property
     def exact(self) -> bool:
@@ -121,9 +132,8 @@ class TokenCounter:
         path, key = self._route
         body: dict[str, Any] = {key: text, "model": self.model}
         try:
-            async with httpx.AsyncClient(timeout=30, headers=self._headers, trust_env=False) as http:
-                self.calls += 1
-                response = await http.post(self.root + path, json=body)
+            self.calls += 1
+            response = await self.http.post(self.root + path, json=body)
             if response.status_code != 200:
                 return None
             data = response.json()
@@ -138,18 +148,17 @@ class TokenCounter:
     async def server_window(self) -> int | None:
         """The context window the server reports: vLLM ``max_model_len``, llama.cpp ``n_ctx``."""
         try:
-            async with httpx.AsyncClient(timeout=10, headers=self._headers, trust_env=False) as http:
-                models = (await http.get(self.root + "/v1/models")).json()
-                for item in models.get("data") or []:
-                    if isinstance(item, dict) and isinstance(item.get("max_model_len"), int):
-                        return item["max_model_len"]
-                response = await http.get(self.root + "/props")
-                if response.status_code == 200:
-                    props = response.json()
-                    settings = props.get("default_generation_settings") or {}
-                    for value in (props.get("n_ctx"), settings.get("n_ctx")):
-                        if isinstance(value, int) and value > 0:
-                            return value
+            models = (await self.http.get(self.root + "/v1/models", timeout=10)).json()
+            for item in models.get("data") or []:
+                if isinstance(item, dict) and isinstance(item.get("max_model_len"), int):
+                    return item["max_model_len"]
+            response = await self.http.get(self.root + "/props", timeout=10)
+            if response.status_code == 200:
+                props = response.json()
+                settings = props.get("default_generation_settings") or {}
+                for value in (props.get("n_ctx"), settings.get("n_ctx")):
+                    if isinstance(value, int) and value > 0:
+                        return value
         except (httpx.HTTPError, ValueError, AttributeError):
             return None
         return None
@@ -204,14 +213,17 @@ class ContextBudget:
         self._configured = window
         self._discovered: int | None = None
         self._discovery_done = window is not None
+        self._discovery_lock = asyncio.Lock()
         self._learned = learned  # () -> int | None: what a context-length error said
 
     async def window(self) -> int | None:
         if self._configured:
             return self._configured
         if not self._discovery_done:
-            self._discovered = await self.counter.server_window()
-            self._discovery_done = True
+            async with self._discovery_lock:  # once, not once per concurrent task
+                if not self._discovery_done:
+                    self._discovered = await self.counter.server_window()
+                    self._discovery_done = True
         learned = self._learned() if self._learned else None
         known = [w for w in (self._discovered, learned) if w]
         return min(known) if known else None

@@ -484,10 +484,13 @@ async def open_predictor(settings: Settings) -> AsyncIterator[Predictor]:
     """
     client = async_client(settings)
     llm = LLMClient(settings)
+    predictor = Predictor(settings, llm, PredictionCache(client, settings.cache_ttl))
     try:
         await client.ping()
-        yield Predictor(settings, llm, PredictionCache(client, settings.cache_ttl))
+        yield predictor
     finally:
         await llm.aclose()
+        if predictor.budget is not None:
+            await predictor.budget.counter.aclose()
         await client.aclose()
         await client.connection_pool.disconnect()  # a pool passed in is not closed by aclose()
