@@ -71,7 +71,7 @@ class ProjectContext:
     prompt: Prompt
     pool: FewShotPool
 
-    shortlist_k: int = 10
+    shortlist_k: int = 15
     _shortlisters: dict[int, tuple[FewShotPool, dict[str, Shortlister]]] = field(default_factory=dict, repr=False)
     _pool_order: dict[int, tuple[FewShotPool, dict[int, int]]] = field(default_factory=dict, repr=False)
 

@@ -8,7 +8,7 @@ pricing then apply to the shared part of every call.
 
 Detail levels (``DETAIL``) make the label list shorter when a prompt does not fit the model's
 context window: ``full`` (definitions and their examples), ``definitions`` (no per-label
-examples), ``compact`` (label names only). They are the same instructions in fewer words, so the
+examples), ``compact`` (label names only, once: in the output format's key lines). They are the same instructions in fewer words, so the
 prompt version (which names the instructions) does not change; the level used is recorded in
 each prediction's provenance and cache key.
 
@@ -143,8 +143,7 @@ def render_system(
                        f"that may fit are listed after each input. Choose among them, or {NONE_OF_THESE} when none "
                        "fits.\n")
             continue
-        if detail == "compact":
-            labels += f'\n## Labels for "{control.name}"\n' + ", ".join(control.label_values) + "\n"
+        if detail == "compact":  # the output format below names the labels once
             continue
         labels += "\n".join([f'\n## Labels for "{control.name}"', *label_lines(control, guideline, detail)]) + "\n"
     rules = ""
@@ -168,8 +167,23 @@ def render_system(
         rules=rules,
         unsure=unsure,
         keys="\n".join(keys),
-        schema=json.dumps(answer_schema(schema, {name: None for name in shortlisted}), ensure_ascii=False),
+        schema=json.dumps(_schema_text(schema, detail, shortlisted), ensure_ascii=False),
     )
+
+
+def _schema_text(schema: OutputSchema, detail: str, shortlisted: frozenset[str]) -> dict[str, Any]:
+    """The answer schema shown in the prompt; ``compact`` leaves out the label enums (the key lines
+    list them already, and the server's grammar enforces them)."""
+    shown = answer_schema(schema, {name: None for name in shortlisted})
+    return _without_enums(shown) if detail == "compact" else shown
+
+
+def _without_enums(node: Any) -> Any:
+    if isinstance(node, dict):
+        return {k: _without_enums(v) for k, v in node.items() if k != "enum"}
+    if isinstance(node, list):
+        return [_without_enums(v) for v in node]
+    return node
 
 
 def answer_schema(schema: OutputSchema, candidates: dict[str, list[str] | None] | None = None) -> dict[str, Any]:

@@ -112,7 +112,7 @@ class Settings(BaseSettings):
     fewshot_k: int = Field(3, ge=0, description="Few-shot examples per prompt.")
     shortlist_above: int = Field(
         30, ge=2, description="Choices controls with more labels get a per-task shortlist of candidates.")
-    shortlist_k: int = Field(10, ge=1, description="Candidate labels per task in a shortlist.")
+    shortlist_k: int = Field(15, ge=1, description="Candidate labels per task in a shortlist.")
     span_occurrence: SpanOccurrence = Field(
         "all", description="Which occurrences of a returned span text get a region."
     )
