@@ -42,8 +42,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.predict_throughput import DEFAULT_PRELABEL, Bench, Proc, free_port, log, make_tasks  # noqa: E402
-from tests.support.backend_proc import metric_value  # noqa: E402
+from benchmarks.predict_throughput import DEFAULT_PRELABEL, Bench, Proc, free_port, log, make_tasks
+from tests.support.backend_proc import metric_value
 
 SETTINGS = (("adaptive", None), ("fixed 1", 1), ("fixed 4", 4), ("fixed 32", 32))
 

@@ -25,10 +25,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from prelabel.label_config.guideline import default_guideline  # noqa: E402
-from prelabel.label_config.schema import build_schema  # noqa: E402
-from prelabel.ml_backend.prompt import Example  # noqa: E402
-from prelabel.ml_backend.shortlist import Shortlister  # noqa: E402
+from prelabel.label_config.guideline import default_guideline
+from prelabel.label_config.schema import build_schema
+from prelabel.ml_backend.prompt import Example
+from prelabel.ml_backend.shortlist import Shortlister
 
 DATA = Path(__file__).resolve().parent / "datasets" / "banking77"
 KS = (5, 10, 15, 20)

@@ -362,6 +362,10 @@ class Backend:
     async def metrics(self, request: Request) -> Response:
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
+    async def load(self, request: Request) -> Response:
+        """Each LLM client's adaptive limits, queueing and retry budget (``prelabel status``)."""
+        return JSONResponse({"llm": [client.load_snapshot() for client in metrics.LOAD_COLLECTOR.clients]})
+
 
 def _pydantic_message(exc: ValidationError) -> str:
     return "; ".join(f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in exc.errors()[:5])
@@ -387,6 +391,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             Route("/predict", backend.predict, methods=["POST"]),
             Route("/webhook", backend.webhook, methods=["POST"]),
             Route("/metrics", backend.metrics, methods=["GET"]),
+            Route("/load", backend.load, methods=["GET"]),
             Route("/projects/{pid}", backend.project_info, methods=["GET"]),
         ],
         middleware=middleware,
