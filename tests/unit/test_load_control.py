@@ -103,8 +103,10 @@ class SlotServer:
         self.service_s = service_s
         self.in_flight = 0
         self.in_flight_max = 0
+        self.arrivals: list[int] = []  # requests already in the server when each one arrived
 
     async def call(self) -> None:
+        self.arrivals.append(self.in_flight)
         self.in_flight += 1
         self.in_flight_max = max(self.in_flight_max, self.in_flight)
         try:
@@ -133,23 +135,23 @@ async def drive(pool: EndpointPool, server: SlotServer, calls: int) -> list[floa
 
 def test_one_slot_server_keeps_its_queue_short() -> None:
     """32 allowed, one slot: the limiter settles at 1-2 in flight instead of queueing 32."""
-    server = SlotServer(1, 0.02)
+    server = SlotServer(1, 0.1)
     pool = EndpointPool(["one"], [AdaptiveLimit(32)], 32)
-    latencies = asyncio.run(drive(pool, server, 60))
+    asyncio.run(drive(pool, server, 40))
     assert server.in_flight_max <= 5, server.in_flight_max
-    assert max(latencies[10:]) < 4 * 0.02 + 0.03, "latency must not grow with the queue"
+    assert max(server.arrivals[10:]) <= 3, server.arrivals  # settled: at most 3 ahead of any request
     assert pool.limits[0].permits <= 3
 
 
 def test_wide_server_reaches_the_upper_bound() -> None:
-    server = SlotServer(64, 0.02)
+    server = SlotServer(64, 0.2)
     pool = EndpointPool(["wide"], [AdaptiveLimit(32)], 32)
     started = time.perf_counter()
-    asyncio.run(drive(pool, server, 640))
+    asyncio.run(drive(pool, server, 320))
     elapsed = time.perf_counter() - started
     assert server.in_flight_max == 32
     assert pool.limits[0].permits == 32
-    assert elapsed < 640 * 0.02 / 32 * 2.0, elapsed  # within 2x of 32 always busy, slow start included
+    assert elapsed < 320 * 0.2 / 32 * 2.0, elapsed  # within 2x of 32 always busy, slow start included
 
 
 def test_pool_is_fifo_respects_the_total_and_avoids_the_failed_endpoint() -> None:
