@@ -27,6 +27,7 @@ CONFIG = (DATA / "config.xml").read_text()
 with (DATA / "test.csv").open(encoding="utf-8") as _handle:
     ROWS = [(r["text"], r["category"]) for r in csv.DictReader(_handle)]
 LABELS = {label for _, label in ROWS}
+TASKS = 12
 SEVEN = (Path(__file__).resolve().parents[2] / "label_config" / "templates" / "search_intent.xml").read_text()
 
 
@@ -51,7 +52,7 @@ def test_77_labels_without_shortlist_fit_by_compacting_and_an_oversized_task_is_
     fit = fitted["meta"]["provenance"]["prompt_fit"]
     assert fit["detail"] == "compact" and fit["token_count"] == "server", fit
     assert fit["prompt_tokens_counted"] + fit["answer_budget"] <= 2048
-    assert fit["answer_budget"] < 100  # one label, not 512 tokens
+    assert fit["answer_budget"] <= 128  # room for the longest of the labels (48 bytes) in JSON, not 512
     assert fitted["meta"]["status"] in ("ok", "needs_human")
     calls_before = metric_value(metrics(b), "prelabel_llm_requests_total")
 
@@ -65,29 +66,32 @@ def test_77_labels_without_shortlist_fit_by_compacting_and_an_oversized_task_is_
     assert metric_value(text, "prelabel_needs_human_total", reason="context_too_long") == 1
 
 
-def test_77_labels_through_label_studio_every_task_answered(backend, label_studio) -> None:
-    """Retrieve Predictions on 30 BANKING77 tasks: every task ends with exactly one prediction (a
+@pytest.mark.timeout(1500)
+def test_77_labels_through_label_studio_every_task_answered(backend, label_studio, redis_url) -> None:
+    """Retrieve Predictions on 12 BANKING77 tasks: every task ends with exactly one prediction (a
     label of the 77, or none with its reason counted), no context-length error reaches the server,
-    and the endpoint keeps json_object + logprobs for the next project."""
-    b = backend(label_studio=label_studio, env={"PRELABEL_PREDICT_TIMEOUT": "60"})
+    and the endpoint keeps json_object + logprobs for the next project. (SmolLM2 takes 5-25 s a
+    call on the shared 2-core machine: tasks not done before the deadline are the worker's.)"""
+    b = backend(label_studio=label_studio,
+                env={"PRELABEL_PREDICT_TIMEOUT": "40", "REDIS_URL": redis_url.rsplit("/", 1)[0] + "/12"})
     worker = ManagedProcess("worker-77", [dev_bin("prelabel"), "worker"], log_path=b.workdir / "worker.log",
                             env=child_env(None, b.env), cwd=b.workdir).start()
     client = label_studio.sdk()
     project = client.projects.create(title="e2e 77 intents", label_config=CONFIG)
     try:
-        texts = [text for text, _ in ROWS[::103][:30]]
+        texts = [text for text, _ in ROWS[::257][:TASKS]]
         client.projects.import_tasks(id=project.id, request=[{"text": t} for t in texts])
         client.ml.create(project=project.id, url=b.url, title="prelabel", is_interactive=False)
         client.actions.create(id="retrieve_tasks_predictions", project=project.id,
                               selected_items={"all": True, "excluded": []})
         predictions = wait_for(
-            lambda: (p := list(client.predictions.list(project=project.id))) and len(p) >= 30 and p,
-            timeout=600, what="30 predictions (the backend's and the worker's)",
+            lambda: (p := list(client.predictions.list(project=project.id))) and len(p) >= TASKS and p,
+            timeout=1200, what=f"{TASKS} predictions (the backend's and the worker's)",
             context=lambda: b.log_tail(30) + "\n---\n" + worker.log_tail(30))
         by_task: dict[int, list[dict]] = {}
         for prediction in predictions:
             by_task.setdefault(prediction.task, []).append(prediction.model_dump())
-        assert len(by_task) == 30 and all(len(v) == 1 for v in by_task.values()), "one prediction per task"
+        assert len(by_task) == TASKS and all(len(v) == 1 for v in by_task.values()), "one prediction per task"
         labelled = 0
         for [prediction] in by_task.values():
             status = prediction["model_version"].partition("#")[2] or "ok"
