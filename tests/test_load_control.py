@@ -13,6 +13,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from prelabel.stack.llm_load import fetch_llm_load, format_llm_load
 from tests.support.backend_proc import BackendClient, metric_value, start_backend, unique_text
 from tests.support.fault_llm import FaultServer, running_fault_server
 
@@ -111,12 +112,21 @@ def test_rejected_shape_steps_down_then_is_tried_again(serve) -> None:
     assert metric_value(text, "prelabel_llm_shape_stepdowns_total", part="mode") == 1
 
 
-def test_load_state_is_in_metrics(serve) -> None:
+def test_load_state_is_in_metrics_and_status(serve) -> None:
     with running_fault_server(latency_ms=50) as fault:
         backend = serve(fault)
         backend.predict_ok([task(f"metrics {i}") for i in range(40)])
         text = backend.metrics_text()
+        load = fetch_llm_load(backend.url)  # what `prelabel status` shows
     endpoint = f"127.0.0.1:{fault.port}"
+    [client] = load["llm"]
+    [row] = client["endpoints"]
+    assert row["endpoint"] == endpoint and 4 < row["limit"] <= row["max_limit"] == 32
+    assert row["structured_output"] == "json_schema" and row["logprobs"] is True
+    assert 0 < client["retry_budget"]["calls_in_window"] <= 40  # its 10 s window may have moved on
+    lines = format_llm_load(load)
+    assert lines[0].startswith(f"llm fault @ {endpoint}: limit {row['limit']}/32, in flight 0")
+    assert "retry budget" in lines[1]
     limit = metric_value(text, "prelabel_llm_concurrency_limit", model="fault", endpoint=endpoint)
     assert 4 < limit <= 32  # grew from the initial 4 on a server with flat latency
     assert metric_value(text, "prelabel_llm_base_latency_seconds", endpoint=endpoint) >= 0.05
