@@ -8,7 +8,11 @@ case creates a project, imports the tasks, runs the Data Manager's *Retrieve Pre
 
 Cases:
 * ``search_intent``: ``--tasks`` (200) web queries (the template's samples, numbered), 6 labels;
-* ``banking77``: ``--banking-tasks`` (30) BANKING77 test queries, 77 labels (shortlisted).
+* ``banking77``: ``--banking-tasks`` (30) BANKING77 test queries, 77 labels (shortlisted);
+* ``slow_model``: ``--slow-tasks`` (1000) tasks against a model far too slow for the deadline:
+  the fault server with one slot and ``--slow-ms`` (100) per request (100 s of model time), with
+  the backend's deadline at ``PRELABEL_PREDICT_TIMEOUT=30`` (a second backend and worker, own
+  Redis database). The fault server stands in for the model only here, to make it slow on purpose.
 
 Reported per case: seconds until Retrieve Predictions returned and how many predictions Label
 Studio had stored by then, seconds until every task had one (the rest written by the worker),
@@ -44,6 +48,7 @@ from tests.harness.backend import BackendFactory
 from tests.harness.processes import ManagedProcess, child_env
 from tests.harness.redis_server import start_redis
 from tests.support.backend_proc import metric_value
+from tests.support.fault_llm import running_fault_server
 
 REPO = Path(__file__).resolve().parents[1]
 BANKING = REPO / "benchmarks" / "datasets" / "banking77"
@@ -68,7 +73,7 @@ def banking_tasks(n: int) -> tuple[str, list[str]]:
 
 
 def run_case(ls, backend, name: str, config: str, texts: list[str], timeout: float) -> dict[str, Any]:
-    client = ls.sdk()
+    client = ls.sdk(timeout=600)  # Retrieve Predictions is synchronous: up to Label Studio's 100 s and more
     before = httpx.get(backend.url + "/metrics", timeout=10).text
     project = client.projects.create(title=f"realstack {name}", label_config=config)
     client.projects.import_tasks(id=project.id, request=[{"text": t} for t in texts])
@@ -122,6 +127,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tasks", type=int, default=200)
     parser.add_argument("--banking-tasks", type=int, default=30)
+    parser.add_argument("--slow-tasks", type=int, default=1000, help="0 skips the slow-model case")
+    parser.add_argument("--slow-ms", type=float, default=100.0)
     parser.add_argument("--timeout", type=float, default=3600, help="seconds to wait for all predictions per case")
     parser.add_argument("--json-out", type=Path)
     args = parser.parse_args(argv)
@@ -142,6 +149,22 @@ def main(argv: list[str] | None = None) -> int:
                                 env=child_env(None, backend.env), cwd=backend.workdir).start()
         procs += [backend.process, worker]
         rows = []
+        if args.slow_tasks:
+            with running_fault_server(latency_ms=args.slow_ms, slots=1, model="slow") as fault:
+                slow = factory.start(label_studio=ls, name="backend-slow", env={
+                    "OPENAI_BASE_URL": fault.base_url, "PRELABEL_LLM_MODEL": "slow", "PRELABEL_LOG_LEVEL": "INFO",
+                    "PRELABEL_PREDICT_TIMEOUT": "30", "REDIS_URL": redis.url.rsplit("/", 1)[0] + "/1"})
+                slow_worker = ManagedProcess("worker-slow", [dev_bin("prelabel"), "worker"],
+                                             log_path=tmp / "worker-slow.log", env=child_env(None, slow.env),
+                                             cwd=slow.workdir).start()
+                procs += [slow.process, slow_worker]
+                config, _ = search_intent_tasks(0)
+                rows.append(run_case(ls, slow, "slow_model", config,
+                                     [f"slow model task {i}" for i in range(args.slow_tasks)], args.timeout))
+                rows[-1]["model_requests"] = fault.stats()["requests"]
+                log(json.dumps(rows[-1]))
+                slow_worker.stop()
+                slow.process.stop()
         for name, (config, texts) in (("search_intent", search_intent_tasks(args.tasks)),
                                       ("banking77", banking_tasks(args.banking_tasks))):
             if texts:
