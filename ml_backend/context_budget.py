@@ -13,9 +13,10 @@ the server answers 400, or truncates. So before calling, the predictor asks ``Co
    counts are cached per text, and the shared system message is counted once), else a
    conservative estimate (``ESTIMATE_BYTES_PER_TOKEN``). Each chat message adds the template's
    role markers (``MESSAGE_OVERHEAD``).
-3. **Fit**: fewer few-shot examples (the least similar go first), then label definitions without
-   their examples, then the label names alone. Still too long: ``None``, and the task becomes
-   ``needs_human`` with reason ``context_too_long`` without a call.
+3. **Fit**: the first prompt that fits, trying the label text at each detail level (definitions
+   with their examples, definitions alone, the label names alone) and at each level as many
+   few-shot examples as fit (the least similar go first). Still too long: ``TooLong``, and the
+   task becomes ``needs_human`` with reason ``context_too_long`` without a call.
 
 The window is ``PRELABEL_LLM_CONTEXT_WINDOW``, else what the server reports (vLLM's
 ``max_model_len`` in ``/v1/models``, llama.cpp's ``n_ctx`` in ``/props``), else what a server's
