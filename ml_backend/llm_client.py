@@ -125,7 +125,7 @@ class LLMClient:
         ]
         limits = [
             AdaptiveLimit(settings.llm_concurrency, adaptive=settings.llm_adaptive,
-                          initial=settings.llm_initial_concurrency)
+                          initial=settings.llm_initial_concurrency, timeout_s=settings.llm_timeout)
             for _ in self._endpoints
         ]
         self.pool: EndpointPool[_Endpoint] = EndpointPool(self._endpoints, limits, settings.llm_concurrency)

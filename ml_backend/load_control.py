@@ -11,9 +11,12 @@ concurrency-limits. It keeps the lowest latency seen while nothing queued (``bas
 compares every answer's latency with it:
 
 * latency within ``tolerance`` x base while the limit is in use: grow (+1 per answer during the
-  start, like TCP slow start, then about +1 per round trip);
-* latency above that: the server is queueing; shrink in proportion (at most halve), at most
-  once per round trip so one burst of slow answers does not collapse the limit;
+  start, like TCP slow start, then about +1 per round trip), unless one more call in flight
+  would push a queueing server's answers past half the attempt timeout;
+* latency above that, or above half the attempt timeout: the server is queueing; shrink in
+  proportion (at most halve), at most once per round trip so one burst of slow answers does not
+  collapse the limit. So a slow one-slot server (20 s an answer, 60 s timeout) is sent one call
+  at a time, and queueing never turns into timeouts;
 * a timeout, 429, 503 or a refused connection: halve (at most once per round trip);
 * the base is what the last call sent *alone* (nothing else of ours in flight on the endpoint)
   took, or a lower latency seen since. When it has not been confirmed for ``probe_interval_s``,
@@ -57,8 +60,9 @@ class AdaptiveLimit:
         max_limit: int,
         *,
         adaptive: bool = True,
-        initial: int = 4,
+        initial: int = 1,
         tolerance: float = 2.0,
+        timeout_s: float = math.inf,
         probe_interval_s: float = 30.0,
         clock: Clock = time.monotonic,
     ) -> None:
@@ -67,6 +71,7 @@ class AdaptiveLimit:
         self.max_limit = max_limit
         self.adaptive = adaptive
         self.tolerance = tolerance
+        self.headroom_s = timeout_s / 2  # answers must stay well inside the attempt timeout
         self.probe_interval_s = probe_interval_s
         self._clock = clock
         self.limit = float(min(max_limit, initial) if adaptive else max_limit)
@@ -104,13 +109,15 @@ class AdaptiveLimit:
             self.base_rtt, self._base_at = min(rtt, self.base_rtt or rtt), now
         delay = max(0.0, rtt - self.base_rtt)
         self.queue_delay_s = 0.8 * self.queue_delay_s + 0.2 * delay
-        if rtt <= self.tolerance * self.base_rtt:
-            if saturated:
+        ceiling = min(self.tolerance * self.base_rtt, self.headroom_s)
+        if rtt <= ceiling:
+            # one more call in flight must not push a queueing server's answers past the headroom
+            if saturated and rtt * (self.permits + 1) / self.permits <= self.headroom_s:
                 step = 1.0 if self._growing else 1.0 / max(1.0, self.limit)
                 self.limit = min(float(self.max_limit), self.limit + step)
             return
         self._growing = False
-        self._cut(now, max(0.5, self.tolerance * self.base_rtt / rtt))
+        self._cut(now, max(0.5, ceiling / rtt))
 
     def on_overload(self) -> None:
         """A timeout, 429, 503 or refused connection: the server has too much to do."""

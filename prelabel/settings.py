@@ -66,7 +66,7 @@ class Settings(BaseSettings):
         32, ge=1, description="Upper bound of LLM calls in flight per endpoint (and per process).")
     llm_adaptive: bool = Field(
         True, description="Adapt each endpoint's concurrency to its latency (false: always llm_concurrency).")
-    llm_initial_concurrency: int = Field(4, ge=1, description="Adaptive limit of an endpoint before it has answered.")
+    llm_initial_concurrency: int = Field(1, ge=1, description="Adaptive limit of an endpoint before it has answered.")
     llm_retry_budget: float = Field(
         0.1, ge=0.0, le=1.0, description="Retries allowed as a share of recent first attempts (10 s window).")
     llm_retry_budget_min: int = Field(3, ge=0, description="Retries always allowed per 10 s window.")

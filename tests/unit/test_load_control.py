@@ -58,6 +58,23 @@ def test_rising_latency_shrinks_the_limit_once_per_round_trip() -> None:
     assert limit.permits == 5  # 8 * 2/3
 
 
+def test_a_slow_server_is_kept_inside_the_attempt_timeout() -> None:
+    """20 s an answer, 60 s per attempt: a second call queued behind the first would take 40 s,
+    past half the timeout, so the limit stays at 1; answers nearing the timeout cut it."""
+    clock = FakeClock()
+    limit = AdaptiveLimit(32, timeout_s=60, clock=clock)
+    assert limit.permits == 1  # starts low
+    for _ in range(10):
+        clock.now += 20
+        limit.on_answer(20.0, alone=True, saturated=True)
+    assert limit.permits == 1
+    fast = AdaptiveLimit(32, initial=3, timeout_s=60, clock=clock)
+    fast.on_answer(20.0, alone=True, saturated=False)
+    clock.now += 100
+    fast.on_answer(35.0, alone=False, saturated=True)  # within 2x base is not enough: past 30 s
+    assert fast.permits == 2
+
+
 def test_overload_halves_and_fixed_mode_never_moves() -> None:
     clock = FakeClock()
     limit = AdaptiveLimit(32, initial=20, clock=clock)
