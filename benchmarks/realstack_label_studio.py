@@ -178,6 +178,8 @@ def main(argv: list[str] | None = None) -> int:
               for r in rows}
     checks.update({f"{r['case']}: no context-length error sent, no step-down":
                    r["context_errors_sent"] == 0 and r["shape_stepdowns"] == 0 for r in rows})
+    checks.update({f"{r['case']}: every task valid or needs_human (no error)":
+                   set(r["statuses"]) <= {"ok", "needs_human"} for r in rows})
     for r in rows:
         print(f"{r['case']}: {r['tasks']} tasks; Retrieve Predictions returned in {r['retrieve_returned_s']}s with "
               f"{r['stored_when_returned']} stored; all predicted after {r['all_predicted_s']}s; {r['statuses']}; "
