@@ -30,7 +30,7 @@ import asyncio
 import logging
 import math
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -86,7 +86,6 @@ class TokenCounter:
         self._cache: OrderedDict[str, int] = OrderedDict()
         self._cache_size = cache_size
         self._http: httpx.AsyncClient | None = None
-        self.calls = 0
 
     @property
     def http(self) -> httpx.AsyncClient:
@@ -133,7 +132,6 @@ class TokenCounter:
         path, key = self._route
         body: dict[str, Any] = {key: text, "model": self.model}
         try:
-            self.calls += 1
             response = await self.http.post(self.root + path, json=body)
             if response.status_code != 200:
                 return None
@@ -187,7 +185,6 @@ class Fitted:
     dropped_examples: int
     window: int | None
     exact: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def provenance(self) -> dict[str, Any]:
         return {"prompt_tokens_counted": self.prompt_tokens, "answer_budget": self.max_tokens,

@@ -184,7 +184,6 @@ class Permit(Generic[T]):
     waited_s: float
     alone: bool
     saturated: bool
-    sent_at: float = 0.0
 
 
 class EndpointPool(Generic[T]):
@@ -244,7 +243,6 @@ class EndpointPool(Generic[T]):
             endpoint=self.endpoints[index], index=index, waited_s=self._clock() - started,
             alone=self.in_flight[index] == 1,
             saturated=self.in_flight[index] >= limit.permits or bool(self.waiting),
-            sent_at=self._clock(),
         )
 
     def release(self, permit: Permit[T], *, rtt: float | None = None, overloaded: bool = False) -> None:
