@@ -88,13 +88,14 @@ def record(conn: redis.Redis, project_id: int, outcomes: dict[int, Outcome]) -> 
 
 
 def record_predictions(conn: redis.Redis | None, project: str | None, tasks: list[Any],
-                       predictions: list[dict[str, Any]]) -> None:
+                       predictions: list[Any]) -> None:
     """``record`` for what ``/predict`` returned (Label Studio stores those predictions itself):
-    tasks with an integer id in a project with a numeric id; others are not Label Studio's."""
+    tasks with an integer id in a project with a numeric id; others are not Label Studio's. A task
+    answered ``[]`` (handed to the worker at the deadline) gets its outcome from the worker."""
     if conn is None or not project or not project.isdigit():
         return
     found = {task["id"]: prediction_outcome(prediction) for task, prediction in zip(tasks, predictions)
-             if isinstance(task, dict) and isinstance(task.get("id"), int)}
+             if isinstance(task, dict) and isinstance(task.get("id"), int) and isinstance(prediction, dict)}
     try:
         record(conn, int(project), found)
     except redis.RedisError as exc:  # the answer to Label Studio matters more than the record

@@ -32,6 +32,7 @@ REASONS = (
     "out_of_range",
     "constraint",
     "empty",
+    "not_in_shortlist",  # the model chose "none of these" among a shortlist of candidate labels
 )
 
 

@@ -26,7 +26,7 @@ from typing import Any
 
 from prelabel.ml_backend.calibration import CalibrationMap, calibrate
 from prelabel.ml_backend.fewshot import FewShotPool
-from prelabel.ml_backend.predictor import Predictor, ProjectContext
+from prelabel.ml_backend.predictor import Predictor, ProjectContext, gather_until
 from prelabel.ml_backend.stats import CASCADE_KEY, count
 
 CHEAP, FALLBACK, FALLBACK_FAILED = "cheap", "fallback", "fallback_failed"
@@ -75,6 +75,13 @@ class ProjectPredictor:
 
             return await predict_with_reuse(self._predict, tasks, ctx, pool, threshold, self.cache)
         return await self._predict(tasks, ctx, pool)
+
+    async def predict_until(self, tasks: list[Any], ctx: ProjectContext, pool: FewShotPool | None,
+                            deadline: float) -> list[dict[str, Any] | None]:
+        """``predict`` task by task until ``deadline``: the whole route (cheap model, then the
+        fallback when needed) must finish in time; the unfinished tasks come back as None."""
+        answers = await gather_until([self._predict([task], ctx, pool) for task in tasks], deadline)
+        return [answer[0] if answer else None for answer in answers]
 
     async def _predict(self, tasks: list[Any], ctx: ProjectContext, pool: FewShotPool | None
                        ) -> list[dict[str, Any]]:

@@ -46,6 +46,7 @@ from prelabel.label_config.guideline import GuidelineError, guideline_ref
 from prelabel.label_config.schema import ConfigError
 from prelabel.lru import LRU
 from prelabel.ml_backend import metrics
+from prelabel.ml_backend.deadline import Answer, answer_within_deadline, loop_time
 from prelabel.ml_backend.fewshot_store import ProjectPools, add_example, pool_size
 from prelabel.ml_backend.model_router import ModelRouter
 from prelabel.ml_backend.predictor import Predictor, ProjectContext, open_predictor
@@ -401,6 +402,7 @@ class Backend:
 
     async def predict(self, request: Request) -> Response:
         started = time.perf_counter()
+        arrived = loop_time()
         try:
             raw = await read_json(request, self.settings.max_request_bytes)
             body = PredictRequest.model_validate(raw)
@@ -423,11 +425,17 @@ class Backend:
             return _error("predict", _rejection(exc))
         client = predictor.cache.client if predictor.cache is not None else None
         pool = await self.pools.pool(client, pid, context)
-        results = await predictor.predict(body.tasks, context, pool)
-        await run_in_threadpool(record_predictions, self.jobs_conn, pid, body.tasks, results)
+        answer = None
+        if state is not None and self.jobs_conn is not None:  # a Label Studio project: mind its deadline
+            answer = await answer_within_deadline(
+                predictor, body.tasks, context, pool, conn=self.jobs_conn, settings=self.settings,
+                project_id=pid or "", label_config=config, arrived=arrived)
+        if answer is None:
+            answer = Answer(await predictor.predict(body.tasks, context, pool))
+        await run_in_threadpool(record_predictions, self.jobs_conn, pid, body.tasks, answer.results)
         metrics.PREDICT_LATENCY.observe(time.perf_counter() - started)
-        return Response(orjson.dumps({"results": results, "model_version": predictor.model_version(context)}),
-                        media_type="application/json")
+        return Response(orjson.dumps({"results": answer.results, "model_version": predictor.model_version(context),
+                                      "pending": answer.pending}), media_type="application/json")
 
     async def webhook(self, request: Request) -> Response:
         """Authenticate, validate, queue, answer: Label Studio waits 1 s and never retries."""
@@ -462,6 +470,10 @@ class Backend:
     async def metrics(self, request: Request) -> Response:
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
+    async def load(self, request: Request) -> Response:
+        """Each LLM client's adaptive limits, queueing and retry budget (``prelabel status``)."""
+        return JSONResponse({"llm": [client.load_snapshot() for client in metrics.LOAD_COLLECTOR.clients]})
+
 
 def _pydantic_message(exc: ValidationError) -> str:
     return "; ".join(f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in exc.errors()[:5])
@@ -487,6 +499,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             Route("/predict", backend.predict, methods=["POST"]),
             Route("/webhook", backend.webhook, methods=["POST"]),
             Route("/metrics", backend.metrics, methods=["GET"]),
+            Route("/load", backend.load, methods=["GET"]),
             Route("/projects/{pid}", backend.project_info, methods=["GET"]),
         ],
         middleware=middleware,

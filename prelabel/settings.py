@@ -62,7 +62,18 @@ class Settings(BaseSettings):
     llm_timeout: float = Field(60.0, gt=0, description="Seconds per LLM call.")
     llm_max_retries: int = Field(4, ge=0, description="Retries on 429/5xx/timeouts per call.")
     llm_retry_max_wait: float = Field(30.0, gt=0, description="Cap on one backoff sleep (s).")
-    llm_concurrency: int = Field(32, ge=1, description="LLM calls in flight per process.")
+    llm_concurrency: int = Field(
+        32, ge=1, description="Upper bound of LLM calls in flight per endpoint (and per process).")
+    llm_adaptive: bool = Field(
+        True, description="Adapt each endpoint's concurrency to its latency (false: always llm_concurrency).")
+    llm_initial_concurrency: int = Field(1, ge=1, description="Adaptive limit of an endpoint before it has answered.")
+    llm_retry_budget: float = Field(
+        0.1, ge=0.0, le=1.0, description="Retries allowed as a share of recent first attempts (10 s window).")
+    llm_retry_budget_min: int = Field(3, ge=0, description="Retries always allowed per 10 s window.")
+    llm_shape_retry_s: float = Field(
+        600.0, gt=0, description="Seconds before a structured-output shape an endpoint rejected is tried again.")
+    llm_context_window: int | None = Field(
+        None, ge=256, description="Tokens the model's context holds (prompt + answer); unset = ask the server.")
     structured_output: StructuredOutput = Field(
         "json_schema", description="How the answer format is enforced by the server."
     )
@@ -107,6 +118,9 @@ class Settings(BaseSettings):
     )
     fewshot_file: Path | None = Field(None, description="JSONL of extra few-shot examples.")
     fewshot_k: int = Field(3, ge=0, description="Few-shot examples per prompt.")
+    shortlist_above: int = Field(
+        30, ge=2, description="Choices controls with more labels get a per-task shortlist of candidates.")
+    shortlist_k: int = Field(15, ge=1, description="Candidate labels per task in a shortlist.")
     span_occurrence: SpanOccurrence = Field(
         "all", description="Which occurrences of a returned span text get a region."
     )
@@ -141,6 +155,10 @@ class Settings(BaseSettings):
         128, ge=1, description="Configs (config + guideline pairs) whose prompt/schema are kept built (LRU).")
     project_cache_size: int = Field(
         1024, ge=1, description="Projects whose /setup state is kept in memory (LRU; Redis keeps the rest).")
+    predict_timeout: float = Field(
+        100.0, gt=0, description="Label Studio's ML_TIMEOUT_PREDICT: how long it waits for /predict (s).")
+    predict_margin: float = Field(
+        10.0, ge=0, description="/predict answers this long before predict_timeout; the rest goes to the worker.")
 
     # --- Label Studio (calls back into LS) ----------------------------------------------
     label_studio_url: str | None = Field(

@@ -39,6 +39,9 @@ class LLMServer:
     gguf: Path | None = None
     # the response_format shape this server enforces; llama-cpp-python rejects "json_schema"
     structured_output: str | None = "json_object"
+    # tokens its context holds (--n_ctx): llama-cpp-python does not report it, so the backend is
+    # told (PRELABEL_LLM_CONTEXT_WINDOW) to fit prompts before sending them
+    context_window: int | None = None
 
     @property
     def log_path(self) -> Path | None:
@@ -157,7 +160,7 @@ def start_llm_server(
     except BaseException:
         proc.stop()
         raise
-    return LLMServer(base_url=base_url, model=alias, process=proc, gguf=gguf)
+    return LLMServer(base_url=base_url, model=alias, process=proc, gguf=gguf, context_window=n_ctx)
 
 
 def await_real_answer(proc: ManagedProcess, base_url: str, timeout: float = 60.0) -> str:
@@ -186,6 +189,8 @@ def external_llm_server() -> LLMServer | None:
         model=os.environ.get("PRELABEL_TEST_LLM_MODEL", MODEL_ALIAS),
         api_key=os.environ.get("PRELABEL_TEST_LLM_API_KEY", "sk-no-key-needed"),
         structured_output=os.environ.get("PRELABEL_TEST_LLM_STRUCTURED_OUTPUT") or None,
+        context_window=int(os.environ["PRELABEL_TEST_LLM_CONTEXT_WINDOW"])
+        if os.environ.get("PRELABEL_TEST_LLM_CONTEXT_WINDOW") else None,
     )
 
 

@@ -170,6 +170,7 @@ def run_up(settings: Settings, *, ls_port: int, backend_port: int, llm_port: int
         say("starting embedded Redis, the LLM server and Label Studio (first start ~40 s) ...")
         redis = redis_url(settings)
         children: dict[str, ManagedProcess] = {}
+        context_window: dict[str, str] = {}  # llama-cpp-python does not report its window: we know it
         if external_llm:
             llm_url, model, structured = external_llm, settings.llm_model, settings.structured_output
         else:  # first: a model that cannot answer is reported in seconds, not after Label Studio's start
@@ -177,6 +178,7 @@ def run_up(settings: Settings, *, ls_port: int, backend_port: int, llm_port: int
             children["llm"] = llm.process
             record.children["llm"] = llm.process.pid
             llm_url, model, structured = llm.base_url, LOCAL_MODEL, "json_object"
+            context_window = {"PRELABEL_LLM_CONTEXT_WINDOW": str(llm.context_window)}
         ls = start_label_studio(root / "label-studio", port=ls_port, credentials=tuple(record.ls_credentials),
                                 data_dir=root / "label-studio" / "data")
         children["label-studio"] = ls.process
@@ -192,7 +194,7 @@ def run_up(settings: Settings, *, ls_port: int, backend_port: int, llm_port: int
         backend_url = f"http://127.0.0.1:{backend_port}"
         env = child_env(None, {
             "REDIS_URL": redis, "OPENAI_BASE_URL": llm_url, "PRELABEL_LLM_MODEL": model,
-            "PRELABEL_STRUCTURED_OUTPUT": structured, **reviewer,
+            "PRELABEL_STRUCTURED_OUTPUT": structured, **reviewer, **context_window,
             "PRELABEL_WEBHOOK_SECRET": record.webhook_secret,
             "PRELABEL_BASIC_AUTH_USER": record.basic_auth[0], "PRELABEL_BASIC_AUTH_PASSWORD": record.basic_auth[1],
             "LABEL_STUDIO_URL": ls.url, "LABEL_STUDIO_API_KEY": ls.api_key,
