@@ -41,7 +41,8 @@ def _choice(prediction: dict[str, Any]) -> str | None:
 
 
 async def measure(rows: list[dict[str, Any]], reviews: int, cascade_tasks: int, workdir: Path) -> dict[str, Any]:
-    from prelabel.jobs.review import REJECTED, proposed_answer, review_one
+    from prelabel.contract import ReviewStatus
+    from prelabel.jobs.review import proposed_answer, review_one
     from prelabel.ml_backend.cascade import ProjectPredictor
     from prelabel.ml_backend.llm_client import LLMClient
     from prelabel.ml_backend.model_identity import compare, identify
@@ -107,9 +108,9 @@ async def measure(rows: list[dict[str, Any]], reviews: int, cascade_tasks: int, 
                 texts = {"text": rows[i]["text"]}
                 review = await review_one(reviewer, ctx, texts, proposed_answer(ctx, individual[i]["result"]))
                 statuses[review.status] = statuses.get(review.status, 0) + 1
-                if review.status not in ("passed", REJECTED):
+                if review.status not in ("passed", ReviewStatus.REJECTED):
                     continue
-                final = review.corrected.answer["intent"] if review.status == REJECTED else _choice(individual[i])
+                final = review.corrected.answer["intent"] if review.status == ReviewStatus.REJECTED else _choice(individual[i])
                 judged += 1
                 agree += final == rows[i]["label"]
                 if review.confidence is not None:

@@ -23,6 +23,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from prelabel.contract import ModelVersion, is_review, stamp_of
 from prelabel.export.augment import METHODS, llm_paraphrases, load_synonyms, synonym_variants
 from prelabel.export.dedupe import Deduper, normalise
 from prelabel.export.mapping import Mapper, MappingError, Record
@@ -133,20 +134,17 @@ def _sha256(path: Path) -> str:
 
 def pre_annotation(task: dict[str, Any]) -> dict[str, Any] | None:
     """Model, prompt version and status of the task's latest pre-annotation (reviews excluded)."""
-    from prelabel.ranking.signals import REVIEW_PREFIX
-
-    predictions = [p for p in task.get("predictions") or []
-                   if not str(p.get("model_version") or "").startswith(REVIEW_PREFIX)]
+    predictions = [p for p in task.get("predictions") or [] if not is_review(p.get("model_version"))]
     if not predictions:
         return None
     latest = max(predictions, key=lambda p: p.get("id") or 0)
     version = str(latest.get("model_version") or "")
-    base, _, status = version.partition("#")
-    model, _, prompt = base.rpartition("@") if "@" in base else (base, "", "")
-    stamp = next((r.get("prelabel") for r in latest.get("result") or [] if isinstance(r.get("prelabel"), dict)), {})
+    parsed = ModelVersion.parse(version)
+    stamp = next((stamp_of(r) for r in latest.get("result") or [] if stamp_of(r)), {})
     return {"prediction_id": latest.get("id"), "model_version": version or None,
-            "model": stamp.get("model") or model or None, "prompt_version": stamp.get("prompt_version") or prompt or None,
-            "status": status or "ok"}
+            "model": stamp.get("model") or parsed.model or None,
+            "prompt_version": stamp.get("prompt_version") or parsed.prompt_version or None,
+            "status": parsed.task_status}
 
 
 def export_tasks(

@@ -19,22 +19,24 @@ from typing import Any
 
 import redis
 
+from prelabel.contract import (
+    REVIEW_STATS_KEY,
+    REVIEWER_INDEPENDENCE_KEY,
+    STATUS_SEP,
+    ModelVersion,
+    ReviewStatus,
+    is_review,
+    new_labels_key,
+    stamp_of,
+    status_of,
+    with_status,
+)
 from prelabel.jobs import events as ev
 from prelabel.jobs import outcomes
 from prelabel.jobs.events import Event
 from prelabel.jobs.projects import ProjectRecord, load_project
 from prelabel.jobs.queue import connection, enqueue, enqueue_once, job_queue
-from prelabel.jobs.review import (
-    PASSED,
-    REJECTED,
-    REVIEW_ERROR,
-    REVIEW_PREFIX,
-    Review,
-    is_review,
-    proposed_answer,
-    review_one,
-)
-from prelabel.jobs.status import REVIEW_STATS_KEY
+from prelabel.jobs.review import Review, proposed_answer, review_one
 from prelabel.jobs.studio import ProjectClient
 from prelabel.label_config.schema import TaskDataError
 from prelabel.ml_backend.confidence import FALLBACK_SCORE
@@ -42,13 +44,11 @@ from prelabel.ml_backend.fewshot_store import ProjectPools
 from prelabel.ml_backend.llm_client import LLMClient
 from prelabel.ml_backend.model_router import ModelRouter
 from prelabel.ml_backend.predictor import Predictor, ProjectContext, open_predictor
-from prelabel.ml_backend.stats import INDEPENDENCE_KEY
 from prelabel.settings import Settings, get_settings, reviewer_settings
 from prelabel.studio.access import connect
 
 log = logging.getLogger(__name__)
 
-NEW_LABELS_KEY = "prelabel:new_labels:{pid}"
 
 
 class ReviewRetry(RuntimeError):
@@ -163,7 +163,7 @@ def reviewer_independence(settings: Settings, conn: redis.Redis) -> dict[str, An
     from prelabel.ml_backend.model_identity import SAME, compare, identify
 
     reviewer = reviewer_settings(settings)
-    raw = conn.get(INDEPENDENCE_KEY)
+    raw = conn.get(REVIEWER_INDEPENDENCE_KEY)
     found = json.loads(raw) if raw else None
     pair = [settings.llm_model, settings.llm_base_urls[0], reviewer.llm_model, reviewer.llm_base_urls[0]]
     if found is None or found.get("pair") != pair:
@@ -172,7 +172,7 @@ def reviewer_independence(settings: Settings, conn: redis.Redis) -> dict[str, An
         verdict, evidence = compare(ours, theirs)
         found = {"pair": pair, "verdict": verdict, "evidence": evidence, "time": _now(),
                  "pre_annotator": ours.as_dict() | {"probe": None}, "reviewer": theirs.as_dict() | {"probe": None}}
-        conn.set(INDEPENDENCE_KEY, json.dumps(found), ex=3600)
+        conn.set(REVIEWER_INDEPENDENCE_KEY, json.dumps(found), ex=3600)
         (log.warning if verdict == SAME else log.info)("reviewer independence: %s: %s", verdict, evidence)
     if found["verdict"] == SAME and settings.reviewer_require_different_weights:
         raise ValueError(f"the reviewer is not an independent model: {found['evidence']}")
@@ -190,7 +190,7 @@ async def _review(job: ProjectJob, task_ids: list[int], label_config: str | None
         async def one(task_id: int) -> None:
             status = await _review_task(job, llm, ctx, task_id, independence["verdict"])
             counts[status] = counts.get(status, 0) + 1
-            if status == REVIEW_ERROR:
+            if status == ReviewStatus.REVIEW_ERROR:
                 transient.append(task_id)
 
         await asyncio.gather(*(one(tid) for tid in task_ids))
@@ -206,10 +206,10 @@ async def _review_task(job: ProjectJob, llm: LLMClient, ctx: ProjectContext, tas
     pre = _latest(p for p in predictions if not is_review(p.get("model_version") or ""))
     if pre is None:
         return "no_pre_annotation"
-    family = f"{REVIEW_PREFIX}{llm.model}@{ctx.prompt.version}"
+    family = ModelVersion(llm.model, ctx.prompt.version, review=True).family
     done = _latest(p for p in predictions if (p.get("model_version") or "").startswith(family))
     if done is not None and _reviewed(done) == (pre["id"], pre.get("model_version")) \
-            and not done["model_version"].endswith(REVIEW_ERROR):
+            and status_of(done["model_version"]) != ReviewStatus.REVIEW_ERROR:
         return "already_reviewed"
     threshold = job.settings.review_below
     if threshold is not None and (pre.get("score") or 0.0) >= threshold:
@@ -217,13 +217,13 @@ async def _review_task(job: ProjectJob, llm: LLMClient, ctx: ProjectContext, tas
 
     task = await asyncio.to_thread(job.ls.task, task_id)
     regions = [r for r in pre.get("result") or [] if isinstance(r, dict)]
-    if "#" in (pre.get("model_version") or "") or not regions:
-        review = Review("needs_human", "pre-annotation incomplete", model=llm.model)
+    if STATUS_SEP in (pre.get("model_version") or "") or not regions:
+        review = Review(ReviewStatus.NEEDS_HUMAN, "pre-annotation incomplete", model=llm.model)
     else:
         try:
             texts = ctx.schema.object_texts(task.get("data") or {})
         except TaskDataError as exc:
-            review = Review("needs_human", "task data unusable", errors=[str(exc)], model=llm.model)
+            review = Review(ReviewStatus.NEEDS_HUMAN, "task data unusable", errors=[str(exc)], model=llm.model)
         else:
             review = await review_one(llm, ctx, texts, proposed_answer(ctx, regions))
     prediction = review_prediction(family, pre, review, independence)
@@ -250,7 +250,7 @@ def review_prediction(family: str, pre: dict[str, Any], review: Review, independ
              "reviewed": pre["id"], "reviewed_model_version": pre.get("model_version"), "time": _now(),
              "confidence": review.confidence, "verdict_probs": review.verdict_probs,
              "score_source": "none" if review.confidence is None else "logprobs", "independence": independence}
-    if review.status not in (PASSED, REJECTED):
+    if review.status not in (ReviewStatus.PASSED, ReviewStatus.REJECTED):
         score = 0.0
     else:
         score = review.confidence if review.confidence is not None else FALLBACK_SCORE
@@ -262,8 +262,8 @@ def review_prediction(family: str, pre: dict[str, Any], review: Review, independ
             source += [{**region, **extra, "prelabel": own} for region in regions]
     else:
         source = [{k: v for k, v in r.items() if k != "id"} for r in pre.get("result") or []]
-    result = [{**region, "prelabel": {**(region.get("prelabel") or {}), "review": stamp}} for region in source]
-    return {"result": result, "score": score, "model_version": f"{family}#{review.status}"}
+    result = [{**region, "prelabel": {**stamp_of(region), "review": stamp}} for region in source]
+    return {"result": result, "score": score, "model_version": with_status(family, review.status)}
 
 
 def _latest(predictions: Any) -> dict[str, Any] | None:
@@ -275,7 +275,7 @@ def _reviewed(prediction: dict[str, Any]) -> tuple[int, str | None] | None:
     """(id, model_version) of the pre-annotation a review judged: the pre-annotation is updated in
     place when a task is pre-annotated again, so its id alone does not say it is the same one."""
     for region in prediction.get("result") or []:
-        review = (region.get("prelabel") or {}).get("review") or {}
+        review = stamp_of(region).get("review") or {}
         if "reviewed" in review:
             return review["reviewed"], review.get("reviewed_model_version")
     return None
@@ -314,7 +314,7 @@ def on_human_label(job: ProjectJob, annotation_ids: list[int]) -> dict[str, Any]
     """Count new human labels (each annotation once, however often delivered), refresh, maybe retrain."""
     from prelabel.train.pipeline import note_verified_labels
 
-    key = NEW_LABELS_KEY.format(pid=job.project_id)
+    key = new_labels_key(job.project_id)
     new = job.conn.sadd(key, *annotation_ids)  # a set: the same annotation delivered twice counts once
     queue_refresh(job)
     if new and note_verified_labels(job.conn, job.project_id, new):

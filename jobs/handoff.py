@@ -24,13 +24,13 @@ from typing import Any
 
 import redis
 
+from prelabel.contract import handoff_key
 from prelabel.jobs.events import event_key
 from prelabel.jobs.queue import enqueue
 from prelabel.settings import Settings
 
 log = logging.getLogger(__name__)
 
-MARKER = "prelabel:handoff:{pid}:{tid}"
 DONE_TTL = 120
 
 
@@ -38,7 +38,7 @@ def pending(conn: redis.Redis, project_id: str, task_ids: list[int]) -> set[int]
     """The tasks among ``task_ids`` already handed to the worker (not finished, or just finished)."""
     if not task_ids:
         return set()
-    values = conn.mget([MARKER.format(pid=project_id, tid=tid) for tid in task_ids])
+    values = conn.mget([handoff_key(project_id, tid) for tid in task_ids])
     return {tid for tid, value in zip(task_ids, values) if value is not None}
 
 
@@ -47,14 +47,14 @@ def hand_off(conn: redis.Redis, settings: Settings, project_id: str, task_ids: l
     """Mark and queue the tasks not handed off yet; returns the ones queued now."""
     ttl = settings.job_timeout * (settings.job_retries + 1) + 3600
     job_id = f"handoff-{project_id}-{event_key(sorted(task_ids))}"
-    fresh = [tid for tid in task_ids if conn.set(MARKER.format(pid=project_id, tid=tid), job_id, nx=True, ex=ttl)]
+    fresh = [tid for tid in task_ids if conn.set(handoff_key(project_id, tid), job_id, nx=True, ex=ttl)]
     if not fresh:
         return []
     try:
         enqueue(conn, settings, predict_handed_off, int(project_id), fresh, label_config, job_id=job_id,
                 description=f"predict {len(fresh)} tasks /predict had no time for (project {project_id})")
     except Exception:
-        conn.delete(*[MARKER.format(pid=project_id, tid=tid) for tid in fresh])
+        conn.delete(*[handoff_key(project_id, tid) for tid in fresh])
         raise
     log.info("project %s: %d tasks handed to the worker (job %s)", project_id, len(fresh), job_id)
     return fresh
@@ -73,5 +73,5 @@ def predict_handed_off(project_id: int, task_ids: list[int], label_config: str |
 def _expire(conn: redis.Redis, project_id: int, task_ids: list[int]) -> None:
     pipe = conn.pipeline()
     for tid in task_ids:
-        pipe.expire(MARKER.format(pid=project_id, tid=tid), DONE_TTL)
+        pipe.expire(handoff_key(project_id, tid), DONE_TTL)
     pipe.execute()

@@ -21,12 +21,9 @@ from typing import Any
 
 import redis
 
+from prelabel.contract import TaskStatus, errored_key, outcome_key
+
 log = logging.getLogger(__name__)
-
-OUTCOME_KEY = "prelabel:outcome:{pid}"
-ERRORED_KEY = "prelabel:errored:{pid}"
-
-OK, NEEDS_HUMAN, ERROR = "ok", "needs_human", "error"
 
 
 @dataclass(frozen=True)
@@ -47,20 +44,20 @@ class Outcome:
         labeled = parts[-1] == "labeled"
         if labeled:
             parts = parts[:-1]
-        return cls(parts[0], ":".join(parts[1:]) or None, labeled or parts[0] == OK)
+        return cls(parts[0], ":".join(parts[1:]) or None, labeled or parts[0] == TaskStatus.OK)
 
 
 def prediction_outcome(prediction: dict[str, Any]) -> Outcome:
     """The outcome of a prediction as the predictor returns it (with ``meta``)."""
     meta = prediction.get("meta") or {}
-    status = meta.get("status") or OK
+    status = meta.get("status") or TaskStatus.OK
     labeled = bool(prediction.get("result"))
-    if status == OK:
-        return Outcome(OK, None, labeled)
-    if status == ERROR:
+    if status == TaskStatus.OK:
+        return Outcome(TaskStatus.OK, None, labeled)
+    if status == TaskStatus.ERROR:
         kind = (meta.get("provenance") or {}).get("llm_error")
         reason = f"llm_{kind}" if kind else _first_reason(meta.get("errors")) or "error"
-        return Outcome(ERROR, reason, labeled)
+        return Outcome(TaskStatus.ERROR, reason, labeled)
     return Outcome(status, _first_reason(meta.get("errors")) or status, labeled)
 
 
@@ -77,13 +74,13 @@ def record(conn: redis.Redis, project_id: int, outcomes: dict[int, Outcome]) -> 
     if not outcomes:
         return
     pipe = conn.pipeline()
-    pipe.hset(OUTCOME_KEY.format(pid=project_id), mapping={str(t): o.encode() for t, o in outcomes.items()})
-    errored = [t for t, o in outcomes.items() if o.status == ERROR]
-    healed = [t for t, o in outcomes.items() if o.status != ERROR]
+    pipe.hset(outcome_key(project_id), mapping={str(t): o.encode() for t, o in outcomes.items()})
+    errored = [t for t, o in outcomes.items() if o.status == TaskStatus.ERROR]
+    healed = [t for t, o in outcomes.items() if o.status != TaskStatus.ERROR]
     if errored:
-        pipe.sadd(ERRORED_KEY.format(pid=project_id), *errored)
+        pipe.sadd(errored_key(project_id), *errored)
     if healed:
-        pipe.srem(ERRORED_KEY.format(pid=project_id), *healed)
+        pipe.srem(errored_key(project_id), *healed)
     pipe.execute()
 
 
@@ -103,12 +100,12 @@ def record_predictions(conn: redis.Redis | None, project: str | None, tasks: lis
 
 
 def load(conn: redis.Redis, project_id: int) -> dict[int, Outcome]:
-    raw = conn.hgetall(OUTCOME_KEY.format(pid=project_id))
+    raw = conn.hgetall(outcome_key(project_id))
     return {int(k): Outcome.decode(v) for k, v in raw.items()}
 
 
 def errored_tasks(conn: redis.Redis, project_id: int) -> list[int]:
-    return sorted(int(t) for t in conn.smembers(ERRORED_KEY.format(pid=project_id)))
+    return sorted(int(t) for t in conn.smembers(errored_key(project_id)))
 
 
 @dataclass
@@ -135,8 +132,8 @@ class Tally:
             self.pending += 1
         elif outcome.labeled:
             self.labeled += 1
-            self.partly += outcome.status != OK
-        elif outcome.status == OK:
+            self.partly += outcome.status != TaskStatus.OK
+        elif outcome.status == TaskStatus.OK:
             self.empty += 1
         else:
             self.failed[(outcome.status, outcome.reason or outcome.status)] += 1
@@ -153,7 +150,7 @@ class Tally:
     def failures(self) -> list[str]:
         """``8 error: llm_connection_error``, ``1 needs_human: context_too_long`` (most frequent reason each)."""
         parts = []
-        for status in (ERROR, NEEDS_HUMAN):
+        for status in (TaskStatus.ERROR, TaskStatus.NEEDS_HUMAN):
             reasons = Counter({r: n for (s, r), n in self.failed.items() if s == status})
             if reasons:
                 reason, _ = reasons.most_common(1)[0]

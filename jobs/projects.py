@@ -16,9 +16,7 @@ from typing import Any
 
 import redis
 
-
-def project_key(project_id: int | str) -> str:
-    return f"prelabel:project:{project_id}"
+from prelabel.contract import project_key
 
 
 @dataclass(frozen=True)

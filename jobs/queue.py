@@ -15,13 +15,13 @@ import redis
 from rq import Queue, Retry
 from rq.job import Job, JobStatus
 
+from prelabel.contract import event_marker_key
 from prelabel.jobs.events import Event
 from prelabel.redis_conn import redis_url
 from prelabel.settings import Settings
 
 QUEUE_NAME = "prelabel"
 RETRY_FACTORS = (1, 6, 30)
-DEDUPE_PREFIX = "prelabel:event:"
 PENDING = {JobStatus.QUEUED, JobStatus.SCHEDULED, JobStatus.DEFERRED}
 
 
@@ -51,13 +51,13 @@ def enqueue_event(conn: redis.Redis, settings: Settings, event: Event) -> Enqueu
 
     job_id = f"event-{event.action.lower()}-{event.project_id}-{event.key}"
     ttl = event.dedupe_ttl or settings.event_dedupe_ttl
-    if not conn.set(DEDUPE_PREFIX + job_id, "1", nx=True, ex=ttl):
+    if not conn.set(event_marker_key(job_id), "1", nx=True, ex=ttl):
         return Enqueued(job_id, duplicate=True)
     try:
         enqueue(conn, settings, handle_event, event.as_dict(), job_id=job_id,
                 description=f"{event.action} project {event.project_id}")
     except Exception:
-        conn.delete(DEDUPE_PREFIX + job_id)
+        conn.delete(event_marker_key(job_id))
         raise
     return Enqueued(job_id, duplicate=False)
 

@@ -19,7 +19,6 @@ place, never duplicated.
 from __future__ import annotations
 
 import logging
-import re
 import threading
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -27,22 +26,22 @@ from typing import Any
 import redis
 from rq.job import Job, JobStatus
 
+from prelabel.contract import (
+    PROJECT_KEY_PATTERN,
+    TaskStatus,
+    errored_key,
+    is_own_preannotation,
+    project_id_of_key,
+    scanned_key,
+    status_of,
+)
 from prelabel.jobs import handoff, outcomes
 from prelabel.jobs.queue import PENDING, connection, enqueue
 from prelabel.settings import Settings
 
 log = logging.getLogger(__name__)
 
-SCANNED_KEY = "prelabel:reconcile:scanned:{pid}"
-PROJECT_PATTERN = "prelabel:project:*"
 NEW_TASK_GRACE = timedelta(minutes=2)
-_OWN = re.compile(r"^[^:#]+@p-[0-9a-f]+")  # prelabel's pre-annotation model_version (reviews start "review:")
-
-
-def is_own_preannotation(model_version: str) -> bool:
-    return bool(_OWN.match(model_version or ""))
-
-
 def needs_preannotation(task: dict[str, Any], now: datetime | None = None) -> bool:
     """No human touched it, and it has no prelabel pre-annotation or its latest one is an error.
 
@@ -55,7 +54,7 @@ def needs_preannotation(task: dict[str, Any], now: datetime | None = None) -> bo
     if not own:
         return _age(task, now) >= NEW_TASK_GRACE
     latest = max(own, key=lambda p: p.get("id") or 0)
-    return (latest.get("model_version") or "").endswith("#" + outcomes.ERROR)
+    return status_of(latest.get("model_version")) == TaskStatus.ERROR
 
 
 def _age(task: dict[str, Any], now: datetime | None) -> timedelta:
@@ -77,7 +76,7 @@ def reconcile_project(project_id: int, scan: bool | None = None) -> dict[str, An
     from prelabel.jobs.handlers import ProjectJob, preannotate
 
     job = ProjectJob.open(project_id)
-    scan_key = SCANNED_KEY.format(pid=project_id)
+    scan_key = scanned_key(project_id)
     if scan is None:  # a full scan once per scan interval, whichever worker gets there first
         scan = bool(job.conn.set(scan_key, "1", nx=True, ex=job.settings.reconcile_scan_interval))
     found = {t["id"]: t for t in job.ls.tasks()} if scan else {}
@@ -85,30 +84,30 @@ def reconcile_project(project_id: int, scan: bool | None = None) -> dict[str, An
     if errored - set(found):  # as Label Studio has them now: a human may have labeled one since
         found |= {t["id"]: t for t in job.ls.tasks(sorted(errored - set(found)))}
     if errored - set(found):  # deleted tasks
-        job.conn.srem(outcomes.ERRORED_KEY.format(pid=project_id), *(errored - set(found)))
+        job.conn.srem(errored_key(project_id), *(errored - set(found)))
     candidates = {task_id for task_id, task in found.items() if needs_preannotation(task)}
     candidates -= handoff.pending(job.conn, str(project_id), sorted(candidates))  # the worker has them already
     if not candidates:
         return {"candidates": 0}
     first, *rest = sorted(candidates)
     probe = preannotate(job, [first], None)
-    if probe.get(outcomes.ERROR):
+    if probe.get(TaskStatus.ERROR):
         log.info("project %s: %d task(s) still wait for the LLM (it fails again)", project_id, len(candidates))
         return {"candidates": len(candidates), "healed": 0, "still_failing": len(candidates)}
     counts = preannotate(job, rest, None) if rest else {}
-    healed = len(candidates) - counts.get(outcomes.ERROR, 0)
+    healed = len(candidates) - counts.get(TaskStatus.ERROR, 0)
     log.info("project %s: reconcile pre-annotated %d task(s) again: %s", project_id, len(candidates),
              {k: probe.get(k, 0) + counts.get(k, 0) for k in set(probe) | set(counts)})
-    return {"candidates": len(candidates), "healed": healed, "still_failing": counts.get(outcomes.ERROR, 0)}
+    return {"candidates": len(candidates), "healed": healed, "still_failing": counts.get(TaskStatus.ERROR, 0)}
 
 
 def known_projects(conn: redis.Redis) -> list[int]:
     """Projects the backend was set up for (their records hold how to reach Label Studio)."""
     ids = []
-    for key in conn.scan_iter(match=PROJECT_PATTERN, count=500):
-        tail = key.decode().rsplit(":", 1)[-1]
-        if tail.isdigit():
-            ids.append(int(tail))
+    for key in conn.scan_iter(match=PROJECT_KEY_PATTERN, count=500):
+        project_id = project_id_of_key(key)
+        if project_id is not None:
+            ids.append(project_id)
     return sorted(ids)
 
 

@@ -16,6 +16,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from prelabel.contract import ReviewStatus
 from prelabel.label_config.answers import CheckedAnswer, check_answer
 from prelabel.label_config.controls import AnswerError
 from prelabel.ml_backend.confidence import answer_confidences, locate
@@ -24,10 +25,7 @@ from prelabel.ml_backend.llm_client import Completion, LLMClient, LLMError
 from prelabel.ml_backend.predictor import ProjectContext
 from prelabel.ml_backend.validation import feedback, parse_answer
 
-PASSED, REJECTED, NEEDS_HUMAN, REVIEW_ERROR = "passed", "rejected", "needs_human", "review_error"
-STATUSES = (PASSED, REJECTED, NEEDS_HUMAN, REVIEW_ERROR)
 RATIONALE_MAX = 50
-REVIEW_PREFIX = "review:"
 
 REVIEW_INSTRUCTIONS = """You are the reviewer: a second, independent annotator checking another model's \
 annotation of the input against the guideline below.
@@ -54,10 +52,6 @@ class Review:
     verdict_probs: dict[str, float] | None = None
     corrected_scores: dict[str, float] = field(default_factory=dict)  # per control of the correction
     corrected_label_probs: dict[str, dict[str, float]] = field(default_factory=dict)
-
-
-def is_review(model_version: str) -> bool:
-    return model_version.startswith(REVIEW_PREFIX)
 
 
 def review_schema(ctx: ProjectContext) -> dict[str, Any]:
@@ -103,7 +97,7 @@ def judge(ctx: ProjectContext, content: str, texts: dict[str, str], proposed: di
         raise AnswerError("verdict", "label_not_in_set", f"verdict must be 'correct' or 'incorrect', got {verdict!r}")
     rationale = str(data.get("rationale") or "").strip()[:RATIONALE_MAX]
     if verdict == "correct":
-        return Review(PASSED, rationale, verdict)
+        return Review(ReviewStatus.PASSED, rationale, verdict)
     corrected = data.get("corrected")
     if not isinstance(corrected, dict) or not corrected:
         raise AnswerError("corrected", "empty", "verdict is 'incorrect' but no 'corrected' annotation was given")
@@ -113,8 +107,8 @@ def judge(ctx: ProjectContext, content: str, texts: dict[str, str], proposed: di
         raise AnswerError("corrected", first.reason, "corrected: " + "; ".join(str(e) for e in checked.errors.values()))
     if checked.answer == proposed:
         # "Incorrect" with the very same answer is no disagreement we can act on.
-        return Review(NEEDS_HUMAN, rationale, verdict, errors=["correction equals the proposal"])
-    return Review(REJECTED, rationale, verdict, corrected=checked)
+        return Review(ReviewStatus.NEEDS_HUMAN, rationale, verdict, errors=["correction equals the proposal"])
+    return Review(ReviewStatus.REJECTED, rationale, verdict, corrected=checked)
 
 
 async def review_one(
@@ -127,7 +121,7 @@ async def review_one(
         try:
             completion = await llm.complete(messages, review_schema(ctx))
         except LLMError as exc:
-            return Review(REVIEW_ERROR, errors=[f"{exc.kind}: {exc}"], model=llm.model)
+            return Review(ReviewStatus.REVIEW_ERROR, errors=[f"{exc.kind}: {exc}"], model=llm.model)
         try:
             review = judge(ctx, completion.content, texts, proposed)
             review.model = llm.model
@@ -139,7 +133,7 @@ async def review_one(
                 {"role": "assistant", "content": completion.content},
                 {"role": "user", "content": feedback([exc])},
             ]
-    return Review(NEEDS_HUMAN, errors=errors, model=llm.model)
+    return Review(ReviewStatus.NEEDS_HUMAN, errors=errors, model=llm.model)
 
 
 VERDICTS = ("correct", "incorrect")

@@ -13,9 +13,8 @@ from rq.job import Job
 from rq.registry import FailedJobRegistry, FinishedJobRegistry, ScheduledJobRegistry, StartedJobRegistry
 from rq.worker import Worker
 
+from prelabel.contract import REVIEW_STATS_KEY
 from prelabel.jobs.queue import job_queue
-
-REVIEW_STATS_KEY = "prelabel:stats:review"
 
 
 @dataclass

@@ -15,6 +15,7 @@ from typing import Any
 import orjson
 import redis.asyncio as aioredis
 
+from prelabel.contract import prediction_cache_key
 from prelabel.ml_backend import metrics
 
 CACHE_FORMAT = "v1"
@@ -22,7 +23,7 @@ CACHE_FORMAT = "v1"
 
 def cache_key(**parts: Any) -> str:
     canonical = json.dumps(parts, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
-    return f"prelabel:pred:{CACHE_FORMAT}:" + hashlib.sha256(canonical.encode()).hexdigest()
+    return prediction_cache_key(CACHE_FORMAT, hashlib.sha256(canonical.encode()).hexdigest())
 
 
 class PredictionCache:

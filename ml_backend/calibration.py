@@ -23,12 +23,10 @@ from typing import Any
 
 import numpy as np
 
+from prelabel.contract import calibration_key
+
 UNCALIBRATED = "uncalibrated"
 _EPS = 1e-6
-
-
-def calibration_key(project: str | int, model: str) -> str:
-    return f"prelabel:calibration:{project}:{model}"
 
 
 def logit(p: np.ndarray | float) -> np.ndarray:
@@ -88,8 +86,7 @@ def calibrate(prediction: dict[str, Any], cmap: CalibrationMap | None) -> dict[s
     prediction["score"] = score
     provenance.update(raw_score=raw, calibration=cmap.id, calibrated_score=score)
     for region in prediction["result"]:
-        stamp = region.setdefault("prelabel", {})
-        stamp.update(raw_score=raw, calibration=cmap.id)
+        region.setdefault("prelabel", {}).update(raw_score=raw, calibration=cmap.id)
     return prediction
 
 
@@ -97,5 +94,5 @@ def is_calibrated(prediction: dict[str, Any]) -> bool:
     return prediction.get("meta", {}).get("provenance", {}).get("calibration", UNCALIBRATED) != UNCALIBRATED
 
 
-__all__ = ["UNCALIBRATED", "CalibrationMap", "calibrate", "calibration_key", "is_calibrated", "load_calibration",
+__all__ = ["UNCALIBRATED", "CalibrationMap", "calibrate", "is_calibrated", "load_calibration",
            "logit"]

@@ -24,10 +24,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from prelabel.contract import CASCADE_STATS_KEY, ModelVersion, TaskStatus, cascade_model, status_of, with_status
 from prelabel.ml_backend.calibration import CalibrationMap, calibrate
 from prelabel.ml_backend.fewshot import FewShotPool
 from prelabel.ml_backend.predictor import Predictor, ProjectContext, gather_until
-from prelabel.ml_backend.stats import CASCADE_KEY, count
+from prelabel.ml_backend.stats import count
 
 CHEAP, FALLBACK, FALLBACK_FAILED = "cheap", "fallback", "fallback_failed"
 
@@ -65,7 +66,7 @@ class ProjectPredictor:
     def model_version(self, ctx: ProjectContext) -> str:
         if self.fallback is None:
             return self.primary.model_version(ctx)
-        return f"{self.primary.llm.model}>{self.fallback.llm.model}@{ctx.prompt.version}"
+        return ModelVersion(cascade_model(self.primary.llm.model, self.fallback.llm.model), ctx.prompt.version).family
 
     async def predict(self, tasks: list[Any], ctx: ProjectContext, pool: FewShotPool | None = None
                       ) -> list[dict[str, Any]]:
@@ -94,7 +95,7 @@ class ProjectPredictor:
         if escalate:
             answers = await self.fallback.predict([tasks[i] for i in escalate], ctx, pool)
             for i, answer in zip(escalate, answers):
-                if answer["meta"]["status"] == "error" and results[i]["result"]:
+                if answer["meta"]["status"] == TaskStatus.ERROR and results[i]["result"]:
                     # The fallback is down: the cheap model's valid (if unsure) answer is kept.
                     routes[i] = FALLBACK_FAILED
                     results[i]["meta"]["provenance"]["fallback_error"] = answer["meta"]["errors"]
@@ -111,10 +112,9 @@ class ProjectPredictor:
             prediction["meta"]["provenance"]["cascade"] = record
             for region in prediction["result"]:
                 region.setdefault("prelabel", {})["route"] = route
-            status = prediction["model_version"].partition("#")[2]
-            prediction["model_version"] = family + (f"#{status}" if status else "")
+            prediction["model_version"] = with_status(family, status_of(prediction["model_version"]))
         for route in (CHEAP, FALLBACK, FALLBACK_FAILED):
-            await count(self._client, CASCADE_KEY, route, sum(r == route for r in routes.values()))
+            await count(self._client, CASCADE_STATS_KEY, route, sum(r == route for r in routes.values()))
         return results
 
     @property
@@ -123,4 +123,4 @@ class ProjectPredictor:
 
     def _confident(self, prediction: dict[str, Any]) -> bool:
         assert self.threshold is not None
-        return prediction["meta"]["status"] == "ok" and float(prediction["score"]) >= self.threshold
+        return prediction["meta"]["status"] == TaskStatus.OK and float(prediction["score"]) >= self.threshold

@@ -25,17 +25,13 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
+from prelabel.contract import fewshot_keys
 from prelabel.export.dedupe import normalise
 from prelabel.ml_backend.fewshot import FewShotPool
 from prelabel.ml_backend.predictor import ProjectContext
 from prelabel.ml_backend.prompt import Example
 
 log = logging.getLogger(__name__)
-
-def _keys(project: str | int) -> tuple[str, str, str, str]:
-    base = f"prelabel:fewshot:{project}"
-    return base, f"{base}:order", f"{base}:tasks", f"{base}:version"
-
 
 def _digest(texts: dict[str, str]) -> str:
     return hashlib.sha256(normalise("\n".join(texts.values())).encode()).hexdigest()[:24]
@@ -44,7 +40,7 @@ def _digest(texts: dict[str, str]) -> str:
 def add_example(conn: Any, project: str | int, task_id: int, texts: dict[str, str], answer: dict[str, Any],
                 limit: int) -> None:
     """Put (or replace) a task's human answer into the project's pool (sync Redis client)."""
-    pool, order, tasks, version = _keys(project)
+    pool, order, tasks, version = fewshot_keys(project)
     digest = _digest(texts)
     old = conn.hget(tasks, task_id)
     pipe = conn.pipeline()
@@ -67,7 +63,7 @@ def add_example(conn: Any, project: str | int, task_id: int, texts: dict[str, st
 
 def remove_task(conn: Any, project: str | int, task_id: int) -> None:
     """The task has no human answer any more: its example leaves the pool."""
-    _, _, tasks, version = _keys(project)
+    _, _, tasks, version = fewshot_keys(project)
     old = conn.hget(tasks, task_id)
     if old is None:
         return
@@ -81,7 +77,7 @@ def remove_task(conn: Any, project: str | int, task_id: int) -> None:
 def _drop(conn: Any, pipe: Any, project: str | int, digest: str, task_id: int) -> None:
     """Queue the removal of ``digest``'s example if it is still this task's (a newer task with the
     same text may have taken it over)."""
-    pool, order, _, _ = _keys(project)
+    pool, order, _, _ = fewshot_keys(project)
     raw = conn.hget(pool, digest)
     if raw is not None and json.loads(raw).get("task") == task_id:
         pipe.hdel(pool, digest)
@@ -89,7 +85,7 @@ def _drop(conn: Any, pipe: Any, project: str | int, digest: str, task_id: int) -
 
 
 def pool_size(conn: Any, project: str | int) -> int:
-    return int(conn.hlen(_keys(project)[0]))
+    return int(conn.hlen(fewshot_keys(project).pool))
 
 
 class ProjectPools:
@@ -103,7 +99,7 @@ class ProjectPools:
         """The context's pool plus the project's human examples (None: no project, or none yet)."""
         if client is None or project is None:
             return None
-        pool_key, _, _, version_key = _keys(project)
+        pool_key, _, _, version_key = fewshot_keys(project)
         try:
             version = await client.get(version_key)
         except RedisError as exc:  # few-shot examples help; their absence must not fail a prediction

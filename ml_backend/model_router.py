@@ -14,12 +14,11 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from prelabel.contract import active_model_keys
 from prelabel.ml_backend.calibration import load_calibration
 from prelabel.ml_backend.cascade import ProjectPredictor
 from prelabel.ml_backend.llm_client import LLMClient
 from prelabel.ml_backend.predictor import Predictor
-
-ACTIVE_KEY = "prelabel:active_model"  # the record's format: prelabel.train.promote
 
 
 class ModelRouter:
@@ -30,7 +29,7 @@ class ModelRouter:
     async def active_record(self, project: str | None) -> dict[str, Any] | None:
         if self.default.cache is None:
             return None
-        for key in ([f"{ACTIVE_KEY}:{project}"] if project else []) + [ACTIVE_KEY]:
+        for key in active_model_keys(project):  # the record's format: prelabel.train.promote
             raw = await self.default.cache.client.get(key)
             if raw:
                 return json.loads(raw)

@@ -20,12 +20,13 @@ from typing import Any
 
 from datasketch import MinHash, MinHashLSH
 
+from prelabel.contract import REUSE_STATS_KEY, TaskStatus, stamp_of
 from prelabel.export.dedupe import normalise
 from prelabel.label_config.answers import check_answer
 from prelabel.label_config.schema import TaskDataError
 from prelabel.ml_backend.fewshot import FewShotPool
 from prelabel.ml_backend.predictor import ProjectContext
-from prelabel.ml_backend.stats import REUSE_KEY, count
+from prelabel.ml_backend.stats import count
 
 NUM_PERM = 128
 GRAM = 4
@@ -69,7 +70,7 @@ def group(texts: list[str | None], threshold: float) -> list[tuple[int, float]]:
 def reused_prediction(ctx: ProjectContext, task: Any, rep_id: Any, rep: dict[str, Any],
                       similarity: float) -> dict[str, Any] | None:
     """The representative's answer as this task's prediction, or None when it does not hold here."""
-    if rep["meta"]["status"] != "ok" or not rep["result"] or not isinstance(task, dict):
+    if rep["meta"]["status"] != TaskStatus.OK or not rep["result"] or not isinstance(task, dict):
         return None
     try:
         texts = ctx.schema.object_texts(task.get("data"))
@@ -89,7 +90,7 @@ def reused_prediction(ctx: ProjectContext, task: Any, rep_id: Any, rep: dict[str
     for control in ctx.schema.fields:
         source = stamps.get(control.name, {})
         for region in checked.regions.get(control.name, []):
-            stamp = {**(source.get("prelabel") or {}), "reused_from": rep_id, "cached": False}
+            stamp = {**stamp_of(source), "reused_from": rep_id, "cached": False}
             extra = {"score": source["score"]} if "score" in source else {}
             prediction["result"].append({**region, **extra, "prelabel": stamp})
     prediction["meta"]["provenance"].update(reused_from=rep_id, similarity=similarity, llm_calls=0,
@@ -122,7 +123,7 @@ async def predict_with_reuse(predict: Predict, tasks: list[Any], ctx: ProjectCon
         for i, prediction in zip(alone, await predict([tasks[i] for i in alone], ctx, pool)):
             results[i] = prediction
     client = cache.client if cache is not None else None
-    await count(client, REUSE_KEY, "reused", len(tasks) - len(reps) - len(alone))
-    await count(client, REUSE_KEY, "revalidated_individually", len(alone))
+    await count(client, REUSE_STATS_KEY, "reused", len(tasks) - len(reps) - len(alone))
+    await count(client, REUSE_STATS_KEY, "revalidated_individually", len(alone))
     assert all(r is not None for r in results)
     return results  # type: ignore[return-value]

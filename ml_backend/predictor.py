@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
+from prelabel.contract import REGION_PROVENANCE, ModelVersion, TaskStatus, stamp_of, with_status
 from prelabel.label_config.controls import AnswerError, ChoicesField
 from prelabel.label_config.guideline import (
     Guideline,
@@ -63,9 +64,6 @@ from prelabel.settings import Settings
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-# The provenance fields every region carries into Label Studio.
-REGION_PROVENANCE = ("model", "prompt_version", "guideline_hash", "config_hash", "time", "cached", "score_source",
-                     "raw_score", "calibration")
 RAW_OUTPUT_CHARS = 1000  # of each answer kept in a failed task's meta.raw_output
 
 
@@ -247,9 +245,9 @@ class Predictor:
         except Exception as exc:  # a bug or an unforeseen upstream answer: fail closed, logged
             log.exception("task %s: unexpected %s", task.get("id") if isinstance(task, dict) else "?",
                           type(exc).__name__)
-            metrics.TASKS.labels("error", "miss").inc()
+            metrics.TASKS.labels(TaskStatus.ERROR, "miss").inc()
             metrics.NEEDS_HUMAN.labels("internal_error").inc()
-            return self._prediction(ctx, [], 0.0, "error", {"task": f"internal_error: {type(exc).__name__}"},
+            return self._prediction(ctx, [], 0.0, TaskStatus.ERROR, {"task": f"internal_error: {type(exc).__name__}"},
                                     started)
 
     async def predict_task(
@@ -299,12 +297,12 @@ class Predictor:
         except LLMError as exc:
             if exc.kind == "context_too_long":  # the server counted more than we did: no retry helps
                 return self._no_prediction(ctx, "context_too_long", str(exc), started)
-            metrics.TASKS.labels("error", "miss").inc()
+            metrics.TASKS.labels(TaskStatus.ERROR, "miss").inc()
             metrics.NEEDS_HUMAN.labels(f"llm_{exc.kind}").inc()
-            return self._prediction(ctx, [], 0.0, "error", {"llm": f"{exc.kind}: {exc}"}, started,
+            return self._prediction(ctx, [], 0.0, TaskStatus.ERROR, {"llm": f"{exc.kind}: {exc}"}, started,
                                     provenance={"llm_error": exc.kind})
         completion = attempts[-1].completion
-        status = "ok" if not outcome.errors else "needs_human"
+        status = TaskStatus.OK if not outcome.errors else TaskStatus.NEEDS_HUMAN
         for error in outcome.errors.values():
             metrics.NEEDS_HUMAN.labels(error.reason).inc()
         score = min(outcome.scores.values()) if outcome.scores and outcome.regions else (
@@ -332,9 +330,9 @@ class Predictor:
             },
         )
         metrics.TASKS.labels(status, "miss").inc()
-        if status != "ok":  # what the model said, for debugging (never cached: failures are not)
+        if status != TaskStatus.OK:  # what the model said, for debugging (never cached: failures are not)
             prediction["meta"]["raw_output"] = [a.completion.content[:RAW_OUTPUT_CHARS] for a in attempts]
-        if status == "ok" and self.cache is not None:
+        if status == TaskStatus.OK and self.cache is not None:
             await self.cache.set(key, prediction)
         return prediction
 
@@ -392,8 +390,8 @@ class Predictor:
     # --- output --------------------------------------------------------------------------
     def _no_prediction(self, ctx: ProjectContext, reason: str, message: str, started: float) -> dict[str, Any]:
         metrics.NEEDS_HUMAN.labels(reason).inc()
-        metrics.TASKS.labels("needs_human", "none").inc()
-        return self._prediction(ctx, [], 0.0, "needs_human", {"task": f"{reason}: {message}"}, started)
+        metrics.TASKS.labels(TaskStatus.NEEDS_HUMAN, "none").inc()
+        return self._prediction(ctx, [], 0.0, TaskStatus.NEEDS_HUMAN, {"task": f"{reason}: {message}"}, started)
 
     def _prediction(
         self, ctx: ProjectContext, regions: list[dict[str, Any]], score: float, status: str,
@@ -420,9 +418,9 @@ class Predictor:
         }
         stamp = {key: record.get(key) for key in REGION_PROVENANCE} | {"status": status}
         return {
-            "result": [{**region, "prelabel": {**region.get("prelabel", {}), **stamp}} for region in regions],
+            "result": [{**region, "prelabel": {**stamp_of(region), **stamp}} for region in regions],
             "score": round(score, 6),
-            "model_version": self.model_version(ctx) + ("" if status == "ok" else f"#{status}"),
+            "model_version": with_status(self.model_version(ctx), status),
             "meta": {
                 "status": status,
                 "errors": errors,
@@ -432,7 +430,7 @@ class Predictor:
         }
 
     def model_version(self, ctx: ProjectContext) -> str:
-        return f"{self.llm.model}@{ctx.prompt.version}"
+        return ModelVersion(self.llm.model, ctx.prompt.version).family
 
 
 def _merge(ctx: ProjectContext, attempts: list[_Attempt]) -> _Outcome:

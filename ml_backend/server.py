@@ -37,9 +37,10 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from prelabel import __version__
+from prelabel.contract import WEBHOOK_HEADER, project_key
 from prelabel.jobs.events import EventError, parse_event
 from prelabel.jobs.outcomes import record_predictions
-from prelabel.jobs.projects import ProjectRecord, project_key
+from prelabel.jobs.projects import ProjectRecord
 from prelabel.jobs.queue import connection, enqueue_event
 from prelabel.jobs.status import QUEUE_COLLECTOR
 from prelabel.label_config.guideline import GuidelineError, guideline_ref
@@ -163,7 +164,7 @@ def webhook_caller_ok(settings: Settings, headers: dict[bytes, bytes]) -> bool:
     """
     ok = False
     if settings.webhook_secret is not None:
-        supplied = headers.get(b"x-prelabel-secret", b"")
+        supplied = headers.get(WEBHOOK_HEADER.lower().encode(), b"")
         ok |= hmac.compare_digest(supplied, settings.webhook_secret.get_secret_value().encode())
     if settings.basic_auth_user and settings.basic_auth_password:
         expected = basic_header(settings.basic_auth_user, settings.basic_auth_password.get_secret_value())
@@ -444,7 +445,7 @@ class Backend:
                 return _error("webhook", RequestError(
                     401, "webhook_auth_not_configured", "set PRELABEL_WEBHOOK_SECRET to accept webhooks"))
             response = _error("webhook", RequestError(
-                401, "unauthorized", "webhook caller not authenticated (X-Prelabel-Secret or basic auth)"))
+                401, "unauthorized", f"webhook caller not authenticated ({WEBHOOK_HEADER} or basic auth)"))
             if self.settings.basic_auth_user:
                 response.headers["WWW-Authenticate"] = 'Basic realm="prelabel"'
             return response

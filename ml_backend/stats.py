@@ -15,17 +15,15 @@ from typing import Any
 from prometheus_client.core import REGISTRY, CounterMetricFamily, GaugeMetricFamily, Metric
 from redis.exceptions import RedisError
 
-CASCADE_KEY = "prelabel:stats:cascade"  # field: route (cheap | fallback)
-REUSE_KEY = "prelabel:stats:near_duplicates"  # field: outcome (reused | revalidated_individually)
-INDEPENDENCE_KEY = "prelabel:reviewer:independence"  # JSON: the last reviewer-vs-pre-annotator check
+from prelabel.contract import CASCADE_STATS_KEY, REUSE_STATS_KEY, REVIEWER_INDEPENDENCE_KEY
 
 INDEPENDENCE_METRIC = "prelabel_reviewer_independence"
 INDEPENDENCE_DOC = ("1 for the verdict of the last check whether the reviewer serves other weights than the "
                     "pre-annotator (different_weights, same_weights, unknown).")
 _FAMILIES = {
-    CASCADE_KEY: ("prelabel_cascade_routes", ("Tasks answered per cascade route (cheap model, or fallback "
+    CASCADE_STATS_KEY: ("prelabel_cascade_routes", ("Tasks answered per cascade route (cheap model, or fallback "
                                               "below the calibrated threshold), backend and workers."), "route"),
-    REUSE_KEY: ("prelabel_near_duplicate_tasks", ("Near-duplicate tasks that reused their representative's "
+    REUSE_STATS_KEY: ("prelabel_near_duplicate_tasks", ("Near-duplicate tasks that reused their representative's "
                                                   "answer, or failed revalidation and were asked individually."),
                 "outcome"),
 }
@@ -70,7 +68,7 @@ class SharedCounters:
                 family.add_metric([value], n)
             yield family
         try:
-            raw = conn.get(INDEPENDENCE_KEY)
+            raw = conn.get(REVIEWER_INDEPENDENCE_KEY)
         except RedisError:
             return
         if raw:

@@ -23,7 +23,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from prelabel.jobs.outcomes import ERROR, NEEDS_HUMAN, Tally, prediction_outcome
+from prelabel.contract import TaskStatus
+from prelabel.jobs.outcomes import Tally, prediction_outcome
 from prelabel.settings import Settings, get_settings
 
 console = Console(stderr=True)
@@ -78,8 +79,8 @@ class Summary:
     def progress_line(self) -> str:
         done = self.tally
         return (f"[predict] {done.total} done: {done.labeled} pre-annotated, "
-                f"{sum(n for (s, _), n in done.failed.items() if s == NEEDS_HUMAN)} needs_human, "
-                f"{sum(n for (s, _), n in done.failed.items() if s == ERROR)} error")
+                f"{sum(n for (s, _), n in done.failed.items() if s == TaskStatus.NEEDS_HUMAN)} needs_human, "
+                f"{sum(n for (s, _), n in done.failed.items() if s == TaskStatus.ERROR)} error")
 
     def final_line(self) -> str:
         done = self.tally

@@ -22,14 +22,14 @@ from typing import Any, Literal
 import numpy as np
 
 from prelabel.label_config.schema import OutputSchema, build_schema
-from prelabel.ml_backend.calibration import CalibrationMap, calibration_key, logit
+from prelabel.contract import STATUS_SEP, ModelVersion, calibration_key, is_review, stamp_of
+from prelabel.ml_backend.calibration import CalibrationMap, logit
 from prelabel.ml_backend.project_examples import answer_from_annotation, human_annotation
 
 Method = Literal["auto", "platt", "isotonic"]
 MIN_PAIRS = 10  # fewer human-labeled predictions than this: the score stays uncalibrated
 ISOTONIC_FROM = 200  # "auto" switches from platt to isotonic at this many pairs
 BINS = 10
-REVIEW_PREFIX = "review:"
 
 
 @dataclass
@@ -53,14 +53,14 @@ def canonical_answer(schema: OutputSchema, result: list[dict[str, Any]] | None) 
 
 
 def _latest_pre(task: dict[str, Any]) -> dict[str, Any] | None:
-    pres = [p for p in task.get("predictions") or [] if not str(p.get("model_version") or "").startswith(REVIEW_PREFIX)]
+    pres = [p for p in task.get("predictions") or [] if not is_review(p.get("model_version"))]
     return max(pres, key=lambda p: p.get("id") or 0) if pres else None
 
 
 def raw_score(prediction: dict[str, Any]) -> float | None:
     """The score before calibration: the regions' ``raw_score`` stamp, else the score itself."""
     for region in prediction.get("result") or []:
-        raw = (region.get("prelabel") or {}).get("raw_score")
+        raw = stamp_of(region).get("raw_score")
         if raw is not None:
             return float(raw)
     score = prediction.get("score")
@@ -70,10 +70,10 @@ def raw_score(prediction: dict[str, Any]) -> float | None:
 def answering_model(prediction: dict[str, Any]) -> str:
     """The model that wrote the prediction: the region stamp's, else ``model_version`` before ``@``."""
     for region in prediction.get("result") or []:
-        model = (region.get("prelabel") or {}).get("model")
+        model = stamp_of(region).get("model")
         if model:
             return str(model)
-    return str(prediction.get("model_version") or "").split("@", 1)[0]
+    return ModelVersion.parse(prediction.get("model_version")).model
 
 
 def calibration_pairs(tasks: list[dict[str, Any]], schema: OutputSchema) -> dict[str, Pairs]:
@@ -82,7 +82,7 @@ def calibration_pairs(tasks: list[dict[str, Any]], schema: OutputSchema) -> dict
     for task in tasks:
         human = human_annotation(task)
         pre = _latest_pre(task)
-        if not human or pre is None or "#" in str(pre.get("model_version") or "") or not pre.get("result"):
+        if not human or pre is None or STATUS_SEP in str(pre.get("model_version") or "") or not pre.get("result"):
             continue
         truth, guess, score = canonical_answer(schema, human), canonical_answer(schema, pre["result"]), raw_score(pre)
         if truth is None or score is None:

@@ -8,15 +8,12 @@ from typing import Any
 
 import redis
 
+from prelabel.contract import quality_key
 from prelabel.quality.agreement import AgreementReport, agreement
 from prelabel.quality.spotcheck import Sample, sample
 from prelabel.ranking.project import project_signals
 
 SPOTCHECK_FIELD = "prelabel_spotcheck"
-
-
-def quality_key(project_id: int) -> str:
-    return f"prelabel:quality:{project_id}"
 
 
 def project_agreement(client: Any, project_id: int, bar: float = 0.9) -> AgreementReport:

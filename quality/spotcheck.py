@@ -16,6 +16,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from prelabel.contract import ReviewStatus
 from prelabel.ranking.signals import ABNORMAL_REVIEW, TaskSignals
 
 LOW_CONFIDENCE = 0.5
@@ -54,7 +55,7 @@ def sample(signals: Sequence[TaskSignals], n: int = 150, abnormal_share: float =
     reasons = {s.id: abnormal_reason(s, low_confidence) for s in pool}
     passed: dict[str, list[TaskSignals]] = defaultdict(list)
     for s in pool:
-        if s.review_status == "passed" and reasons[s.id] is None and s.predicted is not None:
+        if s.review_status == ReviewStatus.PASSED and reasons[s.id] is None and s.predicted is not None:
             passed[s.predicted].append(s)
     chosen: dict[int, str] = {}
     if passed:

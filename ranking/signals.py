@@ -11,8 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-REVIEW_PREFIX = "review:"
-ABNORMAL_REVIEW = {"rejected", "needs_human", "review_error"}
+from prelabel.contract import RegionStamp, ReviewStatus, is_review, stamp_of, status_of
+
+ABNORMAL_REVIEW = {ReviewStatus.REJECTED, ReviewStatus.NEEDS_HUMAN, ReviewStatus.REVIEW_ERROR}
 
 
 @dataclass
@@ -57,16 +58,16 @@ def choice_of(result: list[dict[str, Any]] | None, control: str) -> str | None:
     return None
 
 
-def stamp_of(result: list[dict[str, Any]] | None, control: str) -> dict[str, Any]:
-    """The ``prelabel`` provenance stamp of the control's region (empty when there is none)."""
+def control_stamp(result: list[dict[str, Any]] | None, control: str) -> RegionStamp:
+    """The ``prelabel`` stamp of the control's first stamped region (empty when there is none)."""
     for region in result or []:
-        if region.get("from_name") == control and isinstance(region.get("prelabel"), dict):
-            return region["prelabel"]
+        if region.get("from_name") == control and stamp_of(region):
+            return stamp_of(region)
     return {}
 
 
 def probs_of(result: list[dict[str, Any]] | None, control: str) -> dict[str, float] | None:
-    probs = stamp_of(result, control).get("label_probs")
+    probs = control_stamp(result, control).get("label_probs")
     if isinstance(probs, dict) and probs:
         return {str(k): float(v) for k, v in probs.items()}
     return None
@@ -81,21 +82,20 @@ def task_signals(task: Any, control: str, text_key: str) -> TaskSignals:
     if human is not None:
         signals.human = choice_of(_get(human, "result"), control)
     predictions = list(_get(task, "predictions") or [])
-    pre = _latest([p for p in predictions if not (_get(p, "model_version") or "").startswith(REVIEW_PREFIX)])
+    pre = _latest([p for p in predictions if not is_review(_get(p, "model_version"))])
     if pre is not None:
-        version = _get(pre, "model_version") or ""
-        signals.pre_status = version.partition("#")[2]
+        signals.pre_status = status_of(_get(pre, "model_version"))
         signals.predicted = choice_of(_get(pre, "result"), control)
         signals.label_probs = probs_of(_get(pre, "result"), control)
-        stamp = stamp_of(_get(pre, "result"), control)
+        stamp = control_stamp(_get(pre, "result"), control)
         signals.label_probs_kind = str(stamp.get("label_probs_kind") or "distribution")
         score = _get(pre, "score")
         signals.score = float(score) if score is not None and signals.predicted is not None else None
         raw = stamp.get("raw_score", score)
         signals.raw_score = float(raw) if raw is not None and signals.predicted is not None else None
-    review = _latest([p for p in predictions if (_get(p, "model_version") or "").startswith(REVIEW_PREFIX)])
+    review = _latest([p for p in predictions if is_review(_get(p, "model_version"))])
     if review is not None:
-        signals.review_status = (_get(review, "model_version") or "").partition("#")[2]
+        signals.review_status = status_of(_get(review, "model_version"))
         signals.reviewed = choice_of(_get(review, "result"), control)
     signals.review_status = str(data.get("prelabel_review") or signals.review_status)
     return signals

@@ -14,9 +14,8 @@ from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
 
+from prelabel.contract import WEBHOOK_HEADER, ModelVersion, is_own_preannotation
 from prelabel.jobs.outcomes import Outcome, Tally
-
-WEBHOOK_HEADER = "X-Prelabel-Secret"
 
 
 @dataclass
@@ -87,8 +86,6 @@ def preannotation_tally(client: Any, project_id: int, recorded: Callable[[], dic
 
     The worker records a reason before it writes the prediction, so the records are read after
     the predictions: every prediction seen then has its reason."""
-    from prelabel.jobs.reconcile import is_own_preannotation
-
     latest: dict[int, dict[str, Any]] = {}
     for prediction in (_plain(p) for p in client.predictions.list(project=project_id)):
         if is_own_preannotation(prediction.get("model_version") or ""):
@@ -100,7 +97,7 @@ def preannotation_tally(client: Any, project_id: int, recorded: Callable[[], dic
     per_task: list[Outcome | None] = []
     for task_id in task_ids:
         prediction = latest.get(task_id)
-        status = (prediction or {}).get("model_version", "").partition("#")[2] or "ok"
+        status = ModelVersion.parse((prediction or {}).get("model_version")).task_status
         if prediction and prediction.get("result"):
             per_task.append(Outcome(status, None, labeled=True))
         elif task_id in reasons and not reasons[task_id].labeled:

@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from prelabel.contract import train_label_count_key, train_lock_key, train_status_key
 from prelabel.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
@@ -30,10 +31,6 @@ class FlywheelError(RuntimeError):
     """A stage that cannot run (no config, export not available, ...)."""
 
 
-def status_key(project_id: str) -> str:
-    return f"prelabel:train:{project_id}"
-
-
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
@@ -43,7 +40,7 @@ class Status:
 
     def __init__(self, client: Any, project_id: str) -> None:
         self.client = client
-        self.key = status_key(project_id)
+        self.key = train_status_key(project_id)
         self.stage: str | None = None
 
     def set(self, **fields: Any) -> None:
@@ -66,7 +63,7 @@ class Status:
 
 
 def read_status(client: Any, project_id: str) -> dict[str, str]:
-    raw = client.hgetall(status_key(project_id))
+    raw = client.hgetall(train_status_key(project_id))
     return {_text(k): _text(v) for k, v in raw.items()}
 
 
@@ -95,7 +92,7 @@ def run_flywheel(
     run_id = run_id or datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
     client = redis.Redis.from_url(redis_url(settings))
     status = Status(client, project)
-    lock = f"{status.key}:lock"
+    lock = train_lock_key(project)
     if not client.set(lock, run_id, nx=True, ex=JOB_TIMEOUT):
         status.set(last_skipped=_now())
         return {"state": "skipped", "reason": "a flywheel run for this project is already in progress"}
@@ -186,7 +183,7 @@ def note_verified_labels(client: Any, project_id: str | int, count: int = 1,
                          threshold: int | None = None) -> bool:
     """Count new human-verified labels; True (and the count restarts) once ``threshold`` is reached."""
     threshold = threshold or get_settings().train_min_new_labels
-    key = f"{status_key(str(project_id))}:new_labels"
+    key = train_label_count_key(project_id)
     total = client.incrby(key, count)
     if total < threshold:
         return False

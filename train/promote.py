@@ -26,22 +26,17 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from prelabel.contract import TRAIN_DECISIONS_KEY, active_model_key, active_model_keys
 from prelabel.train.config import PromotionPolicy
 from prelabel.train.evaluate import Item, read_predictions
 from prelabel.train.report import task_metrics
 
-ACTIVE_KEY = "prelabel:active_model"
-DECISIONS_KEY = "prelabel:train:decisions"
 DECISIONS_KEPT = 1000
-
-
-def active_key(project: str | None = None) -> str:
-    return f"{ACTIVE_KEY}:{project}" if project else ACTIVE_KEY
 
 
 def active_model(client: Any, project: str | None = None) -> dict[str, Any] | None:
     """The model the backend should use for ``project``: its own record, else the global one."""
-    for key in ([active_key(project)] if project else []) + [ACTIVE_KEY]:
+    for key in active_model_keys(project):
         raw = client.get(key)
         if raw:
             return json.loads(raw)
@@ -149,15 +144,15 @@ def apply_decision(
             "cascade": cascade,
             "previous": {k: v for k, v in (previous or {}).items() if k != "previous"} or None,
         }
-        client.set(active_key(project), json.dumps(record))
+        client.set(active_model_key(project), json.dumps(record))
     entry = {**decision, "project": project, "active_record": record}
     line = json.dumps(entry, ensure_ascii=False)
     log_path = Path(data_dir) / "train" / "decisions.jsonl"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("a", encoding="utf-8") as handle:
         handle.write(line + "\n")
-    client.lpush(DECISIONS_KEY, line)
-    client.ltrim(DECISIONS_KEY, 0, DECISIONS_KEPT - 1)
+    client.lpush(TRAIN_DECISIONS_KEY, line)
+    client.ltrim(TRAIN_DECISIONS_KEY, 0, DECISIONS_KEPT - 1)
     return record
 
 

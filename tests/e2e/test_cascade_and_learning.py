@@ -21,7 +21,8 @@ import httpx
 import pytest
 import redis as redis_lib
 
-from prelabel.ml_backend.calibration import CalibrationMap, calibration_key
+from prelabel.contract import calibration_key
+from prelabel.ml_backend.calibration import CalibrationMap
 from prelabel.ml_backend.fewshot_store import add_example
 from tests.harness.llm_server import start_llm_server
 
@@ -140,7 +141,7 @@ def test_reviewer_on_the_same_weights_is_reported_whatever_its_name(llm_server, 
     """Two servers (or one) with the same GGUF under other names: the check asks the servers."""
     from prelabel.jobs.handlers import reviewer_independence
     from prelabel.ml_backend.model_identity import SAME, compare, identify
-    from prelabel.ml_backend.stats import INDEPENDENCE_KEY
+    from prelabel.contract import REVIEWER_INDEPENDENCE_KEY as INDEPENDENCE_KEY
     from prelabel.settings import Settings
 
     ours = identify(llm_server.base_url, llm_server.api_key, "smollm2")

@@ -7,10 +7,8 @@ import json
 import pytest
 
 from prelabel.jobs.handlers import check_reviewer, review_prediction
+from prelabel.contract import ReviewStatus
 from prelabel.jobs.review import (
-    NEEDS_HUMAN,
-    PASSED,
-    REJECTED,
     Review,
     judge,
     proposed_answer,
@@ -53,14 +51,14 @@ def test_proposed_answer_round_trips_regions(ctx) -> None:
 
 def test_correct_verdict_passes(ctx) -> None:
     review = judge(ctx, json.dumps({"verdict": "correct", "rationale": "fits"}), TEXTS, PROPOSED)
-    assert (review.status, review.rationale, review.corrected) == (PASSED, "fits", None)
+    assert (review.status, review.rationale, review.corrected) == (ReviewStatus.PASSED, "fits", None)
 
 
 def test_incorrect_with_valid_correction_is_rejected_with_regions(ctx) -> None:
     corrected = {"intent": "informational", "ents": [{"text": "Paris", "label": "CITY"}]}
     review = judge(ctx, json.dumps({"verdict": "incorrect", "rationale": "x" * 80, "corrected": corrected}),
                    TEXTS, PROPOSED)
-    assert review.status == REJECTED
+    assert review.status == ReviewStatus.REJECTED
     assert len(review.rationale) == 50, "the rationale is capped at 50 characters"
     values = [r["value"] for r in review.corrected.regions["intent"]]
     assert values == [{"choices": ["informational"]}]
@@ -87,7 +85,7 @@ def test_broken_json_raises(ctx) -> None:
 def test_incorrect_but_same_answer_needs_human(ctx) -> None:
     answer = proposed_answer(ctx, regions_for(ctx, PROPOSED))
     review = judge(ctx, json.dumps({"verdict": "incorrect", "rationale": "?", "corrected": answer}), TEXTS, answer)
-    assert review.status == NEEDS_HUMAN
+    assert review.status == ReviewStatus.NEEDS_HUMAN
 
 
 def test_schema_and_messages_carry_guideline_input_and_proposal(ctx) -> None:
@@ -101,10 +99,10 @@ def test_schema_and_messages_carry_guideline_input_and_proposal(ctx) -> None:
 
 def test_review_prediction_carries_verdict_in_version_and_regions(ctx) -> None:
     pre = {"id": 41, "model_version": "m@p-1", "score": 0.8, "result": regions_for(ctx, PROPOSED)}
-    passed = review_prediction("review:r@p-1", pre, Review(PASSED, "ok", "correct", confidence=0.93))
+    passed = review_prediction("review:r@p-1", pre, Review(ReviewStatus.PASSED, "ok", "correct", confidence=0.93))
     # The reviewer's own confidence, never the pre-annotation's score or a constant.
     assert passed["model_version"] == "review:r@p-1#passed" and passed["score"] == 0.93
-    no_logprobs = review_prediction("review:r@p-1", pre, Review(PASSED, "ok", "correct"))
+    no_logprobs = review_prediction("review:r@p-1", pre, Review(ReviewStatus.PASSED, "ok", "correct"))
     assert no_logprobs["score"] == 0.5 and no_logprobs["result"][0]["prelabel"]["review"]["score_source"] == "none"
     assert all(r["prelabel"]["review"]["reviewed"] == 41 for r in passed["result"])
     assert [r["value"] for r in passed["result"]] == [r["value"] for r in pre["result"]]
@@ -117,7 +115,7 @@ def test_review_prediction_carries_verdict_in_version_and_regions(ctx) -> None:
     assert {r["from_name"]: r["score"] for r in rejected["result"]} == {"intent": 0.61, "ents": 0.9}
     assert rejected["result"][0]["prelabel"]["review"]["independence"] == "different_weights"
     assert {"choices": ["informational"]} in [r["value"] for r in rejected["result"]]
-    human = review_prediction("review:r@p-1", pre, Review(NEEDS_HUMAN))
+    human = review_prediction("review:r@p-1", pre, Review(ReviewStatus.NEEDS_HUMAN))
     assert human["score"] == 0.0
 
 

@@ -1,0 +1,299 @@
+"""The formats prelabel's processes share: Redis keys, statuses, ``model_version``, region stamps.
+
+Why one module: the backend, the worker, the CLI commands and the training pipeline run as
+separate processes and meet only through Redis and Label Studio. They agree on key names, status
+words and the shape of what they store by this module alone, so a writer and its readers cannot
+drift apart (a reader looking for a field no writer sets, a key spelled two ways). Nothing here
+does I/O; each format has its writer and its parser side by side, and ``tests/unit/test_contract.py``
+round-trips them. (The same idea as rq's ``JobStatus`` and key templates.)
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any, NamedTuple, NotRequired, TypedDict
+
+# --- Redis keys ------------------------------------------------------------------------------
+# Every key prelabel writes starts with PREFIX, so `redis-cli --scan --pattern 'prelabel:*'`
+# lists them all and nothing collides with RQ's own `rq:` keys on the same Redis.
+PREFIX = "prelabel:"
+
+ACTIVE_MODEL_KEY = PREFIX + "active_model"  # JSON record of the promoted model (global; see active_model_key)
+TRAIN_DECISIONS_KEY = PREFIX + "train:decisions"  # list of promotion decisions, newest first
+CASCADE_STATS_KEY = PREFIX + "stats:cascade"  # hash route (cheap | fallback | fallback_failed) -> count
+REUSE_STATS_KEY = PREFIX + "stats:near_duplicates"  # hash outcome (reused | revalidated_individually) -> count
+REVIEW_STATS_KEY = PREFIX + "stats:review"  # hash review status -> count
+REVIEWER_INDEPENDENCE_KEY = PREFIX + "reviewer:independence"  # JSON: the last reviewer-vs-pre-annotator check
+EVENT_PREFIX = PREFIX + "event:"  # + job id: the exactly-once marker of a webhook event
+PROJECT_KEY_PATTERN = PREFIX + "project:*"  # SCAN pattern of project_key
+
+
+def project_key(project_id: int | str) -> str:
+    """JSON ``ProjectRecord`` (guideline, Label Studio host and token) that ``/setup`` stores."""
+    return f"{PREFIX}project:{project_id}"
+
+
+def project_id_of_key(key: bytes | str) -> int | None:
+    """The project id of a ``project_key``, or None for any other key the pattern may match."""
+    text = key.decode() if isinstance(key, bytes) else key
+    head, _, tail = text.rpartition(":")
+    return int(tail) if head == f"{PREFIX}project" and tail.isdigit() else None
+
+
+def outcome_key(project_id: int | str) -> str:
+    """Hash task id -> encoded ``Outcome`` of the task's latest pre-annotation."""
+    return f"{PREFIX}outcome:{project_id}"
+
+
+def errored_key(project_id: int | str) -> str:
+    """Set of task ids whose latest pre-annotation failed for an LLM error (reconcile retries them)."""
+    return f"{PREFIX}errored:{project_id}"
+
+
+def new_labels_key(project_id: int | str) -> str:
+    """Set of the annotation ids already counted (a label delivered twice counts once)."""
+    return f"{PREFIX}new_labels:{project_id}"
+
+
+def scanned_key(project_id: int | str) -> str:
+    """Marker (with a TTL) of the reconcile job's last full scan of a project."""
+    return f"{PREFIX}reconcile:scanned:{project_id}"
+
+
+def handoff_key(project_id: int | str, task_id: int | str) -> str:
+    """SET NX marker of a task the backend handed to the worker after its deadline."""
+    return f"{PREFIX}handoff:{project_id}:{task_id}"
+
+
+def event_marker_key(job_id: str) -> str:
+    """Exactly-once marker of one webhook event's job."""
+    return EVENT_PREFIX + job_id
+
+
+def calibration_key(project: int | str, model: str) -> str:
+    """JSON calibration map of one model's scores in one project."""
+    return f"{PREFIX}calibration:{project}:{model}"
+
+
+def quality_key(project_id: int | str) -> str:
+    """JSON per-class agreement of a project, recomputed after human labels."""
+    return f"{PREFIX}quality:{project_id}"
+
+
+def train_status_key(project_id: int | str) -> str:
+    """Hash with the state of a project's training pipeline."""
+    return f"{PREFIX}train:{project_id}"
+
+
+def train_lock_key(project_id: int | str) -> str:
+    """One training run per project: SET NX of the run id."""
+    return train_status_key(project_id) + ":lock"
+
+
+def train_label_count_key(project_id: int | str) -> str:
+    """Counter of human labels since the last training run was started."""
+    return train_status_key(project_id) + ":new_labels"
+
+
+def active_model_key(project: int | str | None = None) -> str:
+    """The promoted model of a project, or the global one without a project."""
+    return f"{ACTIVE_MODEL_KEY}:{project}" if project else ACTIVE_MODEL_KEY
+
+
+def active_model_keys(project: int | str | None = None) -> list[str]:
+    """Where to look for a project's promoted model, in order: its own record, then the global one."""
+    return ([active_model_key(project)] if project else []) + [ACTIVE_MODEL_KEY]
+
+
+def prediction_cache_key(cache_format: int | str, digest: str) -> str:
+    """A cached valid prediction, under the hash of everything that decided it."""
+    return f"{PREFIX}pred:{cache_format}:{digest}"
+
+
+class FewShotKeys(NamedTuple):
+    """The four keys of a project's few-shot pool."""
+
+    pool: str  # hash text digest -> JSON {task, texts, answer}
+    order: str  # sorted set digest -> time added (oldest evicted first)
+    tasks: str  # hash task id -> digest (a task's own label is never shown to it)
+    version: str  # counter, bumped on every change (readers reload when it moves)
+
+
+def fewshot_keys(project: int | str) -> FewShotKeys:
+    base = f"{PREFIX}fewshot:{project}"
+    return FewShotKeys(base, f"{base}:order", f"{base}:tasks", f"{base}:version")
+
+
+# --- statuses ----------------------------------------------------------------------------------
+class TaskStatus(StrEnum):
+    """A pre-annotation's status (``meta.status``; the ``model_version`` suffix when not ok)."""
+
+    OK = "ok"
+    NEEDS_HUMAN = "needs_human"  # at least one control had no valid answer
+    ERROR = "error"  # the LLM could not be reached or failed; empty result
+
+
+class ReviewStatus(StrEnum):
+    """The second model's verdict on a pre-annotation (always the review's ``model_version`` suffix)."""
+
+    PASSED = "passed"
+    REJECTED = "rejected"  # the correction is the review prediction's regions
+    NEEDS_HUMAN = "needs_human"  # no usable verdict or correction
+    REVIEW_ERROR = "review_error"  # the reviewer could not be reached; retried later
+
+
+# --- model_version -----------------------------------------------------------------------------
+# `[review:]<model>@<prompt version>[#<status>]`. Label Studio keeps only result, score and
+# model_version of a prediction, and its Data Manager filters on model_version, so the status of a
+# pre-annotation that is not ok, and every review's verdict, travel in the suffix. A cascade's
+# model is `<cheap>><fallback>`.
+REVIEW_PREFIX = "review:"
+STATUS_SEP = "#"
+CASCADE_SEP = ">"
+_PREANNOTATION = re.compile(r"^[^:#]+@p-[0-9a-f]+")  # a prompt version is `p-<hex>`; reviews have a `:`
+
+
+@dataclass(frozen=True)
+class ModelVersion:
+    """A parsed ``model_version``: who answered, with which prompt, and how it ended."""
+
+    model: str
+    prompt_version: str
+    status: str = ""  # the suffix: "" for an ok pre-annotation, a TaskStatus or a ReviewStatus
+    review: bool = False
+
+    @property
+    def family(self) -> str:
+        """The version without its status: every prediction of this model and prompt shares it."""
+        return f"{REVIEW_PREFIX if self.review else ''}{self.model}@{self.prompt_version}"
+
+    def __str__(self) -> str:
+        return with_status(self.family, self.status)
+
+    @classmethod
+    def parse(cls, text: str | None) -> ModelVersion:
+        """Any ``model_version`` (a foreign one parses too: model = the text before ``@`` or all of it)."""
+        text = text or ""
+        review = text.startswith(REVIEW_PREFIX)
+        base, _, status = text.removeprefix(REVIEW_PREFIX).partition(STATUS_SEP)
+        model, at, prompt = base.rpartition("@")
+        return cls(model, prompt, status, review) if at else cls(base, "", status, review)
+
+    @property
+    def task_status(self) -> str:
+        """The status with ``ok`` for an unsuffixed pre-annotation."""
+        return self.status or TaskStatus.OK
+
+
+def cascade_model(cheap: str, fallback: str) -> str:
+    """The model part of a cascade's ``model_version``: the cheap model first."""
+    return f"{cheap}{CASCADE_SEP}{fallback}"
+
+
+def with_status(family: str, status: str | None) -> str:
+    """``family#status``; an ok pre-annotation (or no status) carries no suffix."""
+    return family if not status or status == TaskStatus.OK else f"{family}{STATUS_SEP}{status}"
+
+
+def status_of(model_version: str | None) -> str:
+    """The ``#`` suffix of a ``model_version`` ("" when none)."""
+    return (model_version or "").partition(STATUS_SEP)[2]
+
+
+def is_review(model_version: str | None) -> bool:
+    return (model_version or "").startswith(REVIEW_PREFIX)
+
+
+def is_own_preannotation(model_version: str | None) -> bool:
+    """A pre-annotation prelabel wrote (not a review, not another backend's prediction)."""
+    return bool(_PREANNOTATION.match(model_version or ""))
+
+
+# --- webhooks ------------------------------------------------------------------------------------
+WEBHOOK_HEADER = "X-Prelabel-Secret"  # the shared secret Label Studio's webhook sends
+
+
+# --- predictions and region stamps -------------------------------------------------------------
+# Label Studio keeps extra keys inside a region verbatim, so every region of a prelabel
+# prediction carries a `prelabel` stamp (its provenance and what the ranking and calibration read).
+STAMP = "prelabel"
+
+
+class ReviewStamp(TypedDict, total=False):
+    """``prelabel.review`` of each region of a review prediction."""
+
+    status: str  # ReviewStatus
+    verdict: str | None  # "correct" | "incorrect" | None
+    rationale: str
+    reviewed: int  # id of the reviewed pre-annotation
+    reviewed_model_version: str | None
+    time: str
+    confidence: float | None
+    verdict_probs: dict[str, float] | None
+    score_source: str  # "logprobs" | "none"
+    independence: str  # "different_weights" | "same_weights" | "unknown"
+
+
+class RegionStamp(TypedDict, total=False):
+    """A region's ``prelabel`` record. Writers: the predictor (provenance, ``label_probs``),
+    calibration (``raw_score``, ``calibration``), the cascade (``route``), near-duplicate reuse
+    (``reused_from``), the review (``review``). Readers: ranking, quality, export, review."""
+
+    model: str
+    prompt_version: str
+    guideline_hash: str
+    config_hash: str
+    time: str
+    cached: bool
+    score_source: str  # "label_probs" | "logprobs" | "none"
+    raw_score: float | None  # the score before calibration
+    calibration: str | None  # the calibration map's id, or "uncalibrated"
+    status: str  # TaskStatus
+    label_probs: dict[str, float]  # a Choices control: probability of every label
+    label_probs_kind: str  # "distribution" (single choice) | "inclusion" (multiple choice)
+    route: str  # cascade: "cheap" | "fallback" | "fallback_failed"
+    reused_from: int  # near-duplicate reuse: the task whose answer this is
+    review: ReviewStamp
+
+
+# The provenance fields the predictor copies from `meta.provenance` into every region's stamp.
+REGION_PROVENANCE = ("model", "prompt_version", "guideline_hash", "config_hash", "time", "cached", "score_source",
+                     "raw_score", "calibration")
+
+
+class Region(TypedDict):
+    """One Label Studio result region as prelabel writes it."""
+
+    from_name: str
+    to_name: str
+    type: str
+    value: dict[str, Any]
+    score: NotRequired[float]
+    prelabel: NotRequired[RegionStamp]
+
+
+class PredictionMeta(TypedDict):
+    """Everything about a prediction that Label Studio would drop (for API and CLI callers)."""
+
+    status: str  # TaskStatus
+    errors: dict[str, str]  # control (or "task"/"llm") -> "reason: message"
+    skipped_controls: list[str]
+    provenance: dict[str, Any]
+    raw_output: NotRequired[list[str]]
+
+
+class Prediction(TypedDict):
+    """What the predictor returns for one task (``meta`` never reaches Label Studio)."""
+
+    result: list[Region]
+    score: float
+    model_version: str
+    meta: PredictionMeta
+
+
+def stamp_of(region: Any) -> RegionStamp:
+    """A region's stamp, or an empty one (a region of another backend, a human's region)."""
+    stamp = region.get(STAMP) if isinstance(region, dict) else None
+    return stamp if isinstance(stamp, dict) else {}  # type: ignore[return-value]
