@@ -16,6 +16,7 @@ import re
 from importlib import resources
 from pathlib import Path
 
+from prelabel.errors import UserError
 from prelabel.export.dedupe import normalise
 
 METHODS = ("synonyms", "llm")
@@ -23,7 +24,7 @@ SHARE = 0.3  # share of a text's words replaced
 _TOKENS = re.compile(r"(\w[\w'-]*)")
 
 
-class AugmentError(ValueError):
+class AugmentError(UserError, ValueError):
     """Augmentation cannot run (unreadable synonym table, unknown method)."""
 
 

@@ -46,10 +46,8 @@ def export(
     seed: int = typer.Option(0, help="Split seed."),
 ) -> None:
     """Export human-verified tasks into train/val/test files, dataset_info.json and a manifest."""
-    from prelabel.export.augment import AugmentError
-    from prelabel.export.mapping import MappingError
     from prelabel.export.pipeline import ExportOptions, export_project, export_tasks
-    from prelabel.export.source import SourceError, file_tasks
+    from prelabel.export.source import file_tasks
     from prelabel.export.verify import VerifyOptions
 
     try:
@@ -68,21 +66,17 @@ def export(
     with Progress(SpinnerColumn(), TextColumn("exporting"), BarColumn(), MofNCompleteColumn(), console=console) as bar:
         task = bar.add_task("export", total=None)
         step = lambda n: bar.advance(task, n)  # noqa: E731
-        try:
-            if from_file is not None:
-                if config is None:
-                    raise typer.BadParameter("--from-file needs --config", param_hint="--config")
-                result = export_tasks(file_tasks(from_file), config.read_text(encoding="utf-8"), out,
-                                      ExportOptions(format=fmt, verify=VerifyOptions(**verify), **options),
-                                      {"id": None, "title": from_file.name}, guideline, step)
-            elif project is not None:
-                result = export_project(project, out, fmt=fmt, guideline=guideline, progress=step,
-                                        **verify, **options)
-            else:
-                raise typer.BadParameter("give --project or --from-file", param_hint="--project")
-        except (SourceError, MappingError, AugmentError) as exc:
-            console.print(f"[red]error:[/red] {exc}")
-            raise typer.Exit(2) from None
+        if from_file is not None:
+            if config is None:
+                raise typer.BadParameter("--from-file needs --config", param_hint="--config")
+            result = export_tasks(file_tasks(from_file), config.read_text(encoding="utf-8"), out,
+                                  ExportOptions(format=fmt, verify=VerifyOptions(**verify), **options),
+                                  {"id": None, "title": from_file.name}, guideline, step)
+        elif project is not None:
+            result = export_project(project, out, fmt=fmt, guideline=guideline, progress=step,
+                                    **verify, **options)
+        else:
+            raise typer.BadParameter("give --project or --from-file", param_hint="--project")
     import json
 
     manifest = json.loads((result / "manifest.json").read_text())

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from itertools import combinations
 from typing import Any
 
+from prelabel.errors import UserError
 from prelabel.label_config.answers import check_answer
 from prelabel.label_config.controls import tie_groups
 from prelabel.label_config.schema import ConfigError, TaskDataError, required
@@ -29,7 +30,7 @@ from prelabel.settings import Settings
 TASK_TYPES = ("classification", "multilabel", "rating", "ranking", "generation", "extraction")
 
 
-class MappingError(ValueError):
+class MappingError(UserError, ValueError):
     """The config cannot be mapped to training records (told before anything is written)."""
 
 

@@ -11,8 +11,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from prelabel.errors import UserError
 
-class SourceError(RuntimeError):
+
+class SourceError(UserError, RuntimeError):
     """The tasks cannot be read (unknown project, bad token, unreadable file): nothing is written."""
 
 

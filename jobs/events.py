@@ -13,6 +13,8 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from prelabel.errors import PrelabelError
+
 # Events that start work; any other action Label Studio sends is acknowledged and ignored.
 TASKS_CREATED = "TASKS_CREATED"
 ANNOTATION_CREATED = "ANNOTATION_CREATED"
@@ -26,7 +28,7 @@ HANDLED = frozenset({TASKS_CREATED, ANNOTATION_CREATED, ANNOTATION_UPDATED, ANNO
 START_TRAINING_DEDUPE_S = 60
 
 
-class EventError(ValueError):
+class EventError(PrelabelError, ValueError):
     """A webhook body that cannot be a Label Studio event; answered with 400, nothing enqueued."""
 
 

@@ -31,6 +31,7 @@ from prelabel.contract import (
     status_of,
     with_status,
 )
+from prelabel.errors import PrelabelError
 from prelabel.jobs import events as ev
 from prelabel.jobs import outcomes
 from prelabel.jobs.events import Event
@@ -51,7 +52,7 @@ log = logging.getLogger(__name__)
 
 
 
-class ReviewRetry(RuntimeError):
+class ReviewRetry(PrelabelError, RuntimeError):
     """Some reviews failed for a transient reason; raising makes RQ retry the job later."""
 
 

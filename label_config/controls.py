@@ -15,6 +15,8 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
+from prelabel.errors import PrelabelError
+
 SpanOccurrence = Literal["all", "first", "unique"]
 
 # Bounds on numeric config attributes: past them a value is a typo or an attack, not a scale.
@@ -36,7 +38,7 @@ REASONS = (
 )
 
 
-class AnswerError(ValueError):
+class AnswerError(PrelabelError, ValueError):
     """An LLM answer (or part of it) that must not become a label."""
 
     def __init__(self, control: str | None, reason: str, message: str) -> None:

@@ -31,13 +31,14 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from prelabel.errors import UserError
 from prelabel.label_config.constraints import Constraint
 from prelabel.label_config.schema import OutputSchema
 
 TEMPLATES_PACKAGE = "prelabel.label_config"
 
 
-class GuidelineError(ValueError):
+class GuidelineError(UserError, ValueError):
     """A guideline that cannot be loaded or does not fit its labeling config."""
 
 

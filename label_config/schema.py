@@ -17,6 +17,7 @@ from typing import Any
 from label_studio_sdk.label_interface import LabelInterface
 from lxml import etree
 
+from prelabel.errors import ConfigError, PrelabelError
 from prelabel.label_config.controls import (
     FIELD_TYPES,
     ChoicesField,
@@ -38,11 +39,7 @@ LIST_OBJECTS = {"List"}
 _DTD = re.compile(r"<!\s*(DOCTYPE|ENTITY)", re.IGNORECASE)
 
 
-class ConfigError(ValueError):
-    """The labeling config cannot be pre-annotated at all."""
-
-
-class TaskDataError(ValueError):
+class TaskDataError(PrelabelError, ValueError):
     """A task lacks (or has unusable) data for an object of the config."""
 
 

@@ -27,6 +27,7 @@ from typing import Any
 
 import openai
 
+from prelabel.errors import PrelabelError
 from prelabel.logs import redact
 from prelabel.ml_backend import metrics
 from prelabel.ml_backend.load_control import AdaptiveLimit, EndpointPool, Permit, RetryBudget
@@ -40,7 +41,7 @@ log = logging.getLogger(__name__)
 OVERLOAD = {"timeout", "rate_limited", "connection_error"}
 
 
-class LLMError(RuntimeError):
+class LLMError(PrelabelError, RuntimeError):
     """A call that failed for good. ``kind`` is a metric label value."""
 
     def __init__(self, kind: str, message: str) -> None:

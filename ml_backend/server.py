@@ -38,6 +38,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from prelabel import __version__
 from prelabel.contract import WEBHOOK_HEADER, project_key
+from prelabel.errors import PrelabelError
 from prelabel.jobs.events import EventError, parse_event
 from prelabel.jobs.outcomes import record_predictions
 from prelabel.jobs.projects import ProjectRecord
@@ -60,7 +61,7 @@ log = logging.getLogger(__name__)
 MAX_FETCHES = 4  # background Label Studio fetches (few-shot examples) at once
 
 
-class RequestError(Exception):
+class RequestError(PrelabelError):
     def __init__(self, status: int, reason: str, message: str) -> None:
         super().__init__(message)
         self.status = status

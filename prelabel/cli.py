@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
+import click
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
+from typer.core import TyperGroup
 
 from prelabel import predict_cli
+from prelabel.errors import UserError
 from prelabel.export import cli as export_cli
 from prelabel.jobs import cli as jobs_cli
 from prelabel.quality import annotators_cli
@@ -22,7 +27,25 @@ from prelabel.studio import cli as studio_cli
 from prelabel.train.cli import app as train_app
 from prelabel.train.cli import eval_command
 
-app = typer.Typer(help="LLM pre-annotation, review and active learning for Label Studio.", no_args_is_help=True)
+console = Console(stderr=True)
+errors = Console(stderr=True, soft_wrap=True)  # one line per error, however long (log files, grep)
+
+
+class Commands(TyperGroup):
+    """The root command group: a ``UserError`` from any command becomes one red line on stderr and
+    its exit code (2), here once instead of a try/except per command; other errors keep their
+    traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except UserError as exc:
+            errors.print("[red]error:[/red]", escape(str(exc)))
+            raise typer.Exit(exc.exit_code) from None
+
+
+app = typer.Typer(help="LLM pre-annotation, review and active learning for Label Studio.", no_args_is_help=True,
+                  cls=Commands)
 config_app = typer.Typer(help="Inspect labeling configs and guidelines.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
 app.command()(jobs_cli.worker)
@@ -39,7 +62,6 @@ app.add_typer(train_app, name="train")
 app.command("eval")(eval_command)
 app.command()(export_cli.export)
 app.command()(predict_cli.predict)
-console = Console(stderr=True)
 
 
 @app.callback()
@@ -81,16 +103,12 @@ def config_check(
     guideline: str = typer.Option(None, "--guideline", "-g", help="Guideline template name or YAML path."),
 ) -> None:
     """Validate a labeling config (+ guideline) and show the answer schema the LLM must fill."""
-    from prelabel.label_config.guideline import GuidelineError, default_guideline, load_guideline
-    from prelabel.label_config.schema import ConfigError, build_schema
+    from prelabel.label_config.guideline import default_guideline, load_guideline
+    from prelabel.label_config.schema import build_schema
     from prelabel.ml_backend.prompt import Prompt
 
-    try:
-        schema = build_schema(config.read_text(encoding="utf-8"))
-        rules = load_guideline(guideline) if guideline else default_guideline(schema)
-    except (ConfigError, GuidelineError) as exc:
-        console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(2) from None
+    schema = build_schema(config.read_text(encoding="utf-8"))
+    rules = load_guideline(guideline) if guideline else default_guideline(schema)
     table = Table(title=f"{config.name}: controls")
     for column in ("control", "tag", "object", "answer", "status"):
         table.add_column(column)

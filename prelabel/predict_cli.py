@@ -112,18 +112,13 @@ def predict(
     progress_every: int = typer.Option(100, "--progress-every", min=1, help="A progress line every N tasks."),
 ) -> None:
     """Pre-annotate tasks offline: tasks in, Label Studio predictions out (one JSON per line)."""
-    from prelabel.label_config.guideline import GuidelineError
-    from prelabel.label_config.schema import ConfigError, build_schema
+    from prelabel.label_config.schema import build_schema
 
     if input_format not in FORMATS:
         raise typer.BadParameter(" | ".join(FORMATS), param_hint="--input-format")
     settings = get_settings()
     label_config = config.read_text(encoding="utf-8")
-    try:
-        schema = build_schema(label_config)
-    except ConfigError as exc:
-        console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(2) from None
+    schema = build_schema(label_config)
     keys = {schema.objects[c.object_name].value_key for c in schema.fields}
     try:
         raw = tasks_path.read_text(encoding="utf-8") if str(tasks_path) != "-" else sys.stdin.read()
@@ -133,11 +128,7 @@ def predict(
     if not tasks:
         raise typer.BadParameter("no tasks in the input", param_hint="--tasks")
     summary = Summary([c.name for c in schema.fields if c.tag in ("Choices", "Rating")])
-    try:
-        results = asyncio.run(_predict_offline(settings, label_config, guideline, tasks, summary, progress_every))
-    except (ConfigError, GuidelineError) as exc:
-        console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(2) from None
+    results = asyncio.run(_predict_offline(settings, label_config, guideline, tasks, summary, progress_every))
     sink = out.open("w", encoding="utf-8") if out else sys.stdout
     try:
         for task, prediction in zip(tasks, results):

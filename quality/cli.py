@@ -9,6 +9,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from prelabel.errors import UserError
 from prelabel.settings import get_settings
 
 console = Console()
@@ -20,8 +21,7 @@ def _client():  # noqa: ANN202 - the SDK's client type
     try:
         return connect(get_settings())
     except AccessRefused as exc:
-        console.print(f"[red]error:[/red] {exc} (set LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY)")
-        raise typer.Exit(2) from None
+        raise UserError(f"{exc} (set LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY)") from None
 
 
 def quality(

@@ -27,18 +27,10 @@ def up(
     Data lives in PRELABEL_DATA_DIR (default ~/.local/share/prelabel); a second `up` reuses it.
     Ctrl-C or `prelabel down` stops everything.
     """
-    from prelabel.stack.processes import StartupError
-    from prelabel.stack.up import StackError, run_up
+    from prelabel.stack.up import run_up
 
-    try:
-        code = run_up(get_settings(), ls_port=ls_port, backend_port=backend_port, llm_port=llm_port,
-                      template=template, say=_say)
-    except StackError as exc:
-        console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(exc.exit_code) from None
-    except StartupError as exc:
-        console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(2) from None
+    code = run_up(get_settings(), ls_port=ls_port, backend_port=backend_port, llm_port=llm_port,
+                  template=template, say=_say)
     raise typer.Exit(code)
 
 

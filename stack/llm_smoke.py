@@ -29,6 +29,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from prelabel.errors import PrelabelError
+
 SCHEMA = {
     "type": "object",
     "properties": {"sentiment": {"type": "string", "enum": ["positive", "negative"]}},
@@ -40,7 +42,7 @@ MESSAGES = [
 ]
 
 
-class NotReady(RuntimeError):
+class NotReady(PrelabelError, RuntimeError):
     """The server did not give a real answer; the message says what it did instead."""
 
 

@@ -26,10 +26,11 @@ from pathlib import Path
 
 import psutil
 
+from prelabel.errors import UserError
 from prelabel.stack.llm_smoke import exit_text
 
 
-class StartupError(RuntimeError):
+class StartupError(UserError, RuntimeError):
     """A server did not become ready; the message carries the tail of its log."""
 
 

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import httpx
 
+from prelabel.errors import UserError
 from prelabel.jobs.outcomes import Tally
 from prelabel.settings import Settings
 from prelabel.stack.llm_smoke import NotReady, check_completion
@@ -32,10 +33,8 @@ SAMPLE_TITLE = "Search intent (prelabel sample)"
 LOCAL_MODEL = "smollm2"
 
 
-class StackError(RuntimeError):
+class StackError(UserError, RuntimeError):
     """A clear, user-facing reason why the stack cannot start or stopped (no traceback needed)."""
-
-    exit_code = 2
 
 
 class ChildDied(StackError):

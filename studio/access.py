@@ -29,6 +29,7 @@ from urllib.parse import urlsplit
 from prometheus_client import Counter
 from pydantic import SecretStr
 
+from prelabel.errors import UserError
 from prelabel.lru import Once
 from prelabel.settings import Settings
 
@@ -50,7 +51,7 @@ _HOST = re.compile(r"[a-z0-9_.\-]+|[0-9a-f:.]*:[0-9a-f:.]*")  # a DNS name / IPv
 _warned = Once(256)
 
 
-class AccessRefused(LookupError):
+class AccessRefused(UserError, LookupError):
     """Label Studio must not (or cannot) be called for this request; nothing was sent."""
 
     def __init__(self, reason: Reason, message: str) -> None:

@@ -8,6 +8,7 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
+from prelabel.errors import UserError
 from prelabel.settings import get_settings
 
 console = Console(soft_wrap=True)
@@ -31,17 +32,14 @@ def init(
     try:
         access = resolve(for_operator(settings, ls_url, ls_token))
     except AccessRefused as exc:
-        console.print(f"[red]error:[/red] {exc}: give --ls-url/--ls-token or set LABEL_STUDIO_URL/LABEL_STUDIO_API_KEY")
-        raise typer.Exit(2) from None
+        raise UserError(f"{exc}: give --ls-url/--ls-token or set LABEL_STUDIO_URL/LABEL_STUDIO_API_KEY") from None
     url, token = access.url, access.token.get_secret_value()
     if settings.webhook_secret is None:
-        console.print("[red]error:[/red] set PRELABEL_WEBHOOK_SECRET (the backend must use the same value)")
-        raise typer.Exit(2)
+        raise UserError("set PRELABEL_WEBHOOK_SECRET (the backend must use the same value)")
     try:
         config, sample = template_files(template)
     except FileNotFoundError:
-        console.print(f"[red]error:[/red] unknown template {template!r} (see label_config/templates/)")
-        raise typer.Exit(2) from None
+        raise UserError(f"unknown template {template!r} (see label_config/templates/)") from None
     if tasks is not None:
         text = tasks.read_text(encoding="utf-8").strip()
         sample = json.loads(text) if text.startswith("[") else [json.loads(line) for line in text.splitlines() if line]

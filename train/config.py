@@ -15,14 +15,12 @@ from typing import Any, Literal, TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from prelabel.errors import ConfigError
+
 Precision = Literal["auto", "bf16", "fp16", "fp32"]
 MergeDtype = Literal["auto", "float32", "bfloat16", "float16"]
 EngineName = Literal["auto", "transformers", "vllm", "openai"]
 M = TypeVar("M", bound=BaseModel)
-
-
-class ConfigError(ValueError):
-    """A configuration that cannot be run; raised before any model is loaded."""
 
 
 class _Strict(BaseModel):

@@ -14,13 +14,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from prelabel.errors import UserError
+
 TASK_TYPES = ("classification", "multilabel", "extraction", "rating", "ranking", "generation")
 SPLITS = ("train", "val", "test")
 REQUIRED = ("instruction", "input", "output")
 IGNORE_INDEX = -100
 
 
-class DatasetError(ValueError):
+class DatasetError(UserError, ValueError):
     """An exported dataset that cannot be trained or evaluated on."""
 
 

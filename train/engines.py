@@ -23,12 +23,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from prelabel.errors import UserError
 from prelabel.logs import redact
 
 log = logging.getLogger(__name__)
 
 
-class EngineError(RuntimeError):
+class EngineError(UserError, RuntimeError):
     """The engine could not run (missing package, no GPU, unreachable server)."""
 
 

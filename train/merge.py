@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from prelabel.errors import UserError
 from prelabel.train.config import ConfigError
 from prelabel.train.data import sha256_file
 from prelabel.train.lora import read_record
@@ -39,7 +40,7 @@ PROBES = (
 FP32_TOLERANCE = 1e-3
 
 
-class MergeError(RuntimeError):
+class MergeError(UserError, RuntimeError):
     """The merged model does not reproduce base+adapter."""
 
 

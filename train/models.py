@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from prelabel.errors import UserError
+
 log = logging.getLogger(__name__)
 
 # ChatML, for base models whose tokenizer has no chat template (``template: chatml``).
@@ -23,7 +25,7 @@ CHATML_TEMPLATE = (
 )
 
 
-class ModelError(ValueError):
+class ModelError(UserError, ValueError):
     """A model path or model setting that cannot be used."""
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from prelabel.contract import train_label_count_key, train_lock_key, train_status_key
+from prelabel.errors import UserError
 from prelabel.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
@@ -27,7 +28,7 @@ JOB_TIMEOUT = 24 * 3600
 STAGES = ("export", "train", "merge", "eval", "promote")
 
 
-class FlywheelError(RuntimeError):
+class FlywheelError(UserError, RuntimeError):
     """A stage that cannot run (no config, export not available, ...)."""
 
 

@@ -102,14 +102,14 @@ def test_export_only_verified_disjoint_splits_manifest_and_datasets(label_studio
 def test_export_errors_leave_nothing(label_studio, tmp_path: Path) -> None:
     out = tmp_path / "ds"
     unknown = run_export(label_studio, "--project", "99999", "--out", str(out))
-    assert unknown.returncode == 2 and "no project 99999" in unknown.stdout
+    assert unknown.returncode == 2 and "no project 99999" in unknown.stderr
     bad = run_export(label_studio, "--project", "1", "--out", str(out), token="bad-token-xyz")
-    assert bad.returncode == 2 and "refused the token" in bad.stdout and "bad-token-xyz" not in bad.stdout
+    assert bad.returncode == 2 and "refused the token" in bad.stderr and "bad-token-xyz" not in bad.stdout + bad.stderr
     client = label_studio.sdk()
     boxes = client.projects.create(title="unmappable", label_config='<View><Image name="img" value="$image"/>'
                                    '<RectangleLabels name="b" toName="img"><Label value="x"/></RectangleLabels></View>')
     unmappable = run_export(label_studio, "--project", str(boxes.id), "--out", str(out))
-    assert unmappable.returncode == 2 and "cannot be exported" in unmappable.stdout
+    assert unmappable.returncode == 2 and "cannot be exported" in unmappable.stderr
     assert not out.exists() and list(tmp_path.iterdir()) == []
     for r in (unknown, bad, unmappable):
         assert "Traceback" not in r.stdout + r.stderr

@@ -45,9 +45,9 @@ def test_init_errors_are_one_clear_line(label_studio) -> None:
     env = {"LABEL_STUDIO_URL": label_studio.url, "LABEL_STUDIO_API_KEY": label_studio.api_key,
            "PRELABEL_WEBHOOK_SECRET": SECRET}
     unknown = run_init(env, "--template", "no_such_template")
-    assert unknown.returncode == 2 and "unknown template" in unknown.stdout
+    assert unknown.returncode == 2 and "unknown template" in unknown.stderr
     traversal = run_init(env, "--template", "../../pyproject")
-    assert traversal.returncode == 2 and "unknown template" in traversal.stdout
+    assert traversal.returncode == 2 and "unknown template" in traversal.stderr
     down = run_init({**env, "LABEL_STUDIO_URL": f"http://127.0.0.1:{free_port()}"}, "--template", "ner")
     assert down.returncode == 1 and "Label Studio at" in down.stdout
     bad = run_init({**env, "LABEL_STUDIO_API_KEY": "not-a-token-123"}, "--template", "ner")
@@ -55,4 +55,4 @@ def test_init_errors_are_one_clear_line(label_studio) -> None:
     for result in (unknown, traversal, down, bad):
         assert "Traceback" not in result.stdout + result.stderr
     no_secret = run_init({k: v for k, v in env.items() if k != "PRELABEL_WEBHOOK_SECRET"}, "--template", "ner")
-    assert no_secret.returncode == 2 and "PRELABEL_WEBHOOK_SECRET" in no_secret.stdout
+    assert no_secret.returncode == 2 and "PRELABEL_WEBHOOK_SECRET" in no_secret.stderr
