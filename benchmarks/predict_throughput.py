@@ -577,7 +577,7 @@ class Bench:
         """Run one phase; a failure is recorded (and reported) and the next phases go on."""
         try:
             fn()
-        except Exception as exc:  # noqa: BLE001 - reported in the table and the JSON
+        except Exception as exc:  # reported in the table and the JSON
             msg = f"{type(exc).__name__}: {exc}"
             log(f"phase {key} FAILED: {msg}")
             self.results[key] = {"error": msg.split("\nbackend log:")[0][:1000]}

@@ -25,7 +25,7 @@ def _plain(obj: Any) -> dict[str, Any]:
 def project_info(client: Any, project_id: int) -> dict[str, Any]:
     try:
         return _plain(client.projects.get(id=project_id))
-    except Exception as exc:  # noqa: BLE001 - the SDK raises its own error per status code
+    except Exception as exc:  # the SDK raises its own error per status code
         status = getattr(exc, "status_code", None)
         if status == 404:
             raise SourceError(f"Label Studio has no project {project_id}") from None

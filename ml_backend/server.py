@@ -385,7 +385,7 @@ class Backend:
             for example in examples:
                 await asyncio.to_thread(add_example, self.jobs_conn, pid, int(example.source.split(":")[1]),
                                         example.texts, example.answer, self.settings.fewshot_pool_max)
-        except Exception as exc:  # noqa: BLE001 - LS unreachable, bad token, a redirect, ...: predictions go on without them
+        except Exception as exc:  # LS unreachable, bad token, a redirect, ...: predictions go on without them
             log.warning("project %s: could not load human-labeled examples: %s", pid, type(exc).__name__)
         finally:
             self._fetching.discard(pid)

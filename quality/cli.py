@@ -15,7 +15,7 @@ from prelabel.settings import get_settings
 console = Console()
 
 
-def _client():  # noqa: ANN202 - the SDK's client type
+def _client():  # the SDK's client type
     from prelabel.studio.access import AccessRefused, connect
 
     try:

@@ -131,7 +131,7 @@ class ManagedProcess:
                 env=self.env,
                 cwd=self.cwd,
                 start_new_session=True,
-                preexec_fn=preexec,  # noqa: PLW1509 - only set from the main thread, see above
+                preexec_fn=preexec,  # only set from the main thread, see above
             )
         with _registry_lock:
             _registry.append(self)
@@ -229,7 +229,7 @@ class ManagedProcess:
             try:
                 if check():
                     return
-            except Exception as exc:  # noqa: BLE001 - readiness probes fail in many ways
+            except Exception as exc:  # readiness probes fail in many ways
                 last_exc = exc
             if time.monotonic() > deadline:
                 detail = f" (last error: {last_exc!r})" if last_exc else ""
@@ -247,7 +247,7 @@ def stop_all(processes: Iterable[ManagedProcess] | None = None) -> None:
     for proc in targets:
         try:
             proc.stop()
-        except Exception as exc:  # noqa: BLE001 - cleanup of the others must go on
+        except Exception as exc:  # cleanup of the others must go on
             print(f"[harness] could not stop {proc}: {exc!r}", file=sys.stderr)
 
 

@@ -51,7 +51,7 @@ def init(
             access.client(), title=title or f"{template} (prelabel)", label_config=config,
             tasks=sample, backend_url=backend_url or f"http://{settings.host}:{settings.port}",
             webhook_secret=settings.webhook_secret.get_secret_value(), basic_auth=auth, guideline=template)
-    except Exception as exc:  # noqa: BLE001 - LS unreachable, bad token, refused backend: one clear line
+    except Exception as exc:  # LS unreachable, bad token, refused backend: one clear line
         message = str(exc).replace(token, "***")
         console.print(f"[red]error:[/red] Label Studio at {url}: {type(exc).__name__}: {message[:300]}")
         raise typer.Exit(1) from None

@@ -918,7 +918,7 @@ class FaultServer:
                 self._loop = loop
                 asyncio.set_event_loop(loop)
                 loop.run_until_complete(self._server.serve(sockets=[self._sock]))
-            except BaseException as exc:  # noqa: BLE001 - reported to start()
+            except BaseException as exc:  # reported to start()
                 self._error = exc
             finally:
                 if self._loop is not None:

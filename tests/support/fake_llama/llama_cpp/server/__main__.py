@@ -8,7 +8,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
 class Handler(BaseHTTPRequestHandler):
-    def do_GET(self):  # noqa: N802 - http.server's naming
+    def do_GET(self):  # http.server's naming
         body = json.dumps({"object": "list", "data": [{"id": "smollm2", "object": "model"}]}).encode()
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
