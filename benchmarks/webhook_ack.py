@@ -22,7 +22,7 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tests.support.backend_proc import start_backend  # noqa: E402
+from tests.support.backend_proc import start_backend
 
 SECRET = "bench-secret"
 

@@ -21,8 +21,8 @@ from typing import Any, Literal
 
 import numpy as np
 
-from prelabel.label_config.schema import OutputSchema, build_schema
 from prelabel.contract import STATUS_SEP, ModelVersion, calibration_key, is_review, stamp_of
+from prelabel.label_config.schema import OutputSchema, build_schema
 from prelabel.ml_backend.calibration import CalibrationMap, logit
 from prelabel.ml_backend.project_examples import answer_from_annotation, human_annotation
 

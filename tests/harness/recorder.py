@@ -99,7 +99,7 @@ class RecordingBackend:
         self._server.shutdown()
         self._server.server_close()
 
-    def __enter__(self) -> RecordingBackend:  # noqa: PYI034
+    def __enter__(self) -> RecordingBackend:
         return self.start()
 
     def __exit__(self, *exc) -> None:

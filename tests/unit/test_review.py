@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from prelabel.jobs.handlers import check_reviewer, review_prediction
 from prelabel.contract import ReviewStatus
+from prelabel.jobs.handlers import check_reviewer, review_prediction
 from prelabel.jobs.review import (
     Review,
     judge,

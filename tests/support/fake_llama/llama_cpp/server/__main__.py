@@ -16,7 +16,7 @@ class Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
-    def do_POST(self):  # noqa: N802
+    def do_POST(self):
         print("chat completion requested: crashing like a bad CPU build", flush=True)
         os.kill(os.getpid(), signal.SIGSEGV)
 
