@@ -67,10 +67,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="prelabel-export-bench-") as tmp:
         results = [run(int(n), Path(tmp)) for n in args.sizes.split(",")]
     for r in results:
-        print(f"{r['tasks']:>7} tasks: {r['wall_s']:6.1f} s ({r['tasks_per_s']} tasks/s), peak RSS {r['peak_rss_mb']} MB, "
-              f"{r['rows']} rows written")
+        print(f"{r['tasks']:>7} tasks: {r['wall_s']:6.1f} s ({r['tasks_per_s']} tasks/s), "
+              f"peak RSS {r['peak_rss_mb']} MB, {r['rows']} rows written")
     small, big = results[0], results[-1]
-    print(f"peak memory x{big['peak_rss_mb'] / small['peak_rss_mb']:.2f} for x{big['tasks'] / small['tasks']:.0f} tasks; "
+    print(f"peak memory x{big['peak_rss_mb'] / small['peak_rss_mb']:.2f} "
+          f"for x{big['tasks'] / small['tasks']:.0f} tasks; "
           f"target < 1024 MB: {'PASS' if big['peak_rss_mb'] < 1024 else 'FAIL'}")
     print(json.dumps(results))
 

@@ -110,7 +110,8 @@ async def measure(rows: list[dict[str, Any]], reviews: int, cascade_tasks: int, 
                 statuses[review.status] = statuses.get(review.status, 0) + 1
                 if review.status not in ("passed", ReviewStatus.REJECTED):
                     continue
-                final = review.corrected.answer["intent"] if review.status == ReviewStatus.REJECTED else _choice(individual[i])
+                rejected = review.status == ReviewStatus.REJECTED
+                final = review.corrected.answer["intent"] if rejected else _choice(individual[i])
                 judged += 1
                 agree += final == rows[i]["label"]
                 if review.confidence is not None:

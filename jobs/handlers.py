@@ -126,7 +126,8 @@ async def _preannotate(job: ProjectJob, task_ids: list[int], label_config: str |
                 counts[outcome.status] = counts.get(outcome.status, 0) + 1
                 results[task["id"]] = outcome
         await router.aclose()
-    log.info("project %s: %d task(s): %s%s", job.project_id, len(task_ids), outcomes.Tally.of(results.values()).summary(),
+    log.info("project %s: %d task(s): %s%s", job.project_id, len(task_ids),
+             outcomes.Tally.of(results.values()).summary(),
              f"; {counts['already_done']} already done" if counts.get("already_done") else "")
     return counts
 

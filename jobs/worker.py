@@ -74,11 +74,10 @@ def release_dead_scheduler_lock(conn: redis.Redis) -> bool:
     info = conn.hgetall(SCHEDULER_KEY_TEMPLATE % holder.decode())
     host = (info.get(b"hostname") or b"").decode()
     pid = int(info.get(b"pid") or 0)
-    if host == socket.gethostname() and pid and not _alive(pid):
-        # Delete only if it is still that holder's lock (a live scheduler may have taken it since).
-        if conn.eval(_DELETE_IF_EQUAL, 1, lock_key, holder):
-            log.warning("released the scheduler lock of a dead scheduler (pid %d)", pid)
-            return True
+    # Delete only if it is still that holder's lock (a live scheduler may have taken it since).
+    if host == socket.gethostname() and pid and not _alive(pid) and conn.eval(_DELETE_IF_EQUAL, 1, lock_key, holder):
+        log.warning("released the scheduler lock of a dead scheduler (pid %d)", pid)
+        return True
     return False
 
 

@@ -436,7 +436,8 @@ class RankerField(ControlField):
 
     def describe(self) -> str:
         if not self.buckets:
-            return f'"{self.name}": the ids of all the listed items (the [id] before each), best first, each exactly once'
+            return (f'"{self.name}": the ids of all the listed items (the [id] before each), best first, '
+                    "each exactly once")
         return (
             f'"{self.name}": groups of the ids of all the listed items (the [id] before each), best group first, '
             f'e.g. [["b"], ["a", "c"], ["d"]]; ids in one group are tied (equally good); every id exactly once; '

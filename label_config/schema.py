@@ -162,7 +162,8 @@ def build_schema(config: str, occurrence: SpanOccurrence = "all") -> OutputSchem
 
     if not fields:
         detail = "; ".join(f"<{u.tag} name=\"{u.name}\">: {u.reason}" for u in unsupported)
-        raise ConfigError("no control in this config can be pre-annotated from text" + (f" ({detail})" if detail else ""))
+        raise ConfigError("no control in this config can be pre-annotated from text"
+                          + (f" ({detail})" if detail else ""))
     schema = OutputSchema(config, config_hash(config), fields, objects, unsupported, interface)
     try:  # what every LLM request will carry: it must be strict JSON, found out here, not per task
         json.dumps(schema.json_schema(), allow_nan=False)

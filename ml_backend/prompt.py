@@ -8,9 +8,9 @@ pricing then apply to the shared part of every call.
 
 Detail levels (``DETAIL``) make the label list shorter when a prompt does not fit the model's
 context window: ``full`` (definitions and their examples), ``definitions`` (no per-label
-examples), ``compact`` (label names only, once: in the output format's key lines). They are the same instructions in fewer words, so the
-prompt version (which names the instructions) does not change; the level used is recorded in
-each prediction's provenance and cache key.
+examples), ``compact`` (label names only, once: in the output format's key lines). They are the
+same instructions in fewer words, so the prompt version (which names the instructions) does not
+change; the level used is recorded in each prediction's provenance and cache key.
 
 The prompt version id is a hash of everything that shapes the model's instructions (templates,
 guideline, answer schema), so every prediction can say exactly which instructions produced it

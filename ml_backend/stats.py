@@ -8,6 +8,7 @@ time (as the queue's state is, see ``jobs.status``).
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Iterator
 from typing import Any
@@ -33,10 +34,8 @@ async def count(client: Any, key: str, field: str, n: int = 1) -> None:
     """Add ``n`` to a shared counter; a Redis hiccup costs the count, never the prediction."""
     if client is None or n <= 0:
         return
-    try:
+    with contextlib.suppress(RedisError):
         await client.hincrby(key, field, n)
-    except RedisError:
-        pass
 
 
 def read(conn: Any, key: str) -> dict[str, int]:

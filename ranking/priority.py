@@ -4,8 +4,9 @@
     priority = base * DIVERSITY_DECAY ** (better tasks of the same cluster ahead of it)
 
 * uncertainty: of the pre-annotation's label distribution when the LLM gave logprobs
-  (``label_probs``; for multiple choice the least settled include/leave-out decision), else of the refresh model's (trained on the project's human labels), else
-  1 - the pre-annotation's score, else 1 (no pre-annotation: nothing is known);
+  (``label_probs``; for multiple choice the least settled include/leave-out decision), else of
+  the refresh model's (trained on the project's human labels), else 1 - the pre-annotation's
+  score, else 1 (no pre-annotation: nothing is known);
 * disagreement: 1 when the reviewer's label differs from the pre-annotator's, or when a
   confident refresh model disagrees with the pre-annotation;
 * abnormal: 1 when the review or the pre-annotation did not end ``ok``/``passed``.

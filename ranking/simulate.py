@@ -173,7 +173,7 @@ def write_curves(result: SimulationResult, out: Path, title: str = "active learn
         axes[0].plot(curve.labels, curve.accuracy, style, label=curve.strategy)
         axes[1].plot(curve.labels, curve.macro_f1, style, label=curve.strategy)
     for ax, metric in zip(axes, ("accuracy", "macro F1")):
-        ax.set_xlabel("labels (pool size %d, test %d)" % (result.pool_size, result.test_size))
+        ax.set_xlabel(f"labels (pool size {result.pool_size}, test {result.test_size})")
         ax.set_ylabel(metric)
         ax.grid(alpha=0.3)
     axes[0].legend()

@@ -14,6 +14,7 @@ backend, the worker) is a ``ManagedProcess``:
 from __future__ import annotations
 
 import atexit
+import contextlib
 import ctypes
 import os
 import signal
@@ -176,20 +177,16 @@ class ManagedProcess:
         pgid = self.popen.pid  # leader of its own session: pgid == pid
         self._remember_descendants()
         if self.popen.poll() is None or self._group_alive(pgid):
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(pgid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
             deadline = time.monotonic() + grace
             while time.monotonic() < deadline:
                 self.popen.poll()
                 if self.popen.returncode is not None and not self._group_alive(pgid):
                     break
                 time.sleep(0.1)
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(pgid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
         # Descendants that left the group (setsid/daemonize) die too.
         for pid in self._descendants:
             try:
@@ -197,10 +194,8 @@ class ManagedProcess:
                     os.kill(pid, signal.SIGKILL)
             except (ProcessLookupError, PermissionError):
                 pass
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             self.popen.wait(timeout=5)
-        except subprocess.TimeoutExpired:  # pragma: no cover
-            pass
         with _registry_lock:
             if self in _registry:
                 _registry.remove(self)

@@ -75,7 +75,8 @@ def test_wheel_contents(wheel):
     assert top_levels == {"prelabel", next(t for t in top_levels if t.endswith(".dist-info"))}
     # Every file of the repository's templates folder is shipped.
     shipped = {n.rsplit("/", 1)[1] for n in names if n.startswith("prelabel/label_config/templates/")}
-    in_repo = {p.name for p in (ROOT / "label_config" / "templates").iterdir() if p.suffix in (".xml", ".yaml", ".jsonl")}
+    templates = ROOT / "label_config" / "templates"
+    in_repo = {p.name for p in templates.iterdir() if p.suffix in (".xml", ".yaml", ".jsonl")}
     assert shipped == in_repo
 
 

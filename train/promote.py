@@ -56,8 +56,8 @@ def cascade_items(small: list[Item], big: list[Item], threshold: float) -> list[
     """Per test item: the small model's answer when its confidence >= threshold, else the big one's."""
     if [i.index for i in small] != [i.index for i in big]:
         raise ValueError("the two prediction files do not cover the same test items")
-    return [s if s.confidence is not None and s.confidence >= threshold else replace(b, latency_s=s.latency_s + b.latency_s)
-            for s, b in zip(small, big)]
+    return [s if s.confidence is not None and s.confidence >= threshold
+            else replace(b, latency_s=s.latency_s + b.latency_s) for s, b in zip(small, big)]
 
 
 def _summary(report: dict[str, Any]) -> dict[str, Any]:

@@ -3,8 +3,8 @@
 LoRA training is interrupted and resumed from its checkpoint, the loss goes down, the merged
 model reproduces base+adapter, the transformers engine and the llama.cpp server (openai engine)
 are evaluated on the same test split, and promotion is exercised both ways. Then the RQ pipeline
-function runs the whole chain with a real Redis (on a tiny local model, for speed). Sizes are tiny (few steps, short prompts) to
-keep CI on 2 cores fast; accuracy is not the point, behaviour is.
+function runs the whole chain with a real Redis (on a tiny local model, for speed). Sizes are tiny
+(few steps, short prompts) to keep CI on 2 cores fast; accuracy is not the point, behaviour is.
 """
 
 from __future__ import annotations
@@ -175,7 +175,8 @@ def test_train_resume_merge_eval_promote(gguf: Path, workdir: Path, env: Setting
     active = active_model(client, "7")
     assert active["model"] == "spam-lora-v1" and active["base_url"] == "http://serving:8000/v1"
     assert active["previous"] == {"model": llm_server.model, "base_url": llm_server.base_url}
-    decisions = [json.loads(line) for line in (Path(env.data_dir) / "train" / "decisions.jsonl").read_text().splitlines()]
+    decisions_file = Path(env.data_dir) / "train" / "decisions.jsonl"
+    decisions = [json.loads(line) for line in decisions_file.read_text().splitlines()]
     assert [d["promote"] for d in decisions] == [False, True]
     assert all(set(d["reports"]) == {"candidate", "current"} for d in decisions)
     assert decisions[1]["active_record"]["decision_id"] == decisions[1]["id"]

@@ -30,8 +30,10 @@ def test_enqueued_flywheel_is_run_by_prelabel_worker(redis_server, tmp_path: Pat
                                       "serve": {"base_url": "http://127.0.0.1:9/v1"}}), encoding="utf-8")
     env = child_env(None, {"REDIS_URL": redis_server.url, "PRELABEL_DATA_DIR": str(tmp_path / "data"),
                            "PRELABEL_TRAIN_CONFIG": None})
-    run = lambda *args, timeout=300: subprocess.run([dev_bin("prelabel"), *args], env=env, cwd=tmp_path,
-                                                    capture_output=True, text=True, timeout=timeout, check=False)
+    def run(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+        return subprocess.run([dev_bin("prelabel"), *args], env=env, cwd=tmp_path, capture_output=True, text=True,
+                              timeout=timeout, check=False)
+
     queued = run("train", "flywheel", "41", "--config", str(config), "--dataset-dir", str(data), "--enqueue")
     assert queued.returncode == 0, queued.stdout + queued.stderr
     job_id = re.search(r"queued job (\S+)", queued.stderr).group(1)

@@ -60,9 +60,8 @@ def ls_backend(backend_factory, label_studio):
 def _region_problems(interface: LabelInterface, region: dict, text: str) -> list[str]:
     problems = interface.validate_region(region, return_errors=True) or []
     value = region["value"]
-    if region["type"] == "labels":
-        if text[value["start"] : value["end"]] != value["text"]:
-            problems.append(f"offsets {value['start']}:{value['end']} do not match {value['text']!r}")
+    if region["type"] == "labels" and text[value["start"] : value["end"]] != value["text"]:
+        problems.append(f"offsets {value['start']}:{value['end']} do not match {value['text']!r}")
     if region["type"] == "rating" and not 1 <= value["rating"] <= 5:
         problems.append(f"rating {value['rating']} out of range")
     if region["type"] == "number" and not 0 <= value["number"] <= 100:

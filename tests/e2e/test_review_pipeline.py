@@ -163,7 +163,7 @@ def test_import_annotate_review_rank_through_label_studio(label_studio, llm_serv
     import_tasks(label_studio, pid, texts)
     state = wait_for(all_reviewed(label_studio, pid, len(texts)), 300, "3 reviewed tasks", real_stack)
     assert_one_each(state)
-    for tid, task in state.items():
+    for task in state.values():
         [pre], [review] = task["pre"], task["review"]
         assert pre["model_version"].startswith(f"{llm_server.model}@p-")
         family, _, status = review["model_version"].partition("#")

@@ -323,7 +323,7 @@ class SchemaInstanceGenerator:
         lo = int(schema.get("minItems") or 0)
         hi_raw = schema.get("maxItems")
         hi = int(hi_raw) if hi_raw is not None else max(lo, 1) + 2
-        if depth > self.MAX_DEPTH:
+        if depth > self.MAX_DEPTH:  # noqa: SIM108 - a nested conditional expression would read worse
             n = lo
         else:
             n = self.rng.randint(min(max(lo, 1), hi), hi) if hi >= lo else lo

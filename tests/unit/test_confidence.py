@@ -40,7 +40,8 @@ def spans() -> LabelsField:
 # --- value_spans ----------------------------------------------------------------------------
 
 
-DOC = '{"a": {"b": [1, "x\\"y", "café", {"é": "ü✓"}]}, "c" :true,"d":null, "e": -1.5e3, "f": [], "g": {}, "h": "\\u00e9"}'
+DOC = ('{"a": {"b": [1, "x\\"y", "café", {"é": "ü✓"}]}, "c" :true,"d":null, '
+       '"e": -1.5e3, "f": [], "g": {}, "h": "\\u00e9"}')
 
 
 def test_value_spans_cover_every_value_on_nested_json():
@@ -154,13 +155,15 @@ def test_multiple_choices_take_the_least_likely_choice():
 
 def test_spans_take_the_least_confident_span():
     content = '{"ner": [{"text": "Anna", "label": "PER"}, {"text": "Oslo", "label": "LOC"}]}'
-    result = confidences(content, [spans()], {"Anna": -0.01, "PER": -0.01, "Oslo": math.log(0.25), "LOC": math.log(0.25)})
+    logprobs = {"Anna": -0.01, "PER": -0.01, "Oslo": math.log(0.25), "LOC": math.log(0.25)}
+    result = confidences(content, [spans()], logprobs)
     assert result["ner"] == pytest.approx(0.25, abs=0.01)
 
 
 def test_empty_span_list_scores_the_empty_list():
     content = '{"ner": []}'
-    assert confidences(content, [spans()], {"[": math.log(0.6), "]": math.log(0.9)})["ner"] == pytest.approx(0.54, abs=0.01)
+    brackets = {"[": math.log(0.6), "]": math.log(0.9)}
+    assert confidences(content, [spans()], brackets)["ner"] == pytest.approx(0.54, abs=0.01)
 
 
 def test_textarea_uses_the_geometric_mean():

@@ -42,7 +42,8 @@ def pattern(field: str, regex: str) -> Constraint:
 # --- distinct -------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("a", "b"), [("Paris", "Paris"), ("Paris", "paris"), ("  PARIS ", "paris"), ("Straße", "STRASSE")])
+@pytest.mark.parametrize(("a", "b"),
+                         [("Paris", "Paris"), ("Paris", "paris"), ("  PARIS ", "paris"), ("Straße", "STRASSE")])
 def test_distinct_is_case_insensitive_and_blames_both_controls(a, b):
     errors = distinct("departure_city", "arrival_city").violations({"departure_city": a, "arrival_city": b})
     assert [e.control for e in errors] == ["departure_city", "arrival_city"]

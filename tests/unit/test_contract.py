@@ -56,7 +56,8 @@ def test_model_version_keeps_the_strings_label_studio_holds() -> None:
 
 def test_foreign_model_versions_are_neither_reviews_nor_own() -> None:
     foreign = ModelVersion.parse("my-imported-model-v2")
-    assert (foreign.model, foreign.prompt_version, foreign.status, foreign.review) == ("my-imported-model-v2", "", "", False)
+    assert (foreign.model, foreign.prompt_version, foreign.status) == ("my-imported-model-v2", "", "")
+    assert not foreign.review
     assert not is_own_preannotation("my-imported-model-v2")
     assert not is_own_preannotation(None)
     assert status_of(None) == "" and not is_review(None)

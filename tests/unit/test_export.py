@@ -206,7 +206,8 @@ def test_split_seeds_differ_and_arrival_order_does_not_decide() -> None:
 
 def test_class_sorted_input_gives_balanced_stratified_splits(tmp_path: Path) -> None:
     labels = ["navigational", "informational", "transactional"]
-    tasks = [task(i + 1, f"query {i} about {labels[i // 100]} topic {i * 7919 % 997}", ann(i + 1, 1, choice(labels[i // 100])))
+    tasks = [task(i + 1, f"query {i} about {labels[i // 100]} topic {i * 7919 % 997}",
+                  ann(i + 1, 1, choice(labels[i // 100])))
              for i in range(300)]  # sorted by class: 100 of each, one after another
     out = export_tasks(tasks, INTENT, tmp_path / "ds", ExportOptions(near_threshold=None, seed=5))
     manifest = json.loads((out / "manifest.json").read_text())
@@ -285,7 +286,8 @@ def test_rare_classes_are_dropped_from_every_split_by_default_or_only_reported(t
     assert manifest["counts"]["rare_class_dropped"] == 9 and manifest["counts"]["written_rows"] == 60
     assert manifest["labels"] == ["navigational", "informational"]
     assert all(r["output"] != "other" for s in ("train", "val", "test") for r in _rows_of(out, s))
-    reported = export_tasks(tasks, INTENT, tmp_path / "report", ExportOptions(near_threshold=None, rare_classes="report"))
+    report_only = ExportOptions(near_threshold=None, rare_classes="report")
+    reported = export_tasks(tasks, INTENT, tmp_path / "report", report_only)
     manifest = json.loads((reported / "manifest.json").read_text())
     assert manifest["dropped_classes"] == {} and manifest["rare_classes"]["other"] == 9
     assert manifest["counts"]["written_rows"] == 69

@@ -43,7 +43,8 @@ def test_search_intent_price_checks_and_comparisons_are_informational() -> None:
 
 # --- ranking: ties, buckets, K = 4..9 -----------------------------------------------------------
 def outputs(k: int) -> dict:
-    return {"prompt": "p", "outputs": [{"id": f"o{i}", "title": f"Output {i}", "body": f"answer {i}"} for i in range(k)]}
+    outputs = [{"id": f"o{i}", "title": f"Output {i}", "body": f"answer {i}"} for i in range(k)]
+    return {"prompt": "p", "outputs": outputs}
 
 
 def test_ranking_template_uses_label_studio_buckets_and_allows_ties() -> None:

@@ -68,8 +68,8 @@ def test_incorrect_with_valid_correction_is_rejected_with_regions(ctx) -> None:
     ({"verdict": "maybe", "rationale": ""}, "label_not_in_set"),
     ({"verdict": "incorrect", "rationale": "no fix"}, "empty"),
     ({"verdict": "incorrect", "rationale": "", "corrected": {"intent": "shopping", "ents": []}}, "label_not_in_set"),
-    ({"verdict": "incorrect", "rationale": "", "corrected": {"intent": "other",
-                                                             "ents": [{"text": "Lyon", "label": "CITY"}]}}, "span_not_found"),
+    ({"verdict": "incorrect", "rationale": "",
+      "corrected": {"intent": "other", "ents": [{"text": "Lyon", "label": "CITY"}]}}, "span_not_found"),
 ])
 def test_unusable_review_raises_never_a_default(ctx, answer: dict, reason: str) -> None:
     with pytest.raises(AnswerError) as info:

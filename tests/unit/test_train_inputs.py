@@ -99,7 +99,8 @@ def test_dataset_errors_say_what_and_where(tmp_path: Path) -> None:
 
     root = spam_dataset(tmp_path / "ds2")
     _rewrite(root, "train", [json.dumps({"prompt": "x", "completion": "junk"})])
-    with pytest.raises(DatasetError, match=r"train.jsonl:1: missing column\(s\) instruction, input, output.*found completion, prompt"):
+    missing = r"train.jsonl:1: missing column\(s\) instruction, input, output.*found completion, prompt"
+    with pytest.raises(DatasetError, match=missing):
         load_dataset(root)
     _rewrite(root, "train", [json.dumps({"instruction": "x", "input": 3, "output": "junk"})])
     with pytest.raises(DatasetError, match="column 'input' must be a string"):
