@@ -61,8 +61,8 @@ def jobs(
         table = Table(title=f"failed (latest {len(status.failed_jobs)})")
         for column in ("job", "what", "ended", "reason"):
             table.add_column(column)
-        for job in status.failed_jobs:
-            table.add_row(job.id, job.description, job.ended_at or "", job.reason)
+        for failed_job in status.failed_jobs:
+            table.add_row(failed_job.id, failed_job.description, failed_job.ended_at or "", failed_job.reason)
         console.print(table)
     if status.reviews:
         console.print("reviews: " + ", ".join(f"{k} {v}" for k, v in sorted(status.reviews.items())))

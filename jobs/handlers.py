@@ -109,7 +109,9 @@ async def _preannotate(job: ProjectJob, task_ids: list[int], label_config: str |
     async with open_predictor(job.settings) as default:
         router = ModelRouter(default)
         predictor = await router.for_project(str(job.project_id))
-        ctx = predictor.context(label_config or await asyncio.to_thread(job.ls.label_config), job.record.guideline)
+        if not label_config:
+            label_config = await asyncio.to_thread(job.ls.label_config)
+        ctx = predictor.context(label_config, job.record.guideline)
         pool = await ProjectPools().pool(predictor.cache.client if predictor.cache else None, job.project_id, ctx)
         family = predictor.model_version(ctx)
         step = max(1, job.settings.llm_concurrency * 2)

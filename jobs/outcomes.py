@@ -21,7 +21,7 @@ from typing import Any
 
 import redis
 
-from prelabel.contract import TaskStatus, errored_key, outcome_key
+from prelabel.contract import TaskStatus, as_text, errored_key, outcome_key
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +39,7 @@ class Outcome:
 
     @classmethod
     def decode(cls, raw: bytes | str) -> Outcome:
-        text = raw.decode() if isinstance(raw, bytes) else raw
+        text = as_text(raw)
         parts = text.split(":")
         labeled = parts[-1] == "labeled"
         if labeled:

@@ -13,7 +13,7 @@ from rq.job import Job
 from rq.registry import FailedJobRegistry, FinishedJobRegistry, ScheduledJobRegistry, StartedJobRegistry
 from rq.worker import Worker
 
-from prelabel.contract import REVIEW_STATS_KEY
+from prelabel.contract import REVIEW_STATS_KEY, as_text
 from prelabel.jobs.queue import job_queue
 
 
@@ -67,7 +67,7 @@ def queue_status(conn: redis.Redis, failed_limit: int = 20) -> QueueStatus:
         if job is not None:
             ended = job.ended_at.isoformat(timespec="seconds") if job.ended_at else None
             status.failed_jobs.append(FailedJob(job.id, job.description or "", _reason(job), ended))
-    status.reviews = {k.decode(): int(v) for k, v in conn.hgetall(REVIEW_STATS_KEY).items()}
+    status.reviews = {as_text(k): int(v) for k, v in conn.hgetall(REVIEW_STATS_KEY).items()}
     return status
 
 

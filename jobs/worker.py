@@ -28,6 +28,7 @@ from rq.registry import StartedJobRegistry
 from rq.scheduler import SCHEDULER_KEY_TEMPLATE, RQScheduler
 from rq.worker import Worker
 
+from prelabel.contract import as_text
 from prelabel.jobs.queue import QUEUE_NAME, connection, job_queue
 from prelabel.jobs.reconcile import ReconcileTicker
 from prelabel.redis_conn import embedded_redis_stopped_on_exit
@@ -71,8 +72,8 @@ def release_dead_scheduler_lock(conn: redis.Redis) -> bool:
     holder = conn.get(lock_key)
     if holder is None:
         return False
-    info = conn.hgetall(SCHEDULER_KEY_TEMPLATE % holder.decode())
-    host = (info.get(b"hostname") or b"").decode()
+    info = conn.hgetall(SCHEDULER_KEY_TEMPLATE % as_text(holder))
+    host = as_text(info.get(b"hostname") or b"")
     pid = int(info.get(b"pid") or 0)
     # Delete only if it is still that holder's lock (a live scheduler may have taken it since).
     if host == socket.gethostname() and pid and not _alive(pid) and conn.eval(_DELETE_IF_EQUAL, 1, lock_key, holder):

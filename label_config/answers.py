@@ -58,9 +58,10 @@ def apply_constraints(checked: CheckedAnswer, constraints: list[Constraint]) -> 
     """Drop the regions of controls involved in a broken domain rule."""
     for constraint in constraints:
         for error in constraint.violations(checked.answer):
+            assert error.control is not None, "a constraint names the controls it involves"
             if error.control in checked.regions or error.control not in checked.errors:
                 checked.regions.pop(error.control, None)
-                checked.errors[error.control] = error  # type: ignore[index]
+                checked.errors[error.control] = error
 
 
 def _sdk_problem(schema: OutputSchema, regions: list[dict[str, Any]]) -> str | None:

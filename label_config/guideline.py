@@ -129,11 +129,12 @@ class Guideline(BaseModel):
         """
         for object_name, bounds in self.list_items.items():
             obj = schema.objects.get(object_name)
-            items = data.get(obj.value_key) if obj is not None and isinstance(data, dict) else None
+            data_key = obj.value_key if obj is not None else None
+            items = data.get(data_key) if data_key is not None and isinstance(data, dict) else None
             if not isinstance(items, list):
                 continue
             if len(items) < bounds.min or (bounds.max is not None and len(items) > bounds.max):
-                return f"'{obj.value_key}' has {len(items)} items; this guideline needs {bounds.describe()}"
+                return f"'{data_key}' has {len(items)} items; this guideline needs {bounds.describe()}"
         return None
 
 

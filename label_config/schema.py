@@ -81,8 +81,9 @@ class OutputSchema:
             "additionalProperties": False,
         }
 
-    def object_texts(self, data: dict[str, Any]) -> dict[str, str]:
-        """The text of every object the fillable controls point at, from a task's data."""
+    def object_texts(self, data: Any) -> dict[str, str]:
+        """The text of every object the fillable controls point at, from a task's data (anything
+        else than an object is a ``TaskDataError``)."""
         if not isinstance(data, dict):
             raise TaskDataError("task 'data' must be an object")
         texts: dict[str, str] = {}

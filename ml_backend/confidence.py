@@ -35,6 +35,12 @@ FALLBACK_SCORE = 0.5
 Path = tuple[object, ...]
 
 _WS = re.compile(r"[ \t\r\n]*")
+
+
+def _skip_ws(s: str, i: int) -> int:
+    """The index of the first non-whitespace character at or after ``i``."""
+    match = _WS.match(s, i)  # the pattern matches the empty string: never None
+    return match.end() if match else i
 _SCALAR = re.compile(r"-?(?:0|[1-9]\d*)(?:\.\d+)?(?:[eE][+-]?\d+)?|true|false|null")
 
 
@@ -46,24 +52,24 @@ def value_spans(text: str, offset: int = 0) -> dict[Path, tuple[int, int]]:
 
 
 def _scan(s: str, i: int, path: Path, out: dict[Path, tuple[int, int]]) -> int:
-    i = _WS.match(s, i).end()  # type: ignore[union-attr]
+    i = _skip_ws(s, i)
     start = i
     char = s[i]
     if char in "{[":
         closing = "}" if char == "{" else "]"
-        i = _WS.match(s, i + 1).end()  # type: ignore[union-attr]
+        i = _skip_ws(s, i + 1)
         index = 0
         while s[i] != closing:
             if char == "{":
                 key, i = json.decoder.scanstring(s, i + 1)  # type: ignore[attr-defined]
-                i = _WS.match(s, i).end() + 1  # skip ':'  # type: ignore[union-attr]
+                i = _skip_ws(s, i) + 1  # skip ':'
                 i = _scan(s, i, path + (key,), out)
             else:
                 i = _scan(s, i, path + (index,), out)
                 index += 1
-            i = _WS.match(s, i).end()  # type: ignore[union-attr]
+            i = _skip_ws(s, i)
             if s[i] == ",":
-                i = _WS.match(s, i + 1).end()  # type: ignore[union-attr]
+                i = _skip_ws(s, i + 1)
         out[path] = (start, i + 1)
         return i + 1
     if char == '"':

@@ -17,7 +17,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from prelabel.contract import REGION_PROVENANCE, ModelVersion, TaskStatus, stamp_of, with_status
 from prelabel.label_config.controls import AnswerError, ChoicesField
@@ -93,7 +93,9 @@ class ProjectContext:
             if len(self._shortlisters) > 8:  # pools are replaced when /setup reloads human labels
                 self._shortlisters.clear()
             self._shortlisters[id(pool)] = (pool, {
-                name: Shortlister(self.schema.field(name), self.guideline, pool.examples, self.shortlist_k)
+                # Only Choices controls are shortlisted (Prompt.shortlisted).
+                name: Shortlister(cast(ChoicesField, self.schema.field(name)), self.guideline, pool.examples,
+                                  self.shortlist_k)
                 for name in sorted(self.prompt.shortlisted)})
         query = "\n".join(texts.values())
         return {name: s.candidates(query) for name, s in self._shortlisters[id(pool)][1].items()}

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -186,7 +187,7 @@ def _without_enums(node: Any) -> Any:
     return node
 
 
-def answer_schema(schema: OutputSchema, candidates: dict[str, list[str] | None] | None = None) -> dict[str, Any]:
+def answer_schema(schema: OutputSchema, candidates: Mapping[str, list[str] | None] | None = None) -> dict[str, Any]:
     """The answer's JSON schema; a shortlisted control's enum is its candidates + ``NONE_OF_THESE``
     (``None``: any string, for the shared system message that names no candidates)."""
     result = schema.json_schema()

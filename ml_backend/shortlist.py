@@ -34,11 +34,11 @@ def label_documents(control: ChoicesField, guideline: Guideline, examples: list[
         for example in definition.examples if definition else []:
             docs.append((label.value, example))
     labels = set(control.label_values)
-    for example in examples:
-        value = example.answer.get(control.name)
+    for shown in examples:
+        value = shown.answer.get(control.name)
         for chosen in value if isinstance(value, list) else [value]:
             if isinstance(chosen, str) and chosen in labels:
-                docs.append((chosen, "\n".join(example.texts.values())))
+                docs.append((chosen, "\n".join(shown.texts.values())))
     return docs
 
 

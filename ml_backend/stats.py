@@ -16,7 +16,7 @@ from typing import Any
 from prometheus_client.core import REGISTRY, CounterMetricFamily, GaugeMetricFamily, Metric
 from redis.exceptions import RedisError
 
-from prelabel.contract import CASCADE_STATS_KEY, REUSE_STATS_KEY, REVIEWER_INDEPENDENCE_KEY
+from prelabel.contract import CASCADE_STATS_KEY, REUSE_STATS_KEY, REVIEWER_INDEPENDENCE_KEY, as_text
 
 INDEPENDENCE_METRIC = "prelabel_reviewer_independence"
 INDEPENDENCE_DOC = ("1 for the verdict of the last check whether the reviewer serves other weights than the "
@@ -39,7 +39,7 @@ async def count(client: Any, key: str, field: str, n: int = 1) -> None:
 
 
 def read(conn: Any, key: str) -> dict[str, int]:
-    return {k.decode() if isinstance(k, bytes) else k: int(v) for k, v in conn.hgetall(key).items()}
+    return {as_text(k): int(v) for k, v in conn.hgetall(key).items()}
 
 
 class SharedCounters:

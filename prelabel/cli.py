@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
-import click
 import typer
 from rich.console import Console
 from rich.markup import escape
@@ -36,12 +36,12 @@ class Commands(TyperGroup):
     its exit code (2), here once instead of a try/except per command; other errors keep their
     traceback."""
 
-    def invoke(self, ctx: click.Context) -> Any:
+    def main(self, *args: Any, **kwargs: Any) -> Any:
         try:
-            return super().invoke(ctx)
+            return super().main(*args, **kwargs)
         except UserError as exc:
             errors.print("[red]error:[/red]", escape(str(exc)))
-            raise typer.Exit(exc.exit_code) from None
+            sys.exit(exc.exit_code)
 
 
 app = typer.Typer(help="LLM pre-annotation, review and active learning for Label Studio.", no_args_is_help=True,

@@ -35,10 +35,14 @@ def project_key(project_id: int | str) -> str:
     return f"{PREFIX}project:{project_id}"
 
 
+def as_text(value: bytes | str) -> str:
+    """A key or value as Redis returns it (bytes, unless the client decodes) as text."""
+    return value.decode() if isinstance(value, bytes) else value
+
+
 def project_id_of_key(key: bytes | str) -> int | None:
     """The project id of a ``project_key``, or None for any other key the pattern may match."""
-    text = key.decode() if isinstance(key, bytes) else key
-    head, _, tail = text.rpartition(":")
+    head, _, tail = as_text(key).rpartition(":")
     return int(tail) if head == f"{PREFIX}project" and tail.isdigit() else None
 
 

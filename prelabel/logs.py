@@ -92,7 +92,7 @@ class JsonFormatter(logging.Formatter):
             "message": record.getMessage(),
         }
         if record.exc_info or record.exc_text:
-            payload["exception"] = record.exc_text or self.formatException(record.exc_info)
+            payload["exception"] = record.exc_text or self.formatException(record.exc_info or (None, None, None))
         if record.stack_info:
             payload["stack"] = record.stack_info
         return json.dumps(payload, ensure_ascii=False)

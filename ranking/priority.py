@@ -68,7 +68,8 @@ def rank(signals: Sequence[TaskSignals], labels: Sequence[str], measure: Measure
         for kind in ("distribution", "inclusion"):
             with_probs = [i for i, s in enumerate(signals) if s.label_probs and s.label_probs_kind == kind]
             if with_probs:
-                rows = np.array([[signals[i].label_probs.get(label, 0.0) for label in labels] for i in with_probs])
+                rows = np.array([[(signals[i].label_probs or {}).get(label, 0.0) for label in labels]
+                                 for i in with_probs])
                 measured = uncertainty(rows, measure) if kind == "distribution" else inclusion_uncertainty(rows)
                 unc[with_probs], source[with_probs] = measured, "label_probs"
 

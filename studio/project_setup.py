@@ -96,12 +96,12 @@ def preannotation_tally(client: Any, project_id: int, recorded: Callable[[], dic
     reasons = recorded()
     per_task: list[Outcome | None] = []
     for task_id in task_ids:
-        prediction = latest.get(task_id)
-        status = ModelVersion.parse((prediction or {}).get("model_version")).task_status
-        if prediction and prediction.get("result"):
+        own = latest.get(task_id)
+        status = ModelVersion.parse(own.get("model_version") if own else None).task_status
+        if own and own.get("result"):
             per_task.append(Outcome(status, None, labeled=True))
         elif task_id in reasons and not reasons[task_id].labeled:
             per_task.append(reasons[task_id])
         else:
-            per_task.append(Outcome(status, status) if prediction else None)
+            per_task.append(Outcome(status, status) if own else None)
     return Tally.of(per_task)
