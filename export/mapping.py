@@ -21,9 +21,9 @@ from itertools import combinations
 from typing import Any
 
 from prelabel.errors import UserError
-from prelabel.label_config.answers import check_answer
+from prelabel.label_config.answers import answer_from_regions, check_answer
 from prelabel.label_config.controls import tie_groups
-from prelabel.label_config.schema import ConfigError, TaskDataError, required
+from prelabel.label_config.schema import ConfigError, TaskDataError
 from prelabel.ml_backend.predictor import Predictor, ProjectContext
 from prelabel.settings import Settings
 
@@ -101,14 +101,9 @@ class Mapper:
             return None, "bad_task_data"
         if self.ctx.guideline.input_problem(data, self.ctx.schema):
             return None, "bad_task_data"
-        answer: dict[str, Any] = {}
-        for control in self.ctx.schema.fields:
-            value = control.from_regions([r for r in result if r.get("from_name") == control.name])
-            if value is None:
-                if required(control):
-                    return None, "incomplete"
-                value = [] if control.tag == "Labels" else ""
-            answer[control.name] = value
+        answer = answer_from_regions(self.ctx.schema, result)
+        if answer is None:
+            return None, "incomplete"
         if check_answer(self.ctx.schema, [], answer, texts).errors:
             return None, "invalid_label"
         return self._record(task, data, texts, answer), "ok"

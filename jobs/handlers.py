@@ -293,15 +293,16 @@ def _now() -> str:
 def learn_examples(job: ProjectJob, task_ids: list[int], label_config: str | None) -> int:
     """Put the tasks' latest human answers into the project's shared few-shot pool (or take a
     task out when it has none any more); the backend and the workers see them on their next batch."""
+    from prelabel.label_config.answers import answer_from_regions
     from prelabel.ml_backend.fewshot_store import add_example, remove_task
-    from prelabel.ml_backend.project_examples import answer_from_annotation, human_annotation
+    from prelabel.ml_backend.project_examples import human_annotation
 
     ctx = job.context(label_config)
     added = 0
     for task_id in task_ids:
         task = job.ls.task(task_id)
         result = human_annotation(task)
-        answer = answer_from_annotation(ctx.schema, result) if result else None
+        answer = answer_from_regions(ctx.schema, result) if result else None
         try:
             texts = ctx.schema.object_texts(task.get("data") or {})
         except TaskDataError:

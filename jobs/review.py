@@ -17,13 +17,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from prelabel.contract import ReviewStatus
-from prelabel.label_config.answers import CheckedAnswer, check_answer
+from prelabel.label_config.answers import CheckedAnswer, answer_from_regions, check_answer, feedback, parse_answer
 from prelabel.label_config.controls import AnswerError
 from prelabel.ml_backend.confidence import answer_confidences, locate
 from prelabel.ml_backend.distribution import answer_label_probs, distribution_score, position_distribution
 from prelabel.ml_backend.llm_client import Completion, LLMClient, LLMError
 from prelabel.ml_backend.predictor import ProjectContext
-from prelabel.ml_backend.validation import feedback, parse_answer
 
 RATIONALE_MAX = 50
 
@@ -80,13 +79,8 @@ def review_messages(ctx: ProjectContext, texts: dict[str, str], proposed: dict[s
 
 
 def proposed_answer(ctx: ProjectContext, regions: list[dict[str, Any]]) -> dict[str, Any]:
-    """The pre-annotation's answer, rebuilt from its stored regions control by control."""
-    answer = {}
-    for control in ctx.schema.fields:
-        value = control.from_regions([r for r in regions if r.get("from_name") == control.name])
-        if value is not None:
-            answer[control.name] = value
-    return answer
+    """The pre-annotation's answer, rebuilt from its stored regions (controls without one left out)."""
+    return answer_from_regions(ctx.schema, regions, complete=False) or {}
 
 
 def judge(ctx: ProjectContext, content: str, texts: dict[str, str], proposed: dict[str, Any]) -> Review:

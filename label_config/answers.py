@@ -5,10 +5,17 @@ range), then the guideline's domain constraints run on the whole answer, and fin
 region is re-checked with label-studio-sdk's own validator. A control that fails any check gets
 no region and an error; nothing is ever mapped to a default label. Used for LLM answers and for
 the guideline's own few-shot examples alike.
+
+The other direction lives here too: ``answer_from_regions`` turns Label Studio regions (a human's
+annotation, a pre-annotation under review) back into an answer, for few-shot examples, export,
+agreement and the review. ``parse_answer`` reads an LLM's raw JSON and ``feedback`` tells it what
+was wrong.
 """
 
 from __future__ import annotations
 
+import json
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -72,3 +79,63 @@ def _sdk_problem(schema: OutputSchema, regions: list[dict[str, Any]]) -> str | N
         if errors:
             return "; ".join(errors) if isinstance(errors, list) else "rejected by label-studio-sdk"
     return None
+
+
+def answer_from_regions(
+    schema: OutputSchema, regions: list[dict[str, Any]], *, complete: bool = True
+) -> dict[str, Any] | None:
+    """The answer a list of Label Studio regions stands for, control by control (``from_regions``).
+
+    ``complete`` (a human's annotation: few-shot examples, export, agreement): a required control
+    without a value makes the whole answer None, an optional one gets its empty value (``[]`` for
+    spans, ``""`` otherwise). Not ``complete`` (a pre-annotation shown to the reviewer): controls
+    without a value are left out.
+    """
+    answer: dict[str, Any] = {}
+    for control in schema.fields:
+        value = control.from_regions(regions)
+        if value is None:
+            if not complete:
+                continue
+            if required(control):
+                return None
+            value = [] if control.tag == "Labels" else ""
+        answer[control.name] = value
+    return answer
+
+
+_FENCE = re.compile(r"^\s*```(?:json)?\s*|\s*```\s*$")
+
+
+def parse_answer(content: str) -> tuple[dict[str, Any], int]:
+    """The JSON object in ``content`` and where it starts; ``AnswerError`` when there is none.
+
+    Tolerates what chat models wrap around JSON (whitespace, a Markdown fence) but not
+    truncation or extra objects: the object must parse whole.
+    """
+    start = content.find("{")
+    if start == -1:
+        raise AnswerError(None, "invalid_json", f"no JSON object in the answer: {content[:80]!r}")
+    try:
+        answer, end = json.JSONDecoder().raw_decode(content, start)
+    except json.JSONDecodeError as exc:
+        raise AnswerError(None, "invalid_json", f"answer is not valid JSON: {exc.msg} at char {exc.pos}") from None
+    except (ValueError, RecursionError) as exc:  # a 5,000-digit integer, arrays nested 100,000 deep
+        raise AnswerError(None, "invalid_json", f"answer cannot be read: {type(exc).__name__}") from None
+    trailing = _FENCE.sub("", content[end:]).strip()
+    if trailing:
+        raise AnswerError(None, "invalid_json", f"unexpected text after the JSON object: {trailing[:40]!r}")
+    if not isinstance(answer, dict):
+        raise AnswerError(None, "invalid_json", "answer must be a JSON object")
+    return answer, start
+
+
+def feedback(errors: dict[str, AnswerError] | list[AnswerError]) -> str:
+    """The corrective message sent back to the model with its invalid answer."""
+    items = errors.values() if isinstance(errors, dict) else errors
+    lines = "\n".join(f"- {error}" for error in items)
+    return (
+        "Your answer was invalid:\n"
+        f"{lines}\n"
+        "Answer again with one corrected JSON object that follows the output format exactly."
+    )

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, TypeVar, cast
 
 from prelabel.contract import REGION_PROVENANCE, ModelVersion, TaskStatus, stamp_of, with_status
+from prelabel.label_config.answers import CheckedAnswer, apply_constraints, check_answer, feedback, parse_answer
 from prelabel.label_config.controls import AnswerError, ChoicesField
 from prelabel.label_config.guideline import (
     Guideline,
@@ -51,13 +52,6 @@ from prelabel.ml_backend.fewshot import FewShotPool, file_examples, guideline_ex
 from prelabel.ml_backend.llm_client import Completion, LLMClient, LLMError
 from prelabel.ml_backend.prompt import NONE_OF_THESE, Example, Prompt, answer_schema
 from prelabel.ml_backend.shortlist import Shortlister
-from prelabel.ml_backend.validation import (
-    CheckedAnswer,
-    apply_constraints,
-    check_answer,
-    feedback,
-    parse_answer,
-)
 from prelabel.redis_conn import async_client
 from prelabel.settings import Settings
 

@@ -1,7 +1,7 @@
 """Few-shot examples from a project's human-labeled tasks, fetched from Label Studio.
 
 Only tasks whose latest annotation is a human one that was not cancelled count; its regions are
-turned back into an answer by each control's ``from_regions``. Predictions never count.
+turned back into an answer by ``label_config.answers.answer_from_regions``. Predictions never count.
 """
 
 from __future__ import annotations
@@ -11,23 +11,11 @@ from typing import Any
 
 from label_studio_sdk.client import LabelStudio
 
-from prelabel.label_config.schema import OutputSchema, TaskDataError, required
+from prelabel.label_config.answers import answer_from_regions
+from prelabel.label_config.schema import OutputSchema, TaskDataError
 from prelabel.ml_backend.prompt import Example
 
 log = logging.getLogger(__name__)
-
-
-def answer_from_annotation(schema: OutputSchema, result: list[dict[str, Any]]) -> dict[str, Any] | None:
-    """The answer a human's annotation result stands for; None when a required control is missing."""
-    answer: dict[str, Any] = {}
-    for control in schema.fields:
-        value = control.from_regions(result)
-        if value is None:
-            if required(control):
-                return None
-            value = [] if control.tag == "Labels" else ""
-        answer[control.name] = value
-    return answer
 
 
 def human_annotation(task: dict[str, Any]) -> list[dict[str, Any]] | None:
@@ -51,7 +39,7 @@ def fetch_labeled_examples(
         result = human_annotation(raw)
         if not result:
             continue
-        answer = answer_from_annotation(schema, result)
+        answer = answer_from_regions(schema, result)
         if answer is None:
             continue
         try:

@@ -22,9 +22,10 @@ from typing import Any, Literal
 import numpy as np
 
 from prelabel.contract import STATUS_SEP, ModelVersion, calibration_key, is_review, stamp_of
+from prelabel.label_config.answers import answer_from_regions
 from prelabel.label_config.schema import OutputSchema, build_schema
 from prelabel.ml_backend.calibration import CalibrationMap, logit
-from prelabel.ml_backend.project_examples import answer_from_annotation, human_annotation
+from prelabel.ml_backend.project_examples import human_annotation
 
 Method = Literal["auto", "platt", "isotonic"]
 MIN_PAIRS = 10  # fewer human-labeled predictions than this: the score stays uncalibrated
@@ -44,7 +45,7 @@ class Pairs:
 
 def canonical_answer(schema: OutputSchema, result: list[dict[str, Any]] | None) -> str | None:
     """An answer's comparable form: lists sorted (span and multi-choice order carries no meaning)."""
-    answer = answer_from_annotation(schema, result or [])
+    answer = answer_from_regions(schema, result or [])
     if answer is None:
         return None
     normal = {k: sorted(v, key=lambda x: json.dumps(x, sort_keys=True)) if isinstance(v, list) else v

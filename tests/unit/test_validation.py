@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
+from prelabel.label_config.answers import answer_from_regions, check_answer, feedback, parse_answer
 from prelabel.label_config.constraints import Constraint
 from prelabel.label_config.controls import AnswerError
 from prelabel.label_config.schema import build_schema
-from prelabel.ml_backend.validation import check_answer, feedback, parse_answer
 
 # --- parse_answer ---------------------------------------------------------------------------
 
@@ -194,3 +194,21 @@ def test_feedback_for_unparseable_answer():
         parse_answer('{"intent": ')
     message = feedback([info.value])
     assert "not valid JSON" in message
+
+
+def test_regions_turn_back_into_the_answer_they_came_from(schema):
+    regions = [r for rs in check(schema, GOOD).regions.values() for r in rs]
+    assert answer_from_regions(schema, regions) == GOOD
+    assert answer_from_regions(schema, regions, complete=False) == GOOD
+
+
+def test_a_human_answer_missing_a_required_control_is_none_and_optional_ones_get_their_empty_value(schema):
+    regions = [r for rs in check(schema, GOOD).regions.values() for r in rs]
+    without_arrival = [r for r in regions if r["from_name"] != "arrival"]
+    assert answer_from_regions(schema, without_arrival)["arrival"] == ""  # optional TextArea
+    assert "arrival" not in answer_from_regions(schema, without_arrival, complete=False)  # review: left out
+    without_note = [r for r in regions if r["from_name"] != "note"]  # required="true"
+    assert answer_from_regions(schema, without_note) is None
+    assert answer_from_regions(schema, without_note, complete=False) == {k: v for k, v in GOOD.items() if k != "note"}
+    without_intent = [r for r in regions if r["from_name"] != "intent"]  # a Choices control is always required
+    assert answer_from_regions(schema, without_intent) is None
