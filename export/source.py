@@ -12,19 +12,16 @@ from pathlib import Path
 from typing import Any
 
 from prelabel.errors import UserError
+from prelabel.studio.client import plain
 
 
 class SourceError(UserError, RuntimeError):
     """The tasks cannot be read (unknown project, bad token, unreadable file): nothing is written."""
 
 
-def _plain(obj: Any) -> dict[str, Any]:
-    return obj.model_dump() if hasattr(obj, "model_dump") else dict(obj)
-
-
 def project_info(client: Any, project_id: int) -> dict[str, Any]:
     try:
-        return _plain(client.projects.get(id=project_id))
+        return plain(client.projects.get(id=project_id))
     except Exception as exc:  # the SDK raises its own error per status code
         status = getattr(exc, "status_code", None)
         if status == 404:
@@ -36,7 +33,7 @@ def project_info(client: Any, project_id: int) -> dict[str, Any]:
 
 def project_tasks(client: Any, project_id: int, page_size: int = 100) -> Iterator[dict[str, Any]]:
     for task in client.tasks.list(project=project_id, fields="all", page_size=page_size):
-        yield _plain(task)
+        yield plain(task)
 
 
 def file_tasks(path: Path) -> Iterator[dict[str, Any]]:

@@ -38,7 +38,6 @@ from prelabel.jobs.events import Event
 from prelabel.jobs.projects import ProjectRecord, load_project
 from prelabel.jobs.queue import connection, enqueue, enqueue_once, job_queue
 from prelabel.jobs.review import Review, proposed_answer, review_one
-from prelabel.jobs.studio import ProjectClient
 from prelabel.label_config.schema import TaskDataError
 from prelabel.ml_backend.confidence import FALLBACK_SCORE
 from prelabel.ml_backend.fewshot_store import ProjectPools
@@ -47,6 +46,7 @@ from prelabel.ml_backend.model_router import ModelRouter
 from prelabel.ml_backend.predictor import Predictor, ProjectContext, open_predictor
 from prelabel.settings import Settings, get_settings, reviewer_settings
 from prelabel.studio.access import connect
+from prelabel.studio.client import ProjectClient
 
 log = logging.getLogger(__name__)
 

@@ -14,6 +14,7 @@ from label_studio_sdk.client import LabelStudio
 from prelabel.label_config.answers import answer_from_regions
 from prelabel.label_config.schema import OutputSchema, TaskDataError
 from prelabel.ml_backend.prompt import Example
+from prelabel.studio.client import plain
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +36,7 @@ def fetch_labeled_examples(
     ``client`` comes from ``prelabel.studio.access.connect`` (allowed origin, no redirects)."""
     examples: list[Example] = []
     for task in client.tasks.list(project=int(project), fields="all", page_size=100):
-        raw = task.model_dump() if hasattr(task, "model_dump") else dict(task)
+        raw = plain(task)
         result = human_annotation(raw)
         if not result:
             continue

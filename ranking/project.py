@@ -13,6 +13,7 @@ from prelabel.label_config.schema import build_schema
 from prelabel.ranking.diversity import TextIndex
 from prelabel.ranking.priority import rank
 from prelabel.ranking.signals import TaskSignals, task_signals
+from prelabel.studio.client import plain
 
 PRIORITY_FIELD = "prelabel_priority"
 VIEW_TITLE = "prelabel: priority"
@@ -43,19 +44,19 @@ def classification_control(label_config: str) -> tuple[str | None, str, list[str
 
 
 def project_signals(client: Any, project_id: int) -> tuple[list[TaskSignals], list[str], list[Any]]:
-    config = _plain(client.projects.get(id=project_id))["label_config"]
+    config = plain(client.projects.get(id=project_id))["label_config"]
     control, key, labels = classification_control(config)
-    tasks = [_plain(t) for t in client.tasks.list(project=project_id, fields="all")]
+    tasks = [plain(t) for t in client.tasks.list(project=project_id, fields="all")]
     return [task_signals(t, control or "", key) for t in tasks], labels, tasks
 
 
 def ensure_priority_view(client: Any, project_id: int) -> int:
     for view in client.views.list(project=project_id):
-        data = _plain(view).get("data") or {}
+        data = plain(view).get("data") or {}
         if data.get("title") == VIEW_TITLE:
-            return int(_plain(view)["id"])
+            return int(plain(view)["id"])
     view = client.views.create(project=project_id, data={"title": VIEW_TITLE, "ordering": VIEW_ORDERING})
-    return int(_plain(view)["id"])
+    return int(plain(view)["id"])
 
 
 _INDEXES: dict[int, tuple[int, TextIndex]] = {}
@@ -94,5 +95,3 @@ def refresh_ranking(client: Any, project_id: int) -> RankingResult:
     return RankingResult(len(signals), written, sum(not s.labeled for s in signals), view_id)
 
 
-def _plain(obj: Any) -> dict[str, Any]:
-    return obj.model_dump() if hasattr(obj, "model_dump") else dict(obj)

@@ -16,6 +16,7 @@ from typing import Any
 
 from prelabel.contract import WEBHOOK_HEADER, ModelVersion, is_own_preannotation
 from prelabel.jobs.outcomes import Outcome, Tally
+from prelabel.studio.client import plain
 
 
 @dataclass
@@ -40,22 +41,18 @@ def template_files(name: str) -> tuple[str, list[dict[str, Any]]]:
     return config, tasks
 
 
-def _plain(obj: Any) -> dict[str, Any]:
-    return obj.model_dump() if hasattr(obj, "model_dump") else dict(obj)
-
-
 def ensure_project(
     client: Any, *, title: str, label_config: str, tasks: list[dict[str, Any]], backend_url: str,
     webhook_secret: str, basic_auth: tuple[str, str] | None = None, guideline: str | None = None,
 ) -> ProjectSetup:
-    existing = [p for p in (_plain(p) for p in client.projects.list()) if p.get("title") == title]
+    existing = [p for p in (plain(p) for p in client.projects.list()) if p.get("title") == title]
     if existing:
         setup = ProjectSetup(min(p["id"] for p in existing))
     else:
-        setup = ProjectSetup(_plain(client.projects.create(title=title, label_config=label_config))["id"], True)
+        setup = ProjectSetup(plain(client.projects.create(title=title, label_config=label_config))["id"], True)
     pid = setup.project_id
 
-    backends = [_plain(b) for b in client.ml.list(project=pid)]
+    backends = [plain(b) for b in client.ml.list(project=pid)]
     if not any(b.get("url", "").rstrip("/") == backend_url.rstrip("/") for b in backends):
         auth = {"auth_method": "BASIC_AUTH", "basic_auth_user": basic_auth[0], "basic_auth_pass": basic_auth[1]} \
             if basic_auth else {}
@@ -64,7 +61,7 @@ def ensure_project(
         setup.connected = True
 
     hook_url = backend_url.rstrip("/") + "/webhook"
-    hooks = [_plain(h) for h in client.webhooks.list(project=pid) if _plain(h).get("url") == hook_url]
+    hooks = [plain(h) for h in client.webhooks.list(project=pid) if plain(h).get("url") == hook_url]
     if not hooks:  # Label Studio creates it when the backend is connected; make sure it exists
         client.webhooks.create(project=pid, url=hook_url, send_payload=True, send_for_all_actions=True,
                                headers={WEBHOOK_HEADER: webhook_secret})
@@ -74,7 +71,7 @@ def ensure_project(
             client.webhooks.update(id=hook["id"], url=hook_url, headers={WEBHOOK_HEADER: webhook_secret})
             setup.webhooks_signed += 1
 
-    if tasks and not _plain(client.projects.get(id=pid)).get("task_number"):
+    if tasks and not plain(client.projects.get(id=pid)).get("task_number"):
         client.projects.import_tasks(id=pid, request=tasks)
         setup.imported = len(tasks)
     return setup
@@ -87,12 +84,12 @@ def preannotation_tally(client: Any, project_id: int, recorded: Callable[[], dic
     The worker records a reason before it writes the prediction, so the records are read after
     the predictions: every prediction seen then has its reason."""
     latest: dict[int, dict[str, Any]] = {}
-    for prediction in (_plain(p) for p in client.predictions.list(project=project_id)):
+    for prediction in (plain(p) for p in client.predictions.list(project=project_id)):
         if is_own_preannotation(prediction.get("model_version") or ""):
             task = prediction["task"]
             if task not in latest or prediction["id"] > latest[task]["id"]:
                 latest[task] = prediction
-    task_ids = [_plain(t)["id"] for t in client.tasks.list(project=project_id)]
+    task_ids = [plain(t)["id"] for t in client.tasks.list(project=project_id)]
     reasons = recorded()
     per_task: list[Outcome | None] = []
     for task_id in task_ids:

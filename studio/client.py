@@ -1,4 +1,7 @@
-"""Label Studio reads and idempotent writes for background jobs (label-studio-sdk).
+"""One Label Studio project through the SDK: reads, and idempotent writes for background jobs.
+
+``plain`` turns an SDK record (a pydantic model) or a dict into a plain dict: every caller of the
+SDK (jobs, ranking, export, few-shot examples, project set-up) reads records through it.
 
 Jobs can run twice (a retry, a crashed worker's job picked up again), so every write is an
 upsert keyed by what it is: a prediction is matched by its ``model_version`` family, a task field
@@ -14,7 +17,8 @@ from typing import Any
 from label_studio_sdk.client import LabelStudio
 
 
-def _plain(obj: Any) -> dict[str, Any]:
+def plain(obj: Any) -> dict[str, Any]:
+    """An SDK record (pydantic model) or a mapping as a plain dict."""
     return obj.model_dump() if hasattr(obj, "model_dump") else dict(obj)
 
 
@@ -26,12 +30,12 @@ class ProjectClient:
         self.project_id = project_id
 
     def label_config(self) -> str:
-        return _plain(self.sdk.projects.get(id=self.project_id))["label_config"]
+        return plain(self.sdk.projects.get(id=self.project_id))["label_config"]
 
     def task(self, task_id: int) -> dict[str, Any]:
         """One task (``GET /api/tasks/<id>``): only for tasks that already have a prediction, see
         ``tasks``."""
-        return _plain(self.sdk.tasks.get(id=str(task_id)))
+        return plain(self.sdk.tasks.get(id=str(task_id)))
 
     def tasks(self, ids: list[int] | None = None) -> Iterator[dict[str, Any]]:
         """Tasks of the project (all, or these ids) with their annotations and predictions, paged.
@@ -45,10 +49,10 @@ class ProjectClient:
         if ids is not None and not ids:
             return
         for task in self.sdk.tasks.list(project=self.project_id, fields="all", query=query):
-            yield _plain(task)
+            yield plain(task)
 
     def predictions(self, task_id: int) -> list[dict[str, Any]]:
-        return [_plain(p) for p in self.sdk.predictions.list(task=task_id)]
+        return [plain(p) for p in self.sdk.predictions.list(task=task_id)]
 
     def upsert_prediction(
         self, task_id: int, prediction: dict[str, Any], same_family: Callable[[str], bool]
