@@ -39,7 +39,9 @@ DEFAULT_START_TIMEOUT = float(os.environ.get("PRELABEL_LS_START_TIMEOUT", "240")
 
 
 @dataclass
-class LabelStudio:
+class LabelStudioServer:
+    """A Label Studio server process this code started (``sdk()`` gives the SDK's client for it)."""
+
     url: str
     api_key: str  # legacy token: `Authorization: Token <api_key>`, works with the SDK
     username: str
@@ -135,7 +137,7 @@ def start_label_studio(
     extra_env: dict[str, str] | None = None,
     credentials: tuple[str, str, str] | None = None,
     data_dir: Path | None = None,
-) -> LabelStudio:
+) -> LabelStudioServer:
     """Start Label Studio, wait until the API answers to the admin token, return it.
 
     ``credentials`` = (username, password, legacy token) of the admin; they are set when the
@@ -190,7 +192,7 @@ def start_label_studio(
         env=env,
         cwd=workdir,
     ).start()
-    ls = LabelStudio(
+    ls = LabelStudioServer(
         url=url,
         api_key=token,
         username=username,
@@ -216,4 +218,5 @@ def start_label_studio(
     return ls
 
 
-__all__ = ["LabelStudio", "StartupError", "enable_legacy_tokens", "login", "new_credentials", "start_label_studio"]
+__all__ = ["LabelStudioServer", "StartupError", "enable_legacy_tokens", "login", "new_credentials",
+           "start_label_studio"]
