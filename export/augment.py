@@ -17,7 +17,7 @@ from importlib import resources
 from pathlib import Path
 
 from prelabel.errors import UserError
-from prelabel.export.dedupe import normalise
+from prelabel.text import normalise
 
 METHODS = ("synonyms", "llm")
 SHARE = 0.3  # share of a text's words replaced

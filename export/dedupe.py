@@ -7,15 +7,10 @@ records' signatures (64 x 8 bytes for MinHash), never with their texts.
 from __future__ import annotations
 
 import hashlib
-import re
 
 from datasketch import MinHash, MinHashLSH
 
-_WORD = re.compile(r"\w+", re.UNICODE)
-
-
-def normalise(text: str) -> str:
-    return " ".join(_WORD.findall(text.lower()))
+from prelabel.text import normalise
 
 
 def content_hash(text: str) -> str:

@@ -25,11 +25,12 @@ from typing import Any
 
 from prelabel.contract import ModelVersion, is_review, stamp_of
 from prelabel.export.augment import METHODS, llm_paraphrases, load_synonyms, synonym_variants
-from prelabel.export.dedupe import Deduper, normalise
+from prelabel.export.dedupe import Deduper
 from prelabel.export.mapping import Mapper, MappingError, Record
 from prelabel.export.pii import find_pii, redact
 from prelabel.export.split import SPLITS, Splitter
 from prelabel.export.verify import VerifyOptions, verified_label
+from prelabel.text import normalise
 
 FORMATS = ("alpaca", "sharegpt", "pairwise", "classification-jsonl")
 GROUP_BY = ("task", "annotator", "near_duplicate")  # or "data:<field>"

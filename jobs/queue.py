@@ -17,17 +17,12 @@ from rq.job import Job, JobStatus
 
 from prelabel.contract import event_marker_key
 from prelabel.jobs.events import Event
-from prelabel.redis_conn import redis_url
+from prelabel.redis_conn import connection as connection  # re-exported: the queue's callers take it from here
 from prelabel.settings import Settings
 
 QUEUE_NAME = "prelabel"
 RETRY_FACTORS = (1, 6, 30)
 PENDING = {JobStatus.QUEUED, JobStatus.SCHEDULED, JobStatus.DEFERRED}
-
-
-def connection(settings: Settings) -> redis.Redis:
-    """A synchronous client (RQ's own protocol is synchronous)."""
-    return redis.Redis.from_url(redis_url(settings), health_check_interval=30)
 
 
 def job_queue(conn: redis.Redis) -> Queue:

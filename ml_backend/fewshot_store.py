@@ -26,10 +26,10 @@ from typing import Any
 from redis.exceptions import RedisError
 
 from prelabel.contract import fewshot_keys
-from prelabel.export.dedupe import normalise
 from prelabel.ml_backend.fewshot import FewShotPool
 from prelabel.ml_backend.predictor import ProjectContext
 from prelabel.ml_backend.prompt import Example
+from prelabel.text import normalise
 
 log = logging.getLogger(__name__)
 

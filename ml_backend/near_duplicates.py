@@ -21,12 +21,12 @@ from typing import Any
 from datasketch import MinHash, MinHashLSH
 
 from prelabel.contract import REUSE_STATS_KEY, TaskStatus, stamp_of
-from prelabel.export.dedupe import normalise
 from prelabel.label_config.answers import check_answer
 from prelabel.label_config.schema import TaskDataError
 from prelabel.ml_backend.fewshot import FewShotPool
 from prelabel.ml_backend.predictor import ProjectContext
 from prelabel.ml_backend.stats import count
+from prelabel.text import normalise
 
 NUM_PERM = 128
 GRAM = 4

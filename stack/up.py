@@ -290,8 +290,7 @@ class PreannotationProgress:
         self._next = 0.0
 
     def tally(self) -> Tally:
-        from prelabel.jobs.outcomes import load
-        from prelabel.studio.project_setup import preannotation_tally
+        from prelabel.jobs.outcomes import load, preannotation_tally
 
         return preannotation_tally(self.ls.sdk(), self.project_id, lambda: load(self.conn, self.project_id))
 

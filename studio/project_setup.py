@@ -9,13 +9,11 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
 
-from prelabel.contract import WEBHOOK_HEADER, ModelVersion, is_own_preannotation
-from prelabel.jobs.outcomes import Outcome, Tally
+from prelabel.contract import WEBHOOK_HEADER
 from prelabel.studio.client import plain
 
 
@@ -75,30 +73,3 @@ def ensure_project(
         client.projects.import_tasks(id=pid, request=tasks)
         setup.imported = len(tasks)
     return setup
-
-
-def preannotation_tally(client: Any, project_id: int, recorded: Callable[[], dict[int, Outcome]]) -> Tally:
-    """Per task of the project: pre-annotated (its latest prelabel prediction has a valid region),
-    failed (with the reason the worker recorded, else the ``#status`` of the prediction), or pending.
-
-    The worker records a reason before it writes the prediction, so the records are read after
-    the predictions: every prediction seen then has its reason."""
-    latest: dict[int, dict[str, Any]] = {}
-    for prediction in (plain(p) for p in client.predictions.list(project=project_id)):
-        if is_own_preannotation(prediction.get("model_version") or ""):
-            task = prediction["task"]
-            if task not in latest or prediction["id"] > latest[task]["id"]:
-                latest[task] = prediction
-    task_ids = [plain(t)["id"] for t in client.tasks.list(project=project_id)]
-    reasons = recorded()
-    per_task: list[Outcome | None] = []
-    for task_id in task_ids:
-        own = latest.get(task_id)
-        status = ModelVersion.parse(own.get("model_version") if own else None).task_status
-        if own and own.get("result"):
-            per_task.append(Outcome(status, None, labeled=True))
-        elif task_id in reasons and not reasons[task_id].labeled:
-            per_task.append(reasons[task_id])
-        else:
-            per_task.append(Outcome(status, status) if own else None)
-    return Tally.of(per_task)
