@@ -27,7 +27,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from prelabel.label_config.guideline import shipped_templates, template_path
-from prelabel.ml_backend.predictor import Predictor
+from prelabel.ml_backend.predictor import ContextBuilder
 from prelabel.settings import Settings
 from prelabel.stack.llm_server import find_gguf
 
@@ -54,10 +54,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     tok = tokenizer()
     settings = Settings(_env_file=None)
-    predictor = Predictor(settings, llm=None, cache=None)  # type: ignore[arg-type]
+    contexts = ContextBuilder(settings)
     rows = []
     for name in shipped_templates():
-        ctx = predictor.context(template_path(name, ".xml").read_text(), name)
+        ctx = contexts.context(template_path(name, ".xml").read_text(), name)
         samples = [json.loads(line) for line in template_path(name, ".sample.jsonl").read_text().splitlines()
                    if line.strip()]
         order = ctx.pool_order(ctx.pool)

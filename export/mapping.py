@@ -24,7 +24,7 @@ from prelabel.errors import UserError
 from prelabel.label_config.answers import answer_from_regions, check_answer
 from prelabel.label_config.controls import tie_groups
 from prelabel.label_config.schema import ConfigError, TaskDataError
-from prelabel.ml_backend.predictor import Predictor, ProjectContext
+from prelabel.ml_backend.predictor import ContextBuilder, ProjectContext
 from prelabel.settings import Settings
 
 TASK_TYPES = ("classification", "multilabel", "rating", "ranking", "generation", "extraction")
@@ -46,8 +46,7 @@ class Record:
 class Mapper:
     def __init__(self, label_config: str, guideline: str | None = None) -> None:
         try:
-            self.ctx: ProjectContext = Predictor(Settings(), llm=None, cache=None).context(  # type: ignore[arg-type]
-                label_config, guideline)
+            self.ctx: ProjectContext = ContextBuilder(Settings()).context(label_config, guideline)
         except ConfigError as exc:
             raise MappingError(f"this labeling config cannot be exported: {exc}") from None
         fields = self.ctx.schema.fields

@@ -43,7 +43,7 @@ from prelabel.ml_backend.confidence import FALLBACK_SCORE
 from prelabel.ml_backend.fewshot_store import ProjectPools
 from prelabel.ml_backend.llm_client import LLMClient
 from prelabel.ml_backend.model_router import ModelRouter
-from prelabel.ml_backend.predictor import Predictor, ProjectContext, open_predictor
+from prelabel.ml_backend.predictor import ContextBuilder, ProjectContext, open_predictor
 from prelabel.settings import Settings, get_settings, reviewer_settings
 from prelabel.studio.access import connect
 from prelabel.studio.client import ProjectClient
@@ -75,8 +75,7 @@ class ProjectJob:
         return cls(settings, conn, project_id, record, ProjectClient(sdk, project_id))
 
     def context(self, label_config: str | None) -> ProjectContext:
-        predictor = Predictor(self.settings, llm=None, cache=None)  # type: ignore[arg-type]
-        return predictor.context(label_config or self.ls.label_config(), self.record.guideline)
+        return ContextBuilder(self.settings).context(label_config or self.ls.label_config(), self.record.guideline)
 
 
 # --- entry point of every webhook job --------------------------------------------------------

@@ -127,20 +127,21 @@ class _Outcome:
         return "label_probs" if set(self.score_sources.values()) == {"label_probs"} else "logprobs"
 
 
-class Predictor:
-    def __init__(self, settings: Settings, llm: LLMClient, cache: PredictionCache | None) -> None:
+class ContextBuilder:
+    """Builds the ``ProjectContext`` of a (labeling config, guideline) pair and keeps it in an LRU.
+
+    All that validating, exporting or reviewing against a config needs, without an LLM client or
+    a cache: the worker's jobs and the export use it directly, a ``Predictor`` owns one.
+    """
+
+    def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.llm = llm
-        self.cache = cache
         self._contexts: LRU[tuple[str, str], ProjectContext] = LRU(settings.context_cache_size)
         self._template_signatures: dict[tuple, str] | None = None
-        self.budget: ContextBudget | None = None
-        if llm is not None:
-            endpoint = llm.endpoints[0]
-            counter = TokenCounter(endpoint.url, endpoint.client.api_key, llm.model)
-            self.budget = ContextBudget(counter, settings.llm_context_window, llm.learned_context_window)
 
-    # --- project context -----------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self._contexts)
+
     def context(
         self, label_config: str, guideline: str | dict | None = None, *, allow_path: bool = False
     ) -> ProjectContext:
@@ -214,6 +215,27 @@ class Predictor:
                     log.warning("shipped template %s is unusable: %s", name, exc)
         return self._template_signatures.get(_signature(schema))
 
+
+class Predictor:
+    def __init__(self, settings: Settings, llm: LLMClient, cache: PredictionCache | None) -> None:
+        self.settings = settings
+        self.llm = llm
+        self.cache = cache
+        self.contexts = ContextBuilder(settings)
+        endpoint = llm.endpoints[0]
+        counter = TokenCounter(endpoint.url, endpoint.client.api_key, llm.model)
+        self.budget = ContextBudget(counter, settings.llm_context_window, llm.learned_context_window)
+
+    # --- project context -----------------------------------------------------------------
+    def context(
+        self, label_config: str, guideline: str | dict | None = None, *, allow_path: bool = False
+    ) -> ProjectContext:
+        """The config's context, from this predictor's ``ContextBuilder`` (see there)."""
+        return self.contexts.context(label_config, guideline, allow_path=allow_path)
+
+    def cached_context(self, label_config: str, guideline: str | dict | None = None) -> ProjectContext | None:
+        return self.contexts.cached_context(label_config, guideline)
+
     # --- prediction ----------------------------------------------------------------------
     async def predict(
         self, tasks: list[dict[str, Any]], context: ProjectContext, pool: FewShotPool | None = None
@@ -268,7 +290,7 @@ class Predictor:
         pool = pool or ctx.pool
         examples = pool.select(texts, self.settings.fewshot_k, exclude=f"task:{task.get('id')}")
         candidates = ctx.candidates(texts, pool)
-        window = await self.budget.window() if self.budget else None
+        window = await self.budget.window()
         key = cache_key(
             model=self.llm.model, prompt=ctx.prompt.version, config=ctx.schema.config_hash, texts=texts,
             examples=[[e.texts, e.answer] for e in examples], temperature=self.llm.temperature,
@@ -338,10 +360,6 @@ class Predictor:
     ) -> Fitted | TooLong:
         """The task's prompt fitted to the context window (``context_budget``)."""
         order = ctx.pool_order(pool)
-        if self.budget is None:
-            chosen = sorted(examples, key=lambda e: order.get(id(e), 0))
-            messages = ctx.prompt.messages(texts, chosen, candidates=candidates)
-            return Fitted(messages, answer_tokens, 0, "full", chosen, 0, None)
         return await self.budget.fit(ctx.prompt, texts, examples, answer_tokens, candidates, order)
 
     async def _label(
@@ -358,7 +376,7 @@ class Predictor:
                 {"role": "assistant", "content": first.completion.content},
                 {"role": "user", "content": feedback(correctable)},
             ]
-            if self.budget is None or await self.budget.fits_followup(retry_messages, fitted.max_tokens):
+            if await self.budget.fits_followup(retry_messages, fitted.max_tokens):
                 attempts.append(await self._ask(ctx, retry_messages, texts, 2, schema, fitted.max_tokens, candidates))
         return _merge(ctx, attempts), attempts
 
@@ -528,7 +546,6 @@ async def open_predictor(settings: Settings) -> AsyncIterator[Predictor]:
         yield predictor
     finally:
         await llm.aclose()
-        if predictor.budget is not None:
-            await predictor.budget.counter.aclose()
+        await predictor.budget.counter.aclose()
         await client.aclose()
         await client.connection_pool.disconnect()  # a pool passed in is not closed by aclose()

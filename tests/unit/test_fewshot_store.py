@@ -10,7 +10,7 @@ import redis
 import redis.asyncio as aioredis
 
 from prelabel.ml_backend.fewshot_store import ProjectPools, add_example, pool_size, remove_task
-from prelabel.ml_backend.predictor import Predictor
+from prelabel.ml_backend.predictor import ContextBuilder
 from prelabel.settings import Settings
 
 CONFIG = """<View><Text name="text" value="$text"/>
@@ -38,7 +38,7 @@ def _pool(url: str, ctx, pools: ProjectPools):
 
 def test_pool_is_bounded_deduplicated_versioned_and_forgets_unlabeled_tasks(redis_url):
     conn = redis.Redis.from_url(redis_url)
-    ctx = Predictor(Settings(fewshot_k=3), llm=None, cache=None).context(CONFIG)  # type: ignore[arg-type]
+    ctx = ContextBuilder(Settings(fewshot_k=3)).context(CONFIG)
     pools = ProjectPools()
     assert _pool(redis_url, ctx, pools) is None  # nothing labeled yet: the context's own pool is used
     for task_id in range(1, 6):

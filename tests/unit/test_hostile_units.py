@@ -20,7 +20,7 @@ from prelabel.label_config.schema import ConfigError, build_schema, metric_tag
 from prelabel.logs import PlainFormatter, escape_controls
 from prelabel.lru import LRU, Once
 from prelabel.ml_backend.llm_client import LLMClient, LLMError
-from prelabel.ml_backend.predictor import Predictor
+from prelabel.ml_backend.predictor import ContextBuilder
 from prelabel.ml_backend.server import RequestError, project_id
 from prelabel.settings import Settings
 
@@ -38,14 +38,14 @@ def test_lru_keeps_the_most_recent() -> None:
     assert [seen.first(k) for k in ("x", "x", "y", "z", "x")] == [True, False, True, True, True]
 
 
-def test_predictor_contexts_are_bounded() -> None:
-    predictor = Predictor(Settings(context_cache_size=3), llm=None, cache=None)  # type: ignore[arg-type]
+def test_contexts_are_bounded() -> None:
+    predictor = ContextBuilder(Settings(context_cache_size=3))
     configs = [f'{OPEN}<Choices name="c{i}" toName="text"><Choice value="a"/></Choices></View>' for i in range(10)]
     first = predictor.context(configs[0])
     assert predictor.context(configs[0]) is first  # reused
     for config in configs:
         predictor.context(config)
-    assert len(predictor._contexts) == 3
+    assert len(predictor) == 3
     assert predictor.cached_context(configs[0]) is None and predictor.cached_context(configs[-1]) is not None
 
 

@@ -10,7 +10,7 @@ from prelabel.label_config.schema import build_schema
 from prelabel.ml_backend.fewshot import FewShotPool
 from prelabel.ml_backend.model_identity import DIFFERENT, SAME, UNKNOWN, ServerIdentity, compare
 from prelabel.ml_backend.near_duplicates import group, reused_prediction
-from prelabel.ml_backend.predictor import Predictor
+from prelabel.ml_backend.predictor import ContextBuilder
 from prelabel.ml_backend.prompt import Example
 from prelabel.quality.annotators import pair_agreement, screen
 from prelabel.ranking.uncertainty import inclusion_uncertainty
@@ -35,7 +35,7 @@ def test_near_duplicates_group_under_their_first_member_and_others_stay_alone():
 
 @pytest.fixture(scope="module")
 def ctx():
-    return Predictor(Settings(), llm=None, cache=None).context(NER)  # type: ignore[arg-type]
+    return ContextBuilder(Settings()).context(NER)
 
 
 def rep_prediction(ctx, text: str, answer: dict) -> dict:

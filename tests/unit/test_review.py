@@ -16,7 +16,7 @@ from prelabel.jobs.review import (
     review_schema,
 )
 from prelabel.label_config.controls import AnswerError
-from prelabel.ml_backend.predictor import Predictor
+from prelabel.ml_backend.predictor import ContextBuilder
 from prelabel.settings import Settings
 
 CONFIG = """<View><Text name="text" value="$text"/>
@@ -29,7 +29,7 @@ TEXTS = {"text": TEXT}
 
 @pytest.fixture(scope="module")
 def ctx():
-    return Predictor(Settings(), llm=None, cache=None).context(CONFIG)  # type: ignore[arg-type]
+    return ContextBuilder(Settings()).context(CONFIG)
 
 
 def regions_for(ctx, answer: dict) -> list[dict]:
