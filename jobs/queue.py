@@ -15,12 +15,11 @@ import redis
 from rq import Queue, Retry
 from rq.job import Job, JobStatus
 
-from prelabel.contract import event_marker_key
+from prelabel.contract import QUEUE_NAME, event_marker_key
 from prelabel.jobs.events import Event
 from prelabel.redis_conn import connection as connection  # re-exported: the queue's callers take it from here
 from prelabel.settings import Settings
 
-QUEUE_NAME = "prelabel"
 RETRY_FACTORS = (1, 6, 30)
 PENDING = {JobStatus.QUEUED, JobStatus.SCHEDULED, JobStatus.DEFERRED}
 

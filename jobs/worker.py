@@ -28,8 +28,8 @@ from rq.registry import StartedJobRegistry
 from rq.scheduler import SCHEDULER_KEY_TEMPLATE, RQScheduler
 from rq.worker import Worker
 
-from prelabel.contract import as_text
-from prelabel.jobs.queue import QUEUE_NAME, connection, job_queue
+from prelabel.contract import QUEUE_NAME, as_text
+from prelabel.jobs.queue import connection, job_queue
 from prelabel.jobs.reconcile import ReconcileTicker
 from prelabel.redis_conn import embedded_redis_stopped_on_exit
 from prelabel.settings import Settings

@@ -15,6 +15,10 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, NamedTuple, NotRequired, TypedDict
 
+# --- queue -------------------------------------------------------------------------------------
+QUEUE_NAME = "prelabel"  # the RQ queue the backend, the CLI and Label Studio events feed and the worker consumes
+
+
 # --- Redis keys ------------------------------------------------------------------------------
 # Every key prelabel writes starts with PREFIX, so `redis-cli --scan --pattern 'prelabel:*'`
 # lists them all and nothing collides with RQ's own `rq:` keys on the same Redis.

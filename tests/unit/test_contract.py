@@ -131,5 +131,6 @@ def test_stamp_of_tolerates_foreign_regions() -> None:
     assert stamp_of(None) == {}
 
 
-def test_webhook_header_is_what_label_studio_is_told_to_send() -> None:
-    assert contract.WEBHOOK_HEADER == "X-Prelabel-Secret"
+def test_webhook_header_and_queue_keep_their_names() -> None:
+    assert contract.WEBHOOK_HEADER == "X-Prelabel-Secret"  # what Label Studio's webhook is told to send
+    assert contract.QUEUE_NAME == "prelabel"  # what running workers listen on
