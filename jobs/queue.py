@@ -15,7 +15,7 @@ import redis
 from rq import Queue, Retry
 from rq.job import Job, JobStatus
 
-from prelabel.jobs.events import Event
+from prelabel.jobs.events import HUMAN, Event
 from prelabel.redis_conn import redis_url
 from prelabel.settings import Settings
 
@@ -55,7 +55,7 @@ def enqueue_event(conn: redis.Redis, settings: Settings, event: Event) -> Enqueu
         return Enqueued(job_id, duplicate=True)
     try:
         enqueue(conn, settings, handle_event, event.as_dict(), job_id=job_id,
-                description=f"{event.action} project {event.project_id}")
+                description=f"{event.action} project {event.project_id}", at_front=event.action in HUMAN)
     except Exception:
         conn.delete(DEDUPE_PREFIX + job_id)
         raise
@@ -63,14 +63,16 @@ def enqueue_event(conn: redis.Redis, settings: Settings, event: Event) -> Enqueu
 
 
 def enqueue(
-    conn: redis.Redis, settings: Settings, func: Callable[..., Any], *args: Any, job_id: str, description: str
+    conn: redis.Redis, settings: Settings, func: Callable[..., Any], *args: Any, job_id: str, description: str,
+    at_front: bool = False,
 ) -> Job:
-    """Queue ``func(*args)`` with prelabel's retry, timeout and retention policy."""
+    """Queue ``func(*args)`` with prelabel's retry, timeout and retention policy (``at_front``:
+    ahead of every waiting job, for what a person is waiting on)."""
     intervals = [settings.job_retry_backoff * f for f in RETRY_FACTORS[: max(1, settings.job_retries)]]
     retry = Retry(max=settings.job_retries, interval=intervals) if settings.job_retries else None
     return job_queue(conn).enqueue(
         func, *args, job_id=job_id, description=description, retry=retry, job_timeout=settings.job_timeout,
-        result_ttl=24 * 3600, failure_ttl=30 * 24 * 3600,
+        result_ttl=24 * 3600, failure_ttl=30 * 24 * 3600, at_front=at_front,
     )
 
 
