@@ -22,6 +22,9 @@ ANNOTATION_UPDATED = "ANNOTATION_UPDATED"
 ANNOTATIONS_DELETED = "ANNOTATIONS_DELETED"
 START_TRAINING = "START_TRAINING"
 HANDLED = frozenset({TASKS_CREATED, ANNOTATION_CREATED, ANNOTATION_UPDATED, ANNOTATIONS_DELETED, START_TRAINING})
+# Events a person just caused: queued ahead of bulk work (pre-annotation, review slices), so an
+# annotator's label reaches the few-shot pool, ranking and quality within one job slice.
+HUMAN = frozenset({ANNOTATION_CREATED, ANNOTATION_UPDATED, ANNOTATIONS_DELETED})
 
 # "Start training" carries nothing but the project: a second click within this window is the
 # same request; after it, a new training run.

@@ -36,7 +36,7 @@ from prelabel.jobs import events as ev
 from prelabel.jobs import outcomes
 from prelabel.jobs.events import Event
 from prelabel.jobs.projects import ProjectRecord, load_project
-from prelabel.jobs.queue import connection, enqueue, enqueue_once, job_queue
+from prelabel.jobs.queue import connection, enqueue_once, job_queue
 from prelabel.jobs.review import Review, proposed_answer, review_one
 from prelabel.label_config.schema import TaskDataError
 from prelabel.ml_backend.confidence import FALLBACK_SCORE
@@ -97,8 +97,7 @@ def handle_event(event_data: dict[str, Any]) -> dict[str, Any]:
 def preannotate(job: ProjectJob, task_ids: list[int], label_config: str | None) -> dict[str, Any]:
     """Pre-annotate tasks in the background (projects too big for an interactive /predict)."""
     counts = asyncio.run(_preannotate(job, task_ids, label_config))
-    enqueue(job.conn, job.settings, review_tasks, job.project_id, task_ids, label_config,
-            job_id=f"review-{job.project_id}-{ev.event_key(task_ids)}", description=f"review {len(task_ids)} tasks")
+    queue_review(job, task_ids, label_config)
     return counts
 
 
@@ -140,9 +139,20 @@ def _tasks_needing(ls: ProjectClient, task_ids: list[int], family: str) -> list[
 
 
 # --- second-model review ---------------------------------------------------------------------
+def queue_review(job: ProjectJob, task_ids: list[int], label_config: str | None) -> None:
+    enqueue_once(job.conn, job.settings, review_tasks, job.project_id, task_ids, label_config,
+                 job_id=f"review-{job.project_id}-{ev.event_key(task_ids)}",
+                 description=f"review {len(task_ids)} tasks")
+
+
 def review_tasks(project_id: int, task_ids: list[int], label_config: str | None = None) -> dict[str, int]:
+    """Review the tasks for one slice of time (``job_slice_s``); the rest become a new job at the
+    back of the queue, so a human label's webhook (queued at the front) waits one slice, not the
+    whole import's review."""
     job = ProjectJob.open(project_id)
-    counts, transient = asyncio.run(_review(job, task_ids, label_config))
+    counts, transient, rest = asyncio.run(_review(job, task_ids, label_config))
+    if rest:
+        queue_review(job, rest, label_config)
     queue_refresh(job)
     if transient:
         raise ReviewRetry(f"{len(transient)} review(s) failed for a transient reason: tasks {transient[:10]}")
@@ -182,7 +192,12 @@ def reviewer_independence(settings: Settings, conn: redis.Redis) -> dict[str, An
     return found
 
 
-async def _review(job: ProjectJob, task_ids: list[int], label_config: str | None) -> tuple[dict[str, int], list[int]]:
+async def _review(job: ProjectJob, task_ids: list[int], label_config: str | None
+                  ) -> tuple[dict[str, int], list[int], list[int]]:
+    """(counts by status, tasks whose review failed for a transient reason, tasks not reached).
+
+    Tasks go out in waves as wide as the reviewer's current adaptive limit (no task waits long
+    for a permit); after a wave that ends past the slice, the rest is left for the next job."""
     check_reviewer(job.settings)
     independence = await asyncio.to_thread(reviewer_independence, job.settings, job.conn)
     ctx = await asyncio.to_thread(job.context, label_config)
@@ -196,11 +211,17 @@ async def _review(job: ProjectJob, task_ids: list[int], label_config: str | None
             if status == ReviewStatus.REVIEW_ERROR:
                 transient.append(task_id)
 
-        await asyncio.gather(*(one(tid) for tid in task_ids))
+        ends = time.monotonic() + job.settings.job_slice_s
+        rest = list(task_ids)
+        while rest and (len(rest) == len(task_ids) or time.monotonic() < ends):
+            width = llm.capacity()
+            wave, rest = rest[:width], rest[width:]
+            await asyncio.gather(*(one(tid) for tid in wave))
     finally:
         await llm.aclose()
-    log.info("project %s: reviewed %d tasks: %s", job.project_id, len(task_ids), counts)
-    return counts, sorted(transient)
+    log.info("project %s: reviewed %d tasks: %s%s", job.project_id, len(task_ids) - len(rest), counts,
+             f"; {len(rest)} left for the next job" if rest else "")
+    return counts, sorted(transient), rest
 
 
 async def _review_task(job: ProjectJob, llm: LLMClient, ctx: ProjectContext, task_id: int,

@@ -16,7 +16,7 @@ from rq import Queue, Retry
 from rq.job import Job, JobStatus
 
 from prelabel.contract import QUEUE_NAME, event_marker_key
-from prelabel.jobs.events import Event
+from prelabel.jobs.events import HUMAN, Event
 from prelabel.redis_conn import connection as connection  # re-exported: the queue's callers take it from here
 from prelabel.settings import Settings
 
@@ -49,7 +49,7 @@ def enqueue_event(conn: redis.Redis, settings: Settings, event: Event) -> Enqueu
         return Enqueued(job_id, duplicate=True)
     try:
         enqueue(conn, settings, handle_event, event.as_dict(), job_id=job_id,
-                description=f"{event.action} project {event.project_id}")
+                description=f"{event.action} project {event.project_id}", at_front=event.action in HUMAN)
     except Exception:
         conn.delete(event_marker_key(job_id))
         raise
@@ -57,14 +57,16 @@ def enqueue_event(conn: redis.Redis, settings: Settings, event: Event) -> Enqueu
 
 
 def enqueue(
-    conn: redis.Redis, settings: Settings, func: Callable[..., Any], *args: Any, job_id: str, description: str
+    conn: redis.Redis, settings: Settings, func: Callable[..., Any], *args: Any, job_id: str, description: str,
+    at_front: bool = False,
 ) -> Job:
-    """Queue ``func(*args)`` with prelabel's retry, timeout and retention policy."""
+    """Queue ``func(*args)`` with prelabel's retry, timeout and retention policy (``at_front``:
+    ahead of every waiting job, for what a person is waiting on)."""
     intervals = [settings.job_retry_backoff * f for f in RETRY_FACTORS[: max(1, settings.job_retries)]]
     retry = Retry(max=settings.job_retries, interval=intervals) if settings.job_retries else None
     return job_queue(conn).enqueue(
         func, *args, job_id=job_id, description=description, retry=retry, job_timeout=settings.job_timeout,
-        result_ttl=24 * 3600, failure_ttl=30 * 24 * 3600,
+        result_ttl=24 * 3600, failure_ttl=30 * 24 * 3600, at_front=at_front,
     )
 
 

@@ -148,6 +148,11 @@ class LLMClient:
         for endpoint in self._endpoints:
             await endpoint.client.close()
 
+    def capacity(self) -> int:
+        """Calls that may be in flight now over all endpoints (their adaptive limits): how much
+        work a caller should start at once so that none of it waits long for a permit."""
+        return max(1, sum(limit.permits for limit in self.pool.limits))
+
     def load_snapshot(self) -> dict[str, Any]:
         """Limits, in-flight calls, queueing and the retry budget: for /metrics and ``prelabel status``."""
         endpoints = self.pool.snapshot([e.label for e in self._endpoints])

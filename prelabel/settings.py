@@ -103,6 +103,9 @@ class Settings(BaseSettings):
     job_retries: int = Field(3, ge=0, description="Retries of a failed job.")
     job_retry_backoff: int = Field(10, ge=1, description="Seconds before the 1st retry; then x6, x30.")
     job_timeout: int = Field(1800, ge=10, description="Seconds one job may run.")
+    job_slice_s: float = Field(
+        60.0, gt=0, description="Seconds a review job runs before it queues its remaining tasks as a new job "
+        "(human-label webhooks, queued at the front, run in between).")
     event_dedupe_ttl: int = Field(7 * 24 * 3600, ge=60, description="Seconds a delivered event id is remembered.")
     reconcile_interval: int = Field(
         60, ge=0, description="Seconds between retries of tasks an LLM error left unlabeled (0: never).")

@@ -257,6 +257,34 @@ def test_worker_killed_mid_job_reruns_without_duplicates(backend_factory, label_
         stack.stop()
 
 
+def test_a_human_label_overtakes_a_long_review(backend_factory, label_studio, redis_url, fault_llm) -> None:
+    """The review of an import runs in slices (``PRELABEL_JOB_SLICE_S``) and an annotation's
+    webhook is queued at the front: the annotator's label is handled while the review still has
+    tasks left (not after all of it), and the review still ends with one review per task."""
+    fault_llm.set_latency(700)
+    stack = start_stack(backend_factory, label_studio, "review-slices", _own_db(redis_url),
+                        fault_env(fault_llm, PRELABEL_LLM_CONCURRENCY="1", PRELABEL_JOB_SLICE_S="1"))
+    try:
+        pid = new_project(label_studio, stack, "review slices")
+        import_tasks(label_studio, pid, QUERIES)
+        state = wait_for(lambda: (s := project_state(label_studio, pid)) and any(t["review"] for t in s.values())
+                         and s, 120, "the first review", stack)
+        task_id = min(state)
+        label_studio.sdk().annotations.create(id=task_id, result=[{
+            "from_name": "intent", "to_name": "text", "type": "choices", "value": {"choices": ["other"]}}])
+        log = stack.workers[0].log_path
+        wait_for(lambda: f"ANNOTATION_CREATED project {pid}" in log.read_text(), 60,
+                 "the annotation webhook to be handled", stack)
+        waiting = [tid for tid, task in project_state(label_studio, pid).items() if not task["review"]]
+        assert waiting, "the annotation was handled only after the whole review"
+
+        state = wait_for(all_reviewed(label_studio, pid, len(QUERIES), final=True), 180, "every task reviewed", stack)
+        assert_one_each(state)
+        assert "left for the next job" in log.read_text()
+    finally:
+        stack.stop()
+
+
 def test_reviewer_down_marks_review_error_then_retries(backend_factory, label_studio, redis_url,
                                                        fault_llm) -> None:
     port = free_port()
