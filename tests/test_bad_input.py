@@ -20,7 +20,7 @@ from typing import Any, Self
 import httpx
 import pytest
 
-from tests.harness.ports import free_port
+from prelabel.stack.ports import free_port
 from tests.support.backend_proc import (
     CHOICES_CONFIG,
     BackendClient,

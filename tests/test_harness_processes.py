@@ -16,9 +16,9 @@ import httpx
 import psutil
 import pytest
 
+from prelabel.stack.ports import free_port, port_open
+from prelabel.stack.processes import ManagedProcess, StartupError, child_env, running
 from tests.harness.backend import BackendFactory
-from tests.harness.ports import free_port, port_open
-from tests.harness.processes import ManagedProcess, StartupError, child_env, running
 
 STANDIN_SERVER = textwrap.dedent("""
     import json, os, sys

@@ -24,7 +24,7 @@ import redis as redis_lib
 from prelabel.contract import calibration_key
 from prelabel.ml_backend.calibration import CalibrationMap
 from prelabel.ml_backend.fewshot_store import add_example
-from tests.harness.llm_server import start_llm_server
+from prelabel.stack.llm_server import start_llm_server
 
 pytestmark = pytest.mark.e2e
 

@@ -22,8 +22,8 @@ from typer.testing import CliRunner
 
 from prelabel.cli import app
 from prelabel.settings import Settings, get_settings
+from prelabel.stack.llm_server import find_gguf
 from prelabel.train.data import load_dataset
-from tests.harness.llm_server import find_gguf
 from tests.support.flywheel_data import spam_dataset
 
 pytestmark = pytest.mark.e2e

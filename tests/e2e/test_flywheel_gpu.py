@@ -31,7 +31,7 @@ pytestmark = pytest.mark.gpu
 @pytest.fixture(scope="module")
 def base_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     try:
-        from tests.harness.llm_server import find_gguf
+        from prelabel.stack.llm_server import find_gguf
 
         return find_gguf()
     except FileNotFoundError:

@@ -6,9 +6,9 @@ import subprocess
 
 import pytest
 
+from prelabel.stack.ports import free_port
+from prelabel.stack.processes import child_env
 from tests.harness import dev_bin
-from tests.harness.ports import free_port
-from tests.harness.processes import child_env
 
 pytestmark = pytest.mark.e2e
 

@@ -15,8 +15,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from prelabel.stack.processes import ManagedProcess, child_env
 from tests.harness import dev_bin
-from tests.harness.processes import ManagedProcess, child_env
 from tests.support.backend_proc import metric_value
 from tests.support.waiting import wait_for
 

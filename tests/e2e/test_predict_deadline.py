@@ -16,8 +16,8 @@ import time
 
 import pytest
 
+from prelabel.stack.processes import ManagedProcess, child_env
 from tests.harness import dev_bin
-from tests.harness.processes import ManagedProcess, child_env
 from tests.support.fault_llm import running_fault_server
 from tests.support.waiting import wait_for
 

@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 import redis as redis_lib
 
+from prelabel.stack.processes import child_env
 from tests.harness import dev_bin
-from tests.harness.processes import child_env
 
 pytestmark = pytest.mark.e2e
 

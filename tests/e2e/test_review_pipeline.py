@@ -20,9 +20,9 @@ import httpx
 import pytest
 import redis as redis_lib
 
+from prelabel.stack.ports import free_port
+from prelabel.stack.processes import ManagedProcess, child_env
 from tests.harness import dev_bin
-from tests.harness.ports import free_port
-from tests.harness.processes import ManagedProcess, child_env
 from tests.harness.redis_server import redis_server_binary
 from tests.support.fault_llm import running_fault_server
 from tests.support.waiting import wait_for as wait_until

@@ -22,9 +22,9 @@ import pytest
 from label_studio_sdk.client import LabelStudio
 
 from prelabel.jobs.reconcile import is_own_preannotation
+from prelabel.stack.ports import free_port
+from prelabel.stack.processes import ManagedProcess, child_env
 from tests.harness import dev_bin
-from tests.harness.ports import free_port
-from tests.harness.processes import ManagedProcess, child_env
 from tests.support.switch_proxy import SwitchProxy
 from tests.support.waiting import wait_for
 

@@ -21,9 +21,10 @@ from pathlib import Path
 
 import httpx
 
+from prelabel.stack.ports import free_port
+from prelabel.stack.processes import ManagedProcess, child_env
+
 from . import dev_bin
-from .ports import free_port
-from .processes import ManagedProcess, child_env
 
 DEFAULT_START_TIMEOUT = float(os.environ.get("PRELABEL_BACKEND_START_TIMEOUT", "60"))
 

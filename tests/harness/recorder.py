@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from .ports import free_port
+from prelabel.stack.ports import free_port
 
 
 @dataclass

@@ -13,8 +13,8 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from .ports import free_port
-from .processes import ManagedProcess, child_env
+from prelabel.stack.ports import free_port
+from prelabel.stack.processes import ManagedProcess, child_env
 
 DEFAULT_START_TIMEOUT = float(os.environ.get("PRELABEL_REDIS_START_TIMEOUT", "30"))
 

@@ -18,10 +18,10 @@ from typing import Any
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
+from prelabel.stack.ports import free_port
+from prelabel.stack.processes import ManagedProcess, child_env
 from tests.harness import dev_bin
 from tests.harness.backend import Backend
-from tests.harness.ports import free_port
-from tests.harness.processes import ManagedProcess, child_env
 
 _SCRUB = ("OPENAI_BASE_URL", "OPENAI_API_KEY", "REDIS_URL", "LABEL_STUDIO_URL", "LABEL_STUDIO_API_KEY")
 
