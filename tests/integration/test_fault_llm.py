@@ -22,7 +22,7 @@ import jsonschema
 import openai
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 if str(REPO) not in sys.path:  # `pytest` (not `python -m pytest`) may not put the root there
     sys.path.insert(0, str(REPO))
 

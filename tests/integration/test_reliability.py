@@ -43,12 +43,6 @@ VALIDATION = "prelabel_validation_errors_total"
 
 
 @pytest.fixture(scope="module")
-def fault() -> Iterator[FaultServer]:
-    with running_fault_server(latency_ms=0) as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
 def backend(fault: FaultServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[BackendClient]:
     proc = start_backend(
         tmp_path_factory.mktemp("reliability"), {**RELIABLE_ENV, "OPENAI_BASE_URL": fault.base_url},

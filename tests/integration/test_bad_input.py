@@ -28,7 +28,7 @@ from tests.support.backend_proc import (
     start_backend,
     unique_text,
 )
-from tests.support.fault_llm import FaultServer, running_fault_server
+from tests.support.fault_llm import FaultServer
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -48,12 +48,6 @@ MIXED_CONFIG = (
     '<Choices name="intent" toName="text"><Choice value="a"/><Choice value="b"/></Choices>'
     '<Foo name="f" toName="text"/></View>'
 )
-
-
-@pytest.fixture(scope="module")
-def fault() -> Iterator[FaultServer]:
-    with running_fault_server(latency_ms=0) as server:
-        yield server
 
 
 @pytest.fixture(scope="module")
