@@ -18,7 +18,7 @@ import re
 import time
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Annotated, Any
 
@@ -239,8 +239,9 @@ def one_line(text: str, limit: int = 500) -> str:
 class Backend:
     """Request handlers over one ``Predictor``; state per project from ``/setup``."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, predictor: Predictor | None = None) -> None:
         self.settings = settings
+        self._given = predictor  # a caller's predictor (in-process tests): used, not closed, by the server
         # Bounded: project ids come from requests. An evicted project is read back from Redis.
         self.projects: LRU[str, ProjectState] = LRU(settings.project_cache_size)
         self.predictor: Predictor | None = None
@@ -254,7 +255,8 @@ class Backend:
 
     @asynccontextmanager
     async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
-        async with open_predictor(self.settings) as predictor:
+        opened = nullcontext(self._given) if self._given is not None else open_predictor(self.settings)
+        async with opened as predictor:
             self.predictor = predictor
             self.router = ModelRouter(predictor)
             self.jobs_conn = connection(self.settings)
@@ -481,9 +483,11 @@ def _pydantic_message(exc: ValidationError) -> str:
     return "; ".join(f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in exc.errors()[:5])
 
 
-def create_app(settings: Settings | None = None) -> Starlette:
+def create_app(settings: Settings | None = None, predictor: Predictor | None = None) -> Starlette:
+    """The backend's ASGI app; ``predictor`` replaces the one it would open (and close) itself, so
+    tests run the whole app in-process (``TestClient(create_app(settings, predictor=...))``)."""
     settings = settings or get_settings()
-    backend = Backend(settings)
+    backend = Backend(settings, predictor)
     middleware = []
     if settings.basic_auth_user and settings.basic_auth_password:
         middleware.append(

@@ -1,0 +1,86 @@
+"""The backend's ASGI app in-process (Starlette's TestClient), with a predictor the test built: a
+real LLM client against the fault LLM server and a real Redis cache (the session's redis-server).
+
+What a prediction carries is checked against ``prelabel.contract``, the formats the worker,
+ranking, quality and export read back: a region stamp key no reader knows, or a ``model_version``
+that does not parse back, fails here."""
+
+from __future__ import annotations
+
+import typing
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from pydantic import SecretStr
+from starlette.testclient import TestClient
+
+from prelabel.contract import WEBHOOK_HEADER, ModelVersion, RegionStamp, TaskStatus, stamp_of
+from prelabel.ml_backend.cache import PredictionCache
+from prelabel.ml_backend.llm_client import LLMClient
+from prelabel.ml_backend.predictor import Predictor
+from prelabel.ml_backend.server import create_app
+from prelabel.redis_conn import async_client
+from prelabel.settings import Settings
+from tests.support.fault_llm import FaultServer
+
+CONFIG = ('<View><Text name="text" value="$text"/>'
+          '<Choices name="intent" toName="text"><Choice value="book"/><Choice value="cancel"/>'
+          '<Choice value="other"/></Choices></View>')
+IMAGE_ONLY = ('<View><Image name="img" value="$image"/>'
+              '<RectangleLabels name="box" toName="img"><Label value="car"/></RectangleLabels></View>')
+SECRET = "whsec-inprocess-5b1e"
+
+
+@pytest.fixture(scope="module")
+def settings(fault: FaultServer, redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    return Settings(_env_file=None, llm_base_urls=[fault.base_url], llm_model="fault", llm_max_retries=0,
+                    redis_url=redis_url, data_dir=Path(tmp_path_factory.mktemp("inprocess")),
+                    webhook_secret=SecretStr(SECRET), fewshot_k=0)
+
+
+@pytest.fixture()
+def predictor(settings: Settings) -> Predictor:
+    return Predictor(settings, LLMClient(settings), PredictionCache(async_client(settings), settings.cache_ttl))
+
+
+@pytest.fixture()
+def client(settings: Settings, predictor: Predictor) -> Iterator[TestClient]:
+    with TestClient(create_app(settings, predictor=predictor)) as test_client:
+        yield test_client
+
+
+def test_the_app_predicts_with_the_given_predictor(client: TestClient, predictor: Predictor,
+                                                   fault: FaultServer) -> None:
+    assert client.app.state.backend.predictor is predictor
+    before = fault.stats()["requests"]
+    tasks = [{"id": i, "data": {"text": f"in-process task {i}: move my booking to friday"}} for i in (1, 2)]
+    response = client.post("/predict", json={"tasks": tasks, "label_config": CONFIG})
+    assert response.status_code == 200, response.text
+    results = response.json()["results"]
+    assert len(results) == 2 and fault.stats()["requests"] - before >= 2  # the given client called the LLM
+    for prediction in results:
+        version = ModelVersion.parse(prediction["model_version"])
+        assert version.model == "fault" and version.prompt_version.startswith("p-") and not version.review
+        assert str(version) == prediction["model_version"]
+        assert version.task_status == prediction["meta"]["status"] == TaskStatus.OK
+        [region] = prediction["result"]
+        assert region["value"]["choices"][0] in {"book", "cancel", "other"}
+        stamp = stamp_of(region)
+        declared = set(typing.get_type_hints(RegionStamp))
+        assert set(stamp) <= declared, f"stamp keys no reader declares: {set(stamp) - declared}"
+        assert stamp["status"] == TaskStatus.OK and stamp["model"] == "fault"
+        assert set(stamp["label_probs"]) == {"book", "cancel", "other"}  # what the ranking reads
+        assert stamp["label_probs_kind"] == "distribution"
+
+
+def test_errors_are_mapped_to_json_with_their_reason(client: TestClient) -> None:
+    unusable = client.post("/setup", json={"project": "7", "schema": IMAGE_ONLY})
+    assert unusable.status_code == 422 and unusable.json()["reason"] == "bad_config"
+    unknown = client.get("/no-such-path")
+    assert unknown.status_code == 404 and unknown.json()["reason"] == "not_found"
+    unsigned = client.post("/webhook", json={"action": "TASKS_CREATED", "project": {"id": 7}})
+    assert unsigned.status_code == 401 and WEBHOOK_HEADER in unsigned.json()["error"]
+    wrong = client.post("/webhook", json={"action": "TASKS_CREATED", "project": {"id": 7}},
+                        headers={WEBHOOK_HEADER: SECRET + "x"})
+    assert wrong.status_code == 401
