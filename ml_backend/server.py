@@ -53,6 +53,7 @@ from prelabel.ml_backend.fewshot_store import ProjectPools, add_example, pool_si
 from prelabel.ml_backend.model_router import ModelRouter
 from prelabel.ml_backend.predictor import Predictor, ProjectContext, open_predictor
 from prelabel.ml_backend.project_examples import fetch_labeled_examples
+from prelabel.ml_backend.stats import SHARED_COUNTERS
 from prelabel.settings import Settings, get_settings
 from prelabel.studio.access import Access, AccessRefused, resolve
 
@@ -260,7 +261,7 @@ class Backend:
             self.predictor = predictor
             self.router = ModelRouter(predictor)
             self.jobs_conn = connection(self.settings)
-            QUEUE_COLLECTOR.conn = self.jobs_conn
+            QUEUE_COLLECTOR.conn = SHARED_COUNTERS.conn = self.jobs_conn
             # Everything loaded so far lives as long as the server: keep it out of the GC's
             # generations so collections stay short under load (fewer latency spikes).
             gc.collect()
@@ -273,7 +274,7 @@ class Backend:
                 yield
             finally:
                 self._builder.shutdown(wait=False, cancel_futures=True)
-                QUEUE_COLLECTOR.conn = None
+                QUEUE_COLLECTOR.conn = SHARED_COUNTERS.conn = None
                 self.jobs_conn.close()
                 await self.router.aclose()
 

@@ -43,7 +43,10 @@ def read(conn: Any, key: str) -> dict[str, int]:
 
 
 class SharedCounters:
-    """Prometheus collector over the Redis counters (uses the backend's queue connection)."""
+    """Prometheus collector over the Redis counters; reads them through ``conn``, which the backend
+    sets to its Redis connection while it runs (None: nothing to report)."""
+
+    conn: Any = None
 
     def describe(self) -> Iterator[Metric]:
         """The families without values: registering must not read Redis (or import the queue)."""
@@ -52,9 +55,7 @@ class SharedCounters:
         yield GaugeMetricFamily(INDEPENDENCE_METRIC, INDEPENDENCE_DOC, labels=["verdict"])
 
     def collect(self) -> Iterator[Metric]:
-        from prelabel.jobs.status import QUEUE_COLLECTOR
-
-        conn = QUEUE_COLLECTOR.conn
+        conn = self.conn
         if conn is None:
             return
         for key, (name, doc, label) in _FAMILIES.items():
@@ -76,4 +77,5 @@ class SharedCounters:
             yield gauge
 
 
-REGISTRY.register(SharedCounters())
+SHARED_COUNTERS = SharedCounters()
+REGISTRY.register(SHARED_COUNTERS)

@@ -12,10 +12,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import redis
 from pydantic import SecretStr
 from starlette.testclient import TestClient
 
-from prelabel.contract import WEBHOOK_HEADER, ModelVersion, RegionStamp, TaskStatus, stamp_of
+from prelabel.contract import CASCADE_STATS_KEY, WEBHOOK_HEADER, ModelVersion, RegionStamp, TaskStatus, stamp_of
 from prelabel.ml_backend.cache import PredictionCache
 from prelabel.ml_backend.llm_client import LLMClient
 from prelabel.ml_backend.predictor import Predictor
@@ -84,3 +85,16 @@ def test_errors_are_mapped_to_json_with_their_reason(client: TestClient) -> None
     wrong = client.post("/webhook", json={"action": "TASKS_CREATED", "project": {"id": 7}},
                         headers={WEBHOOK_HEADER: SECRET + "x"})
     assert wrong.status_code == 401
+
+
+def test_metrics_report_the_counters_all_processes_share(client: TestClient, settings: Settings) -> None:
+    """Workers add to Redis hashes; the backend's /metrics reads them through its own connection."""
+    conn = redis.Redis.from_url(settings.redis_url or "")
+    conn.delete(CASCADE_STATS_KEY)
+    conn.hincrby(CASCADE_STATS_KEY, "fallback", 3)
+    try:
+        text = client.get("/metrics").text
+        assert 'prelabel_cascade_routes_total{route="fallback"} 3.0' in text
+    finally:
+        conn.delete(CASCADE_STATS_KEY)
+        conn.close()
