@@ -13,11 +13,10 @@ import math
 import re
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
+from prelabel.contract import SpanOccurrence
 from prelabel.errors import PrelabelError
-
-SpanOccurrence = Literal["all", "first", "unique"]
 
 # Bounds on numeric config attributes: past them a value is a typo or an attack, not a scale.
 MAX_RATING = 1000

@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any, NamedTuple, NotRequired, TypedDict
+from typing import Any, Literal, NamedTuple, NotRequired, TypedDict
 
 # --- queue -------------------------------------------------------------------------------------
 QUEUE_NAME = "prelabel"  # the RQ queue the backend, the CLI and Label Studio events feed and the worker consumes
@@ -217,6 +217,10 @@ def is_review(model_version: str | None) -> bool:
 def is_own_preannotation(model_version: str | None) -> bool:
     """A pre-annotation prelabel wrote (not a review, not another backend's prediction)."""
     return bool(_PREANNOTATION.match(model_version or ""))
+
+
+# --- settings shared with the config handlers ----------------------------------------------------
+SpanOccurrence = Literal["all", "first", "unique"]  # which occurrences of a repeated span are labelled
 
 
 # --- webhooks ------------------------------------------------------------------------------------

@@ -22,8 +22,9 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
+from prelabel.contract import SpanOccurrence
+
 StructuredOutput = Literal["json_schema", "json_object", "none"]
-SpanOccurrence = Literal["all", "first", "unique"]
 
 
 def _split_csv(value: object) -> object:
