@@ -51,7 +51,6 @@ from prelabel.studio.client import ProjectClient
 log = logging.getLogger(__name__)
 
 
-
 class ReviewRetry(PrelabelError, RuntimeError):
     """Some reviews failed for a transient reason; raising makes RQ retry the job later."""
 

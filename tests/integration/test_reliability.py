@@ -240,8 +240,6 @@ def test_bad_label_then_ok(llm: FaultServer, backend: BackendClient) -> None:
     assert llm.stats()["requests"] == 2
 
 
-
-
 def test_garbage_http_is_retried(llm: FaultServer, backend: BackendClient) -> None:
     """An HTTP 200 whose body is not JSON (a broken proxy) must be retried like a bad response,
     not crash the whole /predict request."""
