@@ -22,8 +22,9 @@ from starlette.concurrency import run_in_threadpool
 
 from prelabel.jobs import handoff
 from prelabel.ml_backend import metrics
+from prelabel.ml_backend.cascade import ProjectPredictor
 from prelabel.ml_backend.fewshot import FewShotPool
-from prelabel.ml_backend.predictor import Predictor, ProjectContext
+from prelabel.ml_backend.predictor import ProjectContext
 from prelabel.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -47,7 +48,7 @@ def task_ids(tasks: list[Any]) -> list[int] | None:
 
 
 async def answer_within_deadline(
-    predictor: Predictor, tasks: list[Any], context: ProjectContext, pool: FewShotPool | None, *,
+    predictor: ProjectPredictor, tasks: list[Any], context: ProjectContext, pool: FewShotPool | None, *,
     conn: redis.Redis, settings: Settings, project_id: str, label_config: str | None, arrived: float,
 ) -> Answer | None:
     """Predict until the deadline, hand the rest off; None when the tasks carry no ids to hand off."""

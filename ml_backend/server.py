@@ -48,6 +48,7 @@ from prelabel.label_config.guideline import GuidelineError, guideline_ref
 from prelabel.label_config.schema import ConfigError
 from prelabel.lru import LRU
 from prelabel.ml_backend import metrics
+from prelabel.ml_backend.cascade import ProjectPredictor
 from prelabel.ml_backend.deadline import Answer, answer_within_deadline, loop_time
 from prelabel.ml_backend.fewshot_store import ProjectPools, add_example, pool_size
 from prelabel.ml_backend.model_router import ModelRouter
@@ -305,12 +306,13 @@ class Backend:
             wants_examples = context is not None and self.settings.fewshot_k > 0
             if wants_examples or body.hostname:  # a refused hostname is counted and logged now, fetch or not
                 access = self._studio_access(pid, state)
-                if access is not None and wants_examples and self._may_fetch(pid):
+                if access is not None and context is not None and wants_examples and self._may_fetch(pid):
                     self._background(self._load_human_examples(pid, state, context, access))
         version = predictor.model_version(context) if context else predictor.llm.model
         return JSONResponse({"model_version": version})
 
-    async def _context(self, predictor: Predictor, config: str, guideline: str | dict | None) -> ProjectContext:
+    async def _context(self, predictor: ProjectPredictor, config: str, guideline: str | dict | None
+                       ) -> ProjectContext:
         """The config's context; built in a thread (a large config must not stall ``/health``).
 
         Whatever a config or guideline makes the builder raise is the request's fault: a 422
@@ -400,7 +402,7 @@ class Backend:
         except RequestError:
             pid = None
         state = self.projects.get(pid) if pid else None
-        if state is None:
+        if pid is None or state is None:
             return JSONResponse({"error": "unknown project", "reason": "unknown_project"}, status_code=404)
         examples = await run_in_threadpool(pool_size, self.jobs_conn, pid)
         return JSONResponse({"project": pid, "has_config": bool(state.label_config), "human_examples": examples})
@@ -462,6 +464,7 @@ class Backend:
         if event is None:
             metrics.WEBHOOK_EVENTS.labels("ignored").inc()
             return JSONResponse({"status": "ignored"})
+        assert self.jobs_conn is not None  # set by the lifespan before the first request
         try:
             queued = await run_in_threadpool(enqueue_event, self.jobs_conn, self.settings, event)
         except RedisError as exc:
