@@ -213,7 +213,9 @@ async def read_json(request: Request, limit: int) -> Any:
         raise RequestError(400, "invalid_json", f"body is not valid JSON: {exc}") from None
 
 
-REJECTED = (RequestError, ValidationError, ConfigError, GuidelineError)
+# What a request can get wrong; the app maps each to a JSON 4xx (``_rejected``), whichever handler raised it.
+REJECTED = (RequestError, ValidationError, ConfigError, GuidelineError, EventError)
+ENDPOINTS = {"setup", "predict", "webhook"}  # the metric label of a rejection; anything else is "other"
 
 
 def _rejection(exc: Exception) -> RequestError:
@@ -222,7 +224,15 @@ def _rejection(exc: Exception) -> RequestError:
         return exc
     if isinstance(exc, ValidationError):
         return RequestError(422, "bad_body", _pydantic_message(exc))
+    if isinstance(exc, EventError):
+        return RequestError(400, "bad_event", str(exc))
     return RequestError(422, "bad_config", str(exc))
+
+
+async def _rejected(request: Request, exc: Exception) -> Response:
+    """Starlette exception handler: a rejected request's JSON error, counted under its endpoint."""
+    endpoint = request.url.path.strip("/")
+    return _error(endpoint if endpoint in ENDPOINTS else "other", _rejection(exc))
 
 
 def _error(endpoint: str, exc: RequestError) -> JSONResponse:
@@ -290,15 +300,12 @@ class Backend:
         )
 
     async def setup(self, request: Request) -> Response:
-        try:
-            body = SetupRequest.model_validate(await read_json(request, self.settings.max_request_bytes))
-            pid = project_id(body.project)
-            guideline = guideline_ref(_extra_params(body.extra_params).get("guideline"))
-            assert self.router is not None
-            predictor = await self.router.for_project(pid)
-            context = await self._context(predictor, body.schema_, guideline) if body.schema_ else None
-        except REJECTED as exc:
-            return _error("setup", _rejection(exc))
+        body = SetupRequest.model_validate(await read_json(request, self.settings.max_request_bytes))
+        pid = project_id(body.project)
+        guideline = guideline_ref(_extra_params(body.extra_params).get("guideline"))
+        assert self.router is not None
+        predictor = await self.router.for_project(pid)
+        context = await self._context(predictor, body.schema_, guideline) if body.schema_ else None
         if pid is not None:
             state = ProjectState(body.schema_, guideline, body.hostname, body.access_token)
             self.projects.put(pid, state)
@@ -410,26 +417,23 @@ class Backend:
     async def predict(self, request: Request) -> Response:
         started = time.perf_counter()
         arrived = loop_time()
-        try:
-            raw = await read_json(request, self.settings.max_request_bytes)
-            body = PredictRequest.model_validate(raw)
-            if len(body.tasks) > self.settings.max_tasks_per_request:
-                raise RequestError(
-                    413, "too_many_tasks",
-                    f"{len(body.tasks)} tasks > max_tasks_per_request={self.settings.max_tasks_per_request}",
-                )
-            pid = project_id(body.project)
-            state = await self._project_state(pid)
-            config = body.label_config or (state.label_config if state else None)
-            if not config:
-                raise RequestError(
-                    422, "no_label_config", "no label_config in the request and no /setup for this project")
-            guideline = guideline_ref((body.params or {}).get("guideline") or (state.guideline if state else None))
-            assert self.router is not None
-            predictor = await self.router.for_project(pid)
-            context = await self._context(predictor, config, guideline)
-        except REJECTED as exc:
-            return _error("predict", _rejection(exc))
+        raw = await read_json(request, self.settings.max_request_bytes)
+        body = PredictRequest.model_validate(raw)
+        if len(body.tasks) > self.settings.max_tasks_per_request:
+            raise RequestError(
+                413, "too_many_tasks",
+                f"{len(body.tasks)} tasks > max_tasks_per_request={self.settings.max_tasks_per_request}",
+            )
+        pid = project_id(body.project)
+        state = await self._project_state(pid)
+        config = body.label_config or (state.label_config if state else None)
+        if not config:
+            raise RequestError(
+                422, "no_label_config", "no label_config in the request and no /setup for this project")
+        guideline = guideline_ref((body.params or {}).get("guideline") or (state.guideline if state else None))
+        assert self.router is not None
+        predictor = await self.router.for_project(pid)
+        context = await self._context(predictor, config, guideline)
         client = predictor.cache.client if predictor.cache is not None else None
         pool = await self.pools.pool(client, pid, context)
         answer = None
@@ -455,12 +459,7 @@ class Backend:
             if self.settings.basic_auth_user:
                 response.headers["WWW-Authenticate"] = 'Basic realm="prelabel"'
             return response
-        try:
-            event = parse_event(await read_json(request, self.settings.max_request_bytes))
-        except RequestError as exc:
-            return _error("webhook", exc)
-        except EventError as exc:
-            return _error("webhook", RequestError(400, "bad_event", str(exc)))
+        event = parse_event(await read_json(request, self.settings.max_request_bytes))
         if event is None:
             metrics.WEBHOOK_EVENTS.labels("ignored").inc()
             return JSONResponse({"status": "ignored"})
@@ -514,7 +513,7 @@ def create_app(settings: Settings | None = None, predictor: Predictor | None = N
         ],
         middleware=middleware,
         lifespan=backend.lifespan,
-        exception_handlers={HTTPException: _http_error},
+        exception_handlers={HTTPException: _http_error, **dict.fromkeys(REJECTED, _rejected)},
     )
     app.state.backend = backend
     return app
