@@ -11,6 +11,7 @@ picked up again) and leaves Label Studio as if it ran once.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ from prelabel.jobs.queue import connection, enqueue, enqueue_once, job_queue
 from prelabel.jobs.review import REVIEW_ERROR, REVIEW_PREFIX, Review, is_review, proposed_answer, review_one
 from prelabel.jobs.status import REVIEW_STATS_KEY
 from prelabel.jobs.studio import ProjectClient
+from prelabel.label_config import guideline_store
 from prelabel.label_config.schema import TaskDataError
 from prelabel.ml_backend.llm_client import LLMClient
 from prelabel.ml_backend.model_router import ModelRouter
@@ -56,6 +58,9 @@ class ProjectJob:
         settings = settings or get_settings()
         conn = connection(settings)
         record = load_project(conn, project_id)
+        active = guideline_store.active_guideline(guideline_store.active(conn, project_id))
+        if active is not None:  # `prelabel prompts use` wins over the backend's extra params
+            record = dataclasses.replace(record, guideline=active)
         url, token = label_studio_access(settings, record)
         return cls(settings, conn, project_id, record, ProjectClient(url, token, project_id))
 

@@ -37,3 +37,8 @@ PREDICT_LATENCY = Histogram(
     buckets=(0.01, 0.05, 0.1, 0.5, 1, 2, 5, 10, 30, 60, 120, 300),
 )
 WEBHOOK_EVENTS = Counter("prelabel_webhook_events_total", "Webhook events received by action.", ["action"])
+INTERACTIVE_CONTEXT = Counter(
+    "prelabel_interactive_context_total",
+    "Parts of interactive /predict contexts: used (prompt, selected_span, given) or ignored (malformed).",
+    ["part"],
+)

@@ -19,6 +19,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from redis.exceptions import RedisError
+
 from prelabel.label_config.controls import AnswerError
 from prelabel.label_config.guideline import (
     Guideline,
@@ -30,6 +32,7 @@ from prelabel.label_config.guideline import (
     shipped_templates,
     template_path,
 )
+from prelabel.label_config.guideline_store import prompt_writes
 from prelabel.label_config.schema import (
     ConfigError,
     OutputSchema,
@@ -42,7 +45,7 @@ from prelabel.ml_backend.cache import PredictionCache, cache_key
 from prelabel.ml_backend.confidence import FALLBACK_SCORE, answer_confidences, answer_label_probs
 from prelabel.ml_backend.fewshot import FewShotPool, file_examples, guideline_examples
 from prelabel.ml_backend.llm_client import Completion, LLMClient, LLMError
-from prelabel.ml_backend.prompt import Example, Prompt
+from prelabel.ml_backend.prompt import INPUT_TEMPLATE, Example, Prompt
 from prelabel.ml_backend.validation import (
     CheckedAnswer,
     apply_constraints,
@@ -69,10 +72,17 @@ class ProjectContext:
     guideline_name: str
     prompt: Prompt
     pool: FewShotPool
+    interactive: bool = False  # shaped by one labeling-screen context: not a version of the project
 
     def pool_with(self, examples: list[Example]) -> FewShotPool:
         """This context's pool plus more examples (e.g. a project's human-labeled tasks)."""
         return FewShotPool(self.pool.examples + examples)
+
+    def version_writes(self) -> dict[str, str]:
+        """The Redis writes that keep this prompt version resolvable to its text (guideline_store)."""
+        return prompt_writes(version=self.prompt.version, system=self.prompt.system, input_template=INPUT_TEMPLATE,
+                             guideline=self.guideline, guideline_name=self.guideline_name,
+                             config_hash=self.schema.config_hash)
 
 
 @dataclass
@@ -97,6 +107,7 @@ class Predictor:
         self.llm = llm
         self.cache = cache
         self._contexts: dict[tuple[str, str | None], ProjectContext] = {}
+        self._stored_versions: set[str] = set()
         self._template_signatures: dict[tuple, str] | None = None
 
     # --- project context -----------------------------------------------------------------
@@ -168,7 +179,21 @@ class Predictor:
 
         ``pool`` replaces the context's few-shot pool (a project's own, with its human labels).
         """
+        await self._store_version(context)
         return list(await asyncio.gather(*(self._predict_isolated(task, context, pool) for task in tasks)))
+
+    async def _store_version(self, ctx: ProjectContext) -> None:
+        """Keep the prompt version (and its guideline) by content, so that any ``p-<hash>`` in a
+        prediction resolves to the exact text (``prelabel prompts show``); once per process."""
+        version = ctx.prompt.version
+        if self.cache is None or ctx.interactive or version in self._stored_versions:
+            return
+        try:
+            await self.cache.client.mset(ctx.version_writes())
+        except RedisError as exc:  # predictions matter more; the next request tries again
+            log.warning("prompt version %s not stored: %s", version, type(exc).__name__)
+            return
+        self._stored_versions.add(version)
 
     async def _predict_isolated(
         self, task: Any, ctx: ProjectContext, pool: FewShotPool | None

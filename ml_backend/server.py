@@ -39,10 +39,12 @@ from prelabel.jobs.outcomes import record_predictions
 from prelabel.jobs.projects import ProjectRecord, project_key
 from prelabel.jobs.queue import connection, enqueue_event
 from prelabel.jobs.status import QUEUE_COLLECTOR
+from prelabel.label_config import guideline_store
 from prelabel.label_config.guideline import GuidelineError
 from prelabel.label_config.schema import ConfigError
 from prelabel.ml_backend import metrics
 from prelabel.ml_backend.fewshot import FewShotPool
+from prelabel.ml_backend.interactive import predict_interactive
 from prelabel.ml_backend.model_router import ModelRouter
 from prelabel.ml_backend.predictor import Predictor, ProjectContext, open_predictor
 from prelabel.ml_backend.project_examples import fetch_labeled_examples
@@ -243,7 +245,8 @@ class Backend:
             guideline = extra.get("guideline")
             assert self.router is not None
             predictor = await self.router.for_project(project_id(body.project))
-            context = predictor.context(body.schema_, guideline) if body.schema_ else None
+            active = await self._active_guideline(project_id(body.project))
+            context = predictor.context(body.schema_, active or guideline) if body.schema_ else None
         except REJECTED as exc:
             return _error("setup", _rejection(exc))
         pid = project_id(body.project)
@@ -255,6 +258,18 @@ class Backend:
                 self._background(self._load_human_examples(pid, state, context))
         version = predictor.model_version(context) if context else predictor.llm.model
         return JSONResponse({"model_version": version})
+
+    async def _active_guideline(self, pid: str | None) -> dict[str, Any] | None:
+        """The guideline ``prelabel prompts use`` made the project's active version (read per
+        request: switching needs no restart); None when there is none or Redis does not answer."""
+        if pid is None or self.predictor is None or self.predictor.cache is None:
+            return None
+        try:
+            raw = await self.predictor.cache.client.get(guideline_store.ACTIVE_KEY.format(project=pid))
+        except RedisError as exc:
+            log.error("project %s: active guideline unknown (%s); using the configured one", pid, type(exc).__name__)
+            return None
+        return guideline_store.active_guideline(guideline_store.decode_active(raw))
 
     async def _remember_project(self, pid: str, state: ProjectState) -> None:
         """Share what /setup said with the worker (which runs this project's background jobs)."""
@@ -310,14 +325,20 @@ class Backend:
             if not config:
                 raise RequestError(
                     422, "no_label_config", "no label_config in the request and no /setup for this project")
-            guideline = (body.params or {}).get("guideline") or (state.guideline if state else None)
+            guideline = (body.params or {}).get("guideline") or await self._active_guideline(
+                project_id(body.project)) or (state.guideline if state else None)
             assert self.router is not None
             predictor = await self.router.for_project(project_id(body.project))
             context = predictor.context(config, guideline)
         except REJECTED as exc:
             return _error("predict", _rejection(exc))
-        results = await predictor.predict(body.tasks, context, state.pool if state else None)
-        await run_in_threadpool(record_predictions, self.jobs_conn, project_id(body.project), body.tasks, results)
+        screen = (body.params or {}).get("context")  # set only by the labeling screen (interactive)
+        if screen is not None:  # a suggestion Label Studio does not store: nothing to record
+            results = await predict_interactive(predictor, body.tasks, context, screen, state.pool if state else None,
+                                                self.settings.interactive_budget)
+        else:
+            results = await predictor.predict(body.tasks, context, state.pool if state else None)
+            await run_in_threadpool(record_predictions, self.jobs_conn, project_id(body.project), body.tasks, results)
         metrics.PREDICT_LATENCY.observe(time.perf_counter() - started)
         return Response(orjson.dumps({"results": results, "model_version": predictor.model_version(context)}),
                         media_type="application/json")

@@ -125,6 +125,9 @@ class Settings(BaseSettings):
     max_request_bytes: int = Field(20 * 1024 * 1024, ge=1024)
     max_tasks_per_request: int = Field(5000, ge=1)
     max_text_chars: int = Field(20_000, ge=1, description="Longer task text -> needs human.")
+    interactive_budget: float = Field(
+        20.0, gt=0, description="Seconds an interactive /predict (an annotator waiting in the labeling screen) may "
+                                "take; past it the task gets an error answer instead of a late one.")
 
     # --- Label Studio (calls back into LS) ----------------------------------------------
     label_studio_url: str | None = Field(
