@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import sys
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,8 @@ from prelabel.settings import Settings, get_settings
 app = typer.Typer(help="Guideline versions: evaluate on human-verified tasks, activate, list, resolve.",
                   no_args_is_help=True)
 console = Console(stderr=True)
-out_console = Console()
+# Piped into a file or another program, tables keep whole model versions on one line.
+out_console = Console(width=None if sys.stdout.isatty() else 200)
 
 PROMPT_VERSION = re.compile(r"p-[0-9a-f]{10}")
 GUIDELINE_HASH = re.compile(r"[0-9a-f]{12}")
@@ -184,8 +186,8 @@ def comparison_table(report: dict[str, Any]) -> Table:
     cur, cand = report["current"], report["candidate"]
     table = Table(title=f"project {report['project']}: {cur['n']} human-verified tasks")
     table.add_column("metric")
-    table.add_column(f"current\n{cur['model_version']}")
-    table.add_column(f"candidate\n{cand['model_version']}")
+    table.add_column(f"current\n{cur['model_version']}", overflow="fold")
+    table.add_column(f"candidate\n{cand['model_version']}", overflow="fold")
     for key, title in HEADLINE:
         table.add_row(title, fmt(cur[key]), fmt(cand[key]))
     for name, metrics in cur["controls"].items():
@@ -239,7 +241,7 @@ def history(project: int = typer.Option(..., "--project", "-p", help="Label Stud
     by_prompt = {key.rpartition("@")[2]: value for key, value in sorted(scored.items(), key=lambda kv: kv[1]["at"])}
     table = Table(title=f"project {project}: guideline versions")
     for column in ("#", "set at", "guideline", "hash", "prompt version", "exact match", "macro-F1", "source"):
-        table.add_column(column)
+        table.add_column(column, overflow="fold")
     for index, entry in enumerate(entries, 1):
         score = by_prompt.get(entry["prompt_version"], {})
         mark = " [green](active)[/green]" if active and index == len(entries) else ""
@@ -249,7 +251,7 @@ def history(project: int = typer.Option(..., "--project", "-p", help="Label Stud
     out_console.print(table)
     evaluated = Table(title="evaluated versions (prelabel prompts eval)")
     for column in ("model_version", "tasks", "exact match", "macro-F1", "invalid", "needs_human", "ECE", "at"):
-        evaluated.add_column(column)
+        evaluated.add_column(column, overflow="fold")
     for key, value in sorted(scored.items(), key=lambda kv: kv[1]["at"]):
         evaluated.add_row(key, str(value["n"]), fmt(value["exact_match"]), fmt(value["macro_f1"]),
                           fmt(value["invalid_rate"]), fmt(value["needs_human_rate"]), fmt(value["ece"]), value["at"])
