@@ -66,7 +66,7 @@ def main() -> int:
             command = [dev_bin("prelabel"), "prompts", "eval", "--project", str(project.id),
                        "--guideline", args.candidate, "--out", str(args.out)]
             print("[bench] $ " + " ".join(command[1:]), file=sys.stderr, flush=True)
-            return subprocess.run(command, env=env, cwd=ROOT).returncode
+            return subprocess.run(command, env=env, cwd=ROOT, check=False).returncode
         finally:
             llm.process.stop()
             ls.process.stop()

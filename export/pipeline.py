@@ -394,17 +394,14 @@ def export_project(project_id: int | str, out_dir: Path | str, *, fmt: str = "al
                    ls_token: str | None = None, guideline: str | None = None,
                    progress: Callable[[int], None] | None = None, **options: Any) -> Path:
     """Export a Label Studio project (URL/token default to LABEL_STUDIO_URL / LABEL_STUDIO_API_KEY)."""
-    from label_studio_sdk.client import LabelStudio
-
     from prelabel.export.source import SourceError, project_info, project_tasks
     from prelabel.settings import get_settings
+    from prelabel.studio.access import AccessRefused, connect, for_operator
 
-    settings = get_settings()
-    url = ls_url or settings.label_studio_url
-    token = ls_token or (settings.label_studio_api_key.get_secret_value() if settings.label_studio_api_key else None)
-    if not url or not token:
-        raise SourceError("set LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY (or pass the URL and token)")
-    client = LabelStudio(base_url=url, api_key=token)
+    try:
+        client = connect(for_operator(get_settings(), ls_url, ls_token))
+    except AccessRefused as exc:
+        raise SourceError(f"{exc} (set LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY, or pass the URL and token)") from None
     project = project_info(client, int(project_id))
     fmt = options.pop("format", fmt)
     verify = {k: options.pop(k) for k in ("ground_truth_only", "min_annotators", "min_agreement") if k in options}

@@ -161,7 +161,45 @@ def template_path(name: str, suffix: str) -> Path:
     return path
 
 
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")  # a file name on every filesystem
+MAX_INLINE_DEPTH = 16  # the deepest real guideline: labels -> control -> label -> examples -> item
+
+
+def guideline_ref(raw: Any) -> str | dict | None:
+    """A guideline reference from a request, checked before anything uses it.
+
+    A name must be a plain name (see ``named_guideline_path``); an inline guideline a mapping no
+    deeper than ``MAX_INLINE_DEPTH`` (hashing, storing or validating a 1,000-deep one would
+    overflow the stack). Anything else is a ``GuidelineError``.
+    """
+    if raw is None or (isinstance(raw, str) and not raw.strip()):
+        return None  # Label Studio's "Extra params" left empty
+    if isinstance(raw, str):
+        _check_name(raw)
+        return raw
+    if not isinstance(raw, dict):
+        raise GuidelineError(f"guideline must be a name or a mapping, not {type(raw).__name__}")
+    if _depth_exceeds(raw, MAX_INLINE_DEPTH):
+        raise GuidelineError(f"inline guideline is nested deeper than {MAX_INLINE_DEPTH} levels")
+    return raw
+
+
+def _depth_exceeds(value: Any, limit: int) -> bool:
+    """True when containers nest deeper than ``limit`` (iterative: no recursion on hostile input)."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict | list):
+            if depth > limit:
+                return True
+            stack.extend((child, depth + 1) for child in (item.values() if isinstance(item, dict) else item))
+    return False
+
+
+def _check_name(name: str) -> None:
+    if not _NAME.fullmatch(name) or ".." in name:
+        shown = name if len(name) <= 60 else name[:60] + "..."
+        raise GuidelineError(f"guideline name {shown!r} is not a plain name (letters, digits, _ . -; at most 100)")
 
 
 def named_guideline_path(name: str, guidelines_dir: Path | None = None) -> Path:
@@ -170,8 +208,9 @@ def named_guideline_path(name: str, guidelines_dir: Path | None = None) -> Path:
     Names are what requests (``/setup`` extra params, ``/predict`` params) may use: they can
     never point outside those folders.
     """
-    if not isinstance(name, str) or not _NAME.fullmatch(name) or ".." in name:
-        raise GuidelineError(f"guideline name {name!r} is not a plain name")
+    if not isinstance(name, str):
+        raise GuidelineError(f"guideline name must be a string, not {type(name).__name__}")
+    _check_name(name)
     if guidelines_dir is not None and (Path(guidelines_dir) / f"{name}.yaml").is_file():
         return Path(guidelines_dir) / f"{name}.yaml"
     return template_path(name, ".yaml")

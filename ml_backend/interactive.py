@@ -346,17 +346,35 @@ def constrained_context(ctx: ProjectContext, interaction: Interaction) -> Projec
         else:
             rest.append(control)
     schema = dataclasses.replace(ctx.schema, fields=given + spans + rest)
-    prompt = Prompt(schema, ctx.guideline)
-    if interaction.prompt:
-        prompt.system += INSTRUCTION.format(prompt=interaction.prompt)
+    extra = INSTRUCTION.format(prompt=interaction.prompt) if interaction.prompt else ""
     decided = [control.describe() for control in given + spans if not isinstance(control, SelectedSpans)]
     if decided:
-        prompt.system += DECIDED.format(lines="\n".join(f"- {line}" for line in decided))
-    digest = hashlib.sha256(f"{ctx.prompt.version}\x00{prompt.system}\x00{interaction.key()}".encode())
-    prompt.version = "p-" + digest.hexdigest()[:10]
+        extra += DECIDED.format(lines="\n".join(f"- {line}" for line in decided))
+    shortlisted = ctx.prompt.shortlisted - set(interaction.given)
+    prompt = InteractivePrompt(schema, ctx.guideline, shortlisted, extra=extra,
+                               key=f"{ctx.prompt.version}\x00{interaction.key()}")
     # Few-shot answers were written without this instruction: they would pull the answer back.
     pool = FewShotPool([]) if interaction.prompt else ctx.pool
-    return ProjectContext(schema, ctx.guideline, ctx.guideline_name, prompt, pool, interactive=True)
+    return ProjectContext(schema, ctx.guideline, ctx.guideline_name, prompt, pool, shortlist_k=ctx.shortlist_k,
+                          interactive=True)
+
+
+@dataclass
+class InteractivePrompt(Prompt):
+    """The project's prompt plus the annotator's instruction and decisions, at every detail level
+    (a long task may get a shorter label list, never a lost instruction). Its version names the
+    interaction too (region ids included): the cache key of an interactive answer."""
+
+    extra: str = ""
+    key: str = ""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.system += self.extra
+        self.version = "p-" + hashlib.sha256(f"{self.key}\x00{self.system}".encode()).hexdigest()[:10]
+
+    def system_at(self, detail: str) -> str:
+        return self.system if detail == "full" else super().system_at(detail) + self.extra
 
 
 # --- answering ---------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ from prelabel import predict_cli
 from prelabel.export import cli as export_cli
 from prelabel.jobs import cli as jobs_cli
 from prelabel.prompts_cli import app as prompts_app
+from prelabel.quality import annotators_cli
 from prelabel.quality import cli as quality_cli
 from prelabel.ranking import cli as ranking_cli
 from prelabel.redis_conn import embedded_redis_stopped_on_exit
@@ -29,6 +30,7 @@ app.command()(jobs_cli.worker)
 app.command()(jobs_cli.jobs)
 app.command()(quality_cli.quality)
 app.command()(quality_cli.spotcheck)
+app.command()(annotators_cli.annotators)
 app.command("simulate-al")(ranking_cli.simulate_al)
 app.command()(stack_cli.up)
 app.command()(stack_cli.down)

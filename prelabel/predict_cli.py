@@ -23,6 +23,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from prelabel.jobs.outcomes import ERROR, NEEDS_HUMAN, Tally, prediction_outcome
 from prelabel.settings import Settings, get_settings
 
 console = Console(stderr=True)
@@ -51,64 +52,39 @@ def _chunks(items: list[Any], size: int) -> Iterator[list[Any]]:
         yield items[start: start + size]
 
 
-def reasons(prediction: dict[str, Any]) -> list[str]:
-    """Why a task is not fully pre-annotated: ``llm_<kind>`` for an outage, else the validation
-    or input reasons (``label_not_in_set``, ``bad_task_data``...) of its controls."""
-    meta = prediction.get("meta") or {}
-    kind = (meta.get("provenance") or {}).get("llm_error")
-    if kind:
-        return [f"llm_{kind}"]
-    return sorted({str(error).split(":", 1)[0] for error in (meta.get("errors") or {}).values()})
-
-
 class Summary:
-    """Counts of one batch: statuses, reasons, labels per control."""
+    """Counts of one batch: outcomes (as the worker and `prelabel up` count them), labels per control."""
 
     def __init__(self, label_controls: list[str]) -> None:
-        self.total = 0
-        self.pre_annotated = 0
-        self.partial = 0
-        self.empty_ok = 0
-        self.status: Counter[str] = Counter()
-        self.why: dict[str, Counter[str]] = {"needs_human": Counter(), "error": Counter()}
+        self.tally = Tally()
         self.labels: dict[str, Counter[str]] = {name: Counter() for name in label_controls}
 
     def add(self, prediction: dict[str, Any]) -> None:
-        self.total += 1
-        status = prediction["meta"]["status"]
-        self.status[status] += 1
-        regions = prediction.get("result") or []
-        if regions:
-            self.pre_annotated += 1
-            self.partial += status != "ok"
-        elif status == "ok":
-            self.empty_ok += 1
-        if status in self.why:
-            self.why[status].update(reasons(prediction))
-        for region in regions:
+        self.tally.add(prediction_outcome(prediction))
+        for region in prediction.get("result") or []:
             counts = self.labels.get(region.get("from_name"))
             value = region.get("value") or {}
             if counts is not None:
                 counts.update(str(v) for v in value.get("choices") or ([value["rating"]] if "rating" in value else []))
 
     @property
+    def total(self) -> int:
+        return self.tally.total
+
+    @property
     def failed(self) -> int:
-        return self.status["needs_human"] + self.status["error"]
+        return self.tally.unlabeled
 
     def progress_line(self) -> str:
-        return (f"[predict] {self.total} done: {self.pre_annotated} pre-annotated, "
-                f"{self.status['needs_human']} needs_human, {self.status['error']} error")
+        done = self.tally
+        return (f"[predict] {done.total} done: {done.labeled} pre-annotated, "
+                f"{sum(n for (s, _), n in done.failed.items() if s == NEEDS_HUMAN)} needs_human, "
+                f"{sum(n for (s, _), n in done.failed.items() if s == ERROR)} error")
 
     def final_line(self) -> str:
-        parts = [f"{self.pre_annotated} pre-annotated" + (f" ({self.partial} of them partly, needs_human)"
-                                                          if self.partial else "")]
-        if self.empty_ok:
-            parts.append(f"{self.empty_ok} answered with no region")
-        for status in ("needs_human", "error"):
-            if self.status[status]:
-                top = self.why[status].most_common(1)
-                parts.append(f"{self.status[status]} {status}" + (f": {top[0][0]}" if top else ""))
-        return f"done: {self.total} tasks; " + "; ".join(parts)
+        done = self.tally
+        partly = f" ({done.partly} of them partly, needs_human)" if done.partly else ""
+        return f"done: {done.total} tasks; " + "; ".join([f"{done.labeled} pre-annotated{partly}", *done.details()])
 
     def distribution(self) -> Table | None:
         rows = [(name, label, count) for name, counts in self.labels.items() for label, count in counts.most_common()]

@@ -4,9 +4,9 @@
 human-verified tasks and reports both (``prelabel.quality.prompt_eval``); ``use`` makes a
 guideline the project's active version (the backend and the worker read it per request);
 ``history`` lists the activations with their eval scores; ``show`` prints the exact prompt of
-any ``p-<hash>`` a prediction carries. Label Studio is reached with ``LABEL_STUDIO_URL`` /
-``LABEL_STUDIO_API_KEY``, else with what the backend's ``/setup`` stored for the project; Redis
-is the backend's (``REDIS_URL`` or the embedded one under ``PRELABEL_DATA_DIR``).
+any ``p-<hash>`` a prediction carries. Label Studio is reached through ``prelabel.studio.access``
+(``LABEL_STUDIO_URL`` / ``LABEL_STUDIO_API_KEY``); Redis is the backend's (``REDIS_URL`` or the
+embedded one under ``PRELABEL_DATA_DIR``).
 """
 
 from __future__ import annotations
@@ -48,18 +48,14 @@ def _redis(settings: Settings) -> redis.Redis:
     return connection(settings)
 
 
-def _label_studio(settings: Settings, conn: redis.Redis, project: int) -> Any:
-    """The one place this command builds a Label Studio client (configured URL/token, else what
-    the backend's /setup stored for the project)."""
-    from label_studio_sdk.client import LabelStudio
-
-    from prelabel.jobs.projects import label_studio_access, load_project
+def _label_studio(settings: Settings) -> Any:
+    """A Label Studio client through ``studio.access`` (``LABEL_STUDIO_URL`` / ``LABEL_STUDIO_API_KEY``)."""
+    from prelabel.studio.access import AccessRefused, connect
 
     try:
-        url, token = label_studio_access(settings, load_project(conn, project))
-    except LookupError as exc:
+        return connect(settings)
+    except AccessRefused as exc:
         raise _fail(str(exc)) from None
-    return LabelStudio(base_url=url, api_key=token)
 
 
 def _project_config(client: Any, project: int) -> str:
@@ -127,7 +123,7 @@ def evaluate(
 
     settings = get_settings()
     conn = _redis(settings)
-    client = _label_studio(settings, conn, project)
+    client = _label_studio(settings)
     config = _project_config(client, project)
     verify = VerifyOptions(ground_truth_only, min_annotators, min_agreement)
     try:
@@ -213,7 +209,7 @@ def use(
 
     settings = get_settings()
     conn = _redis(settings)
-    config = _project_config(_label_studio(settings, conn, project), project)
+    config = _project_config(_label_studio(settings), project)
     try:
         chosen = resolve_guideline(guideline, conn, settings)
         ctx = Predictor(settings, llm=None, cache=None).context(config, chosen)  # type: ignore[arg-type]
