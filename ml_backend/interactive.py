@@ -133,6 +133,8 @@ def parse_context(raw: Any, schema: OutputSchema, texts: dict[str, str]) -> Inte
             _read_region(region, schema, texts, interaction, prompts)
         except _Ignored as exc:
             interaction.ignored.append(f"result[{index}]: {exc}")
+        except Exception as exc:  # noqa: BLE001 - a value of a shape the control's reader never expected
+            interaction.ignored.append(f"result[{index}]: unreadable value ({type(exc).__name__})")
     prompt = "\n".join(prompts)
     if len(prompt) > PROMPT_MAX_CHARS:
         interaction.ignored.append(f"the prompt has {len(prompt)} characters > {PROMPT_MAX_CHARS}")
@@ -410,8 +412,15 @@ async def _predict_one(
     budget_s: float,
 ) -> dict[str, Any]:
     started = time.perf_counter()
-    interaction = read_context(raw_context, ctx.schema, task)
-    derived = constrained_context(ctx, interaction)
+    try:
+        interaction = read_context(raw_context, ctx.schema, task)
+        derived = constrained_context(ctx, interaction)
+    except Exception as exc:  # noqa: BLE001 - never a 5xx for a context: the normal prediction instead
+        message = f"context unusable ({type(exc).__name__})"
+        log.warning("task %s: interactive context ignored: %s", task.get("id") if isinstance(task, dict) else None,
+                    message)
+        metrics.INTERACTIVE_CONTEXT.labels("ignored").inc()
+        interaction, derived = Interaction(ignored=[message]), ctx
     try:
         async with asyncio.timeout(budget_s):
             [prediction] = await predictor.predict([task], derived, None if interaction.prompt else pool)

@@ -250,6 +250,7 @@ def normal(label_studio, backend):
     ({"result": [{"from_name": "category", "to_name": "text", "value": {"choices": ["refunds"]}}]},
      "category: 'refunds' is not one of"),
     ({"result": [17, None]}, "result[1]: not a region with a 'value' object"),
+    ({"result": [{"from_name": "answer", "to_name": "text", "value": {"text": 5}}]}, "unreadable value (TypeError)"),
 ])
 def test_malformed_context_gives_the_normal_prediction_and_a_warning(label_studio, backend, normal, context, why):
     _, task_id, ml, prediction = normal

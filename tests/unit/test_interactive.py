@@ -155,6 +155,21 @@ def test_malformed_context_is_ignored_with_a_reason(raw, why):
     assert len(interaction.ignored) == 1 and why in interaction.ignored[0], interaction.ignored
 
 
+@pytest.mark.parametrize("value", [{"text": 5}, {"text": [1]}, {"text": [None]}, {"text": ["ok", {"x": 1}]},
+                                   {"choices": 5}, {"choices": [[1]]}])
+def test_value_of_an_unexpected_shape_is_ignored_not_raised(value):
+    """The controls' readers raise TypeError on such values; a context must never cost a 5xx."""
+    ctx = context(PROMPT_CONFIG, "interactive_prompt")
+    raw = {"result": [{"from_name": name, "to_name": "text", "origin": "manual", "value": value}
+                      for name in ("answer", "category")] + [textarea("prompt", "summarise it")]}
+    interaction = parse_context(raw, ctx.schema, {"text": MESSAGE})
+    assert interaction.prompt == "summarise it" and interaction.given == {}
+    assert len(interaction.ignored) == 2
+    assert all("unreadable value" in m or "no value" in m or "answer:" in m or "category:" in m
+               for m in interaction.ignored), interaction.ignored
+    constrained_context(ctx, interaction)  # builds
+
+
 def test_invalid_given_value_is_ignored_but_the_rest_is_used():
     schema = build_schema(PROMPT_CONFIG)
     raw = {"result": [{"from_name": "category", "to_name": "text", "value": {"choices": ["refunds"]}},
