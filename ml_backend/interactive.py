@@ -37,6 +37,7 @@ from typing import Any
 from prelabel.label_config.controls import AnswerError, ControlField, LabelsField, TextAreaField
 from prelabel.label_config.schema import OutputSchema, TaskDataError
 from prelabel.ml_backend import metrics
+from prelabel.ml_backend.cascade import ProjectPredictor
 from prelabel.ml_backend.fewshot import FewShotPool
 from prelabel.ml_backend.predictor import Predictor, ProjectContext
 from prelabel.ml_backend.prompt import Prompt
@@ -399,7 +400,7 @@ def read_context(raw: Any, schema: OutputSchema, task: Any) -> Interaction:
 
 
 async def predict_interactive(
-    predictor: Predictor, tasks: list[Any], ctx: ProjectContext, raw_context: Any,
+    predictor: Predictor | ProjectPredictor, tasks: list[Any], ctx: ProjectContext, raw_context: Any,
     pool: FewShotPool | None, budget_s: float,
 ) -> list[dict[str, Any]]:
     """Predictions for tasks opened in the labeling screen, shaped by the screen's context."""
@@ -408,7 +409,7 @@ async def predict_interactive(
 
 
 async def _predict_one(
-    predictor: Predictor, task: Any, ctx: ProjectContext, raw_context: Any, pool: FewShotPool | None,
+    predictor: Predictor | ProjectPredictor, task: Any, ctx: ProjectContext, raw_context: Any, pool: FewShotPool | None,
     budget_s: float,
 ) -> dict[str, Any]:
     started = time.perf_counter()
@@ -425,13 +426,9 @@ async def _predict_one(
         async with asyncio.timeout(budget_s):
             [prediction] = await predictor.predict([task], derived, None if interaction.prompt else pool)
     except TimeoutError:
-        metrics.TASKS.labels("error", "miss").inc()
-        metrics.NEEDS_HUMAN.labels("interactive_timeout").inc()
         log.warning("task %s: no interactive answer within %.1f s", task.get("id") if isinstance(task, dict) else None,
                     budget_s)
-        prediction = predictor._prediction(
-            derived, [], 0.0, "error", {"task": f"interactive_timeout: no answer within {budget_s} s"}, started,
-            provenance={"llm_error": "interactive_timeout"})
+        prediction = predictor.timed_out(derived, "interactive_timeout", f"no answer within {budget_s:.1f} s", started)
     return _stamped(prediction, ctx, derived, interaction)
 
 

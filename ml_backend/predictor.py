@@ -421,6 +421,13 @@ class Predictor:
         metrics.TASKS.labels("needs_human", "none").inc()
         return self._prediction(ctx, [], 0.0, "needs_human", {"task": f"{reason}: {message}"}, started)
 
+    def timed_out(self, ctx: ProjectContext, reason: str, message: str, started: float) -> dict[str, Any]:
+        """The error answer of a task whose caller stopped waiting (counted as ``reason``)."""
+        metrics.TASKS.labels("error", "miss").inc()
+        metrics.NEEDS_HUMAN.labels(reason).inc()
+        return self._prediction(ctx, [], 0.0, "error", {"task": f"{reason}: {message}"}, started,
+                                provenance={"llm_error": reason})
+
     def _prediction(
         self, ctx: ProjectContext, regions: list[dict[str, Any]], score: float, status: str,
         errors: dict[str, str], started: float, provenance: dict[str, Any] | None = None,

@@ -445,7 +445,7 @@ class Backend:
         answer = None
         if screen is not None:  # a suggestion Label Studio does not store: no hand-off, nothing to record
             answer = Answer(await predict_interactive(predictor, body.tasks, context, screen, pool,
-                                                      self.settings.interactive_budget))
+                                                      self._interactive_budget(arrived)))
         elif state is not None and self.jobs_conn is not None:  # a Label Studio project: mind its deadline
             answer = await answer_within_deadline(
                 predictor, body.tasks, context, pool, conn=self.jobs_conn, settings=self.settings,
@@ -457,6 +457,12 @@ class Backend:
         metrics.PREDICT_LATENCY.observe(time.perf_counter() - started)
         return Response(orjson.dumps({"results": answer.results, "model_version": predictor.model_version(context),
                                       "pending": answer.pending}), media_type="application/json")
+
+    def _interactive_budget(self, arrived: float) -> float:
+        """Seconds an interactive request may still take: its own budget, but never past Label
+        Studio's deadline for this request (a late answer would be an error on the screen)."""
+        left = arrived + self.settings.predict_timeout - self.settings.predict_margin - loop_time()
+        return max(0.0, min(self.settings.interactive_budget, left))
 
     async def webhook(self, request: Request) -> Response:
         """Authenticate, validate, queue, answer: Label Studio waits 1 s and never retries."""

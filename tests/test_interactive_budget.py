@@ -46,3 +46,19 @@ def test_interactive_budget_and_cache(tmp_path) -> None:
                                                           "cached": True}} for r in first["result"]]
         finally:
             proc.stop()
+
+
+def test_interactive_budget_never_outlasts_label_studios_deadline(tmp_path) -> None:
+    """A budget longer than Label Studio waits is cut to its deadline (predict_timeout - margin)."""
+    with running_fault_server(latency_ms=4000) as fault:
+        proc = start_backend(tmp_path, {"OPENAI_BASE_URL": fault.base_url, "PRELABEL_INTERACTIVE_BUDGET": "60",
+                                        "PRELABEL_PREDICT_TIMEOUT": "2.5", "PRELABEL_PREDICT_MARGIN": "1",
+                                        "PRELABEL_LLM_TIMEOUT": "30"}, name="backend-budget-cap")
+        try:
+            client = BackendClient(proc)
+            started = time.monotonic()
+            [late] = client.predict_ok([{"id": 3, "data": {"text": unique_text("cap")}}], params=SCREEN)
+            assert time.monotonic() - started < 2.5  # answered before Label Studio gives up, not after 4 s
+            assert late["meta"]["errors"]["task"].startswith("interactive_timeout")
+        finally:
+            proc.stop()

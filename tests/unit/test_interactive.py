@@ -200,3 +200,26 @@ def test_pinned_schema_admits_only_the_value():
         "anyOf": [{"type": "string", "enum": ["a"]}, {"type": "string", "enum": ["b"]}]}}
     assert pinned_schema({"text": "x"})["required"] == ["text"]
     assert load_guideline("interactive_prompt").instructions["answer"]
+
+
+def test_timed_out_answer_is_an_error_under_the_cascade_family():
+    """An interactive answer cut by the budget: an error under the model version Label Studio
+    groups the project's predictions by (the cascade's ``cheap>fallback@prompt`` too)."""
+    from types import SimpleNamespace
+
+    from prelabel.ml_backend.cascade import ProjectPredictor
+
+    def predictor(model: str) -> Predictor:
+        made = Predictor(Settings(), llm=None, cache=None)  # type: ignore[arg-type]
+        made.llm = SimpleNamespace(model=model)  # type: ignore[assignment]
+        return made
+
+    ctx = context(PROMPT_CONFIG, "interactive_prompt")
+    cheap = predictor("cheap")
+    single = cheap.timed_out(ctx, "interactive_timeout", "no answer within 1.0 s", 0.0)
+    assert single["model_version"] == f"cheap@{ctx.prompt.version}#error"
+    assert single["meta"]["status"] == "error" and single["result"] == []
+    assert single["meta"]["errors"] == {"task": "interactive_timeout: no answer within 1.0 s"}
+    cascade = ProjectPredictor(cheap, fallback=predictor("big"), threshold=0.5)
+    assert cascade.timed_out(ctx, "interactive_timeout", "x", 0.0)["model_version"] == \
+        f"cheap>big@{ctx.prompt.version}#error"
