@@ -269,7 +269,9 @@ def test_malformed_context_gives_the_normal_prediction_and_a_warning(label_studi
 def test_interactive_answers_leave_no_trace(label_studio, recorder, redis_server) -> None:
     """A suggestion is not the task's pre-annotation: no prediction stored, no outcome, no job."""
     client = label_studio.sdk()
-    project, [task_id], ml = make_project(label_studio, recorder, PROMPT_CONFIG, "interactive_prompt", [MESSAGE],
+    # a text of its own: the cache is shared across projects, and other tests asked about MESSAGE
+    text = f"{MESSAGE} Order {uuid.uuid4().hex[:6]}."
+    project, [task_id], ml = make_project(label_studio, recorder, PROMPT_CONFIG, "interactive_prompt", [text],
                                           show_collab_predictions=False)
     conn = redis_server.client()
     jobs_before = conn.llen("rq:queue:prelabel")
