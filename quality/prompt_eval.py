@@ -38,6 +38,7 @@ from prelabel.ml_backend.llm_client import LLMClient
 from prelabel.ml_backend.predictor import Predictor, ProjectContext
 from prelabel.ml_backend.project_examples import answer_from_annotation
 from prelabel.ml_backend.prompt import Example
+from prelabel.quality.calibration import ece
 from prelabel.settings import Settings
 from prelabel.train.evaluate import Item
 from prelabel.train.report import plot_confusion, task_metrics
@@ -180,18 +181,10 @@ def _invalid(prediction: dict[str, Any]) -> bool:
 
 
 def expected_calibration_error(confidences: list[float], correct: list[bool], bins: int = ECE_BINS) -> float | None:
-    """ECE over equal-width bins: sum of |accuracy - mean confidence| weighted by the bin's share."""
+    """ECE over equal-width bins (``quality.calibration.ece``); None without any answer."""
     if not confidences:
         return None
-    conf = np.clip(np.asarray(confidences, dtype=float), 0.0, 1.0)
-    hits = np.asarray(correct, dtype=float)
-    index = np.minimum((conf * bins).astype(int), bins - 1)
-    total = 0.0
-    for b in range(bins):
-        mask = index == b
-        if mask.any():
-            total += mask.mean() * abs(hits[mask].mean() - conf[mask].mean())
-    return float(total)
+    return ece(np.clip(np.asarray(confidences, dtype=float), 0.0, 1.0), np.asarray(correct, dtype=float), bins)
 
 
 def _span_metrics(control: LabelsField, humans: list[Any], predicted: list[Any]) -> dict[str, Any]:

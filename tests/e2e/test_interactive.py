@@ -10,7 +10,6 @@ interactive endpoint (``POST /api/ml/<id>/interactive-annotating``, the one the 
 from __future__ import annotations
 
 import html
-import time
 import uuid
 from pathlib import Path
 from typing import Any
