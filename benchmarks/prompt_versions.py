@@ -27,9 +27,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.harness import dev_bin  # noqa: E402
-from tests.harness.label_studio import start_label_studio  # noqa: E402
-from tests.harness.llm_server import start_llm_server  # noqa: E402
+from tests.harness import dev_bin
+from tests.harness.label_studio import start_label_studio
+from tests.harness.llm_server import start_llm_server
 
 
 def main() -> int:
