@@ -11,6 +11,7 @@ picked up again) and leaves Label Studio as if it ran once.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import time
@@ -36,6 +37,7 @@ from prelabel.jobs.review import (
 )
 from prelabel.jobs.status import REVIEW_STATS_KEY
 from prelabel.jobs.studio import ProjectClient
+from prelabel.label_config import guideline_store
 from prelabel.label_config.schema import TaskDataError
 from prelabel.ml_backend.confidence import FALLBACK_SCORE
 from prelabel.ml_backend.fewshot_store import ProjectPools
@@ -70,6 +72,9 @@ class ProjectJob:
         settings = settings or get_settings()
         conn = connection(settings)
         record = load_project(conn, project_id)
+        active = guideline_store.active_guideline(guideline_store.active(conn, project_id))
+        if active is not None:  # `prelabel prompts use` wins over the backend's extra params
+            record = dataclasses.replace(record, guideline=active)
         sdk = connect(settings, record.hostname, record.access_token)  # AccessRefused: the job fails, said why
         return cls(settings, conn, project_id, record, ProjectClient(sdk, project_id))
 

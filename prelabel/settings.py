@@ -162,6 +162,10 @@ class Settings(BaseSettings):
         100.0, gt=0, description="Label Studio's ML_TIMEOUT_PREDICT: how long it waits for /predict (s).")
     predict_margin: float = Field(
         10.0, ge=0, description="/predict answers this long before predict_timeout; the rest goes to the worker.")
+    interactive_budget: float = Field(
+        20.0, gt=0, description="Seconds an interactive /predict (an annotator waiting in the labeling screen) may "
+                                "take (at most predict_timeout - predict_margin); past it the task gets an error "
+                                "answer instead of a late one.")
 
     # --- Label Studio (calls back into LS) ----------------------------------------------
     label_studio_url: str | None = Field(
