@@ -33,6 +33,8 @@ def export(
     group_by: str = typer.Option("task", help="task | annotator | near_duplicate | data:<field> (never split)."),
     ratios: str = typer.Option("0.8,0.1,0.1", help="train,val,test shares."),
     seed: int = typer.Option(0, help="Split seed."),
+    prompt_style: str = typer.Option("compact", help="The backend's prompt in the records: compact (for "
+                                                    "fine-tuning; the promoted model is served with it) or full."),
 ) -> None:
     """Export human-verified tasks into train/val/test files, dataset_info.json and a manifest."""
     from prelabel.export.mapping import MappingError
@@ -49,11 +51,11 @@ def export(
     options = dict(max_chars=max_chars, near_threshold=near_threshold or None,
                    keep_near_duplicates=keep_near_duplicates, prefix_chars=prefix_chars,
                    max_per_annotator=max_per_annotator, pii=pii, min_per_class=min_per_class, group_by=group_by,
-                   ratios=shares, seed=seed)
+                   ratios=shares, seed=seed, prompt_style=prompt_style)
     verify = dict(ground_truth_only=ground_truth_only, min_annotators=min_annotators, min_agreement=min_agreement)
     with Progress(SpinnerColumn(), TextColumn("exporting"), BarColumn(), MofNCompleteColumn(), console=console) as bar:
         task = bar.add_task("export", total=None)
-        step = lambda n: bar.advance(task, n)  # noqa: E731
+        step = lambda n: bar.advance(task, n)
         try:
             if from_file is not None:
                 if config is None:

@@ -42,6 +42,7 @@ class ExportOptions:
     group_by: str = "task"
     ratios: tuple[float, float, float] = (0.8, 0.1, 0.1)
     seed: int = 0
+    prompt_style: str = "compact"  # the backend's prompt the records carry: compact (fine-tuning) or full
 
     def check(self, mapper: Mapper) -> None:
         if self.format not in FORMATS:
@@ -57,18 +58,24 @@ class ExportOptions:
 
 
 def _rows(mapper: Mapper, record: Record, fmt: str) -> list[dict[str, Any]]:
-    instruction = mapper.ctx.guideline.task.strip() if mapper.task_type == "ranking" else mapper.instruction
     if fmt == "pairwise":
+        instruction = mapper.ctx.guideline.task.strip()
         return [{"instruction": instruction, "input": record.input, "chosen": c, "rejected": r}
                 for c, r in record.pairs or []]
     if fmt == "classification-jsonl":
         return [{"text": record.input, "label": record.label, "id": record.task_id}]
     if not record.output:
         return []
+    if mapper.task_type == "ranking":  # the best output for its prompt: no backend answer to mirror
+        return [{"instruction": mapper.ctx.guideline.task.strip(), "input": record.input, "output": record.output}]
+    system, *_, user = mapper.messages(record.texts or {})  # the backend's prompt (one rendering)
+    data = mapper.task_data(record.texts or {})  # what the backend is given (evaluation through it)
     if fmt == "sharegpt":
-        return [{"conversations": [{"from": "human", "value": f"{instruction}\n\n{record.input}"},
-                                   {"from": "gpt", "value": record.output}], "system": mapper.system}]
-    return [{"instruction": instruction, "input": record.input, "output": record.output, "system": mapper.system}]
+        return [{"conversations": [{"from": "human", "value": user["content"]},
+                                   {"from": "gpt", "value": record.output}],
+                 "system": system["content"], "data": data}]
+    return [{"instruction": user["content"], "input": "", "output": record.output, "system": system["content"],
+             "data": data}]
 
 
 def dataset_info(fmt: str) -> dict[str, Any]:
@@ -106,7 +113,9 @@ def export_tasks(
 ) -> Path:
     """Write the dataset for ``tasks`` into ``out_dir`` (replaced only on success); returns it."""
     project = project or {}
-    mapper = Mapper(label_config, guideline)
+    if options.prompt_style not in ("compact", "full"):
+        raise MappingError(f"prompt_style must be compact or full, not {options.prompt_style!r}")
+    mapper = Mapper(label_config, guideline, options.prompt_style)
     options.check(mapper)
     out_dir = Path(out_dir)
     tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}"
@@ -169,6 +178,7 @@ def _write(tasks: Iterable[dict[str, Any]], mapper: Mapper, options: ExportOptio
                         continue
                     record.input, _ = redact(record.input)
                     record.output, _ = redact(record.output)
+                    record.texts = {name: redact(text)[0] for name, text in (record.texts or {}).items()}
                     record.pairs = [(redact(c)[0], redact(r)[0]) for c, r in record.pairs or []] or record.pairs
                     counts["pii_redacted"] += 1
             annotator = verified.annotators[0] if verified.annotators else None
@@ -209,6 +219,7 @@ def _write(tasks: Iterable[dict[str, Any]], mapper: Mapper, options: ExportOptio
         "project": {"id": project.get("id"), "title": project.get("title")},
         "exported_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "prompt_version": mapper.ctx.prompt.version,
+        **mapper.answer_spec(),
         "guideline": mapper.ctx.guideline_name,
         "seed": options.seed,
         "options": {k: v for k, v in asdict(options).items() if k != "verify"} | {"verify": asdict(options.verify)},

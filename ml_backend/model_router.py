@@ -39,7 +39,9 @@ class ModelRouter:
         urls = [record["base_url"]] if record.get("base_url") else base.llm_base_urls
         key = (record["model"], ",".join(urls))
         if key not in self._promoted:
-            settings = base.model_copy(update={"llm_model": record["model"], "llm_base_urls": urls})
+            # a fine-tuned model is prompted as it was trained (prompt style, no few-shot turns)
+            served = {k: record[k] for k in ("fewshot_k", "prompt_style") if record.get(k) is not None}
+            settings = base.model_copy(update={"llm_model": record["model"], "llm_base_urls": urls, **served})
             self._promoted[key] = Predictor(settings, LLMClient(settings), self.default.cache)
         return self._promoted[key]
 

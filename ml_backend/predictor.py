@@ -133,7 +133,8 @@ class Predictor:
         examples = guideline_examples(guideline, schema)
         if self.settings.fewshot_file:
             examples += file_examples(self.settings.fewshot_file, schema)
-        return ProjectContext(schema, guideline, name, Prompt(schema, guideline), FewShotPool(examples))
+        prompt = Prompt(schema, guideline, compact=self.settings.prompt_style == "compact")
+        return ProjectContext(schema, guideline, name, prompt, FewShotPool(examples))
 
     def _resolve_guideline(self, schema: OutputSchema, ref: Path | dict | None) -> tuple[Guideline, str]:
         if isinstance(ref, dict):

@@ -27,6 +27,19 @@ Answer with a single JSON object and nothing else. Keys:
 JSON schema of the answer:
 {schema}"""
 
+# For a model fine-tuned on the project's labels (``prompt_style`` compact): it learned the
+# definitions from the labels, so only the role, the task and the answer keys remain. About a fifth
+# of the full prompt's tokens, which is what makes training on the backend's own prompt affordable
+# on a CPU.
+COMPACT_TEMPLATE = """{role}
+
+# Task
+{task}
+
+# Output format
+Answer with a single JSON object and nothing else. Keys:
+{keys}"""
+
 INPUT_TEMPLATE = "# Input\n{body}"
 
 
@@ -45,11 +58,12 @@ class Prompt:
 
     schema: OutputSchema
     guideline: Guideline
+    compact: bool = False
     system: str = field(init=False)
     version: str = field(init=False)
 
     def __post_init__(self) -> None:
-        self.system = render_system(self.schema, self.guideline)
+        self.system = render_system(self.schema, self.guideline, compact=self.compact)
         digest = hashlib.sha256(
             "\x00".join(
                 [SYSTEM_TEMPLATE, INPUT_TEMPLATE, self.system, self.guideline.hash]
@@ -69,12 +83,19 @@ class Prompt:
         messages = [{"role": "system", "content": self.system}]
         for example in examples:
             messages.append({"role": "user", "content": self.render_input(example.texts)})
-            messages.append({"role": "assistant", "content": json.dumps(example.answer, ensure_ascii=False)})
+            messages.append({"role": "assistant", "content": render_answer(example.answer)})
         messages.append({"role": "user", "content": self.render_input(texts)})
         return messages
 
 
-def render_system(schema: OutputSchema, guideline: Guideline) -> str:
+def render_answer(answer: dict[str, Any]) -> str:
+    """An answer as the model is shown it (few-shot turns) and trained to give it (exported
+    records): the JSON object, keys in the schema's order, which is also the order the
+    llama.cpp grammar enforces."""
+    return json.dumps(answer, ensure_ascii=False)
+
+
+def render_system(schema: OutputSchema, guideline: Guideline, *, compact: bool = False) -> str:
     labels = ""
     for control in schema.fields:
         definitions = guideline.labels.get(control.name, {})
@@ -102,6 +123,8 @@ def render_system(schema: OutputSchema, guideline: Guideline) -> str:
     constraint_lines = [c.message for c in guideline.constraints if c.message]
     if constraint_lines:
         keys.append("Rules the answer must satisfy: " + "; ".join(constraint_lines))
+    if compact:
+        return COMPACT_TEMPLATE.format(role=guideline.role.strip(), task=guideline.task.strip(), keys="\n".join(keys))
     return SYSTEM_TEMPLATE.format(
         role=guideline.role.strip(),
         task=guideline.task.strip(),

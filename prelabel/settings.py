@@ -103,6 +103,9 @@ class Settings(BaseSettings):
     )
     fewshot_file: Path | None = Field(None, description="JSONL of extra few-shot examples.")
     fewshot_k: int = Field(3, ge=0, description="Few-shot examples per prompt.")
+    prompt_style: Literal["full", "compact"] = Field(
+        "full", description="full: guideline definitions, rules and schema; compact: role, task and answer keys "
+                            "(what fine-tuned models are trained on; a promotion record sets it per model).")
     span_occurrence: SpanOccurrence = Field(
         "all", description="Which occurrences of a returned span text get a region."
     )

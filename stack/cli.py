@@ -63,6 +63,8 @@ def status(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) ->
                     "llm_health", "llm_error"):
             if key in state:
                 console.print(f"  {key}: {state[key]}")
+        for project, served in state.get("models", {}).items():
+            console.print(f"  model for {'project ' + project if project != 'default' else 'other projects'}: {served}")
         for name, alive in state["processes"].items():
             console.print(f"  {name}: {'up' if alive else 'down'}")
     raise typer.Exit(0 if state["running"] else 3)

@@ -58,12 +58,16 @@ def test_agreement_across_annotators() -> None:
 
 
 # --- mapping per config family ------------------------------------------------------------------
-def test_classification_maps_to_bare_label_with_guideline_instruction() -> None:
+def test_classification_maps_to_the_backends_answer_and_prompt() -> None:
     mapper = Mapper(INTENT, "search_intent")
     record = mapper.record(task(5, "facebook login"), choice("navigational"))
     assert mapper.task_type == "classification" and mapper.labels[0] == "navigational"
-    assert (record.input, record.output, record.label) == ("facebook login", "navigational", "navigational")
-    assert "navigational" in mapper.instruction and "When unsure" in mapper.instruction
+    assert (record.input, record.output, record.label) == ("facebook login", '{"intent": "navigational"}',
+                                                           "navigational")
+    system, user = mapper.messages(record.texts)
+    assert '"navigational"' in system["content"] and user["content"].endswith("facebook login")
+    full = Mapper(INTENT, "search_intent", prompt_style="full").messages(record.texts)[0]["content"]
+    assert "When unsure" in full and "When unsure" not in system["content"]
 
 
 def test_multilabel_rating_extraction_and_ranking_families() -> None:
@@ -71,11 +75,11 @@ def test_multilabel_rating_extraction_and_ranking_families() -> None:
                    '<Choice value="a"/><Choice value="b"/></Choices></View>')
     assert multi.task_type == "multilabel"
     r = multi.record(task(1, "x"), [{"from_name": "t", "value": {"choices": ["b", "a"]}}])
-    assert sorted(json.loads(r.output)) == ["a", "b"]
+    assert sorted(json.loads(r.output)["t"]) == ["a", "b"] and r.label == ["a", "b"]
 
     rating = Mapper('<View><Text name="text" value="$text"/><Rating name="r" toName="text" maxRating="7"/></View>')
     assert rating.task_type == "rating"
-    assert rating.record(task(1, "x"), [{"from_name": "r", "value": {"rating": 6}}]).output == "6"
+    assert rating.record(task(1, "x"), [{"from_name": "r", "value": {"rating": 6}}]).output == '{"r": 6}'
 
     ner = Mapper((TEMPLATES / "ner.xml").read_text(), "ner")
     assert ner.task_type == "extraction"
@@ -172,9 +176,10 @@ def test_pipeline_files_manifest_and_counts(tmp_path: Path) -> None:
             for s in ("train", "val", "test")}
     assert sum(len(r) for r in rows.values()) == counts["written_rows"] == 61
     assert {s: len(r) for s, r in rows.items()} == {s: v["count"] for s, v in manifest["splits"].items()}
-    inputs = [{r["input"] for r in rows[s]} for s in rows]
+    inputs = [{r["data"]["text"] for r in rows[s]} for s in rows]
     assert not (inputs[0] & inputs[1] or inputs[0] & inputs[2] or inputs[1] & inputs[2])
-    assert all("bob@example.com" not in r["input"] for rs in rows.values() for r in rs)
+    assert all(r["instruction"].endswith(r["data"]["text"]) for rs in rows.values() for r in rs)
+    assert all("bob@example.com" not in json.dumps(r) for rs in rows.values() for r in rs)
     assert manifest["rare_classes"] == {"other": 1, "entertainment": 0, "educational": 0}
     assert set(manifest["files"]) == {"train.jsonl", "val.jsonl", "test.jsonl", "dataset_info.json"}
     info = json.loads((out / "dataset_info.json").read_text())
