@@ -80,16 +80,22 @@ class PromotedModels:
         return served
 
     def _point(self, key: str, gguf: str, base_url: str) -> None:
-        """Rewrite the record's base_url, unless a newer promotion replaced the record meanwhile."""
+        """Rewrite the record's base_url, unless a newer promotion replaced the record meanwhile
+        (then the next ``sync`` serves that one)."""
+        import redis
+
         with self.client.pipeline() as pipe:
-            pipe.watch(key)
-            raw = pipe.get(key)
-            record = json.loads(raw) if raw else {}
-            if record.get("gguf") != gguf:
+            try:
+                pipe.watch(key)
+                raw = pipe.get(key)
+                record = json.loads(raw) if raw else {}
+                if record.get("gguf") != gguf:
+                    return
+                pipe.multi()
+                pipe.set(key, json.dumps({**record, "base_url": base_url}))
+                pipe.execute()
+            except redis.WatchError:
                 return
-            pipe.multi()
-            pipe.set(key, json.dumps({**record, "base_url": base_url}))
-            pipe.execute()
 
     def processes(self) -> dict[str, ManagedProcess]:
         return {f"llm-{s.model}": s.process for s in self.served.values()}

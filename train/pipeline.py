@@ -252,12 +252,10 @@ def _current_engine(current: dict[str, Any], settings: Settings, data: Path, opt
 def _timings(status: Status) -> dict[str, float]:
     """Seconds per stage, from the status hash's ``<stage>_started`` / ``_finished``."""
     values = read_status(status.client, status.key.rsplit(":", 1)[-1])
-    out = {}
-    for key, started in values.items():
-        if key.endswith("_started") and f"{key[:-8]}_finished" in values:
-            finished = values[f"{key[:-8]}_finished"]
-            out[key[:-8]] = (datetime.fromisoformat(finished) - datetime.fromisoformat(started)).total_seconds()
-    return out
+    stages = sorted((started, key[:-8]) for key, started in values.items()
+                    if key.endswith("_started") and f"{key[:-8]}_finished" in values)
+    return {stage: (datetime.fromisoformat(values[f"{stage}_finished"]) - datetime.fromisoformat(started))
+            .total_seconds() for started, stage in stages}
 
 
 def _local_gguf() -> Path | None:
