@@ -31,8 +31,8 @@ from tests.support.waiting import wait_for
 pytestmark = pytest.mark.e2e
 
 CONFIG = (Path(__file__).resolve().parents[2] / "label_config" / "templates" / "search_intent.xml").read_text()
-LABELED_PER_INTENT = 24  # 144 labeled tasks -> ~115 train / 14 val / 14 test after the export
-NEW_PER_INTENT = 4  # 24 new tasks with held-out slot values
+LABELED_PER_INTENT = 30  # 180 labeled tasks -> ~140 train / 18 val / 18 test after the export
+NEW_PER_INTENT = 3  # 18 new tasks with held-out slot values
 
 
 @pytest.fixture()
@@ -58,7 +58,7 @@ def _label(prediction) -> str | None:
     return regions[0]["value"]["choices"][0] if regions else None
 
 
-@pytest.mark.timeout(3600)  # a 12-step LoRA run on CPU plus two evaluations and two pre-annotation rounds
+@pytest.mark.timeout(3600)  # a 36-step LoRA run on CPU (~2 epochs), two evaluations, two pre-annotation rounds, two `up`s
 def test_flywheel_promotes_and_the_promoted_model_preannotates(up: Up, tmp_path: Path) -> None:
     from prelabel.studio.project_setup import ensure_project
 
@@ -73,8 +73,8 @@ def test_flywheel_promotes_and_the_promoted_model_preannotates(up: Up, tmp_path:
     # 2. the flywheel, one command, next to the running stack (a small CPU budget for CI)
     config = tmp_path / "flywheel.yaml"
     config.write_text(yaml.safe_dump({
-        "train": {"model_name_or_path": str(find_gguf()), **LOCAL_TRAIN, "learning_rate": 2e-3, "max_steps": 12,
-                  "eval_steps": 12, "save_steps": 12, "logging_steps": 2, "warmup_ratio": 0.0},
+        "train": {"model_name_or_path": str(find_gguf()), **LOCAL_TRAIN, "learning_rate": 2e-3, "max_steps": 36,
+                  "eval_steps": 36, "save_steps": 36, "logging_steps": 4},
         "merge_dtype": "float32",
         "eval": {"concurrency": 2},
     }), encoding="utf-8")
@@ -131,3 +131,12 @@ def test_flywheel_promotes_and_the_promoted_model_preannotates(up: Up, tmp_path:
     base_acc = sum(_label(p) == gold[t] for t, p in baseline.items()) / len(gold)
     assert {_label(p) for p in tuned.values()} <= set(LABELS) | {None}
     assert tuned_acc > base_acc, f"promoted {tuned_acc:.2f} vs base {base_acc:.2f} on {len(gold)} held-out tasks"
+
+    # 5. the next `up` serves the promoted model again, on a new port, and points the record there
+    assert up.cli("down").returncode == 0
+    wait_for(lambda: up.proc.popen.poll() is not None, 120, "the first `up` to stop")
+    up.start()
+    wait_for(up.ready, 600, "the second `prelabel up`", context=up.output)
+    served = json.loads(up.cli("status", "--json").stdout)["models"][str(labeled.id)]
+    active = json.loads(up.cli("train", "status", str(labeled.id)).stdout)["active_model"]
+    assert served.startswith(f"{model} at {active['base_url']}") and active["base_url"] != served_at, served
