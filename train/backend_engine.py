@@ -48,7 +48,8 @@ class BackendEngine:
                 "concurrency": self.settings.llm_concurrency}
 
     def generate(self, conversations: list[list[dict[str, str]]], fmt: AnswerFormat | None) -> list[Generation]:
-        raise EngineError("the backend engine pre-annotates task data, not chat messages (evaluate an exported dataset)")
+        raise EngineError("the backend engine pre-annotates task data, not chat messages "
+                          "(evaluate an exported dataset)")
 
     def generate_records(self, records: list[Record], manifest: Manifest) -> list[Generation]:
         config = manifest.raw.get("label_config")

@@ -205,7 +205,7 @@ def validate(data: dict[str, Any], model: type[M], source: str = "config") -> M:
 # Sized for 2 cores (records use the compact prompt, ~110 tokens): a few hundred labeled tasks
 # train in minutes.
 LOCAL_TRAIN: dict[str, Any] = {
-    "lora_rank": 16, "lora_alpha": 32, "lora_dropout": 0.05, "lora_target": "all", "learning_rate": 1e-3,
+    "lora_rank": 16, "lora_alpha": 32, "lora_dropout": 0.05, "lora_target": "all", "learning_rate": 2e-3,
     "num_train_epochs": 2, "per_device_train_batch_size": 8, "per_device_eval_batch_size": 16,
     "cutoff_len": 512, "logging_steps": 5, "eval_steps": 20, "save_steps": 20, "warmup_ratio": 0.05,
 }

@@ -134,7 +134,8 @@ def _run(project: str, run_dir: Path, status: Status, client: Any, settings: Set
         else:
             raise ConfigError("no flywheel config: set PRELABEL_TRAIN_CONFIG or pass config_path")
     with status.step("export"):
-        data = Path(dataset_dir) if dataset_dir else export_dataset(project, run_dir / "dataset", config.export, settings)
+        data = (Path(dataset_dir) if dataset_dir else
+                export_dataset(project, run_dir / "dataset", config.export, settings))
         status.set(dataset_dir=str(data))
     train_config = config.train_config(data, run_dir / "lora")
     prepare(train_config)  # dataset / model / options checked before any stage starts for real
@@ -161,8 +162,8 @@ def _run(project: str, run_dir: Path, status: Status, client: Any, settings: Set
                     candidate, current_report, current, config.serve.base_url, {})
 
 
-def _serve_locally(project: str, run_id: str, run_dir: Path, status: Status, client: Any, settings: Settings, config: Any,
-                   data: Path, merged_dir: Path, model_name: str, trained: Any) -> dict[str, Any]:
+def _serve_locally(project: str, run_id: str, run_dir: Path, status: Status, client: Any, settings: Settings,
+                   config: Any, data: Path, merged_dir: Path, model_name: str, trained: Any) -> dict[str, Any]:
     """GGUF -> llama.cpp server -> both models through the backend -> promote -> hand over to ``up``."""
     from prelabel.train.backend_engine import BackendEngine
     from prelabel.train.data import load_manifest

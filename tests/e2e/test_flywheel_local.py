@@ -58,7 +58,7 @@ def _label(prediction) -> str | None:
     return regions[0]["value"]["choices"][0] if regions else None
 
 
-@pytest.mark.timeout(3600)  # a 36-step LoRA run on CPU (~2 epochs), two evaluations, two pre-annotation rounds, two `up`s
+@pytest.mark.timeout(3600)  # 36 LoRA steps on CPU (~2 epochs), two evaluations, two pre-annotation rounds, two `up`s
 def test_flywheel_promotes_and_the_promoted_model_preannotates(up: Up, tmp_path: Path) -> None:
     from prelabel.studio.project_setup import ensure_project
 

@@ -29,7 +29,8 @@ _TEMPLATES: dict[str, list[str]] = {
                       "memes about {animal}s", "{game} gameplay stream"],
     "educational": ["{subject} course for beginners", "learn {subject} step by step", "{subject} lecture notes pdf",
                     "free online {subject} class", "{subject} practice exercises with solutions",
-                    "{subject} tutorial for students", "study guide for {subject} exam", "{subject} textbook chapter 1"],
+                    "{subject} tutorial for students", "study guide for {subject} exam",
+                    "{subject} textbook chapter 1"],
     "other": ["{noise}", "{noise} {noise2}", "{word}", "{word} {noise}", "{noise}???", "ok {word}"],
 }
 
