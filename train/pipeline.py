@@ -86,6 +86,14 @@ def export_dataset(project_id: str, out_dir: Path, options: dict[str, Any], sett
                                **options))
 
 
+def project_guideline(client: Any, project_id: str) -> str | dict | None:
+    """The guideline the backend prompts this project with (learned at ``/setup``), so the export
+    renders the same prompt; None (the config's matching template) when the backend has not seen it."""
+    from prelabel.jobs.projects import load_project
+
+    return load_project(client, int(project_id)).guideline if project_id.isdigit() else None
+
+
 def run_flywheel(
     project_id: str | int, *, config_path: str | None = None, dataset_dir: str | None = None,
     run_id: str | None = None, settings: Settings | None = None, console: Any | None = None,
@@ -134,8 +142,8 @@ def _run(project: str, run_dir: Path, status: Status, client: Any, settings: Set
         else:
             raise ConfigError("no flywheel config: set PRELABEL_TRAIN_CONFIG or pass config_path")
     with status.step("export"):
-        data = (Path(dataset_dir) if dataset_dir else
-                export_dataset(project, run_dir / "dataset", config.export, settings))
+        options = {"guideline": project_guideline(client, project), **config.export}
+        data = Path(dataset_dir) if dataset_dir else export_dataset(project, run_dir / "dataset", options, settings)
         status.set(dataset_dir=str(data))
     train_config = config.train_config(data, run_dir / "lora")
     prepare(train_config)  # dataset / model / options checked before any stage starts for real
