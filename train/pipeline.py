@@ -1,5 +1,9 @@
 """The data flywheel as one job: export -> train -> merge -> eval -> promote.
 
+On the local stack (no ``serve.base_url``) it also converts the merged model to GGUF, serves it
+with llama.cpp, evaluates both models through the backend and hands the promoted model over to
+``prelabel up`` (``prelabel.train.local_serving``), then writes ``flywheel.md``.
+
 ``run_flywheel(project_id)`` is the RQ job function (Label Studio's START_TRAINING event, or
 ``note_verified_labels`` reaching ``PRELABEL_TRAIN_MIN_NEW_LABELS``). Its progress is visible in
 the Redis hash ``prelabel:train:<project>`` (``state``, ``stage``, ``run_id``, ``started``,
@@ -132,6 +136,7 @@ def _run(project: str, run_dir: Path, status: Status, client: Any, settings: Set
     from prelabel.train.config import ConfigError, FlywheelConfig, load_yaml, local_flywheel_config
     from prelabel.train.lora import prepare, train
     from prelabel.train.merge import merge
+    from prelabel.train.promote import current_model
 
     with status.step("config"):
         path = config_path or settings.train_config
@@ -163,7 +168,7 @@ def _run(project: str, run_dir: Path, status: Status, client: Any, settings: Set
 
         candidate = _evaluate(make_engine(config.eval.engine, str(merged.out_dir), **options), data,
                               run_dir / "eval-candidate", model_name, config.eval.max_samples)
-        current = current_model_record(client, settings, project)
+        current = current_model(client, settings, project)
         current_report = _evaluate(_current_engine(current, settings, data, options), data, run_dir / "eval-current",
                                    current["model"], config.eval.max_samples)
     return _promote(project, run_id, run_dir, status, client, settings, config, merged.out_dir, model_name,
@@ -183,6 +188,7 @@ def _serve_locally(project: str, run_id: str, run_dir: Path, status: Status, cli
         serve_candidate,
         wait_for_takeover,
     )
+    from prelabel.train.promote import current_model
 
     style = load_manifest(data).raw.get("prompt_style") or "full"  # the prompt it is trained on
     with status.step("gguf"):
@@ -197,7 +203,7 @@ def _serve_locally(project: str, run_id: str, run_dir: Path, status: Status, cli
                                                 fewshot_k=FINE_TUNED_FEWSHOT_K, prompt_style=style,
                                                 concurrency=concurrency, console=status.console),
                                   data, run_dir / "eval-candidate", model_name, config.eval.max_samples)
-            current = current_model_record(client, settings, project)
+            current = current_model(client, settings, project)
             current_report = _evaluate(_current_engine(current, settings, data, {"concurrency": concurrency},
                                                        status.console), data,
                                        run_dir / "eval-current", current["model"], config.eval.max_samples)
@@ -235,12 +241,6 @@ def _promote(project: str, run_id: str, run_dir: Path, status: Status, client: A
     return {"state": "finished", "run_id": run_id, "run_dir": str(run_dir), "promoted": decision["promote"],
             "reasons": decision["reasons"], "decision_id": decision["id"], "active_record": record,
             "candidate_report": candidate["_path"], "current_report": current_report["_path"]}
-
-
-def current_model_record(client: Any, settings: Settings, project: str) -> dict[str, Any]:
-    from prelabel.train.promote import current_model
-
-    return current_model(client, settings, project)
 
 
 def _current_engine(current: dict[str, Any], settings: Settings, data: Path, options: dict[str, Any],
