@@ -28,15 +28,27 @@ def export(
     keep_near_duplicates: bool = typer.Option(False, help="Keep near-duplicates (group them with --group-by)."),
     prefix_chars: int = typer.Option(0, min=0, help="Drop texts sharing their first N characters (0: off)."),
     max_per_annotator: int = typer.Option(None, min=1, help="Cap records per annotator."),
+    user_field: str = typer.Option(None, help="Task data field naming the submitting user: capped per user "
+                                              "(--max-per-user) and split by user."),
+    max_per_user: int = typer.Option(None, min=1, help="Records per user (default 200 with --user-field)."),
     pii: str = typer.Option("redact", help="redact | drop | keep personal information."),
-    min_per_class: int = typer.Option(10, min=0, help="Report classes with fewer examples."),
-    group_by: str = typer.Option("task", help="task | annotator | near_duplicate | data:<field> (never split)."),
+    min_per_class: int = typer.Option(10, min=0, help="Classes with fewer verified examples are rare."),
+    rare_classes: str = typer.Option("drop", help="drop (from every split) | report rare classes."),
+    augment: bool = typer.Option(False, "--augment", help="Add synthetic train examples to small classes."),
+    augment_below: int = typer.Option(50, min=1, help="With --augment: classes with fewer train examples."),
+    augment_method: str = typer.Option("synonyms", help="synonyms (offline word substitution) | llm "
+                                                        "(paraphrases from OPENAI_BASE_URL)."),
+    augment_synonyms: Path = typer.Option(None, exists=True, dir_okay=False,
+                                          help="Own synonym table: one comma-separated group per line."),
+    group_by: str = typer.Option(None, help="task | annotator | near_duplicate | data:<field> (never split); "
+                                            "default data:<user-field> or task."),
     ratios: str = typer.Option("0.8,0.1,0.1", help="train,val,test shares."),
     seed: int = typer.Option(0, help="Split seed."),
     prompt_style: str = typer.Option("compact", help="The backend's prompt in the records: compact (for "
                                                     "fine-tuning; the promoted model is served with it) or full."),
 ) -> None:
     """Export human-verified tasks into train/val/test files, dataset_info.json and a manifest."""
+    from prelabel.export.augment import AugmentError
     from prelabel.export.mapping import MappingError
     from prelabel.export.pipeline import ExportOptions, export_project, export_tasks
     from prelabel.export.source import SourceError, file_tasks
@@ -50,8 +62,11 @@ def export(
         raise typer.BadParameter("three comma-separated numbers, e.g. 0.8,0.1,0.1", param_hint="--ratios") from None
     options = dict(max_chars=max_chars, near_threshold=near_threshold or None,
                    keep_near_duplicates=keep_near_duplicates, prefix_chars=prefix_chars,
-                   max_per_annotator=max_per_annotator, pii=pii, min_per_class=min_per_class, group_by=group_by,
-                   ratios=shares, seed=seed, prompt_style=prompt_style)
+                   max_per_annotator=max_per_annotator, user_field=user_field, max_per_user=max_per_user, pii=pii,
+                   min_per_class=min_per_class, rare_classes=rare_classes,
+                   augment_below=augment_below if augment else 0, augment_method=augment_method,
+                   augment_synonyms=augment_synonyms, group_by=group_by, ratios=shares, seed=seed,
+                   prompt_style=prompt_style)
     verify = dict(ground_truth_only=ground_truth_only, min_annotators=min_annotators, min_agreement=min_agreement)
     with Progress(SpinnerColumn(), TextColumn("exporting"), BarColumn(), MofNCompleteColumn(), console=console) as bar:
         task = bar.add_task("export", total=None)
@@ -68,7 +83,7 @@ def export(
                                         **verify, **options)
             else:
                 raise typer.BadParameter("give --project or --from-file", param_hint="--project")
-        except (SourceError, MappingError) as exc:
+        except (SourceError, MappingError, AugmentError) as exc:
             console.print(f"[red]error:[/red] {exc}")
             raise typer.Exit(2) from None
     import json
@@ -76,5 +91,9 @@ def export(
     manifest = json.loads((result / "manifest.json").read_text())
     splits = ", ".join(f"{k} {v['count']}" for k, v in manifest["splits"].items())
     console.print(f"{result}: {manifest['task_type']} -> {fmt}; {splits}; counts {manifest['counts']}")
-    if manifest["rare_classes"]:
+    if manifest["dropped_classes"]:
+        console.print(f"[yellow]dropped classes under {min_per_class} examples:[/yellow] {manifest['dropped_classes']}")
+    elif manifest["rare_classes"]:
         console.print(f"[yellow]classes under {min_per_class} examples:[/yellow] {manifest['rare_classes']}")
+    if manifest["counts"].get("synthetic"):
+        console.print(f"synthetic train examples (marked): {manifest['splits']['train']['synthetic_distribution']}")

@@ -2,13 +2,19 @@
 
 The task type follows from the config's controls: one single-choice ``Choices`` ->
 classification, one multi-choice -> multilabel, one ``Rating``/``Number`` -> rating, one ``Ranker``
--> ranking (preference pairs), anything else (spans, slots, several controls) -> extraction.
+-> ranking (preference pairs; tied outputs give none), one ``TextArea`` -> generation
+(demonstrations: instruction = the prompt, output = the human's response as plain text), anything
+else (spans, slots, several controls) -> extraction.
 
-One prompt: except for rankings, a record's prompt is the backend's own rendering
-(``Prompt.messages`` with no few-shot turns: its system prompt and its user message) and its
-output is the JSON answer the backend asks the LLM for (``render_answer``), e.g.
+One prompt: except for rankings and demonstrations, a record's prompt is the backend's own
+rendering (``Prompt.messages`` with no few-shot turns: its system prompt and its user message) and
+its output is the JSON answer the backend asks the LLM for (``render_answer``), e.g.
 ``{"intent": "navigational"}``. So a model trained on the export answers the backend's prompt in
 the backend's format, and can replace the pre-annotator without a second code path.
+
+Every human answer is checked like an LLM answer (labels in the config's label set, spans in the
+text, a ranking that ranks every item) and against the guideline's input rules; one that fails is
+not exported (``Mapper.problem`` says why).
 """
 
 from __future__ import annotations
@@ -17,12 +23,14 @@ from dataclasses import dataclass
 from itertools import combinations
 from typing import Any
 
+from prelabel.label_config.answers import check_answer
+from prelabel.label_config.controls import tie_groups
 from prelabel.label_config.schema import ConfigError, TaskDataError, required
 from prelabel.ml_backend.predictor import Predictor, ProjectContext
 from prelabel.ml_backend.prompt import render_answer
 from prelabel.settings import Settings
 
-TASK_TYPES = ("classification", "multilabel", "rating", "ranking", "extraction")
+TASK_TYPES = ("classification", "multilabel", "rating", "ranking", "generation", "extraction")
 
 
 class MappingError(ValueError):
@@ -57,6 +65,8 @@ class Mapper:
             self.task_type = "rating"
         elif only is not None and only.tag == "Ranker":
             self.task_type = "ranking"
+        elif only is not None and only.tag == "TextArea":
+            self.task_type = "generation"
         else:
             self.task_type = "extraction"
         self.control = only
@@ -66,7 +76,7 @@ class Mapper:
         """What the manifest says about the answers: evaluation parses them as the backend does
         (``answer_format`` json, the value under ``answer_key`` for one-control tasks) and can
         re-run the backend on the test split (``label_config``, with the manifest's guideline)."""
-        if self.task_type == "ranking":
+        if self.task_type in ("ranking", "generation"):
             return {}
         return {"answer_format": "json", "answer_key": self.control.name if self.control is not None else None,
                 "schema": self.ctx.schema.json_schema(), "label_config": self.label_config,
@@ -81,20 +91,40 @@ class Mapper:
         """``texts`` back as Label Studio task data (object name -> its ``$value`` key)."""
         return {self.ctx.schema.objects[name].value_key: text for name, text in texts.items()}
 
+    def synthetic_record(self, task_id: int, text: str, label: str) -> Record:
+        """A classification record for an augmented input (``export.augment``), in the same prompt
+        and answer format as a human-verified one; classification has one control on one object."""
+        texts = {self.control.object_name: text}
+        return Record(task_id, text, render_answer({self.control.name: label}), label=label, texts=texts)
+
     def record(self, task: dict[str, Any], result: list[dict[str, Any]]) -> Record | None:
         """The training record of one verified task; None when the human result is incomplete."""
+        return self.checked_record(task, result)[0]
+
+    def checked_record(self, task: dict[str, Any], result: list[dict[str, Any]]) -> tuple[Record | None, str]:
+        """(the training record, "ok") or (None, why not): ``bad_task_data``, ``incomplete``,
+        ``invalid_label`` (a value outside the config: an unknown label, a partial ranking, ...)."""
+        data = task.get("data") or {}
         try:
-            texts = self.ctx.schema.object_texts(task.get("data") or {})
+            texts = self.ctx.schema.object_texts(data)
         except TaskDataError:
-            return None
+            return None, "bad_task_data"
+        if self.ctx.guideline.input_problem(data, self.ctx.schema):
+            return None, "bad_task_data"
         answer: dict[str, Any] = {}
         for control in self.ctx.schema.fields:
             value = control.from_regions([r for r in result if r.get("from_name") == control.name])
             if value is None:
                 if required(control):
-                    return None
+                    return None, "incomplete"
                 value = [] if control.tag == "Labels" else ""
             answer[control.name] = value
+        if check_answer(self.ctx.schema, [], answer, texts).errors:
+            return None, "invalid_label"
+        return self._record(task, data, texts, answer), "ok"
+
+    def _record(self, task: dict[str, Any], data: dict[str, Any], texts: dict[str, str],
+                answer: dict[str, Any]) -> Record:
         body = "\n\n".join(f"## {n}\n{t}" for n, t in texts.items()) if len(texts) > 1 else next(iter(texts.values()))
         tid = int(task.get("id") or 0)
         value = answer[self.control.name] if self.control is not None else None
@@ -102,18 +132,25 @@ class Mapper:
             return Record(tid, body, render_answer(answer), label=str(value), texts=texts)
         if self.task_type == "multilabel":
             return Record(tid, body, render_answer(answer), label=sorted(value), texts=texts)
+        if self.task_type == "generation":
+            return Record(tid, body, str(value).strip())
         if self.task_type == "ranking":
-            raw = (task.get("data") or {}).get(self.ctx.schema.objects[self.control.object_name].value_key, [])
+            raw = data.get(self.ctx.schema.objects[self.control.object_name].value_key, [])
             items = {str(i.get("id")): " ".join(str(i.get("body") or i.get("title") or "").split()) for i in raw}
-            order = [i for i in value if i in items]
-            data = task.get("data") or {}
+            groups = tie_groups(value)
             prompt = next((str(data[o.value_key]) for name, o in self.ctx.schema.objects.items()
                            if name != self.control.object_name and o.tag in ("Text", "HyperText")
                            and o.value_key in data), body)
-            return Record(tid, prompt, items[order[0]] if order else "", pairs=ranking_pairs(order, items))
+            return Record(tid, prompt, items[groups[0][0]], pairs=ranking_pairs(groups, items))
         return Record(tid, body, render_answer(answer), texts=texts)
 
 
-def ranking_pairs(order: list[str], items: dict[str, str]) -> list[tuple[str, str]]:
-    """All K*(K-1)/2 (chosen, rejected) pairs of a best-first ranking; identical texts skipped."""
-    return [(items[a], items[b]) for a, b in combinations(order, 2) if items[a] != items[b]]
+def ranking_pairs(ranking: list[str] | list[list[str]], items: dict[str, str]) -> list[tuple[str, str]]:
+    """(chosen, rejected) pairs of a best-first ranking: every two items of different ranks.
+
+    A strict order of K items gives K*(K-1)/2 pairs; tied items (one group) give none, and
+    identical texts are skipped, since neither says which output is better.
+    """
+    groups = tie_groups(ranking)
+    return [(items[a], items[b]) for better, worse in combinations(groups, 2)
+            for a in better for b in worse if items[a] != items[b]]

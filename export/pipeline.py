@@ -1,8 +1,12 @@
-"""Export: verified tasks -> records -> cleaning -> splits -> files + manifest, streamed.
+"""Export: verified tasks -> records -> cleaning -> splits -> files + lineage + manifest, streamed.
 
-Everything is written into a temporary folder next to the destination and moved into place
-only when the export succeeded, so a failed export (unknown project, bad token, unmappable
-config, a crash) leaves no partial files behind.
+One pass over the tasks writes each kept record to its split (and a lineage line: task id,
+annotators, the pre-annotation's model and prompt version); a second pass over the written
+files drops the classes under ``min_per_class`` (when ``rare_classes="drop"``) and appends
+synthetic, marked training examples for classes under ``augment_below``. Everything is written
+into a temporary folder next to the destination and moved into place only when the export
+succeeded, so a failed export (unknown project, bad token, unmappable config, a crash) leaves no
+partial files behind.
 """
 
 from __future__ import annotations
@@ -10,15 +14,17 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import random
 import shutil
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from prelabel.export.dedupe import Deduper
+from prelabel.export.augment import METHODS, llm_paraphrases, load_synonyms, synonym_variants
+from prelabel.export.dedupe import Deduper, normalise
 from prelabel.export.mapping import Mapper, MappingError, Record
 from prelabel.export.pii import find_pii, redact
 from prelabel.export.split import SPLITS, Splitter
@@ -26,6 +32,9 @@ from prelabel.export.verify import VerifyOptions, verified_label
 
 FORMATS = ("alpaca", "sharegpt", "pairwise", "classification-jsonl")
 GROUP_BY = ("task", "annotator", "near_duplicate")  # or "data:<field>"
+RARE = ("drop", "report")
+DEFAULT_MAX_PER_USER = 200  # InstructGPT: at most ~200 prompts per submitting user
+LINEAGE = "lineage.jsonl"
 
 
 @dataclass
@@ -37,12 +46,24 @@ class ExportOptions:
     keep_near_duplicates: bool = False
     prefix_chars: int = 0
     max_per_annotator: int | None = None
+    user_field: str | None = None  # task data field naming the submitting user (e.g. the prompt's author)
+    max_per_user: int | None = None  # records per user; DEFAULT_MAX_PER_USER when user_field is set
     pii: str = "redact"  # redact | drop | keep
     min_per_class: int = 10
-    group_by: str = "task"
+    rare_classes: str = "drop"  # drop | report: classes under min_per_class (classification)
+    augment_below: int = 0  # synthetic train examples for classes with fewer train examples (0: off)
+    augment_method: str = "synonyms"  # synonyms | llm
+    augment_synonyms: Path | None = None  # own synonym table (default: the shipped one)
+    group_by: str | None = None  # default: data:<user_field> when set (split by user), else task
     ratios: tuple[float, float, float] = (0.8, 0.1, 0.1)
     seed: int = 0
     prompt_style: str = "compact"  # the backend's prompt the records carry: compact (fine-tuning) or full
+
+    def __post_init__(self) -> None:
+        if self.user_field and self.max_per_user is None:
+            self.max_per_user = DEFAULT_MAX_PER_USER
+        if self.group_by is None:
+            self.group_by = f"data:{self.user_field}" if self.user_field else "task"
 
     def check(self, mapper: Mapper) -> None:
         if self.format not in FORMATS:
@@ -53,29 +74,41 @@ class ExportOptions:
             raise MappingError(f"classification-jsonl needs a classification config; this one is {mapper.task_type}")
         if self.pii not in ("redact", "drop", "keep"):
             raise MappingError(f"pii must be redact, drop or keep, not {self.pii!r}")
-        if self.group_by not in GROUP_BY and not self.group_by.startswith("data:"):
+        if self.group_by not in GROUP_BY and not str(self.group_by).startswith("data:"):
             raise MappingError(f"group_by must be one of {GROUP_BY} or data:<field>")
+        if self.rare_classes not in RARE:
+            raise MappingError(f"rare_classes must be drop or report, not {self.rare_classes!r}")
+        if self.augment_method not in METHODS:
+            raise MappingError(f"augment_method must be one of {', '.join(METHODS)}, not {self.augment_method!r}")
+        if self.augment_below and mapper.task_type != "classification":
+            raise MappingError(f"augmentation needs a classification config; this one is {mapper.task_type}")
 
 
-def _rows(mapper: Mapper, record: Record, fmt: str) -> list[dict[str, Any]]:
+def _rows(mapper: Mapper, record: Record, fmt: str, synthetic: bool = False) -> list[dict[str, Any]]:
+    marker = {"synthetic": True} if synthetic else {}
     if fmt == "pairwise":
         instruction = mapper.ctx.guideline.task.strip()
         return [{"instruction": instruction, "input": record.input, "chosen": c, "rejected": r}
                 for c, r in record.pairs or []]
     if fmt == "classification-jsonl":
-        return [{"text": record.input, "label": record.label, "id": record.task_id}]
+        return [{"text": record.input, "label": record.label, "id": record.task_id, **marker}]
     if not record.output:
         return []
     if mapper.task_type == "ranking":  # the best output for its prompt: no backend answer to mirror
         return [{"instruction": mapper.ctx.guideline.task.strip(), "input": record.input, "output": record.output}]
+    if mapper.task_type == "generation":  # a demonstration: the prompt is the instruction, plain text out
+        if fmt == "sharegpt":
+            return [{"conversations": [{"from": "human", "value": record.input},
+                                       {"from": "gpt", "value": record.output}], "system": "", **marker}]
+        return [{"instruction": record.input, "input": "", "output": record.output, "system": "", **marker}]
     system, *_, user = mapper.messages(record.texts or {})  # the backend's prompt (one rendering)
     data = mapper.task_data(record.texts or {})  # what the backend is given (evaluation through it)
     if fmt == "sharegpt":
         return [{"conversations": [{"from": "human", "value": user["content"]},
                                    {"from": "gpt", "value": record.output}],
-                 "system": system["content"], "data": data}]
+                 "system": system["content"], "data": data, **marker}]
     return [{"instruction": user["content"], "input": "", "output": record.output, "system": system["content"],
-             "data": data}]
+             "data": data, **marker}]
 
 
 def dataset_info(fmt: str) -> dict[str, Any]:
@@ -104,6 +137,24 @@ def _sha256(path: Path) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def pre_annotation(task: dict[str, Any]) -> dict[str, Any] | None:
+    """Model, prompt version and status of the task's latest pre-annotation (reviews excluded)."""
+    from prelabel.ranking.signals import REVIEW_PREFIX
+
+    predictions = [p for p in task.get("predictions") or []
+                   if not str(p.get("model_version") or "").startswith(REVIEW_PREFIX)]
+    if not predictions:
+        return None
+    latest = max(predictions, key=lambda p: p.get("id") or 0)
+    version = str(latest.get("model_version") or "")
+    base, _, status = version.partition("#")
+    model, _, prompt = base.rpartition("@") if "@" in base else (base, "", "")
+    stamp = next((r.get("prelabel") for r in latest.get("result") or [] if isinstance(r.get("prelabel"), dict)), {})
+    return {"prediction_id": latest.get("id"), "model_version": version or None,
+            "model": stamp.get("model") or model or None, "prompt_version": stamp.get("prompt_version") or prompt or None,
+            "status": status or "ok"}
 
 
 def export_tasks(
@@ -139,18 +190,33 @@ def export_tasks(
     return out_dir
 
 
+@dataclass
+class _Pass:
+    """What the first pass learned and the second one needs."""
+
+    counts: Counter[str] = field(default_factory=Counter)
+    labels: dict[str, Counter[str]] = field(default_factory=lambda: {split: Counter() for split in SPLITS})
+    # classification: up to augment_below train inputs per class (augmentation sources)
+    sources: dict[str, list[tuple[int, str]]] = field(default_factory=lambda: defaultdict(list))
+    texts: set[str] = field(default_factory=set)  # normalised kept inputs (a variant must be new)
+
+
 def _write(tasks: Iterable[dict[str, Any]], mapper: Mapper, options: ExportOptions, tmp: Path,
            project: dict[str, Any], progress: Callable[[int], None] | None) -> dict[str, Any]:
-    counts: Counter[str] = Counter()
+    state = _Pass()
+    counts = state.counts
     pii_found: Counter[str] = Counter()
     per_annotator: Counter[Any] = Counter()
+    per_user: Counter[Any] = Counter()
     annotators: set[str] = set()
     versions: Counter[str] = Counter()
-    labels: dict[str, Counter[str]] = {split: Counter() for split in SPLITS}
-    rows_per_split: Counter[str] = Counter()
     deduper = Deduper(options.near_threshold, options.prefix_chars, keep_near=options.keep_near_duplicates)
     splitter = Splitter(options.ratios, options.seed)
-    files = {split: (tmp / f"{split}.jsonl").open("w", encoding="utf-8") for split in SPLITS}
+    stage = tmp / ".stage"
+    stage.mkdir()
+    files = {split: (stage / f"{split}.jsonl").open("w", encoding="utf-8") for split in SPLITS}
+    lineage = {split: (stage / f"{split}.lineage.jsonl").open("w", encoding="utf-8") for split in SPLITS}
+    user_key = options.user_field
     try:
         for task in tasks:
             counts["tasks"] += 1
@@ -162,9 +228,12 @@ def _write(tasks: Iterable[dict[str, Any]], mapper: Mapper, options: ExportOptio
             if verified is None:
                 counts[why] += 1
                 continue
-            record = mapper.record(task, verified.result)
+            record, why = mapper.checked_record(task, verified.result)
             if record is None:
-                counts["unmappable"] += 1
+                counts[why] += 1
+                continue
+            if not record.input.strip():
+                counts["empty_text"] += 1
                 continue
             if len(record.input) + len(record.output) > options.max_chars:
                 counts["too_long"] += 1
@@ -185,69 +254,166 @@ def _write(tasks: Iterable[dict[str, Any]], mapper: Mapper, options: ExportOptio
             if options.max_per_annotator and per_annotator[annotator] >= options.max_per_annotator:
                 counts["over_annotator_cap"] += 1
                 continue
+            data = task.get("data") or {}
+            user = data.get(user_key) if user_key else None
+            if user_key and user is None:
+                counts["no_user_field"] += 1
+            elif options.max_per_user and per_user[user] >= options.max_per_user:
+                counts["over_user_cap"] += 1
+                continue
             duplicate, near_group = deduper.check(str(record.task_id), f"{record.input}\n{record.output}")
             if duplicate:
                 counts[duplicate] += 1
                 continue
             per_annotator[annotator] += 1
+            if user is not None:
+                per_user[user] += 1
             annotators.update(_hash_id(project.get("id"), a) for a in verified.annotators)
-            group = {"task": None, "annotator": f"a:{annotator}", "near_duplicate": f"n:{near_group}"}.get(
-                options.group_by, f"d:{(task.get('data') or {}).get(options.group_by[5:], record.task_id)}")
+            group = _group(options.group_by or "task", annotator, near_group, data, record.task_id)
             stratum = json.dumps(record.label) if record.label is not None else "all"
-            split = splitter.assign(stratum, group, key=str(record.task_id))
+            split = splitter.assign(stratum, group)
             rows = _rows(mapper, record, options.format)
+            trace = {"task_id": record.task_id, "label": record.label,
+                     "annotators": sorted(_hash_id(project.get("id"), a) for a in verified.annotators),
+                     "user": None if user is None else _hash_id(project.get("id"), f"user:{user}"),
+                     "pre_annotation": pre_annotation(task), "synthetic": False}
             for row in rows:
                 files[split].write(json.dumps(row, ensure_ascii=False) + "\n")
-            rows_per_split[split] += len(rows)
+                lineage[split].write(json.dumps(trace, ensure_ascii=False) + "\n")
             counts["written_tasks"] += 1
-            counts["written_rows"] += len(rows)
             for label in ([record.label] if isinstance(record.label, str) else record.label or []):
-                labels[split][label] += 1
+                state.labels[split][label] += 1
+            if mapper.task_type == "classification" and options.augment_below:
+                state.texts.add(normalise(record.input))  # no variant may equal a val/test text
+                if split == "train" and len(state.sources[record.label]) < options.augment_below:
+                    state.sources[record.label].append((record.task_id, record.input))
     finally:
-        for handle in files.values():
+        for handle in [*files.values(), *lineage.values()]:
             handle.close()
-    totals = Counter()
+    totals: Counter[str] = Counter()
     for split in SPLITS:
-        totals.update(labels[split])
+        totals.update(state.labels[split])
     rare = {label: n for label, n in totals.items() if n < options.min_per_class}
     if mapper.labels:
         rare.update({label: 0 for label in mapper.labels if label not in totals})
+    dropped = sorted(rare) if options.rare_classes == "drop" and mapper.task_type == "classification" else []
+    rows_per_split = _finish(stage, tmp, set(dropped), state)
+    synthetic = _augment(mapper, options, tmp, state, set(dropped)) if options.augment_below else Counter()
+    rows_per_split["train"] += sum(synthetic.values())
+    counts["written_rows"] = sum(rows_per_split.values())
+    if synthetic:
+        counts["synthetic"] = sum(synthetic.values())
+    shutil.rmtree(stage)
+    labels = [label for label in mapper.labels if label not in dropped] if dropped else mapper.labels
     return {
         "format": options.format,
         "task_type": mapper.task_type,
-        "labels": mapper.labels,
+        "labels": labels,
         "project": {"id": project.get("id"), "title": project.get("title")},
         "exported_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "prompt_version": mapper.ctx.prompt.version,
         **mapper.answer_spec(),
         "guideline": mapper.ctx.guideline_name,
         "seed": options.seed,
-        "options": {k: v for k, v in asdict(options).items() if k != "verify"} | {"verify": asdict(options.verify)},
+        "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(options).items() if k != "verify"}
+        | {"verify": asdict(options.verify)},
         "counts": dict(counts),
         "pii_found": dict(pii_found),
         "rare_classes": rare,
+        "dropped_classes": {label: totals.get(label, 0) for label in dropped},
         "splits": {split: {"path": f"{split}.jsonl", "count": rows_per_split[split],
-                           "label_distribution": dict(labels[split])} for split in SPLITS},
+                           "label_distribution": {k: v for k, v in state.labels[split].items() if k not in dropped},
+                           **({"synthetic": sum(synthetic.values()),
+                               "synthetic_distribution": dict(synthetic)} if split == "train" and synthetic else {})}
+                   for split in SPLITS},
+        "lineage": LINEAGE,
         "annotators": sorted(annotators),
         "pre_annotation_model_versions": dict(versions),
     }
+
+
+def _group(group_by: str, annotator: Any, near_group: str, data: dict[str, Any], task_id: int) -> str | None:
+    if group_by == "task":
+        return None
+    if group_by == "annotator":
+        return f"a:{annotator}"
+    if group_by == "near_duplicate":
+        return f"n:{near_group}"
+    value = data.get(group_by[5:])
+    return f"d:{value}" if value is not None else f"t:{task_id}"
+
+
+def _finish(stage: Path, tmp: Path, dropped: set[str], state: _Pass) -> Counter[str]:
+    """Copy the staged rows into the split files, without the dropped classes, and write the
+    lineage side file (one line per row: its split and line number, task, pre-annotation)."""
+    rows: Counter[str] = Counter()
+    with (tmp / LINEAGE).open("w", encoding="utf-8") as trace_out:
+        for split in SPLITS:
+            with ((stage / f"{split}.jsonl").open(encoding="utf-8") as rows_in,
+                  (stage / f"{split}.lineage.jsonl").open(encoding="utf-8") as trace_in,
+                  (tmp / f"{split}.jsonl").open("w", encoding="utf-8") as rows_out):
+                for row, line in zip(rows_in, trace_in):
+                    trace = json.loads(line)
+                    if trace["label"] in dropped:
+                        state.counts["rare_class_dropped"] += 1
+                        continue
+                    rows[split] += 1
+                    rows_out.write(row)
+                    trace_out.write(json.dumps({"split": split, "line": rows[split], **trace}, ensure_ascii=False)
+                                    + "\n")
+    for label in dropped:
+        state.sources.pop(label, None)
+    return rows
+
+
+def _augment(mapper: Mapper, options: ExportOptions, tmp: Path, state: _Pass, dropped: set[str]) -> Counter[str]:
+    """Append synthetic examples (marked) to train for classes with fewer than ``augment_below``."""
+    rng = random.Random(f"prelabel-augment:{options.seed}")
+    table = load_synonyms(options.augment_synonyms) if options.augment_method == "synonyms" else None
+    made: Counter[str] = Counter()
+    train_rows = sum(state.labels["train"].values()) - sum(state.labels["train"][d] for d in dropped)
+    with (tmp / "train.jsonl").open("a", encoding="utf-8") as rows_out, \
+            (tmp / LINEAGE).open("a", encoding="utf-8") as trace_out:
+        for label in sorted(state.sources):
+            have = state.labels["train"][label]
+            needed = options.augment_below - have
+            sources = state.sources[label]
+            if needed <= 0 or not sources:
+                continue
+            texts = [text for _, text in sources]
+            if table is not None:
+                variants = synonym_variants(texts, needed, table, rng, state.texts)
+            else:
+                from prelabel.settings import get_settings
+
+                variants = llm_paraphrases(texts, needed, state.texts, get_settings())
+            state.counts["augment_shortfall"] += needed - len(variants)
+            for index, variant in variants:
+                source_id = sources[index][0]
+                for row in _rows(mapper, mapper.synthetic_record(source_id, variant, label), options.format, True):
+                    train_rows += 1
+                    rows_out.write(json.dumps(row, ensure_ascii=False) + "\n")
+                    trace_out.write(json.dumps({"split": "train", "line": train_rows, "task_id": source_id,
+                                                "label": label, "synthetic": True,
+                                                "method": options.augment_method}) + "\n")
+                made[label] += 1
+    if not state.counts["augment_shortfall"]:
+        del state.counts["augment_shortfall"]
+    return made
 
 
 def export_project(project_id: int | str, out_dir: Path | str, *, fmt: str = "alpaca", ls_url: str | None = None,
                    ls_token: str | None = None, guideline: str | None = None,
                    progress: Callable[[int], None] | None = None, **options: Any) -> Path:
     """Export a Label Studio project (URL/token default to LABEL_STUDIO_URL / LABEL_STUDIO_API_KEY)."""
-    from label_studio_sdk.client import LabelStudio
-
     from prelabel.export.source import SourceError, project_info, project_tasks
     from prelabel.settings import get_settings
+    from prelabel.studio.access import AccessRefused, connect, for_operator
 
-    settings = get_settings()
-    url = ls_url or settings.label_studio_url
-    token = ls_token or (settings.label_studio_api_key.get_secret_value() if settings.label_studio_api_key else None)
-    if not url or not token:
-        raise SourceError("set LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY (or pass the URL and token)")
-    client = LabelStudio(base_url=url, api_key=token)
+    try:
+        client = connect(for_operator(get_settings(), ls_url, ls_token))
+    except AccessRefused as exc:
+        raise SourceError(f"{exc} (set LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY, or pass the URL and token)") from None
     project = project_info(client, int(project_id))
     fmt = options.pop("format", fmt)
     verify = {k: options.pop(k) for k in ("ground_truth_only", "min_annotators", "min_agreement") if k in options}

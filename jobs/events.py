@@ -63,6 +63,8 @@ def parse_event(body: Any) -> Event | None:
     project = body.get("project")
     pid = _int(project.get("id") if isinstance(project, dict) else project, "project id")
     config = project.get("label_config") if isinstance(project, dict) else None
+    if config is not None and not isinstance(config, str):
+        raise EventError("project.label_config must be a string")
     if action == TASKS_CREATED:
         ids = _ids(body, "tasks", "task id")
         return Event(action, pid, event_key(action, pid, ids), task_ids=ids, label_config=config)
@@ -72,7 +74,8 @@ def parse_event(body: Any) -> Event | None:
             raise EventError(f"{action} needs an 'annotation' object")
         aid = _int(annotation.get("id"), "annotation id")
         tid = _int(annotation.get("task"), "annotation task")
-        version = annotation.get("updated_at") or _digest(annotation.get("result"))
+        updated = annotation.get("updated_at")
+        version = updated if isinstance(updated, str) and updated else _digest(annotation.get("result"))
         return Event(action, pid, event_key(action, pid, aid, version), task_ids=[tid], annotation_ids=[aid],
                      label_config=config)
     if action == ANNOTATIONS_DELETED:
@@ -95,7 +98,11 @@ def _int(value: Any, what: str) -> int:
 
 
 def _digest(value: Any) -> str:
-    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    try:
+        canonical = json.dumps(value, sort_keys=True, default=str)
+    except (RecursionError, ValueError) as exc:  # a body nested ~1,000 deep: not a Label Studio event
+        raise EventError(f"event cannot be read: {type(exc).__name__}") from None
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
 def event_key(*parts: Any) -> str:

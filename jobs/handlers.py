@@ -11,6 +11,7 @@ picked up again) and leaves Label Studio as if it ran once.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from dataclasses import dataclass
@@ -21,16 +22,29 @@ import redis
 from prelabel.jobs import events as ev
 from prelabel.jobs import outcomes
 from prelabel.jobs.events import Event
-from prelabel.jobs.projects import ProjectRecord, label_studio_access, load_project
+from prelabel.jobs.projects import ProjectRecord, load_project
 from prelabel.jobs.queue import connection, enqueue, enqueue_once, job_queue
-from prelabel.jobs.review import REVIEW_ERROR, REVIEW_PREFIX, Review, is_review, proposed_answer, review_one
+from prelabel.jobs.review import (
+    PASSED,
+    REJECTED,
+    REVIEW_ERROR,
+    REVIEW_PREFIX,
+    Review,
+    is_review,
+    proposed_answer,
+    review_one,
+)
 from prelabel.jobs.status import REVIEW_STATS_KEY
 from prelabel.jobs.studio import ProjectClient
 from prelabel.label_config.schema import TaskDataError
+from prelabel.ml_backend.confidence import FALLBACK_SCORE
+from prelabel.ml_backend.fewshot_store import ProjectPools
 from prelabel.ml_backend.llm_client import LLMClient
 from prelabel.ml_backend.model_router import ModelRouter
 from prelabel.ml_backend.predictor import Predictor, ProjectContext, open_predictor
+from prelabel.ml_backend.stats import INDEPENDENCE_KEY
 from prelabel.settings import Settings, get_settings, reviewer_settings
+from prelabel.studio.access import connect
 
 log = logging.getLogger(__name__)
 
@@ -56,8 +70,8 @@ class ProjectJob:
         settings = settings or get_settings()
         conn = connection(settings)
         record = load_project(conn, project_id)
-        url, token = label_studio_access(settings, record)
-        return cls(settings, conn, project_id, record, ProjectClient(url, token, project_id))
+        sdk = connect(settings, record.hostname, record.access_token)  # AccessRefused: the job fails, said why
+        return cls(settings, conn, project_id, record, ProjectClient(sdk, project_id))
 
     def context(self, label_config: str | None) -> ProjectContext:
         predictor = Predictor(self.settings, llm=None, cache=None)  # type: ignore[arg-type]
@@ -71,6 +85,7 @@ def handle_event(event_data: dict[str, Any]) -> dict[str, Any]:
     if event.action == ev.TASKS_CREATED:
         return preannotate(job, event.task_ids, event.label_config)
     if event.action in (ev.ANNOTATION_CREATED, ev.ANNOTATION_UPDATED):
+        learn_examples(job, event.task_ids, event.label_config)
         return on_human_label(job, event.annotation_ids)
     if event.action == ev.ANNOTATIONS_DELETED:
         queue_refresh(job)
@@ -94,13 +109,14 @@ async def _preannotate(job: ProjectJob, task_ids: list[int], label_config: str |
         router = ModelRouter(default)
         predictor = await router.for_project(str(job.project_id))
         ctx = predictor.context(label_config or await asyncio.to_thread(job.ls.label_config), job.record.guideline)
+        pool = await ProjectPools().pool(predictor.cache.client if predictor.cache else None, job.project_id, ctx)
         family = predictor.model_version(ctx)
         step = max(1, job.settings.llm_concurrency * 2)
         for start in range(0, len(task_ids), step):
             chunk = task_ids[start:start + step]
             todo = await asyncio.to_thread(_tasks_needing, job.ls, chunk, family)
             counts["already_done"] = counts.get("already_done", 0) + len(chunk) - len(todo)
-            predictions = await predictor.predict(todo, ctx)
+            predictions = await predictor.predict(todo, ctx, pool)
             for task, prediction in zip(todo, predictions):
                 outcome = outcomes.prediction_outcome(prediction)  # recorded first: LS keeps no reasons
                 outcomes.record(job.conn, job.project_id, {task["id"]: outcome})
@@ -140,15 +156,39 @@ def check_reviewer(settings: Settings) -> None:
         )
 
 
+def reviewer_independence(settings: Settings, conn: redis.Redis) -> dict[str, Any]:
+    """Do the two servers serve different weights? Asked of the servers (``model_identity``),
+    remembered in Redis for an hour; with ``reviewer_require_different_weights`` a reviewer that
+    is the same weights under another name stops the review job with that reason."""
+    from prelabel.ml_backend.model_identity import SAME, compare, identify
+
+    reviewer = reviewer_settings(settings)
+    raw = conn.get(INDEPENDENCE_KEY)
+    found = json.loads(raw) if raw else None
+    pair = [settings.llm_model, settings.llm_base_urls[0], reviewer.llm_model, reviewer.llm_base_urls[0]]
+    if found is None or found.get("pair") != pair:
+        ours = identify(settings.llm_base_urls[0], settings.llm_api_keys[0].get_secret_value(), settings.llm_model)
+        theirs = identify(reviewer.llm_base_urls[0], reviewer.llm_api_keys[0].get_secret_value(), reviewer.llm_model)
+        verdict, evidence = compare(ours, theirs)
+        found = {"pair": pair, "verdict": verdict, "evidence": evidence, "time": _now(),
+                 "pre_annotator": ours.as_dict() | {"probe": None}, "reviewer": theirs.as_dict() | {"probe": None}}
+        conn.set(INDEPENDENCE_KEY, json.dumps(found), ex=3600)
+        (log.warning if verdict == SAME else log.info)("reviewer independence: %s: %s", verdict, evidence)
+    if found["verdict"] == SAME and settings.reviewer_require_different_weights:
+        raise ValueError(f"the reviewer is not an independent model: {found['evidence']}")
+    return found
+
+
 async def _review(job: ProjectJob, task_ids: list[int], label_config: str | None) -> tuple[dict[str, int], list[int]]:
     check_reviewer(job.settings)
+    independence = await asyncio.to_thread(reviewer_independence, job.settings, job.conn)
     ctx = await asyncio.to_thread(job.context, label_config)
     llm = LLMClient(reviewer_settings(job.settings))
     counts: dict[str, int] = {}
     transient: list[int] = []
     try:
         async def one(task_id: int) -> None:
-            status = await _review_task(job, llm, ctx, task_id)
+            status = await _review_task(job, llm, ctx, task_id, independence["verdict"])
             counts[status] = counts.get(status, 0) + 1
             if status == REVIEW_ERROR:
                 transient.append(task_id)
@@ -160,7 +200,8 @@ async def _review(job: ProjectJob, task_ids: list[int], label_config: str | None
     return counts, sorted(transient)
 
 
-async def _review_task(job: ProjectJob, llm: LLMClient, ctx: ProjectContext, task_id: int) -> str:
+async def _review_task(job: ProjectJob, llm: LLMClient, ctx: ProjectContext, task_id: int,
+                       independence: str = "unknown") -> str:
     predictions = await asyncio.to_thread(job.ls.predictions, task_id)
     pre = _latest(p for p in predictions if not is_review(p.get("model_version") or ""))
     if pre is None:
@@ -185,7 +226,7 @@ async def _review_task(job: ProjectJob, llm: LLMClient, ctx: ProjectContext, tas
             review = Review("needs_human", "task data unusable", errors=[str(exc)], model=llm.model)
         else:
             review = await review_one(llm, ctx, texts, proposed_answer(ctx, regions))
-    prediction = review_prediction(family, pre, review)
+    prediction = review_prediction(family, pre, review, independence)
     outcome = await asyncio.to_thread(job.ls.upsert_prediction, task_id, prediction,
                                       lambda mv: mv.startswith(family))
     await asyncio.to_thread(job.ls.set_fields, task, {"prelabel_review": review.status})
@@ -196,20 +237,31 @@ async def _review_task(job: ProjectJob, llm: LLMClient, ctx: ProjectContext, tas
     return review.status
 
 
-def review_prediction(family: str, pre: dict[str, Any], review: Review) -> dict[str, Any]:
+def review_prediction(family: str, pre: dict[str, Any], review: Review, independence: str = "unknown"
+                      ) -> dict[str, Any]:
     """The reviewer's prediction: its correction when it rejected, else the reviewed regions.
 
     Label Studio keeps only result/score/model_version, so the verdict travels in the
-    ``model_version`` suffix and in every region's ``prelabel.review``.
+    ``model_version`` suffix and in every region's ``prelabel.review``. The score is the
+    reviewer's own confidence (``review.add_confidence``); a reviewer that returned no logprobs
+    gets the explicit fallback (``score_source: "none"``); a review with no answer scores 0.
     """
     stamp = {"status": review.status, "verdict": review.verdict, "rationale": review.rationale,
-             "reviewed": pre["id"], "reviewed_model_version": pre.get("model_version"), "time": _now()}
+             "reviewed": pre["id"], "reviewed_model_version": pre.get("model_version"), "time": _now(),
+             "confidence": review.confidence, "verdict_probs": review.verdict_probs,
+             "score_source": "none" if review.confidence is None else "logprobs", "independence": independence}
+    if review.status not in (PASSED, REJECTED):
+        score = 0.0
+    else:
+        score = review.confidence if review.confidence is not None else FALLBACK_SCORE
     if review.corrected is not None:
-        source = [r for regions in review.corrected.regions.values() for r in regions]
-        score = 0.5
+        source = []
+        for name, regions in review.corrected.regions.items():
+            extra = {"score": review.corrected_scores[name]} if name in review.corrected_scores else {}
+            own = {"label_probs": review.corrected_label_probs[name]} if name in review.corrected_label_probs else {}
+            source += [{**region, **extra, "prelabel": own} for region in regions]
     else:
         source = [{k: v for k, v in r.items() if k != "id"} for r in pre.get("result") or []]
-        score = float(pre.get("score") or 0.0) if review.status == "passed" else 0.0
     result = [{**region, "prelabel": {**(region.get("prelabel") or {}), "review": stamp}} for region in source]
     return {"result": result, "score": score, "model_version": f"{family}#{review.status}"}
 
@@ -233,7 +285,31 @@ def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
-# --- human labels: ranking, quality, retraining ------------------------------------------------
+# --- human labels: few-shot pool, ranking, quality, retraining --------------------------------
+def learn_examples(job: ProjectJob, task_ids: list[int], label_config: str | None) -> int:
+    """Put the tasks' latest human answers into the project's shared few-shot pool (or take a
+    task out when it has none any more); the backend and the workers see them on their next batch."""
+    from prelabel.ml_backend.fewshot_store import add_example, remove_task
+    from prelabel.ml_backend.project_examples import answer_from_annotation, human_annotation
+
+    ctx = job.context(label_config)
+    added = 0
+    for task_id in task_ids:
+        task = job.ls.task(task_id)
+        result = human_annotation(task)
+        answer = answer_from_annotation(ctx.schema, result) if result else None
+        try:
+            texts = ctx.schema.object_texts(task.get("data") or {})
+        except TaskDataError:
+            answer = None
+        if answer is None:
+            remove_task(job.conn, job.project_id, task_id)
+            continue
+        add_example(job.conn, job.project_id, task_id, texts, answer, job.settings.fewshot_pool_max)
+        added += 1
+    return added
+
+
 def on_human_label(job: ProjectJob, annotation_ids: list[int]) -> dict[str, Any]:
     """Count new human labels (each annotation once, however often delivered), refresh, maybe retrain."""
     from prelabel.train.pipeline import note_verified_labels
@@ -252,14 +328,16 @@ def queue_refresh(job: ProjectJob) -> None:
 
 
 def refresh_project(project_id: int) -> dict[str, Any]:
-    """Re-rank the project's queue and recompute per-class agreement."""
+    """Re-rank the project's queue, recompute per-class agreement, refit the score's calibration."""
+    from prelabel.quality.calibration import refresh_calibration
     from prelabel.quality.project import refresh_quality
     from prelabel.ranking.project import refresh_ranking
 
     job = ProjectJob.open(project_id)
     ranking = refresh_ranking(job.ls.sdk, project_id)
     quality = refresh_quality(job.ls.sdk, project_id, job.conn)
-    return {"ranking": str(ranking), "quality": str(quality)}
+    calibration = refresh_calibration(job.ls.sdk, project_id, job.conn)
+    return {"ranking": str(ranking), "quality": str(quality), "calibration": calibration}
 
 
 # --- training --------------------------------------------------------------------------------

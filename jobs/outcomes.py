@@ -13,12 +13,11 @@ A task counts as pre-annotated only when its prediction has at least one valid r
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
-
-import logging
 
 import redis
 
@@ -89,13 +88,14 @@ def record(conn: redis.Redis, project_id: int, outcomes: dict[int, Outcome]) -> 
 
 
 def record_predictions(conn: redis.Redis | None, project: str | None, tasks: list[Any],
-                       predictions: list[dict[str, Any]]) -> None:
+                       predictions: list[Any]) -> None:
     """``record`` for what ``/predict`` returned (Label Studio stores those predictions itself):
-    tasks with an integer id in a project with a numeric id; others are not Label Studio's."""
+    tasks with an integer id in a project with a numeric id; others are not Label Studio's. A task
+    answered ``[]`` (handed to the worker at the deadline) gets its outcome from the worker."""
     if conn is None or not project or not project.isdigit():
         return
     found = {task["id"]: prediction_outcome(prediction) for task, prediction in zip(tasks, predictions)
-             if isinstance(task, dict) and isinstance(task.get("id"), int)}
+             if isinstance(task, dict) and isinstance(task.get("id"), int) and isinstance(prediction, dict)}
     try:
         record(conn, int(project), found)
     except redis.RedisError as exc:  # the answer to Label Studio matters more than the record
@@ -118,6 +118,7 @@ class Tally:
     total: int = 0
     labeled: int = 0
     partly: int = 0  # labeled, but some control left for a human
+    empty: int = 0  # a valid answer with nothing to mark (e.g. no entity in the text)
     failed: Counter = field(default_factory=Counter)  # (status, reason) of tasks without a valid region
     pending: int = 0
 
@@ -125,22 +126,32 @@ class Tally:
     def of(cls, outcomes: Iterable[Outcome | None]) -> Tally:
         tally = cls()
         for outcome in outcomes:
-            tally.total += 1
-            if outcome is None:
-                tally.pending += 1
-            elif outcome.labeled:
-                tally.labeled += 1
-                tally.partly += outcome.status != OK
-            else:
-                tally.failed[(outcome.status, outcome.reason or outcome.status)] += 1
+            tally.add(outcome)
         return tally
+
+    def add(self, outcome: Outcome | None) -> None:
+        self.total += 1
+        if outcome is None:
+            self.pending += 1
+        elif outcome.labeled:
+            self.labeled += 1
+            self.partly += outcome.status != OK
+        elif outcome.status == OK:
+            self.empty += 1
+        else:
+            self.failed[(outcome.status, outcome.reason or outcome.status)] += 1
 
     @property
     def settled(self) -> bool:
         return self.pending == 0
 
-    def failures(self) -> str:
-        """``8 error: llm_connection_error, 1 needs_human: context_too_long`` (most frequent reason each)."""
+    @property
+    def unlabeled(self) -> int:
+        """Tasks that got no valid region (errors and needs_human)."""
+        return sum(self.failed.values())
+
+    def failures(self) -> list[str]:
+        """``8 error: llm_connection_error``, ``1 needs_human: context_too_long`` (most frequent reason each)."""
         parts = []
         for status in (ERROR, NEEDS_HUMAN):
             reasons = Counter({r: n for (s, r), n in self.failed.items() if s == status})
@@ -148,11 +159,17 @@ class Tally:
                 reason, _ = reasons.most_common(1)[0]
                 more = f" (+{len(reasons) - 1} other reasons)" if len(reasons) > 1 else ""
                 parts.append(f"{sum(reasons.values())} {status}: {reason}{more}")
-        return ", ".join(parts)
+        return parts
+
+    def details(self) -> list[str]:
+        """Everything but the pre-annotated count: failures, empty answers, pending tasks."""
+        return [*self.failures(), *([f"{self.empty} answered with no region"] if self.empty else []),
+                *([f"{self.pending} pending"] if self.pending else [])]
+
+    def pre_annotated(self) -> str:
+        partly = f" ({self.partly} partly, a control left for a human)" if self.partly else ""
+        return f"{self.labeled}/{self.total} tasks pre-annotated{partly}"
 
     def summary(self) -> str:
-        line = f"{self.labeled}/{self.total} tasks pre-annotated"
-        if self.partly:
-            line += f" ({self.partly} partly, a control left for a human)"
-        details = [d for d in (self.failures(), f"{self.pending} pending" if self.pending else "") if d]
-        return line + ("; " + ", ".join(details) if details else "")
+        details = self.details()
+        return self.pre_annotated() + ("; " + ", ".join(details) if details else "")

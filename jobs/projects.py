@@ -3,7 +3,9 @@
 Label Studio tells only the backend (in ``/setup``) which guideline a project uses and how to
 call Label Studio back (its host and the project creator's token). The worker needs both to
 pre-annotate and review in the background, so the backend keeps them here. The token stays in
-Redis: it is never logged, never put in a job's arguments (RQ keeps those in plain sight).
+Redis: it is never logged, never put in a job's arguments (RQ keeps those in plain sight). What
+is recorded here is a claim, not a destination: ``prelabel.studio.access`` decides whether that
+host may be called and with which token.
 """
 
 from __future__ import annotations
@@ -13,8 +15,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis
-
-from prelabel.settings import Settings
 
 
 def project_key(project_id: int | str) -> str:
@@ -41,15 +41,3 @@ class ProjectRecord:
 
 def load_project(conn: redis.Redis, project_id: int) -> ProjectRecord:
     return ProjectRecord.decode(conn.get(project_key(project_id)))
-
-
-def label_studio_access(settings: Settings, record: ProjectRecord) -> tuple[str, str]:
-    """URL and token to call Label Studio with: the configured ones win over what /setup said."""
-    url = settings.label_studio_url or record.hostname
-    token = settings.label_studio_api_key.get_secret_value() if settings.label_studio_api_key else record.access_token
-    if not url or not token:
-        raise LookupError(
-            "no way to call Label Studio back: set LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY for the worker "
-            "(or connect the backend in Label Studio so /setup tells it)"
-        )
-    return url.rstrip("/"), token

@@ -11,8 +11,9 @@ later good one. The worker therefore runs a reconcile job per project:
   record existed.
 
 One task is tried first; when the LLM still fails, the round ends there (no call storm against
-a dead server). Tasks with a human annotation (or a skip) are never touched; predictions are
-updated in place, never duplicated.
+a dead server). Tasks with a human annotation (or a skip) are never touched, nor tasks a ``/predict``
+handed to the worker at Label Studio's deadline (``jobs.handoff``); predictions are updated in
+place, never duplicated.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from typing import Any
 import redis
 from rq.job import Job, JobStatus
 
-from prelabel.jobs import outcomes
+from prelabel.jobs import handoff, outcomes
 from prelabel.jobs.queue import PENDING, connection, enqueue
 from prelabel.settings import Settings
 
@@ -86,6 +87,7 @@ def reconcile_project(project_id: int, scan: bool | None = None) -> dict[str, An
     if errored - set(found):  # deleted tasks
         job.conn.srem(outcomes.ERRORED_KEY.format(pid=project_id), *(errored - set(found)))
     candidates = {task_id for task_id, task in found.items() if needs_preannotation(task)}
+    candidates -= handoff.pending(job.conn, str(project_id), sorted(candidates))  # the worker has them already
     if not candidates:
         return {"candidates": 0}
     first, *rest = sorted(candidates)

@@ -18,7 +18,9 @@ from typing import Any
 
 from prelabel.label_config.answers import CheckedAnswer, check_answer
 from prelabel.label_config.controls import AnswerError
-from prelabel.ml_backend.llm_client import LLMClient, LLMError
+from prelabel.ml_backend.confidence import answer_confidences, locate
+from prelabel.ml_backend.distribution import answer_label_probs, distribution_score, position_distribution
+from prelabel.ml_backend.llm_client import Completion, LLMClient, LLMError
 from prelabel.ml_backend.predictor import ProjectContext
 from prelabel.ml_backend.validation import feedback, parse_answer
 
@@ -47,6 +49,11 @@ class Review:
     corrected: CheckedAnswer | None = None
     errors: list[str] = field(default_factory=list)
     model: str | None = None
+    # The reviewer's own confidence, from its token logprobs (None: the server gave none).
+    confidence: float | None = None
+    verdict_probs: dict[str, float] | None = None
+    corrected_scores: dict[str, float] = field(default_factory=dict)  # per control of the correction
+    corrected_label_probs: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
 def is_review(model_version: str) -> bool:
@@ -124,6 +131,7 @@ async def review_one(
         try:
             review = judge(ctx, completion.content, texts, proposed)
             review.model = llm.model
+            add_confidence(ctx, completion, review)
             return review
         except AnswerError as exc:
             errors.append(str(exc))
@@ -132,3 +140,42 @@ async def review_one(
                 {"role": "user", "content": feedback([exc])},
             ]
     return Review(NEEDS_HUMAN, errors=errors, model=llm.model)
+
+
+VERDICTS = ("correct", "incorrect")
+
+
+def add_confidence(ctx: ProjectContext, completion: Completion, review: Review) -> None:
+    """The reviewer's confidence in what it said, from its own token alternatives.
+
+    The verdict's probability is read like a label distribution over ("correct", "incorrect")
+    (``distribution.position_distribution``). A passed review's confidence is P(correct). A
+    rejection is only as sure as its weakest part: min(P(incorrect), the correction's per-control
+    scores, each from its label distribution where it has one, else its tokens' logprobs). Left
+    None when the server returned no logprobs: the caller says so instead of inventing a number.
+    """
+    _, start = parse_answer(completion.content)
+    located = locate(completion.content, start, completion.tokens)
+    if located is None:
+        return
+    tokens, spans = located
+    span = spans.get(("verdict",))
+    if span is None or review.verdict not in VERDICTS:
+        return
+    review.verdict_probs = position_distribution(VERDICTS, review.verdict, span, tokens)
+    if review.verdict_probs is None:
+        return
+    sure = review.verdict_probs[review.verdict]
+    if review.corrected is not None:
+        answer, root = review.corrected.answer, ("corrected",)
+        scores = answer_confidences(completion.content, start, completion.tokens, ctx.schema.fields, answer, root) or {}
+        review.corrected_label_probs = answer_label_probs(completion.content, start, completion.tokens,
+                                                          ctx.schema.fields, answer, root)
+        for control in ctx.schema.fields:
+            probs = review.corrected_label_probs.get(control.name)
+            score = distribution_score(control, answer.get(control.name), probs) if probs else None
+            if score is not None:
+                scores[control.name] = round(score, 6)
+        review.corrected_scores = {k: v for k, v in scores.items() if k in review.corrected.regions}
+        sure = min([sure, *review.corrected_scores.values()])
+    review.confidence = round(sure, 6)

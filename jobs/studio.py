@@ -21,8 +21,8 @@ def _plain(obj: Any) -> dict[str, Any]:
 class ProjectClient:
     """One Label Studio project as the jobs see it."""
 
-    def __init__(self, url: str, token: str, project_id: int, timeout: float = 30.0) -> None:
-        self.sdk = LabelStudio(base_url=url, api_key=token, timeout=timeout)
+    def __init__(self, sdk: LabelStudio, project_id: int) -> None:
+        self.sdk = sdk  # from prelabel.studio.access.connect: allowed origin, no redirects
         self.project_id = project_id
 
     def label_config(self) -> str:

@@ -10,13 +10,20 @@ extraction rules and most others:
   match (an empty slot is the control's business: allowed unless it is ``required``).
 
 Numeric ranges and label sets are already enforced by the controls themselves.
+
+Patterns come from guidelines, and inline guidelines come from requests, so they run on RE2
+(``google-re2``): matching is linear in the text, whatever the pattern (``(a+)+$`` included). A
+pattern RE2 cannot run (backreferences, lookaround), one over ``MAX_PATTERN_CHARS`` or one whose
+compiled program would exceed ``PATTERN_MEMORY`` is refused when the guideline is loaded:
+``prelabel config check`` and ``/setup`` say so.
 """
 
 from __future__ import annotations
 
-import re
+from functools import lru_cache
 from typing import Any
 
+import re2
 from pydantic import BaseModel, ConfigDict, field_validator, model_validator
 
 from prelabel.label_config.controls import AnswerError, ControlField
@@ -30,11 +37,33 @@ class PatternRule(BaseModel):
     @field_validator("regex")
     @classmethod
     def _compiles(cls, value: str) -> str:
-        try:
-            re.compile(value)
-        except re.error as exc:
-            raise ValueError(f"invalid regex {value!r}: {exc}") from exc
+        compiled_pattern(value)
         return value
+
+    def fullmatch(self, text: str) -> bool:
+        return compiled_pattern(self.regex).fullmatch(text) is not None
+
+
+MAX_PATTERN_CHARS = 1000
+PATTERN_MEMORY = 1 << 20  # bytes RE2 may use for one compiled pattern
+
+
+@lru_cache(maxsize=256)
+def compiled_pattern(regex: str) -> Any:
+    """``regex`` compiled by RE2 (linear-time matching); ``ValueError`` with a one-line reason when
+    it is too long, too big or uses what RE2 cannot guarantee linear time for."""
+    shown = regex if len(regex) <= 60 else regex[:60] + "..."
+    if len(regex) > MAX_PATTERN_CHARS:
+        raise ValueError(f"regex {shown!r} is longer than {MAX_PATTERN_CHARS} characters")
+    options = re2.Options()
+    options.max_mem = PATTERN_MEMORY
+    options.log_errors = False  # RE2 would print the pattern to stderr: raw input in the log
+    try:
+        return re2.compile(regex, options)
+    except re2.error as exc:
+        reason = exc.args[0].decode(errors="replace") if exc.args and isinstance(exc.args[0], bytes) else str(exc)
+        raise ValueError(f"regex {shown!r} refused: RE2 (linear-time, no backreferences or lookaround) "
+                         f"cannot compile it: {reason[:120]}") from None
 
 
 class Constraint(BaseModel):
@@ -81,7 +110,7 @@ class Constraint(BaseModel):
         rule = self.pattern
         assert rule is not None
         for value in ref_values(answer, rule.field):
-            if value.strip() and not re.fullmatch(rule.regex, value.strip()):
+            if value.strip() and not rule.fullmatch(value.strip()):
                 text = self.message or f"{rule.field} {value!r} does not match {rule.regex}"
                 return self._errors([rule.field], text)
         return []

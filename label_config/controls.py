@@ -17,6 +17,11 @@ from typing import Any, ClassVar, Literal
 
 SpanOccurrence = Literal["all", "first", "unique"]
 
+# Bounds on numeric config attributes: past them a value is a typo or an attack, not a scale.
+MAX_RATING = 1000
+MAX_ATTR_INT = 10_000_000
+MAX_ATTR_NUMBER = 1e15  # integers up to here are exact in a float
+
 # Reasons are metric label values: keep the set small and stable.
 REASONS = (
     "invalid_json",
@@ -27,6 +32,7 @@ REASONS = (
     "out_of_range",
     "constraint",
     "empty",
+    "not_in_shortlist",  # the model chose "none of these" among a shortlist of candidate labels
 )
 
 
@@ -89,6 +95,10 @@ class ControlField(ABC):
     def is_empty(self, value: Any) -> bool:
         """True when the answer leaves this control unset (allowed unless required)."""
         return value is None
+
+    def attr_problems(self) -> list[str]:
+        """What is wrong with this control's attributes (checked once, when the config is parsed)."""
+        return []
 
     def _region(self, value: dict[str, Any], region_id: str | None = None) -> dict[str, Any]:
         region: dict[str, Any] = {
@@ -243,12 +253,21 @@ class TextAreaField(ControlField):
     tag: ClassVar[str] = "TextArea"
     region_type: ClassVar[str] = "textarea"
 
+    def _max_length(self) -> str | None:
+        return self.attrs.get("maxLength") or self.attrs.get("maxlength")
+
     def json_schema(self) -> dict[str, Any]:
         schema: dict[str, Any] = {"type": "string"}
-        max_length = self.attrs.get("maxLength") or self.attrs.get("maxlength")
-        if max_length and max_length.isdigit():
+        max_length = self._max_length()
+        if max_length:
             schema["maxLength"] = int(max_length)
         return schema
+
+    def attr_problems(self) -> list[str]:
+        max_length = self._max_length()
+        if max_length and not _int_in(max_length, 1, MAX_ATTR_INT):
+            return [f"maxLength={_shown(max_length)} must be an integer from 1 to {MAX_ATTR_INT}"]
+        return []
 
     def describe(self) -> str:
         hint = self.attrs.get("placeholder")
@@ -279,7 +298,13 @@ class RatingField(ControlField):
 
     @property
     def max_rating(self) -> int:
-        return int(self.attrs.get("maxRating", "5"))
+        return int(self.attrs.get("maxRating") or "5")
+
+    def attr_problems(self) -> list[str]:
+        raw = self.attrs.get("maxRating") or "5"
+        if not _int_in(raw, 1, MAX_RATING):
+            return [f"maxRating={_shown(raw)} must be an integer from 1 to {MAX_RATING}"]
+        return []
 
     def json_schema(self) -> dict[str, Any]:
         return {"type": "integer", "minimum": 1, "maximum": self.max_rating}
@@ -307,10 +332,32 @@ class NumberField(ControlField):
     region_type: ClassVar[str] = "number"
 
     def _bound(self, key: str) -> float | None:
-        try:
-            return float(self.attrs[key])
-        except (KeyError, ValueError):
-            return None
+        """A numeric attribute (``min``, ``max``, ``step``); ``attr_problems`` vetted it."""
+        raw = self.attrs.get(key)
+        return float(raw) if raw not in (None, "") else None
+
+    def attr_problems(self) -> list[str]:
+        problems = []
+        for key in ("min", "max", "step"):
+            raw = self.attrs.get(key)
+            if raw in (None, ""):
+                continue
+            try:
+                value = float(raw)
+            except (TypeError, ValueError):
+                problems.append(f"{key}={_shown(raw)} is not a number")
+                continue
+            if not math.isfinite(value) or abs(value) > MAX_ATTR_NUMBER:
+                problems.append(f"{key}={_shown(raw)} must be a finite number within +-{MAX_ATTR_NUMBER:g}")
+            elif key == "step" and value <= 0:
+                problems.append(f"step={_shown(raw)} must be greater than 0")
+        if not problems:
+            low, high = self._bound("min"), self._bound("max")
+            if low is not None and high is not None and low > high:
+                problems.append(f"min={_fmt(low)} is greater than max={_fmt(high)}")
+            elif low is not None and high is not None and self.integer and math.ceil(low) > math.floor(high):
+                problems.append(f"no integer lies between min={_fmt(low)} and max={_fmt(high)}")
+        return problems
 
     @property
     def integer(self) -> bool:
@@ -365,37 +412,98 @@ class RankerField(ControlField):
     """Ranking of the items of a ``List`` (e.g. K model outputs), best first.
 
     The List object is rendered for the prompt as one ``[id] title: body`` line per item, so the
-    model answers with item ids; a valid answer is a permutation of exactly those ids. Label
-    Studio stores it as ``{"ranker": {<this control's name>: [ids in order]}}`` (checked in the
-    labeling UI: keyed by the List's name instead, nothing renders).
+    model answers with item ids. Two shapes, as in Label Studio:
+
+    * a plain ``<Ranker>``: a strict order, a permutation of all the ids, stored as
+      ``{"ranker": {<this control's name>: [ids in order]}}`` (checked in the labeling UI: keyed
+      by the List's name instead, nothing renders);
+    * a ``<Ranker>`` with ``<Bucket>`` children (``buckets``, best first): ties are allowed. The
+      answer is a list of groups of ids, best group first, ids in one group tied; group *i* is
+      stored in bucket *i*: ``{"ranker": {"rank_1": ["o2"], "rank_2": ["o1", "o3"]}}``.
     """
 
     tag: ClassVar[str] = "Ranker"
     region_type: ClassVar[str] = "ranker"
+    buckets: list[str] = field(default_factory=list)
 
     def json_schema(self) -> dict[str, Any]:
-        return {"type": "array", "items": {"type": "string"}, "minItems": 2}
+        if not self.buckets:
+            return {"type": "array", "items": {"type": "string"}, "minItems": 2}
+        group = {"type": "array", "items": {"type": "string"}, "minItems": 1}
+        return {"type": "array", "items": group, "minItems": 1, "maxItems": len(self.buckets)}
 
     def describe(self) -> str:
-        return f'"{self.name}": the ids of all the listed items (the [id] before each), best first, each exactly once'
+        if not self.buckets:
+            return f'"{self.name}": the ids of all the listed items (the [id] before each), best first, each exactly once'
+        return (
+            f'"{self.name}": groups of the ids of all the listed items (the [id] before each), best group first, '
+            f'e.g. [["b"], ["a", "c"], ["d"]]; ids in one group are tied (equally good); every id exactly once; '
+            f"at most {len(self.buckets)} groups"
+        )
 
     def to_regions(self, value: Any, text: str) -> list[dict[str, Any]]:
         ids = LIST_ITEM.findall(text)
-        if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
-            raise AnswerError(self.name, "schema", f"expected a list of item ids, got {value!r}")
-        unknown = [item for item in value if item not in ids]
+        groups = self._groups(value)
+        ranked = [item for group in groups for item in group]
+        unknown = [item for item in ranked if item not in ids]
         if unknown:
             raise AnswerError(self.name, "label_not_in_set", f"unknown item ids {unknown}; the ids are {ids}")
-        if len(value) != len(set(value)) or set(value) != set(ids):
+        if len(ranked) != len(set(ranked)) or set(ranked) != set(ids):
             raise AnswerError(self.name, "schema", f"must rank every item exactly once: {ids}, got {value}")
-        return [self._region({"ranker": {self.name: list(value)}})]
+        if not self.buckets:
+            return [self._region({"ranker": {self.name: ranked}})]
+        return [self._region({"ranker": {bucket: list(group) for bucket, group in zip(self.buckets, groups)}})]
+
+    def _groups(self, value: Any) -> list[list[str]]:
+        """The answer as tie groups (a plain ranking: one id per group); ``AnswerError`` on a bad shape."""
+        if not self.buckets:
+            if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+                raise AnswerError(self.name, "schema", f"expected a list of item ids, got {value!r}")
+            return [[item] for item in value]
+        if (not isinstance(value, list) or not value
+                or not all(isinstance(g, list) and g and all(isinstance(i, str) for i in g) for g in value)):
+            raise AnswerError(self.name, "schema", f"expected a list of groups of item ids, got {value!r}")
+        if len(value) > len(self.buckets):
+            raise AnswerError(self.name, "schema", f"{len(value)} groups, but the config has {len(self.buckets)} ranks")
+        return value
 
     def from_regions(self, regions: list[dict[str, Any]]) -> Any:
+        """A plain ranking's order, or a bucketed ranking's non-empty groups in bucket order.
+
+        Items a human left in the List (Label Studio's ``_`` column) are in no group: the answer
+        then fails ``to_regions`` ("must rank every item"), so an incomplete ranking is never
+        taken for a complete one.
+        """
         for region in self._own(regions):
-            order = (region.get("value") or {}).get("ranker", {}).get(self.name)
-            if isinstance(order, list):
-                return order
+            ranker = (region.get("value") or {}).get("ranker")
+            if not isinstance(ranker, dict):
+                continue
+            if not self.buckets:
+                order = ranker.get(self.name)
+                if isinstance(order, list):
+                    return order
+                continue
+            groups = [list(ranker[b]) for b in self.buckets if isinstance(ranker.get(b), list) and ranker[b]]
+            if groups:
+                return groups
         return None
+
+
+def tie_groups(value: Any) -> list[list[str]]:
+    """A ranking answer (plain order or bucket groups) as tie groups, best first."""
+    if isinstance(value, list) and value and all(isinstance(g, list) for g in value):
+        return [[str(i) for i in g] for g in value]
+    return [[str(i)] for i in value or []]
+
+
+def _int_in(raw: str, low: int, high: int) -> bool:
+    text = str(raw).strip()
+    return text.isdecimal() and len(text) <= 12 and low <= int(text) <= high
+
+
+def _shown(raw: Any) -> str:
+    text = str(raw)
+    return repr(text if len(text) <= 40 else text[:40] + "...")
 
 
 def _fmt(number: float) -> str:

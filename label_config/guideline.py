@@ -15,6 +15,7 @@ when_unsure: 'Choose "other" when no definition clearly applies.'
 instructions: {summary: "one sentence"}          # for free-text / numeric controls
 examples: [{data: {text: "..."}, answer: {intent: "navigational"}}]
 constraints: [{distinct: [departure_city, arrival_city]}]
+list_items: {outputs: {min: 4, max: 9}}        # how many items a task's List must have
 ```
 """
 
@@ -28,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from prelabel.label_config.constraints import Constraint
 from prelabel.label_config.schema import OutputSchema
@@ -52,6 +53,23 @@ class FewShotExample(BaseModel):
     answer: dict[str, Any]
 
 
+class ItemCount(BaseModel):
+    """Bounds on the number of items of a ``List`` object (e.g. InstructGPT ranks K = 4..9 outputs)."""
+
+    model_config = ConfigDict(extra="forbid")
+    min: int = Field(2, ge=1)
+    max: int | None = Field(None, ge=1)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> ItemCount:
+        if self.max is not None and self.max < self.min:
+            raise ValueError(f"max ({self.max}) is below min ({self.min})")
+        return self
+
+    def describe(self) -> str:
+        return f"{self.min} to {self.max}" if self.max is not None else f"at least {self.min}"
+
+
 class Guideline(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str = "default"
@@ -66,6 +84,7 @@ class Guideline(BaseModel):
     instructions: dict[str, str] = Field(default_factory=dict)
     examples: list[FewShotExample] = Field(default_factory=list)
     constraints: list[Constraint] = Field(default_factory=list)
+    list_items: dict[str, ItemCount] = Field(default_factory=dict)
 
     @property
     def hash(self) -> str:
@@ -92,20 +111,41 @@ class Guideline(BaseModel):
                 warnings.append(f"'{control.name}': no definition for {', '.join(missing)}")
         for constraint in self.constraints:
             errors.extend(constraint.check_refs(names))
+        for object_name in self.list_items:
+            obj = schema.objects.get(object_name)
+            if obj is None or obj.tag != "List":
+                errors.append(f"list_items for '{object_name}', which is not a <List> object of the config")
         for index, example in enumerate(self.examples):
-            for problem in _example_problems(example, schema, self.constraints):
+            for problem in _example_problems(example, schema, self):
                 errors.append(f"example {index}: {problem}")
         return errors, warnings
 
+    def input_problem(self, data: Any, schema: OutputSchema) -> str | None:
+        """Why a task's data breaks this guideline's input rules (``list_items``), or None.
 
-def _example_problems(example: FewShotExample, schema: OutputSchema, constraints: list[Constraint]) -> list[str]:
+        Checked before any LLM call and on export, so a task outside the practice (a ranking of
+        three outputs where the guideline ranks 4 to 9) is left for a human, never labelled.
+        """
+        for object_name, bounds in self.list_items.items():
+            obj = schema.objects.get(object_name)
+            items = data.get(obj.value_key) if obj is not None and isinstance(data, dict) else None
+            if not isinstance(items, list):
+                continue
+            if len(items) < bounds.min or (bounds.max is not None and len(items) > bounds.max):
+                return f"'{obj.value_key}' has {len(items)} items; this guideline needs {bounds.describe()}"
+        return None
+
+
+def _example_problems(example: FewShotExample, schema: OutputSchema, guideline: Guideline) -> list[str]:
     from prelabel.label_config.answers import check_answer  # local: answers imports schema too
 
     try:
         texts = schema.object_texts(example.data)
     except ValueError as exc:
         return [str(exc)]
-    return [str(error) for error in check_answer(schema, constraints, example.answer, texts).errors.values()]
+    problem = guideline.input_problem(example.data, schema)
+    checked = check_answer(schema, guideline.constraints, example.answer, texts)
+    return ([problem] if problem else []) + [str(error) for error in checked.errors.values()]
 
 
 def shipped_templates() -> list[str]:
@@ -121,7 +161,45 @@ def template_path(name: str, suffix: str) -> Path:
     return path
 
 
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")  # a file name on every filesystem
+MAX_INLINE_DEPTH = 16  # the deepest real guideline: labels -> control -> label -> examples -> item
+
+
+def guideline_ref(raw: Any) -> str | dict | None:
+    """A guideline reference from a request, checked before anything uses it.
+
+    A name must be a plain name (see ``named_guideline_path``); an inline guideline a mapping no
+    deeper than ``MAX_INLINE_DEPTH`` (hashing, storing or validating a 1,000-deep one would
+    overflow the stack). Anything else is a ``GuidelineError``.
+    """
+    if raw is None or (isinstance(raw, str) and not raw.strip()):
+        return None  # Label Studio's "Extra params" left empty
+    if isinstance(raw, str):
+        _check_name(raw)
+        return raw
+    if not isinstance(raw, dict):
+        raise GuidelineError(f"guideline must be a name or a mapping, not {type(raw).__name__}")
+    if _depth_exceeds(raw, MAX_INLINE_DEPTH):
+        raise GuidelineError(f"inline guideline is nested deeper than {MAX_INLINE_DEPTH} levels")
+    return raw
+
+
+def _depth_exceeds(value: Any, limit: int) -> bool:
+    """True when containers nest deeper than ``limit`` (iterative: no recursion on hostile input)."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict | list):
+            if depth > limit:
+                return True
+            stack.extend((child, depth + 1) for child in (item.values() if isinstance(item, dict) else item))
+    return False
+
+
+def _check_name(name: str) -> None:
+    if not _NAME.fullmatch(name) or ".." in name:
+        shown = name if len(name) <= 60 else name[:60] + "..."
+        raise GuidelineError(f"guideline name {shown!r} is not a plain name (letters, digits, _ . -; at most 100)")
 
 
 def named_guideline_path(name: str, guidelines_dir: Path | None = None) -> Path:
@@ -130,8 +208,9 @@ def named_guideline_path(name: str, guidelines_dir: Path | None = None) -> Path:
     Names are what requests (``/setup`` extra params, ``/predict`` params) may use: they can
     never point outside those folders.
     """
-    if not isinstance(name, str) or not _NAME.fullmatch(name) or ".." in name:
-        raise GuidelineError(f"guideline name {name!r} is not a plain name")
+    if not isinstance(name, str):
+        raise GuidelineError(f"guideline name must be a string, not {type(name).__name__}")
+    _check_name(name)
     if guidelines_dir is not None and (Path(guidelines_dir) / f"{name}.yaml").is_file():
         return Path(guidelines_dir) / f"{name}.yaml"
     return template_path(name, ".yaml")

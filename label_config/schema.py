@@ -8,11 +8,14 @@ instead of guessing at them.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
 from label_studio_sdk.label_interface import LabelInterface
+from lxml import etree
 
 from prelabel.label_config.controls import (
     FIELD_TYPES,
@@ -20,8 +23,10 @@ from prelabel.label_config.controls import (
     ControlField,
     LabelInfo,
     LabelsField,
+    RankerField,
     SpanOccurrence,
 )
+from prelabel.lru import Once
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +35,7 @@ TEXT_OBJECTS = {"Text", "HyperText", "Paragraphs"}
 # Controls that carry offsets need a plain Text object (HyperText spans need XPath ranges).
 SPAN_OBJECTS = {"Text"}
 LIST_OBJECTS = {"List"}
+_DTD = re.compile(r"<!\s*(DOCTYPE|ENTITY)", re.IGNORECASE)
 
 
 class ConfigError(ValueError):
@@ -132,6 +138,8 @@ def build_schema(config: str, occurrence: SpanOccurrence = "all") -> OutputSchem
     """Parse ``config`` and build its answer schema; raise ``ConfigError`` when nothing is fillable."""
     if not isinstance(config, str) or not config.strip():
         raise ConfigError("empty labeling config")
+    if _DTD.search(config):  # entity expansion, external entities: a labeling config never needs them
+        raise ConfigError("a labeling config may not declare a DTD or entities (<!DOCTYPE>, <!ENTITY>)")
     try:
         interface = LabelInterface(config)
     except Exception as exc:  # the SDK raises assorted XML/validation errors
@@ -149,12 +157,25 @@ def build_schema(config: str, occurrence: SpanOccurrence = "all") -> OutputSchem
         if problem:
             unsupported.append(Unsupported(control.name, control.tag, problem))
             continue
-        fields.append(_make_field(control, objects[control.to_name[0]], occurrence))
+        field_ = _make_field(control, objects[control.to_name[0]], occurrence, config)
+        problems = field_.attr_problems()
+        if problems:
+            raise ConfigError(f"<{field_.tag} name={_shown(field_.name)}>: " + "; ".join(problems))
+        fields.append(field_)
 
     if not fields:
         detail = "; ".join(f"<{u.tag} name=\"{u.name}\">: {u.reason}" for u in unsupported)
         raise ConfigError("no control in this config can be pre-annotated from text" + (f" ({detail})" if detail else ""))
-    return OutputSchema(config, config_hash(config), fields, objects, unsupported, interface)
+    schema = OutputSchema(config, config_hash(config), fields, objects, unsupported, interface)
+    try:  # what every LLM request will carry: it must be strict JSON, found out here, not per task
+        json.dumps(schema.json_schema(), allow_nan=False)
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"the answer schema of this config is not valid JSON: {exc}") from None
+    return schema
+
+
+def _shown(name: str) -> str:
+    return repr(name if len(name) <= 60 else name[:60] + "...")
 
 
 def _unsupported_reason(control: Any, objects: dict[str, ObjectInfo]) -> str | None:
@@ -174,7 +195,7 @@ def _unsupported_reason(control: Any, objects: dict[str, ObjectInfo]) -> str | N
     return None
 
 
-def _make_field(control: Any, obj: ObjectInfo, occurrence: SpanOccurrence) -> ControlField:
+def _make_field(control: Any, obj: ObjectInfo, occurrence: SpanOccurrence, config: str) -> ControlField:
     label_tags = control.labels_attrs or {}
     labels = [
         LabelInfo(value, label_tags[value].attr.get("hint") if value in label_tags else None)
@@ -186,7 +207,22 @@ def _make_field(control: Any, obj: ObjectInfo, occurrence: SpanOccurrence) -> Co
         return ChoicesField(**common, multiple=control.attr.get("choice") == "multiple")
     if control.tag == "Labels":
         return LabelsField(**common, occurrence=occurrence)
+    if control.tag == "Ranker":
+        return RankerField(**common, buckets=_ranker_buckets(config, control.name))
     return FIELD_TYPES[control.tag](**common)
+
+
+def _ranker_buckets(config: str, name: str) -> list[str]:
+    """The ``<Bucket name>`` children of the Ranker called ``name``, in config order (best first).
+
+    label-studio-sdk does not expose them; the config was already parsed by it (with lxml), so it
+    is XML. Entities are not expanded and nothing is fetched: configs come from requests.
+    """
+    parser = etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False)
+    for element in etree.fromstring(config.encode("utf-8"), parser).iter("Ranker"):
+        if element.get("name") == name:
+            return [bucket.get("name", "") for bucket in element.iter("Bucket") if bucket.get("name")]
+    return []
 
 
 def required(control: ControlField) -> bool:
@@ -196,15 +232,31 @@ def required(control: ControlField) -> bool:
     return str(control.attrs.get("required", "false")).lower() == "true"
 
 
-_REPORTED: set[str] = set()
+# Label Studio 1.23's control tags (label-studio-sdk's tag map): metric label values come from
+# this closed set, any other tag name counts as "other" (a config can invent any number of them).
+LS_CONTROL_TAGS = {tag.lower(): tag for tag in (
+    "Choices", "Labels", "Brush", "BrushLabels", "Bitmask", "BitmaskLabels", "MagicWand", "Ellipse",
+    "EllipseLabels", "KeyPoint", "KeyPointLabels", "Vector", "VectorLabels", "OcrLabels", "Polygon",
+    "PolygonLabels", "Rectangle", "RectangleLabels", "VideoRectangle", "VideoVector", "VideoVectorLabels",
+    "Number", "DateTime", "HyperTextLabels", "Pairwise", "ParagraphLabels", "Ranker", "Rating", "Relations",
+    "Taxonomy", "TextArea", "TimeSeriesLabels", "TimelineLabels", "ChatMessage", "ReactCode",
+)}
+_REPORTED = Once(1024)
+
+
+def metric_tag(tag: str) -> str:
+    """``tag`` as a metric label value: a Label Studio control tag, else ``other`` (logged once)."""
+    known = LS_CONTROL_TAGS.get(tag.lower())
+    if known is None and _REPORTED.first(("tag", tag)):
+        log.warning("unknown control tag <%s> (counted as 'other')", tag[:60])
+    return known or "other"
 
 
 def unsupported_once(schema: OutputSchema) -> list[Unsupported]:
-    """Log the skipped controls of a config once per process; return them every time."""
-    if schema.unsupported and schema.config_hash not in _REPORTED:
-        _REPORTED.add(schema.config_hash)
+    """Log the skipped controls of a config once (per recent config); return them every time."""
+    if schema.unsupported and _REPORTED.first(schema.config_hash):
         for item in schema.unsupported:
-            log.warning("skipping control <%s name=%r>: %s", item.tag, item.name, item.reason)
+            log.warning("skipping control <%s name=%r>: %s", item.tag[:60], item.name[:60], item.reason[:200])
     return schema.unsupported
 
 
@@ -217,6 +269,7 @@ __all__ = [
     "Unsupported",
     "build_schema",
     "config_hash",
+    "metric_tag",
     "required",
     "unsupported_once",
 ]

@@ -132,95 +132,36 @@ def control_confidence(
     return _joint(tokens.logprobs(spans[root]))
 
 
-def label_distribution(
-    control: ControlField, value: object, spans: dict[Path, tuple[int, int]], tokens: TokenMap
-) -> dict[str, float] | None:
-    """The model's distribution over a single-choice control's labels, from the alternatives
-    (top logprobs) of the first token of the chosen label.
+def locate(
+    content: str, json_start: int, tokens: list[TokenLogprob] | None, root: Path = ()
+) -> tuple[TokenMap, dict[Path, tuple[int, int]]] | None:
+    """The content's tokens and the spans of the values under ``root``, or None when logprobs
+    are missing, misaligned or the JSON cannot be scanned.
 
-    Each alternative token is matched to the labels it begins; its probability goes to them
-    (split evenly when several labels begin the same way, except that the chosen label keeps
-    the probability of its own remaining tokens). Mass on tokens that begin no label (text the
-    schema would not allow) is dropped and the rest renormalised: the distribution a constrained
-    decoder chooses from. None when the first token or its alternatives are not there.
+    ``root``: where the answer sits inside the generated JSON (``()``: it is the document; the
+    reviewer's correction sits under ``("corrected",)``).
     """
-    if not isinstance(control, ChoicesField) or control.multiple or not isinstance(value, str):
-        return None
-    span = spans.get((control.name,))
-    if span is None or span[0] == span[1]:
-        return None
-    encoded = tokens.content.encode()
-    start = len(tokens.content[: span[0]].encode())
-    index = next((i for i, (a, b) in enumerate(tokens.bounds) if a <= start < b), None)
-    if index is None or not tokens.tokens[index].top:
-        return None
-    lead = encoded[tokens.bounds[index][0]:start].decode(errors="ignore")
-    pieces: dict[str, float] = {}
-    for text, logprob in tokens.tokens[index].top:
-        if text.startswith(lead) and len(text) > len(lead):
-            piece = text[len(lead):]
-            pieces[piece] = max(pieces.get(piece, 0.0), math.exp(logprob))
-    groups: dict[str, list[str]] = {}
-    for label in control.label_values:
-        matches = [piece for piece in pieces if label.startswith(piece)]
-        if matches:
-            groups.setdefault(max(matches, key=len), []).append(label)
-    if not any(value in labels for labels in groups.values()):
-        return None
-    rest = _joint(tokens.logprobs((span[0], span[1]))[1:])  # the chosen label after its first token
-    probs: dict[str, float] = {}
-    for piece, labels in groups.items():
-        mass = pieces[piece]
-        if value in labels:
-            probs[value] = mass * rest
-            others = [label for label in labels if label != value]
-            for label in others:
-                probs[label] = mass * (1 - rest) / len(others)
-        else:
-            for label in labels:
-                probs[label] = mass / len(labels)
-    total = sum(probs.values())
-    if total <= 0:
-        return None
-    return {label: round(probs.get(label, 0.0) / total, 6) for label in control.label_values}
-
-
-def answer_label_probs(
-    content: str, json_start: int, tokens: list[TokenLogprob] | None, controls: list[ControlField],
-    answer: dict[str, object],
-) -> dict[str, dict[str, float]]:
-    """Label distributions of the answer's single-choice controls (see ``label_distribution``)."""
     if not tokens:
-        return {}
+        return None
     token_map = TokenMap(content, tokens)
     if not token_map.aligned:
-        return {}
+        return None
     try:
         spans = value_spans(content, json_start)
     except (ValueError, IndexError):
-        return {}
-    out = {}
-    for control in controls:
-        probs = label_distribution(control, answer.get(control.name), spans, token_map)
-        if probs is not None:
-            out[control.name] = probs
-    return out
+        return None
+    return token_map, {path[len(root):]: span for path, span in spans.items() if path[:len(root)] == root}
 
 
 def answer_confidences(
     content: str, json_start: int, tokens: list[TokenLogprob] | None, controls: list[ControlField],
-    answer: dict[str, object],
+    answer: dict[str, object], root: Path = (),
 ) -> dict[str, float] | None:
-    """Per-control confidences of an answer, or None when logprobs are missing or misaligned."""
-    if not tokens:
+    """Per-control confidences of an answer (under ``root``, see ``locate``), or None."""
+    located = locate(content, json_start, tokens, root)
+    if located is None:
         return None
-    token_map = TokenMap(content, tokens)
-    if not token_map.aligned:
-        return None
-    try:
-        spans = value_spans(content, json_start)
-    except (ValueError, IndexError):
-        return None
+    token_map, spans = located
     result: dict[str, float] = {}
     for control in controls:
         confidence = control_confidence(control, answer.get(control.name), spans, token_map)

@@ -35,8 +35,11 @@ class FewShotPool:
     def __len__(self) -> int:
         return len(self.examples)
 
-    def select(self, texts: dict[str, str], k: int) -> list[Example]:
-        """The ``k`` examples most similar to ``texts``, most similar last (closest to the task)."""
+    def select(self, texts: dict[str, str], k: int, exclude: str | None = None) -> list[Example]:
+        """The ``k`` examples most similar to ``texts``, most similar last (closest to the task).
+
+        ``exclude``: the task's own source (``task:<id>``): a labeled task is never shown its own answer.
+        """
         if k <= 0 or not self.examples:
             return []
         query_text = _joined(texts)
@@ -47,7 +50,8 @@ class FewShotPool:
             # Stable order: highest similarity first, then pool order.
             order = np.lexsort((np.arange(len(similarity)), -similarity))
         # Never show a task its own answer.
-        chosen = [self.examples[i] for i in order if _joined(self.examples[i].texts) != query_text][:k]
+        chosen = [self.examples[i] for i in order
+                  if _joined(self.examples[i].texts) != query_text and self.examples[i].source != exclude][:k]
         return list(reversed(chosen))
 
 

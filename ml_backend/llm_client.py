@@ -1,35 +1,43 @@
 """Async client for OpenAI-compatible chat servers (vLLM, llama.cpp, OpenAI, ...).
 
-- Endpoints are (base URL, API key) pairs used round-robin; each retry goes to the next one.
-- At most ``concurrency`` calls are in flight per process; backoff sleeps do not hold a slot.
+- Endpoints are (base URL, API key) pairs. Each has its own adaptive concurrency limit
+  (``load_control``): calls wait for a permit in one FIFO queue and go to an endpoint with free
+  capacity; a retry avoids the endpoint that just failed when another one is free. Waiting for a
+  permit is queueing, measured apart: an attempt's timeout starts when its request is sent.
 - Retries with exponential backoff and jitter on 429 / 5xx / timeouts / connection errors,
-  honouring ``Retry-After`` (capped). The openai client's own retries are off so that the
-  rotation and the metrics see every attempt.
-- Structured output is negotiated per endpoint: ``json_schema`` (OpenAI, vLLM), then
-  llama.cpp's ``json_object`` + ``schema``, then the schema in the prompt only; a server that
-  rejects a request shape (400/422) is asked again with the next one, and remembered.
+  honouring ``Retry-After`` (capped), within a retry budget (at most ``retry_ratio`` extra calls
+  over a sliding window, plus a small floor). Backoff sleeps hold no permit. The openai client's
+  own retries are off so that the limiter, the budget and the metrics see every attempt.
+- Structured output is negotiated per endpoint (``shapes``): ``json_schema`` (OpenAI, vLLM), then
+  llama.cpp's ``json_object`` + ``schema``, then the schema in the prompt only; a step-down
+  happens only on an error that blames the shape, and is retried after a while. A request the
+  server rejects for any other reason (a prompt over the context window, ...) fails alone.
 """
 
 from __future__ import annotations
 
 import asyncio
-import itertools
+import json
 import logging
 import random
+import re
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
 import openai
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
 
 from prelabel.logs import redact
 from prelabel.ml_backend import metrics
+from prelabel.ml_backend.load_control import AdaptiveLimit, EndpointPool, Permit, RetryBudget
+from prelabel.ml_backend.shapes import ShapeState, classify_rejection
 from prelabel.settings import Settings, StructuredOutput
 
 log = logging.getLogger(__name__)
 
-MODES: tuple[StructuredOutput, ...] = ("json_schema", "json_object", "none")
+# Outcomes that mean "the server has more than it can do": the limiter backs off on them
+# (a 503 too, counted as a server_error).
+OVERLOAD = {"timeout", "rate_limited", "connection_error"}
 
 
 class LLMError(RuntimeError):
@@ -66,14 +74,16 @@ class Completion:
     latency_s: float
     mode: StructuredOutput
     usage: dict[str, int] = field(default_factory=dict)
+    queue_s: float = 0.0  # waiting for a permit (all attempts), not counted in latency_s
 
 
 @dataclass
 class _Endpoint:
     label: str  # host:port only: never the key, never credentials in the URL
+    url: str
     client: openai.AsyncOpenAI
-    mode: StructuredOutput
-    logprobs: bool
+    shape: ShapeState
+    context_window: int | None = None  # learned from a server's context-length error
 
 
 def pair_endpoints(urls: list[str], keys: list[str]) -> list[tuple[str, str]]:
@@ -91,6 +101,10 @@ def _endpoint_label(url: str) -> str:
     return host.rsplit("@", 1)[-1]
 
 
+_WINDOW_IN_MESSAGE = re.compile(
+    r"(?:context window of|maximum context length is|context length is|n_ctx[^0-9]{0,12})\s*(\d{3,7})", re.IGNORECASE)
+
+
 class LLMClient:
     def __init__(self, settings: Settings) -> None:
         self.model = settings.llm_model
@@ -99,133 +113,177 @@ class LLMClient:
         self.timeout = settings.llm_timeout
         self.max_retries = settings.llm_max_retries
         self.max_wait = settings.llm_retry_max_wait
-        self._semaphore = asyncio.Semaphore(settings.llm_concurrency)
         keys = [k.get_secret_value() for k in settings.llm_api_keys]
         self._secrets = settings.secret_values()
         self._endpoints = [
             _Endpoint(
                 label=_endpoint_label(url),
+                url=url,
                 client=openai.AsyncOpenAI(base_url=url, api_key=key, max_retries=0, timeout=self.timeout),
-                mode=settings.structured_output,
-                logprobs=settings.logprobs,
+                shape=ShapeState(settings.structured_output, settings.logprobs, settings.llm_shape_retry_s),
             )
             for url, key in pair_endpoints(settings.llm_base_urls, keys)
         ]
-        self._next = itertools.cycle(range(len(self._endpoints)))
+        limits = [
+            AdaptiveLimit(settings.llm_concurrency, adaptive=settings.llm_adaptive,
+                          initial=settings.llm_initial_concurrency, timeout_s=settings.llm_timeout)
+            for _ in self._endpoints
+        ]
+        self.pool: EndpointPool[_Endpoint] = EndpointPool(self._endpoints, limits, settings.llm_concurrency)
+        self.budget = RetryBudget(settings.llm_retry_budget, settings.llm_retry_budget_min)
+        metrics.register_client(self)
+
+    @property
+    def endpoints(self) -> list[_Endpoint]:
+        return self._endpoints
+
+    def learned_context_window(self) -> int | None:
+        """The smallest context window a server has told us about in an error, if any."""
+        windows = [e.context_window for e in self._endpoints if e.context_window]
+        return min(windows) if windows else None
 
     async def aclose(self) -> None:
+        metrics.unregister_client(self)
         for endpoint in self._endpoints:
             await endpoint.client.close()
 
-    async def complete(self, messages: list[dict[str, str]], schema: dict[str, Any]) -> Completion:
-        """One chat completion constrained to ``schema``; raises ``LLMError`` when it gives up."""
-        started = time.perf_counter()
-        attempts = 0
-        retrying = AsyncRetrying(
-            stop=stop_after_attempt(self.max_retries + 1),
-            wait=self._wait,
-            retry=retry_if_exception(lambda exc: isinstance(exc, _Retryable)),
-            before_sleep=lambda state: metrics.LLM_RETRIES.labels(_kind(state)).inc(),
-            reraise=True,
-        )
-        try:
-            async for attempt in retrying:
-                with attempt:
-                    attempts += 1
-                    endpoint = self._endpoints[next(self._next)]
-                    completion = await self._attempt(endpoint, messages, schema)
-                    completion.attempts = attempts
-                    completion.latency_s = time.perf_counter() - started
-                    return completion
-        except _Retryable as exc:
-            raise LLMError(exc.kind, f"gave up after {attempts} attempts: {exc}") from None
-        raise AssertionError("unreachable")  # pragma: no cover
+    def load_snapshot(self) -> dict[str, Any]:
+        """Limits, in-flight calls, queueing and the retry budget: for /metrics and ``prelabel status``."""
+        endpoints = self.pool.snapshot([e.label for e in self._endpoints])
+        for row, endpoint in zip(endpoints, self._endpoints):
+            row.update(endpoint.shape.snapshot())
+        return {"model": self.model, "waiting": self.pool.waiting, "endpoints": endpoints,
+                "retry_budget": self.budget.snapshot()}
 
-    def _wait(self, state: RetryCallState) -> float:
-        exc = state.outcome.exception() if state.outcome else None
-        if isinstance(exc, _Retryable) and exc.retry_after is not None:
+    async def complete(
+        self, messages: list[dict[str, str]], schema: dict[str, Any], *, max_tokens: int | None = None
+    ) -> Completion:
+        """One chat completion constrained to ``schema``; raises ``LLMError`` when it gives up.
+
+        ``max_tokens`` caps the answer (the context budget sizes it from the schema); default
+        ``PRELABEL_LLM_MAX_TOKENS``.
+        """
+        _check_serialisable(messages, schema)
+        started = time.perf_counter()
+        queued = 0.0
+        attempts = 0
+        avoid: int | None = None
+        self.budget.record_call()
+        while True:
+            attempts += 1
+            permit = await self.pool.acquire(avoid)
+            queued += permit.waited_s
+            metrics.LLM_QUEUE_WAIT.observe(permit.waited_s)
+            try:
+                completion = await self._attempt(permit, messages, schema, max_tokens or self.max_tokens)
+            except _Retryable as exc:
+                if attempts > self.max_retries:
+                    raise LLMError(exc.kind, f"gave up after {attempts} attempts: {exc}") from None
+                if not self.budget.try_spend():
+                    metrics.LLM_RETRIES_DENIED.labels(exc.kind).inc()
+                    raise LLMError(exc.kind, f"retry budget spent after {attempts} attempt(s): {exc}") from None
+                metrics.LLM_RETRIES.labels(exc.kind).inc()
+                avoid = permit.index
+                await asyncio.sleep(self._wait(exc, attempts))
+                continue
+            completion.attempts = attempts
+            completion.queue_s = queued
+            completion.latency_s = time.perf_counter() - started - queued
+            return completion
+
+    def _wait(self, exc: _Retryable, attempt: int) -> float:
+        if exc.retry_after is not None:
             return min(exc.retry_after, self.max_wait)
-        backoff = min(self.max_wait, 0.5 * 2 ** (state.attempt_number - 1))
+        backoff = min(self.max_wait, 0.5 * 2 ** (attempt - 1))
         return backoff * (0.5 + random.random() / 2)
 
     async def _attempt(
-        self, endpoint: _Endpoint, messages: list[dict[str, str]], schema: dict[str, Any]
+        self, permit: Permit[_Endpoint], messages: list[dict[str, str]], schema: dict[str, Any], max_tokens: int
     ) -> Completion:
-        while True:
-            sent = (endpoint.mode, endpoint.logprobs)
-            request = self._request(endpoint, messages, schema)
-            try:
-                async with self._semaphore:
+        """Attempts on the endpoint of ``permit`` (a shape step-down re-sends at once), then releases it."""
+        endpoint = permit.endpoint
+        outcome: str | None = None
+        overloaded = False
+        rtt: float | None = None
+        try:
+            while True:
+                sent = endpoint.shape.current()
+                request = self._request(sent, messages, schema, max_tokens)
+                sent_at = time.perf_counter()
+                try:
                     async with asyncio.timeout(self.timeout + 1):
                         response = await endpoint.client.chat.completions.create(**request)
-            except (openai.BadRequestError, openai.UnprocessableEntityError) as exc:
-                if self._step_down(endpoint, sent, exc):
-                    continue
-                metrics.LLM_REQUESTS.labels("bad_request").inc()
-                raise LLMError("bad_request", f"{endpoint.label} rejected the request: {self._describe(exc)}") from None
-            except openai.RateLimitError as exc:
-                raise self._retryable("rate_limited", endpoint, exc, _retry_after(exc.response)) from None
-            except openai.InternalServerError as exc:
-                # Some servers (llama-cpp-python) answer an unsupported request shape with a 500.
-                if _rejects_shape(exc) and self._step_down(endpoint, sent, exc):
-                    continue
-                raise self._retryable("server_error", endpoint, exc, _retry_after(exc.response)) from None
-            except openai.APIStatusError as exc:
-                metrics.LLM_REQUESTS.labels("bad_request").inc()
-                raise LLMError(
-                    "bad_request", f"{endpoint.label}: HTTP {exc.status_code}: {self._describe(exc)}") from None
-            except (openai.APITimeoutError, TimeoutError) as exc:
-                raise self._retryable("timeout", endpoint, exc) from None
-            except openai.APIConnectionError as exc:
-                raise self._retryable("connection_error", endpoint, exc) from None
-            except (openai.APIResponseValidationError, ValueError) as exc:
-                # ValueError: a 200 whose body is not JSON (the client's response.json() fails).
-                raise self._retryable("bad_response", endpoint, exc) from None
-            return self._completion(endpoint, response)
+                except (openai.BadRequestError, openai.UnprocessableEntityError, openai.InternalServerError) as exc:
+                    described = self._describe(exc)
+                    blamed = classify_rejection(str(exc))
+                    if blamed in ("mode", "logprobs") and endpoint.shape.reject(sent, blamed):
+                        log.warning("LLM endpoint %s rejected %s=%s (%s); using structured_output=%s logprobs=%s "
+                                    "for now", endpoint.label, blamed, sent[0] if blamed == "mode" else sent[1],
+                                    described, *endpoint.shape.current())
+                        metrics.LLM_SHAPE_STEPDOWNS.labels(blamed).inc()
+                        continue
+                    if blamed == "context":
+                        self._learn_window(endpoint, str(exc))
+                        outcome = "context_too_long"
+                        metrics.LLM_REQUESTS.labels(outcome).inc()
+                        raise LLMError(outcome, f"{endpoint.label}: prompt does not fit: {described}") from None
+                    if isinstance(exc, openai.InternalServerError):
+                        outcome, overloaded = "server_error", exc.status_code == 503
+                        raise self._retryable(outcome, endpoint, exc, _retry_after(exc.response)) from None
+                    outcome = "bad_request"
+                    metrics.LLM_REQUESTS.labels(outcome).inc()
+                    raise LLMError(outcome, f"{endpoint.label} rejected the request: {described}") from None
+                except openai.RateLimitError as exc:
+                    outcome = "rate_limited"
+                    raise self._retryable(outcome, endpoint, exc, _retry_after(exc.response)) from None
+                except openai.APIStatusError as exc:
+                    outcome = "bad_request"
+                    metrics.LLM_REQUESTS.labels(outcome).inc()
+                    raise LLMError(
+                        outcome, f"{endpoint.label}: HTTP {exc.status_code}: {self._describe(exc)}") from None
+                except (openai.APITimeoutError, TimeoutError) as exc:
+                    outcome = "timeout"
+                    raise self._retryable(outcome, endpoint, exc) from None
+                except openai.APIConnectionError as exc:
+                    outcome = "connection_error"
+                    raise self._retryable(outcome, endpoint, exc) from None
+                except (openai.APIResponseValidationError, ValueError) as exc:
+                    # ValueError: a 200 whose body is not JSON (the client's response.json() fails).
+                    outcome = "bad_response"
+                    raise self._retryable(outcome, endpoint, exc) from None
+                completion = self._completion(endpoint, response, sent[0])
+                rtt = time.perf_counter() - sent_at
+                return completion
+        finally:
+            self.pool.release(permit, rtt=rtt, overloaded=overloaded or outcome in OVERLOAD)
+
+    def _learn_window(self, endpoint: _Endpoint, message: str) -> None:
+        match = _WINDOW_IN_MESSAGE.search(message)
+        if match:
+            endpoint.context_window = int(match.group(1))
 
     def _request(
-        self, endpoint: _Endpoint, messages: list[dict[str, str]], schema: dict[str, Any]
+        self, shape: tuple[StructuredOutput, bool], messages: list[dict[str, str]], schema: dict[str, Any],
+        max_tokens: int,
     ) -> dict[str, Any]:
+        mode, logprobs = shape
         request: dict[str, Any] = {
             "model": self.model,
             "messages": messages,
             "temperature": self.temperature,
-            "max_tokens": self.max_tokens,
+            "max_tokens": max_tokens,
         }
-        if endpoint.mode == "json_schema":
+        if mode == "json_schema":
             request["response_format"] = {
                 "type": "json_schema",
                 "json_schema": {"name": "answer", "schema": schema, "strict": True},
             }
-        elif endpoint.mode == "json_object":
+        elif mode == "json_object":
             request["response_format"] = {"type": "json_object", "schema": schema}
-        if endpoint.logprobs:
+        if logprobs:
             request["logprobs"] = True
             request["top_logprobs"] = 5
         return request
-
-    def _step_down(
-        self, endpoint: _Endpoint, sent: tuple[StructuredOutput, bool], exc: Exception
-    ) -> bool:
-        """Retry a rejected request with a simpler shape; False when nothing is left to drop.
-
-        Compare-and-swap on the shape that was sent: concurrent calls rejected for the same
-        shape step the endpoint down once, not once each.
-        """
-        if (endpoint.mode, endpoint.logprobs) != sent:
-            return True
-        index = MODES.index(endpoint.mode)
-        if index + 1 < len(MODES):
-            endpoint.mode = MODES[index + 1]
-        elif endpoint.logprobs:
-            endpoint.logprobs = False
-        else:
-            return False
-        log.warning(
-            "LLM endpoint %s rejected a request (%s); now using structured_output=%s logprobs=%s",
-            endpoint.label, self._describe(exc), endpoint.mode, endpoint.logprobs,
-        )
-        return True
 
     def _describe(self, exc: Exception) -> str:
         """An upstream error's text, shortened, with our secrets removed (servers echo keys)."""
@@ -237,7 +295,7 @@ class LLMClient:
         metrics.LLM_REQUESTS.labels(kind).inc()
         return _Retryable(kind, f"{endpoint.label}: {kind}: {self._describe(exc)}", retry_after)
 
-    def _completion(self, endpoint: _Endpoint, response: Any) -> Completion:
+    def _completion(self, endpoint: _Endpoint, response: Any, mode: StructuredOutput) -> Completion:
         choices = getattr(response, "choices", None) or []
         content = choices[0].message.content if choices else None
         if not isinstance(content, str):
@@ -262,14 +320,19 @@ class LLMClient:
             endpoint=endpoint.label,
             attempts=1,
             latency_s=0.0,
-            mode=endpoint.mode,
+            mode=mode,
             usage={k: v for k, v in usage.items() if isinstance(v, int)},
         )
 
 
-def _kind(state: RetryCallState) -> str:
-    exc = state.outcome.exception() if state.outcome else None
-    return getattr(exc, "kind", "unknown")
+def _check_serialisable(messages: list[dict[str, str]], schema: dict[str, Any]) -> None:
+    """A request that cannot become JSON fails here, once, as ``local_error``: no server ever saw
+    it, so it is not an LLM failure and retrying cannot help (e.g. a NaN bound in a schema)."""
+    try:
+        json.dumps({"messages": messages, "schema": schema}, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        metrics.LLM_REQUESTS.labels("local_error").inc()
+        raise LLMError("local_error", f"the request cannot be serialised: {_short(str(exc))}") from None
 
 
 def _retry_after(response: Any) -> float | None:
@@ -283,12 +346,6 @@ def _retry_after(response: Any) -> float | None:
             except ValueError:
                 continue
     return None
-
-
-def _rejects_shape(exc: Exception) -> bool:
-    """True when an error message says the request's structured-output/logprobs shape is unsupported."""
-    text = str(exc).lower()
-    return any(word in text for word in ("response_format", "json_schema", "logprobs"))
 
 
 def _short(text: str, limit: int = 200) -> str:

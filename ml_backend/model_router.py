@@ -2,8 +2,11 @@
 
 Promotion (``prelabel train promote``) writes ``prelabel:active_model:<project>`` (or the global
 ``prelabel:active_model``) in Redis; from the next request on, that project's tasks go to the
-promoted model and its predictions carry its name in ``model_version``. The record is read per
-request (one Redis GET), so promotion needs no restart of the backend or the workers.
+promoted model and its predictions carry its name in ``model_version``. When the record carries
+a ``cascade`` (threshold, fallback model and URL), the promoted model answers first and the
+fallback model takes what it was unsure about (``cascade.py``). The record and the project's
+calibration maps are read per request (a few Redis GETs), so promotion and recalibration need no
+restart of the backend or the workers.
 """
 
 from __future__ import annotations
@@ -11,6 +14,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from prelabel.ml_backend.calibration import load_calibration
+from prelabel.ml_backend.cascade import ProjectPredictor
 from prelabel.ml_backend.llm_client import LLMClient
 from prelabel.ml_backend.predictor import Predictor
 
@@ -31,19 +36,36 @@ class ModelRouter:
                 return json.loads(raw)
         return None
 
-    async def for_project(self, project: str | None) -> Predictor:
-        record = await self.active_record(project)
-        if not record or not record.get("model"):
-            return self.default
+    def _predictor(self, model: str | None, base_url: str | None,
+                   served: dict[str, Any] | None = None) -> Predictor:
+        """The default predictor, or one for another model/URL (made once, then reused).
+        ``served`` overrides prompt settings: a fine-tuned model is prompted as it was trained
+        (``prompt_style``, ``fewshot_k`` from its promotion record)."""
         base = self.default.settings
-        urls = [record["base_url"]] if record.get("base_url") else base.llm_base_urls
-        key = (record["model"], ",".join(urls))
+        urls = [base_url] if base_url else base.llm_base_urls
+        if not model or (model == base.llm_model and urls == base.llm_base_urls):
+            return self.default
+        key = (model, ",".join(urls))
         if key not in self._promoted:
-            # a fine-tuned model is prompted as it was trained (prompt style, no few-shot turns)
-            served = {k: record[k] for k in ("fewshot_k", "prompt_style") if record.get(k) is not None}
-            settings = base.model_copy(update={"llm_model": record["model"], "llm_base_urls": urls, **served})
+            settings = base.model_copy(update={"llm_model": model, "llm_base_urls": urls, **(served or {})})
             self._promoted[key] = Predictor(settings, LLMClient(settings), self.default.cache)
         return self._promoted[key]
+
+    async def for_project(self, project: str | None) -> ProjectPredictor:
+        record = await self.active_record(project) or {}
+        served = {k: record[k] for k in ("fewshot_k", "prompt_style") if record.get(k) is not None}
+        primary = self._predictor(record.get("model"), record.get("base_url"), served)
+        client = self.default.cache.client if self.default.cache is not None else None
+        calibration = await load_calibration(client, project, primary.llm.model)
+        cascade = record.get("cascade") or {}
+        if cascade.get("threshold") is None or not record.get("model"):
+            return ProjectPredictor(primary, project=project, calibration=calibration)
+        fallback = self._predictor(cascade.get("fallback_model"), cascade.get("fallback_base_url"))
+        if fallback is primary:
+            return ProjectPredictor(primary, project=project, calibration=calibration)
+        return ProjectPredictor(primary, project=project, calibration=calibration, fallback=fallback,
+                                fallback_calibration=await load_calibration(client, project, fallback.llm.model),
+                                threshold=float(cascade["threshold"]))
 
     async def aclose(self) -> None:
         for predictor in self._promoted.values():

@@ -12,18 +12,19 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from prelabel.label_config.controls import AnswerError
+from prelabel.label_config.controls import AnswerError, ChoicesField
 from prelabel.label_config.guideline import (
     Guideline,
     GuidelineError,
     default_guideline,
+    guideline_ref,
     load_guideline,
     named_guideline_path,
     parse_guideline,
@@ -35,14 +36,20 @@ from prelabel.label_config.schema import (
     OutputSchema,
     TaskDataError,
     build_schema,
+    config_hash,
+    metric_tag,
     unsupported_once,
 )
+from prelabel.lru import LRU
 from prelabel.ml_backend import metrics
 from prelabel.ml_backend.cache import PredictionCache, cache_key
-from prelabel.ml_backend.confidence import FALLBACK_SCORE, answer_confidences, answer_label_probs
+from prelabel.ml_backend.confidence import FALLBACK_SCORE, answer_confidences
+from prelabel.ml_backend.context_budget import ContextBudget, Fitted, TokenCounter, TooLong, answer_budget
+from prelabel.ml_backend.distribution import answer_label_probs, distribution_score, kind_of
 from prelabel.ml_backend.fewshot import FewShotPool, file_examples, guideline_examples
 from prelabel.ml_backend.llm_client import Completion, LLMClient, LLMError
-from prelabel.ml_backend.prompt import Example, Prompt
+from prelabel.ml_backend.prompt import NONE_OF_THESE, Example, Prompt, answer_schema
+from prelabel.ml_backend.shortlist import Shortlister
 from prelabel.ml_backend.validation import (
     CheckedAnswer,
     apply_constraints,
@@ -54,9 +61,12 @@ from prelabel.redis_conn import async_client
 from prelabel.settings import Settings
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # The provenance fields every region carries into Label Studio.
-REGION_PROVENANCE = ("model", "prompt_version", "guideline_hash", "config_hash", "time", "cached", "score_source")
+REGION_PROVENANCE = ("model", "prompt_version", "guideline_hash", "config_hash", "time", "cached", "score_source",
+                     "raw_score", "calibration")
+RAW_OUTPUT_CHARS = 1000  # of each answer kept in a failed task's meta.raw_output
 
 
 @dataclass
@@ -69,9 +79,34 @@ class ProjectContext:
     prompt: Prompt
     pool: FewShotPool
 
+    shortlist_k: int = 15
+    _shortlisters: dict[int, tuple[FewShotPool, dict[str, Shortlister]]] = field(default_factory=dict, repr=False)
+    _pool_order: dict[int, tuple[FewShotPool, dict[int, int]]] = field(default_factory=dict, repr=False)
+
     def pool_with(self, examples: list[Example]) -> FewShotPool:
         """This context's pool plus more examples (e.g. a project's human-labeled tasks)."""
         return FewShotPool(self.pool.examples + examples)
+
+    def candidates(self, texts: dict[str, str], pool: FewShotPool) -> dict[str, list[str]]:
+        """Per shortlisted control, the candidate labels for this task (``shortlist``)."""
+        if not self.prompt.shortlisted:
+            return {}
+        if id(pool) not in self._shortlisters:
+            if len(self._shortlisters) > 8:  # pools are replaced when /setup reloads human labels
+                self._shortlisters.clear()
+            self._shortlisters[id(pool)] = (pool, {
+                name: Shortlister(self.schema.field(name), self.guideline, pool.examples, self.shortlist_k)
+                for name in sorted(self.prompt.shortlisted)})
+        query = "\n".join(texts.values())
+        return {name: s.candidates(query) for name, s in self._shortlisters[id(pool)][1].items()}
+
+    def pool_order(self, pool: FewShotPool) -> dict[int, int]:
+        """id(example) -> its place in the pool: few-shot turns are shown in this stable order."""
+        if id(pool) not in self._pool_order:
+            if len(self._pool_order) > 8:
+                self._pool_order.clear()
+            self._pool_order[id(pool)] = (pool, {id(e): i for i, e in enumerate(pool.examples)})
+        return self._pool_order[id(pool)][1]
 
 
 @dataclass
@@ -87,7 +122,15 @@ class _Outcome:
     regions: list[dict[str, Any]] = field(default_factory=list)
     errors: dict[str, AnswerError] = field(default_factory=dict)
     scores: dict[str, float] = field(default_factory=dict)
-    score_source: str = "logprobs"
+    score_sources: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def score_source(self) -> str:
+        """``label_probs`` when every score came from a label distribution, ``logprobs`` when
+        some came from the chosen tokens only, ``none`` without logprobs (the 0.5 fallback)."""
+        if self.regions and not self.scores:
+            return "none"
+        return "label_probs" if set(self.score_sources.values()) == {"label_probs"} else "logprobs"
 
 
 class Predictor:
@@ -95,8 +138,13 @@ class Predictor:
         self.settings = settings
         self.llm = llm
         self.cache = cache
-        self._contexts: dict[tuple[str, str | None], ProjectContext] = {}
+        self._contexts: LRU[tuple[str, str], ProjectContext] = LRU(settings.context_cache_size)
         self._template_signatures: dict[tuple, str] | None = None
+        self.budget: ContextBudget | None = None
+        if llm is not None:
+            endpoint = llm.endpoints[0]
+            counter = TokenCounter(endpoint.url, endpoint.client.api_key, llm.model)
+            self.budget = ContextBudget(counter, settings.llm_context_window, llm.learned_context_window)
 
     # --- project context -----------------------------------------------------------------
     def context(
@@ -105,25 +153,35 @@ class Predictor:
         """Build (or reuse) the schema, guideline, prompt and few-shot pool of a config.
 
         ``guideline`` is a name (shipped or in ``guidelines_dir``) or an inline mapping; a file
-        path is accepted only with ``allow_path`` (the CLI), never from an HTTP request.
+        path is accepted only with ``allow_path`` (the CLI), never from an HTTP request. Built
+        contexts are kept in an LRU of ``context_cache_size`` (configs come from requests: an
+        unbounded cache is a memory leak anyone can drive).
         """
+        key, source = self._context_key(label_config, guideline, allow_path)
+        return self._contexts.get_or_build(
+            key, lambda: self._build_context(build_schema(label_config, self.settings.span_occurrence), source))
+
+    def cached_context(self, label_config: str, guideline: str | dict | None = None) -> ProjectContext | None:
+        """The context of this config and guideline if it is already built (cheap: no parsing)."""
+        return self._contexts.get(self._context_key(label_config, guideline, False)[0])
+
+    def _context_key(
+        self, label_config: str, guideline: str | dict | None, allow_path: bool
+    ) -> tuple[tuple[str, str], Path | dict | None]:
+        if not isinstance(label_config, str) or not label_config.strip():
+            raise ConfigError("empty labeling config")
         source: Path | dict | None
-        if guideline is None or isinstance(guideline, dict):
-            source = guideline
-        elif isinstance(guideline, str):
-            trusted_file = allow_path and Path(guideline).is_file()
-            source = Path(guideline) if trusted_file else named_guideline_path(guideline, self.settings.guidelines_dir)
+        if isinstance(guideline, str) and allow_path and Path(guideline).is_file():
+            source = Path(guideline)
         else:
-            raise GuidelineError(f"guideline must be a name or a mapping, not {type(guideline).__name__}")
-        schema = build_schema(label_config, self.settings.span_occurrence)
-        key = (schema.config_hash, json.dumps(source, sort_keys=True) if isinstance(source, dict) else str(source))
-        if key not in self._contexts:
-            self._contexts[key] = self._build_context(schema, source)
-        return self._contexts[key]
+            ref = guideline_ref(guideline)  # a plain name, a bounded mapping or None
+            source = named_guideline_path(ref, self.settings.guidelines_dir) if isinstance(ref, str) else ref
+        ref = json.dumps(source, sort_keys=True) if isinstance(source, dict) else str(source)
+        return (config_hash(label_config), ref), source
 
     def _build_context(self, schema: OutputSchema, guideline_ref: Path | dict | None) -> ProjectContext:
         for item in unsupported_once(schema):
-            metrics.UNSUPPORTED_CONTROLS.labels(item.tag).inc()
+            metrics.UNSUPPORTED_CONTROLS.labels(metric_tag(item.tag)).inc()
         guideline, name = self._resolve_guideline(schema, guideline_ref)
         errors, warnings = guideline.check_against(schema)
         if errors:
@@ -133,8 +191,11 @@ class Predictor:
         examples = guideline_examples(guideline, schema)
         if self.settings.fewshot_file:
             examples += file_examples(self.settings.fewshot_file, schema)
-        prompt = Prompt(schema, guideline, compact=self.settings.prompt_style == "compact")
-        return ProjectContext(schema, guideline, name, prompt, FewShotPool(examples))
+        shortlisted = frozenset(c.name for c in schema.fields
+                                if isinstance(c, ChoicesField) and len(c.labels) > self.settings.shortlist_above)
+        prompt = Prompt(schema, guideline, shortlisted, style=self.settings.prompt_style)
+        return ProjectContext(schema, guideline, name, prompt, FewShotPool(examples),
+                              shortlist_k=self.settings.shortlist_k)
 
     def _resolve_guideline(self, schema: OutputSchema, ref: Path | dict | None) -> tuple[Guideline, str]:
         if isinstance(ref, dict):
@@ -170,6 +231,13 @@ class Predictor:
         """
         return list(await asyncio.gather(*(self._predict_isolated(task, context, pool) for task in tasks)))
 
+    async def predict_until(
+        self, tasks: list[Any], context: ProjectContext, pool: FewShotPool | None, deadline: float
+    ) -> list[dict[str, Any] | None]:
+        """Like ``predict``, but stops at ``deadline`` (event-loop time): tasks not finished by
+        then are cancelled (their LLM calls too) and come back as ``None``."""
+        return await gather_until([self._predict_isolated(task, context, pool) for task in tasks], deadline)
+
     async def _predict_isolated(
         self, task: Any, ctx: ProjectContext, pool: FewShotPool | None
     ) -> dict[str, Any]:
@@ -193,6 +261,9 @@ class Predictor:
             texts = ctx.schema.object_texts(task.get("data") if isinstance(task, dict) else None)
         except TaskDataError as exc:
             return self._no_prediction(ctx, "bad_task_data", str(exc), started)
+        problem = ctx.guideline.input_problem(task["data"], ctx.schema)
+        if problem:
+            return self._no_prediction(ctx, "bad_task_data", problem, started)
         if not any(text.strip() for text in texts.values()):
             return self._no_prediction(ctx, "empty_input", "task text is empty", started)
         size = sum(len(text) for text in texts.values())
@@ -201,11 +272,15 @@ class Predictor:
                 ctx, "text_too_long", f"{size} characters > max_text_chars={self.settings.max_text_chars}", started
             )
 
-        examples = (pool or ctx.pool).select(texts, self.settings.fewshot_k)
+        pool = pool or ctx.pool
+        examples = pool.select(texts, self.settings.fewshot_k, exclude=f"task:{task.get('id')}")
+        candidates = ctx.candidates(texts, pool)
+        window = await self.budget.window() if self.budget else None
         key = cache_key(
             model=self.llm.model, prompt=ctx.prompt.version, config=ctx.schema.config_hash, texts=texts,
             examples=[[e.texts, e.answer] for e in examples], temperature=self.llm.temperature,
-            occurrence=self.settings.span_occurrence,
+            occurrence=self.settings.span_occurrence, **({"candidates": candidates} if candidates else {}),
+            **({"window": window} if window else {}),
         )
         if self.cache is not None:
             cached = await self.cache.get(key)
@@ -216,9 +291,15 @@ class Predictor:
                 metrics.TASKS.labels(cached["meta"]["status"], "hit").inc()
                 return cached
 
+        answer_tokens = answer_budget(ctx.schema, texts, self.llm.max_tokens, candidates)
+        fitted = await self._fit(ctx, texts, examples, answer_tokens, candidates, pool)
+        if isinstance(fitted, TooLong):
+            return self._no_prediction(ctx, "context_too_long", str(fitted), started)
         try:
-            outcome, attempts = await self._label(ctx, texts, examples)
+            outcome, attempts = await self._label(ctx, texts, fitted, candidates)
         except LLMError as exc:
+            if exc.kind == "context_too_long":  # the server counted more than we did: no retry helps
+                return self._no_prediction(ctx, "context_too_long", str(exc), started)
             metrics.TASKS.labels("error", "miss").inc()
             metrics.NEEDS_HUMAN.labels(f"llm_{exc.kind}").inc()
             return self._prediction(ctx, [], 0.0, "error", {"llm": f"{exc.kind}: {exc}"}, started,
@@ -239,35 +320,60 @@ class Predictor:
                 "structured_output": completion.mode,
                 "llm_calls": len(attempts),
                 "llm_attempts": sum(a.completion.attempts for a in attempts),
-                "fewshot": [e.source for e in examples],
+                "fewshot": [e.source for e in fitted.examples],
                 "score_source": outcome.score_source,
+                "raw_score": round(score, 6),
+                "calibration": "uncalibrated",
                 "control_scores": outcome.scores,
+                "control_score_sources": outcome.score_sources,
                 "usage": completion.usage,
+                "queue_ms": round(sum(a.completion.queue_s for a in attempts) * 1000, 2),
+                "prompt_fit": fitted.provenance(),
+                **({"shortlist": candidates} if candidates else {}),
             },
         )
         metrics.TASKS.labels(status, "miss").inc()
+        if status != "ok":  # what the model said, for debugging (never cached: failures are not)
+            prediction["meta"]["raw_output"] = [a.completion.content[:RAW_OUTPUT_CHARS] for a in attempts]
         if status == "ok" and self.cache is not None:
             await self.cache.set(key, prediction)
         return prediction
 
+    async def _fit(
+        self, ctx: ProjectContext, texts: dict[str, str], examples: list[Example], answer_tokens: int,
+        candidates: dict[str, list[str]], pool: FewShotPool,
+    ) -> Fitted | TooLong:
+        """The task's prompt fitted to the context window (``context_budget``)."""
+        order = ctx.pool_order(pool)
+        if self.budget is None:
+            chosen = sorted(examples, key=lambda e: order.get(id(e), 0))
+            messages = ctx.prompt.messages(texts, chosen, candidates=candidates)
+            return Fitted(messages, answer_tokens, 0, "full", chosen, 0, None)
+        return await self.budget.fit(ctx.prompt, texts, examples, answer_tokens, candidates, order)
+
     async def _label(
-        self, ctx: ProjectContext, texts: dict[str, str], examples: list[Example]
+        self, ctx: ProjectContext, texts: dict[str, str], fitted: Fitted, candidates: dict[str, list[str]]
     ) -> tuple[_Outcome, list[_Attempt]]:
-        messages = ctx.prompt.messages(texts, examples)
-        first = await self._ask(ctx, messages, texts, attempt=1)
+        messages = fitted.messages
+        schema = answer_schema(ctx.schema, candidates) if candidates else ctx.schema.json_schema()
+        first = await self._ask(ctx, messages, texts, 1, schema, fitted.max_tokens, candidates)
         attempts = [first]
-        if first.checked.errors:
+        # "none of the candidates" is an answer, not a mistake to correct
+        correctable = {n: e for n, e in first.checked.errors.items() if e.reason != "not_in_shortlist"}
+        if correctable:
             retry_messages = messages + [
                 {"role": "assistant", "content": first.completion.content},
-                {"role": "user", "content": feedback(first.checked.errors)},
+                {"role": "user", "content": feedback(correctable)},
             ]
-            attempts.append(await self._ask(ctx, retry_messages, texts, attempt=2))
+            if self.budget is None or await self.budget.fits_followup(retry_messages, fitted.max_tokens):
+                attempts.append(await self._ask(ctx, retry_messages, texts, 2, schema, fitted.max_tokens, candidates))
         return _merge(ctx, attempts), attempts
 
     async def _ask(
-        self, ctx: ProjectContext, messages: list[dict[str, str]], texts: dict[str, str], attempt: int
+        self, ctx: ProjectContext, messages: list[dict[str, str]], texts: dict[str, str], attempt: int,
+        schema: dict[str, Any], max_tokens: int, candidates: dict[str, list[str]],
     ) -> _Attempt:
-        completion = await self.llm.complete(messages, ctx.schema.json_schema())
+        completion = await self.llm.complete(messages, schema, max_tokens=max_tokens)
         metrics.LLM_LATENCY.observe(completion.latency_s)
         try:
             answer, start = parse_answer(completion.content)
@@ -275,7 +381,9 @@ class Predictor:
             metrics.VALIDATION_ERRORS.labels("answer", exc.reason, str(attempt)).inc()
             errors = {c.name: AnswerError(c.name, exc.reason, exc.message) for c in ctx.schema.fields}
             return _Attempt(completion, CheckedAnswer({}, errors=errors))
+        answer, declined = _declined(answer, candidates)
         checked = check_answer(ctx.schema, ctx.guideline.constraints, answer, texts)
+        checked.errors.update(declined)
         for name, error in checked.errors.items():
             metrics.VALIDATION_ERRORS.labels(ctx.schema.field(name).tag, error.reason, str(attempt)).inc()
         confidences = answer_confidences(completion.content, start, completion.tokens, ctx.schema.fields, answer)
@@ -336,6 +444,7 @@ def _merge(ctx: ProjectContext, attempts: list[_Attempt]) -> _Outcome:
     """
     merged = CheckedAnswer({})
     scores: dict[str, float] = {}
+    sources: dict[str, str] = {}
     distributions: dict[str, dict[str, float]] = {}
     for control in ctx.schema.fields:
         for attempt in attempts:
@@ -343,9 +452,12 @@ def _merge(ctx: ProjectContext, attempts: list[_Attempt]) -> _Outcome:
                 merged.answer[control.name] = attempt.checked.answer.get(control.name)
                 merged.regions[control.name] = attempt.checked.regions[control.name]
                 if attempt.confidences and control.name in attempt.confidences:
-                    scores[control.name] = attempt.confidences[control.name]
+                    scores[control.name], sources[control.name] = attempt.confidences[control.name], "logprobs"
                 if control.name in attempt.label_probs:
                     distributions[control.name] = attempt.label_probs[control.name]
+                    score = distribution_score(control, merged.answer[control.name], distributions[control.name])
+                    if score is not None:
+                        scores[control.name], sources[control.name] = round(score, 6), "label_probs"
                 break
             if control.name not in attempt.checked.errors and control.name in attempt.checked.answer:
                 merged.answer[control.name] = attempt.checked.answer[control.name]  # valid but empty
@@ -362,12 +474,39 @@ def _merge(ctx: ProjectContext, attempts: list[_Attempt]) -> _Outcome:
             if control.name in scores:
                 region = {**region, "score": scores[control.name]}
             if control.name in distributions:
-                region = {**region, "prelabel": {"label_probs": distributions[control.name]}}
+                region = {**region, "prelabel": {"label_probs": distributions[control.name],
+                                                 "label_probs_kind": kind_of(control)}}
             outcome.regions.append(region)
     outcome.scores = {name: score for name, score in scores.items() if name in merged.regions}
-    if merged.regions and not outcome.scores:
-        outcome.score_source = "none"
+    outcome.score_sources = {name: source for name, source in sources.items() if name in outcome.scores}
     return outcome
+
+
+def _declined(
+    answer: dict[str, Any], candidates: dict[str, list[str]]
+) -> tuple[dict[str, Any], dict[str, AnswerError]]:
+    """Take shortlisted controls answered with ``none_of_these`` out of the answer, as errors."""
+    declined: dict[str, AnswerError] = {}
+    for name, labels in candidates.items():
+        value = answer.get(name)
+        if value == NONE_OF_THESE or (isinstance(value, list) and NONE_OF_THESE in value):
+            answer = {k: v for k, v in answer.items() if k != name}
+            declined[name] = AnswerError(
+                name, "not_in_shortlist", f"none of the {len(labels)} candidate labels fits ({', '.join(labels)})")
+    return answer, declined
+
+
+async def gather_until(coros: list[Awaitable[T]], deadline: float) -> list[T | None]:
+    """Run ``coros`` concurrently until ``deadline`` (event-loop time); the unfinished ones are
+    cancelled (their LLM calls too) and come back as ``None``."""
+    jobs = [asyncio.ensure_future(coro) for coro in coros]
+    if not jobs:
+        return []
+    _, pending = await asyncio.wait(jobs, timeout=max(0.0, deadline - asyncio.get_running_loop().time()))
+    for job in pending:
+        job.cancel()
+    await asyncio.gather(*pending, return_exceptions=True)
+    return [job.result() if job.done() and not job.cancelled() else None for job in jobs]
 
 
 def _signature(schema: OutputSchema) -> tuple:
@@ -390,10 +529,13 @@ async def open_predictor(settings: Settings) -> AsyncIterator[Predictor]:
     """
     client = async_client(settings)
     llm = LLMClient(settings)
+    predictor = Predictor(settings, llm, PredictionCache(client, settings.cache_ttl))
     try:
         await client.ping()
-        yield Predictor(settings, llm, PredictionCache(client, settings.cache_ttl))
+        yield predictor
     finally:
         await llm.aclose()
+        if predictor.budget is not None:
+            await predictor.budget.counter.aclose()
         await client.aclose()
         await client.connection_pool.disconnect()  # a pool passed in is not closed by aclose()

@@ -40,10 +40,11 @@ def human_annotation(task: dict[str, Any]) -> list[dict[str, Any]] | None:
 
 
 def fetch_labeled_examples(
-    base_url: str, api_key: str, project: int | str, schema: OutputSchema, limit: int = 200
+    client: LabelStudio, project: int | str, schema: OutputSchema, limit: int = 200
 ) -> list[Example]:
-    """Up to ``limit`` examples from the project's human-labeled tasks (blocking: run in a thread)."""
-    client = LabelStudio(base_url=base_url, api_key=api_key)
+    """Up to ``limit`` examples from the project's human-labeled tasks (blocking: run in a thread).
+
+    ``client`` comes from ``prelabel.studio.access.connect`` (allowed origin, no redirects)."""
     examples: list[Example] = []
     for task in client.tasks.list(project=int(project), fields="all", page_size=100):
         raw = task.model_dump() if hasattr(task, "model_dump") else dict(task)

@@ -14,19 +14,22 @@ import binascii
 import gc
 import hmac
 import logging
+import re
 import time
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
 import orjson
 import redis
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, Strict, ValidationError
 from redis.exceptions import RedisError
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -39,16 +42,21 @@ from prelabel.jobs.outcomes import record_predictions
 from prelabel.jobs.projects import ProjectRecord, project_key
 from prelabel.jobs.queue import connection, enqueue_event
 from prelabel.jobs.status import QUEUE_COLLECTOR
-from prelabel.label_config.guideline import GuidelineError
+from prelabel.label_config.guideline import GuidelineError, guideline_ref
 from prelabel.label_config.schema import ConfigError
+from prelabel.lru import LRU
 from prelabel.ml_backend import metrics
-from prelabel.ml_backend.fewshot import FewShotPool
+from prelabel.ml_backend.deadline import Answer, answer_within_deadline, loop_time
+from prelabel.ml_backend.fewshot_store import ProjectPools, add_example, pool_size
 from prelabel.ml_backend.model_router import ModelRouter
 from prelabel.ml_backend.predictor import Predictor, ProjectContext, open_predictor
 from prelabel.ml_backend.project_examples import fetch_labeled_examples
 from prelabel.settings import Settings, get_settings
+from prelabel.studio.access import Access, AccessRefused, resolve
 
 log = logging.getLogger(__name__)
+
+MAX_FETCHES = 4  # background Label Studio fetches (few-shot examples) at once
 
 
 class RequestError(Exception):
@@ -59,9 +67,13 @@ class RequestError(Exception):
         self.message = message
 
 
+# A project is what Label Studio sends: a string ("12.1795520286") or an int, never a bool or float.
+ProjectField = Annotated[str, Strict()] | Annotated[int, Strict()] | None
+
+
 class SetupRequest(BaseModel):
     model_config = ConfigDict(extra="allow")
-    project: str | int | None = None
+    project: ProjectField = None
     schema_: str | None = Field(None, alias="schema")
     hostname: str | None = None
     access_token: SecretStr | None = None
@@ -71,7 +83,7 @@ class SetupRequest(BaseModel):
 class PredictRequest(BaseModel):
     model_config = ConfigDict(extra="allow")
     tasks: list[Any]
-    project: str | int | None = None
+    project: ProjectField = None
     label_config: str | None = None
     params: dict[str, Any] | None = None
 
@@ -84,13 +96,24 @@ class ProjectState:
     guideline: str | dict | None
     hostname: str | None
     access_token: SecretStr | None
-    pool: FewShotPool | None = None
-    human_examples: int = 0
+
+
+_PROJECT = re.compile(r"([0-9]{1,18})(?:\.[0-9]{1,20})?")
 
 
 def project_id(raw: str | int | None) -> str | None:
-    """Label Studio sends ``"<id>.<timestamp>"``; the id part names the project."""
-    return None if raw is None else str(raw).split(".", 1)[0]
+    """Label Studio sends ``"<id>.<timestamp>"``; the id part names the project.
+
+    Anything but that shape (``""``, ``".x"``, ``"5\\nforged"``, ``-1``) is a 422: an empty key
+    would let later requests without a project silently use another one's config.
+    """
+    if raw is None:
+        return None
+    match = _PROJECT.fullmatch(str(raw)) if isinstance(raw, str | int) and not isinstance(raw, bool) else None
+    if match is None:
+        shown = str(raw)[:40]
+        raise RequestError(422, "bad_project", f"project must be '<id>' or '<id>.<timestamp>' (digits), got {shown!r}")
+    return str(int(match.group(1)))
 
 
 def _extra_params(raw: dict[str, Any] | str | None) -> dict[str, Any]:
@@ -158,8 +181,19 @@ def _normalise_basic(header: bytes) -> bytes:
         return b""
 
 
+def _is_json(content_type: str) -> bool:
+    media = content_type.split(";", 1)[0].strip().lower()
+    return media == "application/json" or (media.startswith("application/") and media.endswith("+json"))
+
+
 async def read_json(request: Request, limit: int) -> Any:
-    """The request's JSON body, read with a size cap whatever Content-Length claims."""
+    """The request's JSON body, read with a size cap whatever Content-Length claims.
+
+    Only ``application/json`` bodies are read (415 otherwise): a browser can send a
+    ``text/plain`` or form body cross-site without asking, a JSON one it cannot.
+    """
+    if not _is_json(request.headers.get("content-type", "")):
+        raise RequestError(415, "unsupported_media_type", "the body must be JSON (Content-Type: application/json)")
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit:
         raise RequestError(413, "too_large", f"request body of {declared} bytes exceeds {limit} bytes")
@@ -188,9 +222,16 @@ def _rejection(exc: Exception) -> RequestError:
 
 
 def _error(endpoint: str, exc: RequestError) -> JSONResponse:
+    message = one_line(exc.message)
     metrics.BAD_REQUESTS.labels(endpoint, exc.reason).inc()
-    log.info("%s rejected (%s): %s", endpoint, exc.reason, exc.message)
-    return JSONResponse({"error": exc.message, "reason": exc.reason}, status_code=exc.status)
+    log.info("%s rejected (%s): %s", endpoint, exc.reason, message)
+    return JSONResponse({"error": message, "reason": exc.reason}, status_code=exc.status)
+
+
+def one_line(text: str, limit: int = 500) -> str:
+    """An error reason as one line of at most ``limit`` characters (validation errors span many)."""
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 class Backend:
@@ -198,11 +239,16 @@ class Backend:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.projects: dict[str, ProjectState] = {}
+        # Bounded: project ids come from requests. An evicted project is read back from Redis.
+        self.projects: LRU[str, ProjectState] = LRU(settings.project_cache_size)
         self.predictor: Predictor | None = None
         self.jobs_conn: redis.Redis | None = None
         self.router: ModelRouter | None = None
+        self.pools = ProjectPools()  # human-labeled few-shot examples, shared with the workers via Redis
         self._tasks: set[asyncio.Task[None]] = set()
+        self._fetching: set[str] = set()  # projects whose human examples are being fetched
+        # Configs are parsed on their own threads: never queued behind slow Label Studio calls.
+        self._builder = ThreadPoolExecutor(max_workers=2, thread_name_prefix="prelabel-config")
 
     @asynccontextmanager
     async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
@@ -222,6 +268,7 @@ class Backend:
             try:
                 yield
             finally:
+                self._builder.shutdown(wait=False, cancel_futures=True)
                 QUEUE_COLLECTOR.conn = None
                 self.jobs_conn.close()
                 await self.router.aclose()
@@ -239,22 +286,41 @@ class Backend:
     async def setup(self, request: Request) -> Response:
         try:
             body = SetupRequest.model_validate(await read_json(request, self.settings.max_request_bytes))
-            extra = _extra_params(body.extra_params)
-            guideline = extra.get("guideline")
+            pid = project_id(body.project)
+            guideline = guideline_ref(_extra_params(body.extra_params).get("guideline"))
             assert self.router is not None
-            predictor = await self.router.for_project(project_id(body.project))
-            context = predictor.context(body.schema_, guideline) if body.schema_ else None
+            predictor = await self.router.for_project(pid)
+            context = await self._context(predictor, body.schema_, guideline) if body.schema_ else None
         except REJECTED as exc:
             return _error("setup", _rejection(exc))
-        pid = project_id(body.project)
         if pid is not None:
             state = ProjectState(body.schema_, guideline, body.hostname, body.access_token)
-            self.projects[pid] = state
+            self.projects.put(pid, state)
             await self._remember_project(pid, state)
-            if context is not None and self.settings.fewshot_k > 0:
-                self._background(self._load_human_examples(pid, state, context))
+            wants_examples = context is not None and self.settings.fewshot_k > 0
+            if wants_examples or body.hostname:  # a refused hostname is counted and logged now, fetch or not
+                access = self._studio_access(pid, state)
+                if access is not None and wants_examples and self._may_fetch(pid):
+                    self._background(self._load_human_examples(pid, state, context, access))
         version = predictor.model_version(context) if context else predictor.llm.model
         return JSONResponse({"model_version": version})
+
+    async def _context(self, predictor: Predictor, config: str, guideline: str | dict | None) -> ProjectContext:
+        """The config's context; built in a thread (a large config must not stall ``/health``).
+
+        Whatever a config or guideline makes the builder raise is the request's fault: a 422
+        with the exception's kind (and a traceback in the log for the operator), never a 500.
+        """
+        cached = predictor.cached_context(config, guideline)
+        if cached is not None:
+            return cached
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._builder, predictor.context, config, guideline)
+        except REJECTED:
+            raise
+        except Exception as exc:
+            log.exception("labeling config or guideline could not be used")
+            raise ConfigError(f"labeling config or guideline could not be used ({type(exc).__name__})") from None
 
     async def _remember_project(self, pid: str, state: ProjectState) -> None:
         """Share what /setup said with the worker (which runs this project's background jobs)."""
@@ -266,37 +332,77 @@ class Backend:
         except RedisError as exc:  # /setup must still answer: interactive predictions work without it
             log.error("project %s: could not store its settings for the worker: %s", pid, exc)
 
+    async def _project_state(self, pid: str | None) -> ProjectState | None:
+        """What /setup said about ``pid``: from memory, else (evicted, restarted) from Redis."""
+        if pid is None:
+            return None
+        state = self.projects.get(pid)
+        if state is None and self.predictor is not None and self.predictor.cache is not None:
+            try:
+                raw = await self.predictor.cache.client.get(project_key(pid))
+            except RedisError:
+                return None
+            if raw:
+                record = ProjectRecord.decode(raw)
+                token = SecretStr(record.access_token) if record.access_token else None
+                state = ProjectState(None, record.guideline, record.hostname, token)
+                self.projects.put(pid, state)
+        return state
+
     def _background(self, coroutine: Any) -> None:
         task = asyncio.get_running_loop().create_task(coroutine)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _load_human_examples(self, pid: str, state: ProjectState, context: ProjectContext) -> None:
-        """Add the project's human-labeled tasks to its few-shot pool (best effort, logged)."""
-        url = state.hostname or self.settings.label_studio_url
-        token = state.access_token or self.settings.label_studio_api_key
-        if not url or token is None:
-            return
+    def _may_fetch(self, pid: str) -> bool:
+        """At most ``MAX_FETCHES`` example fetches at once, one per project: a flood of /setup calls
+        while Label Studio is slow must not queue unbounded work (and keep evicted configs alive).
+        Label Studio repeats /setup before every prediction run, so a skipped fetch comes again."""
+        if pid in self._fetching or len(self._fetching) >= MAX_FETCHES:
+            log.info("project %s: human-labeled examples not fetched now (%d fetches running)",
+                     pid, len(self._fetching))
+            return False
+        self._fetching.add(pid)
+        return True
+
+    def _studio_access(self, pid: str, state: ProjectState) -> Access | None:
+        """Where this project's Label Studio may be called; None (counted, logged) when nowhere."""
+        try:
+            return resolve(self.settings, state.hostname, state.access_token)
+        except AccessRefused as exc:
+            log.info("project %s: human-labeled examples not loaded: %s", pid, exc)
+            return None
+
+    async def _load_human_examples(
+        self, pid: str, state: ProjectState, context: ProjectContext, access: Access
+    ) -> None:
+        """Put the project's human-labeled tasks into its shared few-shot pool (best effort, logged)."""
         try:
             examples = await asyncio.to_thread(
-                fetch_labeled_examples, url, token.get_secret_value(), pid, context.schema
-            )
-        except Exception as exc:  # LS unreachable, bad token, ...: predictions go on without them
+                lambda: fetch_labeled_examples(access.client(), pid, context.schema, self.settings.fewshot_pool_max))
+            for example in examples:
+                await asyncio.to_thread(add_example, self.jobs_conn, pid, int(example.source.split(":")[1]),
+                                        example.texts, example.answer, self.settings.fewshot_pool_max)
+        except Exception as exc:  # noqa: BLE001 - LS unreachable, bad token, a redirect, ...: predictions go on without them
             log.warning("project %s: could not load human-labeled examples: %s", pid, type(exc).__name__)
-            return
-        state.pool = context.pool_with(examples)
-        state.human_examples = len(examples)
+        finally:
+            self._fetching.discard(pid)
 
     async def project_info(self, request: Request) -> Response:
         """What the backend knows about a project (no secrets): for operators and tests."""
-        state = self.projects.get(request.path_params["pid"])
+        try:
+            pid = project_id(request.path_params["pid"])
+        except RequestError:
+            pid = None
+        state = self.projects.get(pid) if pid else None
         if state is None:
             return JSONResponse({"error": "unknown project", "reason": "unknown_project"}, status_code=404)
-        return JSONResponse({"project": request.path_params["pid"], "has_config": bool(state.label_config),
-                             "human_examples": state.human_examples})
+        examples = await run_in_threadpool(pool_size, self.jobs_conn, pid)
+        return JSONResponse({"project": pid, "has_config": bool(state.label_config), "human_examples": examples})
 
     async def predict(self, request: Request) -> Response:
         started = time.perf_counter()
+        arrived = loop_time()
         try:
             raw = await read_json(request, self.settings.max_request_bytes)
             body = PredictRequest.model_validate(raw)
@@ -305,22 +411,31 @@ class Backend:
                     413, "too_many_tasks",
                     f"{len(body.tasks)} tasks > max_tasks_per_request={self.settings.max_tasks_per_request}",
                 )
-            state = self.projects.get(project_id(body.project) or "")
+            pid = project_id(body.project)
+            state = await self._project_state(pid)
             config = body.label_config or (state.label_config if state else None)
             if not config:
                 raise RequestError(
                     422, "no_label_config", "no label_config in the request and no /setup for this project")
-            guideline = (body.params or {}).get("guideline") or (state.guideline if state else None)
+            guideline = guideline_ref((body.params or {}).get("guideline") or (state.guideline if state else None))
             assert self.router is not None
-            predictor = await self.router.for_project(project_id(body.project))
-            context = predictor.context(config, guideline)
+            predictor = await self.router.for_project(pid)
+            context = await self._context(predictor, config, guideline)
         except REJECTED as exc:
             return _error("predict", _rejection(exc))
-        results = await predictor.predict(body.tasks, context, state.pool if state else None)
-        await run_in_threadpool(record_predictions, self.jobs_conn, project_id(body.project), body.tasks, results)
+        client = predictor.cache.client if predictor.cache is not None else None
+        pool = await self.pools.pool(client, pid, context)
+        answer = None
+        if state is not None and self.jobs_conn is not None:  # a Label Studio project: mind its deadline
+            answer = await answer_within_deadline(
+                predictor, body.tasks, context, pool, conn=self.jobs_conn, settings=self.settings,
+                project_id=pid or "", label_config=config, arrived=arrived)
+        if answer is None:
+            answer = Answer(await predictor.predict(body.tasks, context, pool))
+        await run_in_threadpool(record_predictions, self.jobs_conn, pid, body.tasks, answer.results)
         metrics.PREDICT_LATENCY.observe(time.perf_counter() - started)
-        return Response(orjson.dumps({"results": results, "model_version": predictor.model_version(context)}),
-                        media_type="application/json")
+        return Response(orjson.dumps({"results": answer.results, "model_version": predictor.model_version(context),
+                                      "pending": answer.pending}), media_type="application/json")
 
     async def webhook(self, request: Request) -> Response:
         """Authenticate, validate, queue, answer: Label Studio waits 1 s and never retries."""
@@ -355,6 +470,10 @@ class Backend:
     async def metrics(self, request: Request) -> Response:
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
+    async def load(self, request: Request) -> Response:
+        """Each LLM client's adaptive limits, queueing and retry budget (``prelabel status``)."""
+        return JSONResponse({"llm": [client.load_snapshot() for client in metrics.LOAD_COLLECTOR.clients]})
+
 
 def _pydantic_message(exc: ValidationError) -> str:
     return "; ".join(f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in exc.errors()[:5])
@@ -380,10 +499,21 @@ def create_app(settings: Settings | None = None) -> Starlette:
             Route("/predict", backend.predict, methods=["POST"]),
             Route("/webhook", backend.webhook, methods=["POST"]),
             Route("/metrics", backend.metrics, methods=["GET"]),
+            Route("/load", backend.load, methods=["GET"]),
             Route("/projects/{pid}", backend.project_info, methods=["GET"]),
         ],
         middleware=middleware,
         lifespan=backend.lifespan,
+        exception_handlers={HTTPException: _http_error},
     )
     app.state.backend = backend
     return app
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    """Unknown paths and methods get the same JSON error as any bad request, counted under ``other``."""
+    assert isinstance(exc, HTTPException)
+    reasons = {404: "not_found", 405: "method_not_allowed"}
+    response = _error("other", RequestError(exc.status_code, reasons.get(exc.status_code, "bad_request"), exc.detail))
+    response.headers.update(exc.headers or {})
+    return response

@@ -27,6 +27,8 @@ def parse_answer(content: str) -> tuple[dict[str, Any], int]:
         answer, end = json.JSONDecoder().raw_decode(content, start)
     except json.JSONDecodeError as exc:
         raise AnswerError(None, "invalid_json", f"answer is not valid JSON: {exc.msg} at char {exc.pos}") from None
+    except (ValueError, RecursionError) as exc:  # a 5,000-digit integer, arrays nested 100,000 deep
+        raise AnswerError(None, "invalid_json", f"answer cannot be read: {type(exc).__name__}") from None
     trailing = _FENCE.sub("", content[end:]).strip()
     if trailing:
         raise AnswerError(None, "invalid_json", f"unexpected text after the JSON object: {trailing[:40]!r}")

@@ -1,9 +1,11 @@
-"""Logging setup: plain or JSON lines, with every configured secret redacted from every record."""
+"""Logging setup: plain or JSON lines, with every configured secret redacted from every record and
+control characters escaped, so request input can neither leak a secret nor forge a line."""
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 from datetime import UTC, datetime
 
@@ -42,6 +44,45 @@ class RedactSecrets(logging.Filter):
         return True
 
 
+# C0 and C1 control characters, DEL and the Unicode line/paragraph separators: anything a
+# terminal or a log shipper could take as a line break or an escape sequence.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def escape_controls(text: str) -> str:
+    """``text`` with control characters written as escapes (``\\n``, ``\\x1b``, ``\\u2028``)."""
+    return _CONTROL.sub(lambda m: _NAMED.get(m.group(), m.group().encode("unicode_escape").decode()), text)
+
+
+class PlainFormatter(logging.Formatter):
+    """One log record = one line that starts at column 0.
+
+    Messages carry request input (project ids, guideline names, hostnames), so their control
+    characters are escaped: a newline in a project id cannot forge a log line. A traceback keeps
+    its lines but each is indented, so none of them can pass for a record either.
+    """
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    def format(self, record: logging.LogRecord) -> str:
+        record.message = escape_controls(record.getMessage())
+        record.asctime = self.formatTime(record, self.datefmt)
+        lines = [self.formatMessage(record)]
+        if record.exc_info and not record.exc_text:  # cached unindented, as logging does
+            record.exc_text = self.formatException(record.exc_info)
+        if record.exc_text:
+            lines.append(_indented(record.exc_text))
+        if record.stack_info:
+            lines.append(_indented(self.formatStack(record.stack_info)))
+        return "\n".join(lines)
+
+
+def _indented(text: str) -> str:
+    return "\n".join("    " + escape_controls(line) for line in text.split("\n"))
+
+
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         payload = {
@@ -59,8 +100,7 @@ class JsonFormatter(logging.Formatter):
 
 def configure_logging(level: str = "INFO", json_logs: bool = False, secrets: list[str] | None = None) -> None:
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter() if json_logs else logging.Formatter(
-        "%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.setFormatter(JsonFormatter() if json_logs else PlainFormatter())
     handler.addFilter(RedactSecrets(secrets or []))
     root = logging.getLogger()
     root.handlers[:] = [handler]

@@ -62,7 +62,18 @@ class Settings(BaseSettings):
     llm_timeout: float = Field(60.0, gt=0, description="Seconds per LLM call.")
     llm_max_retries: int = Field(4, ge=0, description="Retries on 429/5xx/timeouts per call.")
     llm_retry_max_wait: float = Field(30.0, gt=0, description="Cap on one backoff sleep (s).")
-    llm_concurrency: int = Field(32, ge=1, description="LLM calls in flight per process.")
+    llm_concurrency: int = Field(
+        32, ge=1, description="Upper bound of LLM calls in flight per endpoint (and per process).")
+    llm_adaptive: bool = Field(
+        True, description="Adapt each endpoint's concurrency to its latency (false: always llm_concurrency).")
+    llm_initial_concurrency: int = Field(1, ge=1, description="Adaptive limit of an endpoint before it has answered.")
+    llm_retry_budget: float = Field(
+        0.1, ge=0.0, le=1.0, description="Retries allowed as a share of recent first attempts (10 s window).")
+    llm_retry_budget_min: int = Field(3, ge=0, description="Retries always allowed per 10 s window.")
+    llm_shape_retry_s: float = Field(
+        600.0, gt=0, description="Seconds before a structured-output shape an endpoint rejected is tried again.")
+    llm_context_window: int | None = Field(
+        None, ge=256, description="Tokens the model's context holds (prompt + answer); unset = ask the server.")
     structured_output: StructuredOutput = Field(
         "json_schema", description="How the answer format is enforced by the server."
     )
@@ -78,6 +89,10 @@ class Settings(BaseSettings):
     )
     reviewer_model: str | None = Field(
         None, description="Reviewer model name; must differ from the pre-annotator (model or endpoint)."
+    )
+    reviewer_require_different_weights: bool = Field(
+        False, description="Refuse to review when the reviewer's server answers with the pre-annotator's "
+                           "weights (default: review, and report 'same_weights').",
     )
     review_below: float | None = Field(
         None, ge=0.0, le=1.0,
@@ -106,8 +121,19 @@ class Settings(BaseSettings):
     prompt_style: Literal["full", "compact"] = Field(
         "full", description="full: guideline definitions, rules and schema; compact: role, task and answer keys "
                             "(what fine-tuned models are trained on; a promotion record sets it per model).")
+    shortlist_above: int = Field(
+        30, ge=2, description="Choices controls with more labels get a per-task shortlist of candidates.")
+    shortlist_k: int = Field(15, ge=1, description="Candidate labels per task in a shortlist.")
     span_occurrence: SpanOccurrence = Field(
         "all", description="Which occurrences of a returned span text get a region."
+    )
+    fewshot_pool_max: int = Field(
+        500, ge=0, description="Human-labeled few-shot examples kept per project (newest win)."
+    )
+    near_duplicate_threshold: float | None = Field(
+        None, gt=0.0, le=1.0,
+        description="Near-duplicate reuse: tasks of one batch whose texts are at least this similar "
+                    "(MinHash Jaccard of word 3-shingles) share one LLM answer (default: off).",
     )
 
     # --- storage -------------------------------------------------------------------------
@@ -128,6 +154,14 @@ class Settings(BaseSettings):
     max_request_bytes: int = Field(20 * 1024 * 1024, ge=1024)
     max_tasks_per_request: int = Field(5000, ge=1)
     max_text_chars: int = Field(20_000, ge=1, description="Longer task text -> needs human.")
+    context_cache_size: int = Field(
+        128, ge=1, description="Configs (config + guideline pairs) whose prompt/schema are kept built (LRU).")
+    project_cache_size: int = Field(
+        1024, ge=1, description="Projects whose /setup state is kept in memory (LRU; Redis keeps the rest).")
+    predict_timeout: float = Field(
+        100.0, gt=0, description="Label Studio's ML_TIMEOUT_PREDICT: how long it waits for /predict (s).")
+    predict_margin: float = Field(
+        10.0, ge=0, description="/predict answers this long before predict_timeout; the rest goes to the worker.")
 
     # --- Label Studio (calls back into LS) ----------------------------------------------
     label_studio_url: str | None = Field(
@@ -136,6 +170,11 @@ class Settings(BaseSettings):
     label_studio_api_key: SecretStr | None = Field(
         None,
         validation_alias=AliasChoices("LABEL_STUDIO_API_KEY", "PRELABEL_LABEL_STUDIO_API_KEY"),
+    )
+    label_studio_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Other Label Studio origins (comma-separated URLs) a /setup hostname may name; "
+                    "they are called with the request's own token only, never LABEL_STUDIO_API_KEY.",
     )
 
     # --- training flywheel ---------------------------------------------------------------
@@ -150,7 +189,8 @@ class Settings(BaseSettings):
     log_json: bool = False
     log_level: str = "INFO"
 
-    @field_validator("llm_base_urls", "llm_api_keys", "reviewer_base_urls", "reviewer_api_keys", mode="before")
+    @field_validator("llm_base_urls", "llm_api_keys", "reviewer_base_urls", "reviewer_api_keys", "label_studio_hosts",
+                     mode="before")
     @classmethod
     def _csv(cls, value: object) -> object:
         return _split_csv(value)

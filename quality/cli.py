@@ -15,21 +15,25 @@ console = Console()
 
 
 def _client():  # noqa: ANN202 - the SDK's client type
-    from label_studio_sdk.client import LabelStudio
+    from prelabel.studio.access import AccessRefused, connect
 
-    settings = get_settings()
-    if not settings.label_studio_url or not settings.label_studio_api_key:
-        console.print("[red]error:[/red] set LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY")
-        raise typer.Exit(2)
-    return LabelStudio(base_url=settings.label_studio_url, api_key=settings.label_studio_api_key.get_secret_value())
+    try:
+        return connect(get_settings())
+    except AccessRefused as exc:
+        console.print(f"[red]error:[/red] {exc} (set LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY)")
+        raise typer.Exit(2) from None
 
 
 def quality(
     project: int = typer.Option(..., "--project", "-p", help="Label Studio project id."),
     out: Path = typer.Option(Path("quality"), "--out", "-o", help="Folder for quality.json and confusion.png."),
     bar: float = typer.Option(0.9, min=0.0, max=1.0, help="Agreement under which a class is flagged."),
+    calibration: str = typer.Option("auto", help="Calibration map: auto (platt, isotonic from 200 labels), "
+                                                 "platt or isotonic."),
+    store: bool = typer.Option(True, help="Store the fitted calibration maps for the backend (Redis)."),
 ) -> None:
-    """Per-class agreement of pre-annotations with human labels; confusion matrix PNG."""
+    """Per-class agreement of pre-annotations with human labels (confusion matrix PNG) and the
+    score's calibration: ECE/AUROC before and after, reliability diagram PNG, map stored."""
     from prelabel.quality.plots import confusion_png
     from prelabel.quality.project import project_agreement
 
@@ -51,6 +55,44 @@ def quality(
     png = confusion_png(report.matrix, report.labels, report.labels + ["(none)"], out / "confusion.png",
                         f"project {project}: pre-annotation vs human")
     console.print(f"wrote {out / 'quality.json'} and {png}")
+    _calibration(project, out, calibration, store)
+
+
+def _calibration(project: int, out: Path, method: str, store: bool) -> None:
+    from prelabel.quality.calibration import project_calibration, reliability_png, store_maps
+
+    if method not in ("auto", "platt", "isotonic"):
+        raise typer.BadParameter("--calibration must be auto, platt or isotonic")
+    reports = project_calibration(_client(), project, method)  # type: ignore[arg-type]
+    if not reports:
+        console.print("score: [yellow]uncalibrated[/yellow]: no human-labeled pre-annotations yet")
+        (out / "calibration.json").write_text(json.dumps({"status": "uncalibrated", "models": []}, indent=2))
+        return
+    table = Table(title=f"project {project}: calibration of the score (after = out of fold)")
+    for column in ("model", "human labels", "accuracy", "ECE before", "ECE after", "AUROC before", "AUROC after",
+                   "status"):
+        table.add_column(column)
+    for r in reports:
+        after = r.after or {}
+        table.add_row(r.model, str(r.n), _fmt(r.accuracy), _fmt(r.before.get("ece")), _fmt(after.get("ece")),
+                      _fmt(r.before.get("auroc")), _fmt(after.get("auroc")), r.status)
+        png = reliability_png(r, out / f"reliability-{_safe(r.model)}.png", f"project {project}")
+        console.print(f"wrote {png}")
+    console.print(table)
+    if store:
+        from prelabel.jobs.queue import connection
+
+        ids = store_maps(connection(get_settings()), project, reports)
+        console.print(f"calibration maps stored: {', '.join(ids) or 'none'}")
+    (out / "calibration.json").write_text(json.dumps({"models": [r.as_dict() for r in reports]}, indent=2))
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def _safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
 
 
 def spotcheck(

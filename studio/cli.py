@@ -24,14 +24,16 @@ def init(
                                help="Tasks JSON/JSONL to import (default: the template's sample tasks)."),
 ) -> None:
     """Create (or reuse) a project from a template, connect the backend, sign its webhook, import tasks."""
+    from prelabel.studio.access import AccessRefused, for_operator, resolve
     from prelabel.studio.project_setup import ensure_project, template_files
 
     settings = get_settings()
-    url = ls_url or settings.label_studio_url
-    token = ls_token or (settings.label_studio_api_key.get_secret_value() if settings.label_studio_api_key else None)
-    if not url or not token:
-        console.print("[red]error:[/red] give --ls-url/--ls-token or set LABEL_STUDIO_URL/LABEL_STUDIO_API_KEY")
-        raise typer.Exit(2)
+    try:
+        access = resolve(for_operator(settings, ls_url, ls_token))
+    except AccessRefused as exc:
+        console.print(f"[red]error:[/red] {exc}: give --ls-url/--ls-token or set LABEL_STUDIO_URL/LABEL_STUDIO_API_KEY")
+        raise typer.Exit(2) from None
+    url, token = access.url, access.token.get_secret_value()
     if settings.webhook_secret is None:
         console.print("[red]error:[/red] set PRELABEL_WEBHOOK_SECRET (the backend must use the same value)")
         raise typer.Exit(2)
@@ -46,11 +48,9 @@ def init(
     auth = None
     if settings.basic_auth_user and settings.basic_auth_password:
         auth = (settings.basic_auth_user, settings.basic_auth_password.get_secret_value())
-    from label_studio_sdk.client import LabelStudio
-
     try:
         setup = ensure_project(
-            LabelStudio(base_url=url, api_key=token), title=title or f"{template} (prelabel)", label_config=config,
+            access.client(), title=title or f"{template} (prelabel)", label_config=config,
             tasks=sample, backend_url=backend_url or f"http://{settings.host}:{settings.port}",
             webhook_secret=settings.webhook_secret.get_secret_value(), basic_auth=auth, guideline=template)
     except Exception as exc:  # noqa: BLE001 - LS unreachable, bad token, refused backend: one clear line

@@ -37,6 +37,7 @@ WEBHOOK_SECRET = "whsec-test-7f3a"
 MAX_TASKS = 10
 MAX_CHARS = 300
 BAD = "prelabel_bad_requests_total"
+JSON = {"content-type": "application/json"}
 
 IMAGE_ONLY_CONFIG = (
     '<View><Image name="img" value="$image"/>'
@@ -123,7 +124,7 @@ def test_non_json_body_400(api: BackendClient) -> None:
 )
 def test_body_shape_422(api: BackendClient, body: Any) -> None:
     before = api.metrics_text()
-    response = api.post("/predict", content=json.dumps(body).encode())
+    response = api.post("/predict", content=json.dumps(body).encode(), headers=JSON)
     assert_rejected(api, response, 422, "predict", "bad_body", before)
     assert api.predict_ok([task("after bad shape")])[0]["meta"]["status"] == "ok"
 
@@ -140,7 +141,7 @@ def test_body_over_limit_with_content_length_413(api: BackendClient, fault: Faul
     tasks = [{"data": {"text": "z" * 200}} for _ in range(MAX_BYTES // 200 + 5)]
     payload = json.dumps({"tasks": tasks, "label_config": CHOICES_CONFIG}).encode()
     assert len(payload) > MAX_BYTES
-    response = api.post("/predict", content=payload)
+    response = api.post("/predict", content=payload, headers=JSON)
     assert int(response.request.headers["content-length"]) == len(payload)
     assert_rejected(api, response, 413, "predict", "too_large", before)
     assert fault.stats()["requests"] == 0
@@ -152,7 +153,7 @@ def test_body_over_limit_chunked_413(api: BackendClient, fault: FaultServer) -> 
     head = b'{"label_config": ' + json.dumps(CHOICES_CONFIG).encode() + b', "tasks": ['
     chunks = [head] + [b'{"data": {"text": "' + b"c" * 1000 + b'"}},' for _ in range(MAX_BYTES // 1000 + 4)]
     chunks.append(b'{"data": {"text": "end"}}]}')
-    response = api.post("/predict", content=iter(chunks))
+    response = api.post("/predict", content=iter(chunks), headers=JSON)
     assert "content-length" not in response.request.headers
     assert response.request.headers.get("transfer-encoding") == "chunked"
     assert_rejected(api, response, 413, "predict", "too_large", before)
@@ -164,7 +165,7 @@ def test_body_just_under_limit_is_accepted(api: BackendClient) -> None:
     payload = json.dumps({"tasks": [{"data": {"text": text}}], "label_config": CHOICES_CONFIG}).encode()
     payload += b" " * (MAX_BYTES - len(payload))  # exactly the limit
     assert len(payload) == MAX_BYTES
-    response = api.post("/predict", content=payload)
+    response = api.post("/predict", content=payload, headers=JSON)
     assert response.status_code == 200, response.text[:300]
     assert response.json()["results"][0]["meta"]["status"] == "ok"
 
@@ -214,8 +215,10 @@ def test_unknown_control_is_skipped_and_counted(api: BackendClient) -> None:
     assert prediction["meta"]["skipped_controls"] == ["Foo:f"]
     assert [r["from_name"] for r in prediction["result"]] == ["intent"]
     after = api.metrics_text()
-    assert metric_value(after, "prelabel_unsupported_controls_total", tag="Foo") \
-        - metric_value(before, "prelabel_unsupported_controls_total", tag="Foo") == 1
+    # metric label values come from Label Studio's closed tag set: an invented tag counts as "other"
+    assert metric_value(after, "prelabel_unsupported_controls_total", tag="other") \
+        - metric_value(before, "prelabel_unsupported_controls_total", tag="other") == 1
+    assert metric_value(after, "prelabel_unsupported_controls_total", tag="Foo") == 0
 
 
 @pytest.mark.parametrize("guideline", [5, ["a"], True], ids=["int", "list", "bool"])
@@ -286,7 +289,7 @@ def test_setup_bad_config_422(api: BackendClient) -> None:
         response = api.post("/setup", json={"project": "8.1", "schema": config})
         assert_rejected(api, response, 422, "setup", "bad_config", before)
     before = api.metrics_text()
-    response = api.post("/setup", content=b"nope")
+    response = api.post("/setup", content=b"nope", headers=JSON)
     assert_rejected(api, response, 400, "setup", "invalid_json", before)
     before = api.metrics_text()
     response = api.post("/setup", json={"project": "8.1", "schema": CHOICES_CONFIG, "extra_params": "{bad"})
@@ -314,6 +317,30 @@ def test_setup_then_predict_without_label_config(api: BackendClient) -> None:
     assert api.predict([task("other project")], label_config=None, project="70.1").status_code == 422
 
 
+@pytest.mark.parametrize(
+    "content_type", [None, "text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x",
+                     "application/jsonp", "text/json"],
+    ids=["none", "text-plain", "form", "multipart", "jsonp", "text-json"])
+def test_json_only_bodies_415(api: BackendClient, fault: FaultServer, content_type: str | None) -> None:
+    """A body a browser may send cross-site without a preflight is never read: 415, counted."""
+    headers = {"content-type": content_type} if content_type else {}
+    signed = {"X-Prelabel-Secret": WEBHOOK_SECRET}
+    bodies = {
+        "/setup": {"project": "6.1", "schema": CHOICES_CONFIG},
+        "/predict": {"tasks": [task("media type")], "label_config": CHOICES_CONFIG},
+        "/webhook": {"action": "START_TRAINING", "project": {"id": 6}},
+    }
+    for path, body in bodies.items():
+        before = api.metrics_text()
+        response = api.post(path, content=json.dumps(body).encode(),
+                            headers={**headers, **(signed if path == "/webhook" else {})})
+        assert_rejected(api, response, 415, path.strip("/"), "unsupported_media_type", before)
+    assert fault.stats()["requests"] == 0
+    charset = api.post("/predict", content=json.dumps({"tasks": [task("charset")], "label_config": CHOICES_CONFIG}),
+                       headers={"content-type": "application/json; charset=utf-8"})
+    assert charset.status_code == 200, charset.text[:300]
+
+
 # --- /webhook -----------------------------------------------------------------------------------------
 def test_webhook(api: BackendClient) -> None:
     signed = {"X-Prelabel-Secret": WEBHOOK_SECRET}
@@ -326,8 +353,8 @@ def test_webhook(api: BackendClient) -> None:
     assert metric_value(api.metrics_text(), "prelabel_jobs", state="queued") == 0, "an unsigned call queued work"
 
     before = api.metrics_text()
-    assert_rejected(api, api.post("/webhook", content=b"<xml/>", headers=signed), 400, "webhook", "invalid_json",
-                    before)
+    assert_rejected(api, api.post("/webhook", content=b"<xml/>", headers={**signed, **JSON}), 400, "webhook",
+                    "invalid_json", before)
     for body in ({"project": {"id": 1}}, {"action": 5}, ["ANNOTATION_CREATED"],
                  {"action": "ANNOTATION_CREATED", "project": {"id": 7}, "annotation": {"id": 1}},
                  {"action": "TASKS_CREATED", "project": {"id": 7}, "tasks": []},
@@ -350,7 +377,8 @@ def test_webhook(api: BackendClient) -> None:
 
     before = api.metrics_text()
     big = json.dumps({"action": "X", "pad": "p" * MAX_BYTES}).encode()
-    assert_rejected(api, api.post("/webhook", content=big, headers=signed), 413, "webhook", "too_large", before)
+    assert_rejected(api, api.post("/webhook", content=big, headers={**signed, **JSON}), 413, "webhook", "too_large",
+                    before)
 
 
 # --- still serving ----------------------------------------------------------------------------------
@@ -437,6 +465,7 @@ def echo_llm() -> Iterator[KeyEchoLLM]:
 @pytest.fixture(scope="module")
 def secured(echo_llm: KeyEchoLLM, tmp_path_factory: pytest.TempPathFactory) -> Iterator[BackendClient]:
     workdir = tmp_path_factory.mktemp("secured")
+    closed_ls = f"http://127.0.0.1:{free_port()}"  # an allowed Label Studio that is down
     config_file = workdir / "prelabel.yaml"  # a deployment's config file holding the key too
     config_file.write_text(f"llm_api_keys: {API_KEY}\nllm_model: fault\n")
     proc = start_backend(
@@ -449,11 +478,13 @@ def secured(echo_llm: KeyEchoLLM, tmp_path_factory: pytest.TempPathFactory) -> I
             "PRELABEL_BASIC_AUTH_PASSWORD": PASSWORD,
             "PRELABEL_LLM_MAX_RETRIES": "1",
             "PRELABEL_LLM_RETRY_MAX_WAIT": "0.2",
+            "PRELABEL_LABEL_STUDIO_HOSTS": closed_ls,
         },
         name="backend-secured", auth=(USER, PASSWORD),
     )
     client = BackendClient(proc, auth=(USER, PASSWORD))
     client.config_file = config_file  # type: ignore[attr-defined]
+    client.closed_ls = closed_ls  # type: ignore[attr-defined]
     yield client
     proc.stop()
 
@@ -534,9 +565,9 @@ def test_secrets_never_leak(sec: BackendClient, echo_llm: KeyEchoLLM) -> None:
     keep(sec.predict([task("secret bad config")], label_config="<View"))
     keep(sec.predict(["not a task", {"data": {}}]))
     keep(sec.post("/setup", json={"project": "2.1", "schema": "<View"}))
-    # a /setup with LS credentials for an unreachable LS: the background example fetch fails
+    # a /setup with LS credentials for an allowed but unreachable LS: the background example fetch fails
     keep(sec.post("/setup", json={"project": "3.1", "schema": CHOICES_CONFIG,
-                                  "hostname": f"http://127.0.0.1:{free_port()}", "access_token": LS_TOKEN}))
+                                  "hostname": sec.closed_ls, "access_token": LS_TOKEN}))  # type: ignore[attr-defined]
     keep(sec.get("/projects/3"))
     keep(httpx.post(sec.url + "/predict", json={"tasks": []}, auth=(USER, "wrong"), timeout=30))
     keep(httpx.get(sec.url + "/metrics", auth=(USER, PASSWORD[:-1]), timeout=30))

@@ -64,6 +64,7 @@ def test_wheel_contents(wheel):
         "prelabel/label_config/templates/ner.xml",
         "prelabel/label_config/templates/ner.yaml",
         "prelabel/export/__init__.py",
+        "prelabel/export/synonyms.txt",  # the offline augmentation table (export --augment)
         "prelabel/train/__init__.py",
         "prelabel/cli.py",
     ):

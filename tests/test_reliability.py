@@ -33,6 +33,9 @@ RELIABLE_ENV = {
     "PRELABEL_LLM_MAX_RETRIES": "3",
     "PRELABEL_LLM_RETRY_MAX_WAIT": "2",
     "PRELABEL_LLM_CONCURRENCY": str(CONCURRENCY),
+    # These tests pin the retry mechanics of single calls, several per second; the process-wide
+    # retry budget (which would stop them after 3 in 10 s) is tested in test_load_control.py.
+    "PRELABEL_LLM_RETRY_BUDGET_MIN": "1000",
 }
 LLM_REQUESTS = "prelabel_llm_requests_total"
 LLM_RETRIES = "prelabel_llm_retries_total"

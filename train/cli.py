@@ -181,8 +181,8 @@ def flywheel_command(
                                 help="Flywheel YAML (default PRELABEL_TRAIN_CONFIG; without one, on the local "
                                      "stack: the packaged SmolLM2, CPU settings, served by llama.cpp)."),
     dataset_dir: Path = typer.Option(None, help="Use this exported dataset instead of exporting now."),
-    enqueue: bool = typer.Option(False, "--enqueue", help="Queue it for an RQ worker instead of running here."),
-    queue_name: str = typer.Option("training", "--queue", help="RQ queue name (with --enqueue)."),
+    enqueue: bool = typer.Option(False, "--enqueue",
+                                 help="Queue it for `prelabel worker` (same Redis) instead of running here."),
 ) -> None:
     """Export -> train -> merge -> (GGUF -> serve) -> eval through the backend -> promote, for one project.
 
@@ -197,12 +197,14 @@ def flywheel_command(
     project = project or project_arg
     if not project:
         raise typer.BadParameter("give the project id (--project N)", param_hint="--project")
-    kwargs = {"config_path": str(config) if config else None, "dataset_dir": str(dataset_dir) if dataset_dir else None}
+    kwargs = {"config_path": str(config.resolve()) if config else None,
+              "dataset_dir": str(dataset_dir.resolve()) if dataset_dir else None}
     if enqueue:
-        from rq import Queue
+        from prelabel.jobs.queue import job_queue
 
-        job = enqueue_flywheel(Queue(queue_name, connection=_redis()), project, **kwargs)
-        console.print(f"queued job {job.id} on '{queue_name}'")
+        queue = job_queue(_redis())  # the queue `prelabel worker` consumes, nothing else
+        job = enqueue_flywheel(queue, project, **kwargs)
+        console.print(f"queued job {job.id} on '{queue.name}' (run by `prelabel worker`)")
         return
     from prelabel.export.mapping import MappingError
     from prelabel.export.source import SourceError

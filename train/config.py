@@ -2,7 +2,8 @@
 
 Every model here forbids unknown keys: a typo such as ``lora_rnak`` must stop the run before a
 model is loaded, not silently train with the default. ``load_yaml`` turns pydantic's errors into
-one readable message with "did you mean" hints.
+one readable message with "did you mean" hints. A LLaMA-Factory training YAML is accepted as it
+is (``train.llamafactory.translate``: mapped, ignored with one warning, or refused with a reason).
 """
 
 from __future__ import annotations
@@ -50,7 +51,11 @@ class TrainConfig(_Strict):
     learning_rate: float = Field(2e-4, gt=0)
     num_train_epochs: float = Field(5.0, gt=0)
     max_steps: int = Field(-1, description="> 0 overrides num_train_epochs.")
-    lr_scheduler_type: Literal["cosine", "linear", "constant", "constant_with_warmup"] = "cosine"
+    lr_scheduler_type: Literal["cosine", "cosine_with_restarts", "linear", "polynomial", "constant",
+                               "constant_with_warmup"] = "cosine"
+    lr_scheduler_kwargs: dict[str, Any] = Field(
+        default_factory=dict, description="Passed to the scheduler, e.g. {num_cycles: 2} for cosine_with_restarts."
+    )
     warmup_ratio: float = Field(0.1, ge=0.0, lt=1.0)
     per_device_train_batch_size: int = Field(4, ge=1)
     per_device_eval_batch_size: int = Field(8, ge=1)
@@ -69,6 +74,17 @@ class TrainConfig(_Strict):
         "auto", description="auto: the last checkpoint in output_dir; 'none'; or a checkpoint path."
     )
     seed: int = 42
+    llamafactory_template: str | None = Field(
+        None, description="Set from a LLaMA-Factory config's model-family template; used in the LLaMA-Factory "
+                          "YAML written beside the run."
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _llamafactory(cls, data: Any) -> Any:
+        from prelabel.train.llamafactory import translate
+
+        return translate(data, ValueError) if isinstance(data, dict) else data
 
     @field_validator("lora_target", mode="before")
     @classmethod
@@ -90,7 +106,7 @@ class TrainConfig(_Strict):
 
     def fingerprint(self) -> dict[str, Any]:
         """What makes two runs the same run (a resumed run must match it)."""
-        return self.model_dump(mode="json", exclude={"resume_from_checkpoint", "output_dir"})
+        return self.model_dump(mode="json", exclude={"resume_from_checkpoint", "output_dir", "llamafactory_template"})
 
 
 class EvalConfig(_Strict):

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-TASK_TYPES = ("classification", "multilabel", "extraction", "rating", "ranking")
+TASK_TYPES = ("classification", "multilabel", "extraction", "rating", "ranking", "generation")
 SPLITS = ("train", "val", "test")
 REQUIRED = ("instruction", "input", "output")
 IGNORE_INDEX = -100

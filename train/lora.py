@@ -26,6 +26,7 @@ from typing import Any
 
 from prelabel.train.config import ConfigError, TrainConfig
 from prelabel.train.data import IGNORE_INDEX, Dataset, load_dataset, tokenize
+from prelabel.train.llamafactory import write_run as write_llamafactory_run
 from prelabel.train.models import (
     ModelRef,
     check_quantization,
@@ -213,6 +214,7 @@ def train(
     out = Path(config.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / RUN_CONFIG).write_text(json.dumps(config.fingerprint(), indent=2), encoding="utf-8")
+    write_llamafactory_run(prepared)  # the same run, repeatable with llamafactory-cli
     started = time.time()
 
     import torch
@@ -251,6 +253,7 @@ def train(
         num_train_epochs=config.num_train_epochs,
         max_steps=config.max_steps,
         lr_scheduler_type=config.lr_scheduler_type,
+        lr_scheduler_kwargs=config.lr_scheduler_kwargs,
         warmup_steps=config.warmup_ratio,  # a float in [0, 1) is a ratio of the total steps
         per_device_train_batch_size=config.per_device_train_batch_size,
         per_device_eval_batch_size=config.per_device_eval_batch_size,

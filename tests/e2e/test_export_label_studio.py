@@ -62,7 +62,10 @@ def project(label_studio):
 def test_export_only_verified_disjoint_splits_manifest_and_datasets(label_studio, project, tmp_path: Path) -> None:
     out = tmp_path / "ds"
     done = run_export(label_studio, "--project", str(project), "--format", "alpaca", "--out", str(out),
-                      "--group-by", "near_duplicate", "--keep-near-duplicates", "--near-threshold", "0.5")
+                      "--group-by", "near_duplicate", "--keep-near-duplicates", "--near-threshold", "0.5",
+                      # five tasks per class: under the default of 10, and only a 3:1:1 block of five gives
+                      # every class a val and a test task (8:1:1 fills its 10-slot blocks at random)
+                      "--rare-classes", "report", "--ratios", "0.6,0.2,0.2")
     assert done.returncode == 0, done.stdout + done.stderr
     manifest = json.loads((out / "manifest.json").read_text())
     counts = manifest["counts"]
@@ -110,3 +113,47 @@ def test_export_errors_leave_nothing(label_studio, tmp_path: Path) -> None:
     assert not out.exists() and list(tmp_path.iterdir()) == []
     for r in (unknown, bad, unmappable):
         assert "Traceback" not in r.stdout + r.stderr
+
+
+def test_ranking_ties_in_label_studio_buckets_give_no_preference_pair(label_studio, tmp_path: Path) -> None:
+    """The bucketed Ranker template in the real Label Studio: a human ranking with a tie is stored
+    as buckets, and the export's pairs skip the tied outputs (K = 4: 6 pairs, 1 tied -> 5)."""
+    templates = Path(__file__).resolve().parents[2] / "label_config" / "templates"
+    client = label_studio.sdk()
+    project = client.projects.create(title="ranking ties", label_config=(templates / "output_ranking.xml").read_text())
+    outputs = [{"id": f"o{i}", "title": f"Output {i}", "body": body} for i, body in
+               enumerate(["Paris.", "Paris is the capital.", "Lyon.", "Marseille."])]
+    client.projects.import_tasks(id=project.id, request=[{"prompt": "Capital of France?", "outputs": outputs},
+                                                         {"prompt": "Too few outputs", "outputs": outputs[:3]}])
+    tasks = list(client.tasks.list(project=project.id))
+    ranking = {"rank_1": ["o1"], "rank_2": ["o0"], "rank_3": ["o2", "o3"]}  # Lyon and Marseille: equally wrong
+    for t in tasks:
+        client.annotations.create(id=t.id, result=[{"from_name": "ranking", "to_name": "outputs", "type": "ranker",
+                                                    "value": {"ranker": ranking if len(t.data["outputs"]) == 4 else
+                                                              {"rank_1": ["o0", "o1", "o2"]}}}])
+    stored = next(t for t in client.tasks.list(project=project.id, fields="all") if len(t.data["outputs"]) == 4)
+    assert stored.annotations[0]["result"][0]["value"]["ranker"] == ranking, "Label Studio keeps the buckets"
+    out = tmp_path / "pairs"
+    done = run_export(label_studio, "--project", str(project.id), "--format", "pairwise", "--out", str(out),
+                      "--ratios", "1,0,0")
+    assert done.returncode == 0, done.stdout + done.stderr
+    pairs = [json.loads(line) for line in (out / "train.jsonl").read_text().splitlines()]
+    assert len(pairs) == 5
+    assert {"Lyon.", "Marseille."} != {pairs[0]["chosen"], pairs[0]["rejected"]}
+    assert not any({p["chosen"], p["rejected"]} == {"Lyon.", "Marseille."} for p in pairs)
+    assert all(p["chosen"] != "Lyon." and p["chosen"] != "Marseille." for p in pairs)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["counts"]["bad_task_data"] == 1, "K = 3 is outside the practice's 4..9"
+
+
+def test_flight_slots_template_with_class_and_required_cities_is_valid_in_label_studio(label_studio) -> None:
+    templates = Path(__file__).resolve().parents[2] / "label_config" / "templates"
+    client = label_studio.sdk()
+    project = client.projects.create(title="flight slots", label_config=(templates / "flight_slots.xml").read_text())
+    client.projects.import_tasks(id=project.id, request=[{"text": "Fly me from Madrid to Paris tomorrow"}])
+    task = next(iter(client.tasks.list(project=project.id)))
+    result = [{"from_name": "class", "to_name": "text", "type": "choices", "value": {"choices": ["economy"]}},
+              {"from_name": "date", "to_name": "text", "type": "textarea", "value": {"text": ["tomorrow"]}}]
+    client.annotations.create(id=task.id, result=result)
+    stored = client.tasks.get(id=task.id)
+    assert {r["from_name"] for r in stored.annotations[0]["result"]} == {"class", "date"}

@@ -22,6 +22,7 @@ from typer.testing import CliRunner
 
 from prelabel.cli import app
 from prelabel.settings import Settings, get_settings
+from prelabel.train.data import load_dataset
 from tests.harness.llm_server import find_gguf
 from tests.support.flywheel_data import spam_dataset
 
@@ -107,6 +108,10 @@ def test_train_resume_merge_eval_promote(gguf: Path, workdir: Path, env: Setting
     assert "eval_accuracy" in result["final_eval"]
     # steps 1-4 logged before the crash (step 5 crashed before logging), 5-12 after resuming
     assert [e["step"] for e in log if "loss" in e] == list(range(1, TRAIN["max_steps"] + 1))
+    # beside the run: the same run for LLaMA-Factory (its YAML reads back as this config)
+    lf_run = yaml.safe_load((out / "llamafactory" / "train.yaml").read_text())
+    assert lf_run["max_steps"] == TRAIN["max_steps"] and lf_run["dataset"] == "prelabel_train"
+    assert (out / "llamafactory" / "train.jsonl").read_text().count("\n") == len(load_dataset(data).splits["train"])
 
     # 2. merge: the saved model reproduces base+adapter, and differs from the base
     merged_dir = workdir / "merged"

@@ -175,6 +175,11 @@ def test_import_annotate_review_rank_through_label_studio(label_studio, llm_serv
             stamp = region["prelabel"]["review"]
             assert stamp["status"] == status and stamp["reviewed"] == pre["id"]
             assert len(stamp["rationale"]) <= 50
+            # Same SmolLM2 weights under another name: the servers say so, whatever the names say.
+            assert stamp["independence"] == "same_weights"
+            if status in ("passed", "rejected"):  # the reviewer's own confidence, from its logprobs
+                assert stamp["score_source"] == "logprobs" and review["score"] == stamp["confidence"]
+                assert set(stamp["verdict_probs"]) == {"correct", "incorrect"}
 
     # the same delivery again (Label Studio already sent it): one job, no second prediction
     replay = {"action": "TASKS_CREATED", "project": {"id": pid}, "tasks": [{"id": t} for t in state]}
@@ -189,6 +194,8 @@ def test_import_annotate_review_rank_through_label_studio(label_studio, llm_serv
     key = f"prelabel:new_labels:{pid}"
     wait_for(lambda: real_stack.redis().sismember(key, annotation.id), 60, "the annotation reaching the worker",
              real_stack)
+    # ... and the project's shared few-shot pool, which /predict and the worker read on their next batch
+    assert real_stack.redis().hexists(f"prelabel:fewshot:{pid}:tasks", tid)
     wait_for(lambda: real_stack.jobs()["running"] == 0 and real_stack.jobs()["queued"] == 0, 120,
              "the queue to drain", real_stack)
     jobs = real_stack.jobs()

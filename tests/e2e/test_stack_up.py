@@ -100,7 +100,7 @@ def test_up_annotate_down_and_up_again(up: Up) -> None:
     annotation = client.annotations.create(id=tasks[0].id, result=[{
         "from_name": "intent", "to_name": "text", "type": "choices", "value": {"choices": ["other"]}}])
     worker_log = up.data_dir / "stack" / "logs" / "worker.log"
-    wait_for(lambda: f"ANNOTATION_CREATED project {project.id}" in worker_log.read_text(), 120,
+    wait_for(lambda: f"ANNOTATION_CREATED project {project.id}" in worker_log.read_text(), 300,
              "the annotation webhook to reach the worker", context=lambda: worker_log.read_text()[-3000:])
     assert annotation.id
 

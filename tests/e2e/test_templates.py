@@ -5,8 +5,9 @@ validates the config), its guideline fits the config (``prelabel config check``)
 tasks are pre-annotated through the backend connected as the project's ML backend, and every
 stored region is checked against its control: choices in the set (one for single choice),
 ratings and numbers in range, spans equal to the text at their offsets, rankings a permutation of
-the listed items. SmolLM2-135M is tiny:
-this checks validity, never correctness.
+the listed items. Each template must yield at least one valid region on its samples and no task
+may end in ``error`` (an LLM outage or a bug); ``needs_human`` is allowed (an invalid answer left
+for a human). SmolLM2-135M is tiny: this checks validity, never correctness.
 """
 
 from __future__ import annotations
@@ -83,8 +84,10 @@ def test_template_pre_annotated_in_label_studio(name: str, label_studio, templat
     client.projects.import_tasks(id=project.id, request=tasks[:TASKS_PER_TEMPLATE])
     client.ml.create(project=project.id, url=templates_backend.url, title="prelabel", is_interactive=False,
                      extra_params={"guideline": name})
+    # Label Studio answers when /predict returns (it waits up to ML_TIMEOUT_PREDICT, 100 s): the
+    # SDK's own 60 s must not cut that short on a busy machine.
     client.actions.create(id="retrieve_tasks_predictions", project=project.id,
-                          selected_items={"all": True, "excluded": []})
+                          selected_items={"all": True, "excluded": []}, request_options={"timeout_in_seconds": 150})
     predictions = wait_for(lambda: (p := list(client.predictions.list(project=project.id)))
                            and len(p) >= TASKS_PER_TEMPLATE and p, 300, f"{name}: predictions")
     stored = {t.id: t.data for t in client.tasks.list(project=project.id, fields="all")}
@@ -93,9 +96,9 @@ def test_template_pre_annotated_in_label_studio(name: str, label_studio, templat
     for prediction in predictions:
         data = prediction.model_dump()
         assert 0.0 <= data["score"] <= 1.0
-        assert data["model_version"].partition("#")[2] in ("", "needs_human", "error")
+        assert data["model_version"].partition("#")[2] in ("", "needs_human"), (name, data["model_version"])
         for region in data["result"]:
             regions += 1
             assert not _problems(interface, config, region, stored[data["task"]]), (name, region)
     statuses = [p.model_version.partition("#")[2] or "ok" for p in predictions]
-    print(f"{name}: {regions} regions, statuses {statuses}")
+    assert regions >= 1, f"{name}: no valid region on {len(predictions)} sample tasks (statuses {statuses})"

@@ -110,6 +110,9 @@ class BackendFactory:
             structured = getattr(llm, "structured_output", None)
             if structured:
                 defaults["PRELABEL_STRUCTURED_OUTPUT"] = structured
+            window = getattr(llm, "context_window", None)
+            if window:
+                defaults["PRELABEL_LLM_CONTEXT_WINDOW"] = str(window)
         if "REDIS_URL" not in env and "PRELABEL_REDIS_URL" not in env and self.redis_url:
             defaults["REDIS_URL"] = self.redis_url()
         if label_studio is not None:

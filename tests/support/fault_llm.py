@@ -26,7 +26,7 @@ Endpoints
     ``guided_json`` (vLLM); ``{}`` without a schema. ``logprobs: true`` adds
     ``choices[0].logprobs.content`` whose tokens concatenate to the content.
 ``GET /v1/models``             the one model name.
-``POST /_control``             ``{"script": [...], "latency_ms": int}`` (either key optional).
+``POST /_control``             ``{"script": [...], "latency_ms": int, "slots": int | null}`` (each optional).
 ``GET /_stats``                ``{"requests", "served": {behaviour: n}, "in_flight", "in_flight_max",
                                "first_request_at", "last_answer_at" (epoch seconds), ...}``.
 ``GET /_last_request``         the body of the last well-formed chat request (or ``null``).
@@ -38,8 +38,18 @@ Script behaviours (consumed one per chat request, in arrival order; ``ok`` once 
 600 s; released promptly on server shutdown or when the client disconnects, e.g. on its own
 timeout), ``malformed`` (HTTP 200, content is truncated JSON),
 ``bad_label`` (valid JSON, every enum-constrained string is ``"__not_in_label_set__"``),
-``garbage_http`` (HTTP 200 whose body is not JSON at all). The injected latency applies to every
+``garbage_http`` (HTTP 200 whose body is not JSON at all), ``content:<text>`` (HTTP 200 whose message
+content is exactly ``<text>``: a hostile answer), ``status:<code>`` (an OpenAI-style error with that
+HTTP status), ``context_400`` (HTTP 400: the prompt exceeds the context window, as
+llama-cpp-python words it), ``schema_500`` (HTTP 500: the ``response_format`` type is not
+supported, as llama-cpp-python answers ``json_schema``). The injected latency applies to every
 behaviour except ``hang``.
+
+Slots (``--slots N`` / ``"slots": N``): the server works on at most N requests at a time, like a
+llama.cpp server with N slots; the others wait in arrival order, and the latency is paid once a
+slot is free, so queued requests take longer. A request whose client gave up while it waited is
+still worked on when its turn comes (as llama.cpp does), so abandoned requests cost capacity.
+``null`` (the default) = unlimited.
 """
 
 from __future__ import annotations
@@ -83,7 +93,19 @@ BAD_LABEL = "__not_in_label_set__"
 HANG_SECONDS = 600.0
 DEFAULT_MODEL = "fault-llm"
 CHOSEN_LOGPROB = -0.05
-BEHAVIOURS = ("ok", "429", "500", "503", "hang", "malformed", "bad_label", "garbage_http")
+BEHAVIOURS = ("ok", "429", "500", "503", "hang", "malformed", "bad_label", "garbage_http", "content", "status",
+              "context_400", "schema_500")
+# What llama-cpp-python answers a prompt longer than its window, and a response_format it lacks.
+CONTEXT_400 = ("Requested tokens (2600) exceed context window of 2048", "invalid_request_error",
+               "context_length_exceeded")
+SCHEMA_500 = (
+    (
+        "[{'type': 'literal_error', 'loc': ('body', 'response_format', 'type'), "
+        "'msg': \"Input should be 'text' or 'json_object'\", 'input': 'json_schema'}]"
+    ),
+    "server_error",
+    None,
+)
 _WORDS = (
     "alpha",
     "bravo",
@@ -513,15 +535,22 @@ def logprobs_for(content: str, top_n: int) -> list[dict[str, Any]]:
 # --------------------------------------------------------------------------------------------
 # Server state and app
 # --------------------------------------------------------------------------------------------
-def parse_behaviour(item: Any) -> tuple[str, int | None]:
-    """``"429:5"`` -> ``("429", 5)``; raises ValueError on an unknown behaviour."""
+def parse_behaviour(item: Any) -> tuple[str, int | str | None]:
+    """``"429:5"`` -> ``("429", 5)``; ``"content:{}"`` -> ``("content", "{}")``; raises ValueError on
+    an unknown behaviour."""
     if isinstance(item, int):
         item = str(item)
     if not isinstance(item, str):
         raise TypeError(f"behaviour must be a string, got {item!r}")
+    if item.startswith("content:"):  # the text is taken verbatim (whitespace and colons included)
+        return "content", item[len("content:"):]
     name, _, arg = item.strip().partition(":")
     if name not in BEHAVIOURS:
         raise ValueError(f"unknown behaviour {item!r}; known: {', '.join(BEHAVIOURS)}")
+    if name == "status":
+        if not arg.isdigit() or not 100 <= int(arg) <= 599:
+            raise ValueError(f"bad status in {item!r}")
+        return name, int(arg)
     if arg:
         if name != "429":
             raise ValueError(f"behaviour {name!r} takes no argument")
@@ -538,10 +567,14 @@ def parse_behaviour(item: Any) -> tuple[str, int | None]:
 class FaultState:
     """Everything the app mutates; only touched from the server's event loop."""
 
-    def __init__(self, latency_ms: float = 0.0, model: str = DEFAULT_MODEL) -> None:
+    def __init__(self, latency_ms: float = 0.0, model: str = DEFAULT_MODEL, slots: int | None = None) -> None:
         self.latency_ms = float(latency_ms)
+        self.slots = slots
+        self._slot_sem: asyncio.Semaphore | None = None
+        self.waiting = 0
+        self.waiting_max = 0
         self.model = model
-        self.script: deque[tuple[str, int | None]] = deque()
+        self.script: deque[tuple[str, int | str | None]] = deque()
         self.requests = 0
         self.served: Counter[str] = Counter()
         self.in_flight = 0
@@ -551,6 +584,21 @@ class FaultState:
         self.first_request_at: float | None = None  # wall clock (time.time()) of chat requests
         self.last_answer_at: float | None = None
         self._stopping: asyncio.Event | None = None
+
+    @property
+    def slot(self) -> asyncio.Semaphore | contextlib.nullcontext:
+        """The slot a request must hold while it is worked on (no limit without ``slots``)."""
+        if self.slots is None:
+            return contextlib.nullcontext()
+        if self._slot_sem is None:
+            self._slot_sem = asyncio.Semaphore(self.slots)
+        return self._slot_sem
+
+    def set_slots(self, slots: int | None) -> None:
+        if slots is not None and slots < 1:
+            raise ValueError("slots must be >= 1 or null")
+        self.slots = slots
+        self._slot_sem = None  # requests already waiting keep the old semaphore
 
     @property
     def stopping(self) -> asyncio.Event:
@@ -575,6 +623,7 @@ class FaultState:
         self.requests = 0
         self.served = Counter()
         self.in_flight_max = self.in_flight
+        self.waiting_max = self.waiting
         self.started_at = time.time()
         self.last_request = None
         self.first_request_at = self.last_answer_at = None
@@ -587,6 +636,9 @@ class FaultState:
             "in_flight_max": self.in_flight_max,
             "script_remaining": len(self.script),
             "latency_ms": self.latency_ms,
+            "slots": self.slots,
+            "waiting": self.waiting,
+            "waiting_max": self.waiting_max,
             "first_request_at": self.first_request_at,
             "last_answer_at": self.last_answer_at,
         }
@@ -630,8 +682,18 @@ def create_app(state: FaultState) -> Starlette:
                 state.served["hang"] += 1
                 return _error(503, "fault server: hang released", "server_error", "hang")
             raw = await request.body()
-            if state.latency_ms > 0:
-                await asyncio.sleep(state.latency_ms / 1000.0)
+            slot = state.slot
+            state.waiting += 1
+            state.waiting_max = max(state.waiting_max, state.waiting)
+            try:
+                await slot.__aenter__()
+            finally:
+                state.waiting -= 1
+            try:
+                if state.latency_ms > 0:
+                    await asyncio.sleep(state.latency_ms / 1000.0)
+            finally:
+                await slot.__aexit__(None, None, None)
             if behaviour == "429":
                 state.served["429"] += 1
                 headers = {"Retry-After": str(arg)} if arg is not None else None
@@ -648,6 +710,16 @@ def create_app(state: FaultState) -> Starlette:
                 return _error(
                     int(behaviour), f"{msg} (injected by fault server)", "server_error", None
                 )
+            if behaviour == "status":
+                state.served["status"] += 1
+                assert isinstance(arg, int)
+                return _error(arg, f"HTTP {arg} (injected by fault server)", "invalid_request_error", None)
+            if behaviour == "context_400":
+                state.served[behaviour] += 1
+                return _error(400, *CONTEXT_400)
+            if behaviour == "schema_500":
+                state.served[behaviour] += 1
+                return _error(500, *SCHEMA_500)
             if behaviour == "garbage_http":
                 state.served["garbage_http"] += 1
                 return Response(
@@ -665,6 +737,8 @@ def create_app(state: FaultState) -> Starlette:
             state.last_request = body
 
             content = generate_content(body, bad_enum=(behaviour == "bad_label"))
+            if behaviour == "content":
+                content = str(arg)
             if behaviour == "malformed":
                 content = content[: max(1, len(content) // 2)]
                 content = content.removesuffix("}")
@@ -726,6 +800,11 @@ def create_app(state: FaultState) -> Starlette:
             latency = body.get("latency_ms")
             if latency is not None and not isinstance(latency, (int, float)):
                 raise TypeError("'latency_ms' must be a number")
+            if "slots" in body:
+                slots = body["slots"]
+                if slots is not None and (not isinstance(slots, int) or isinstance(slots, bool)):
+                    raise TypeError("'slots' must be an integer or null")
+                state.set_slots(slots)
             state.set_script(script, latency)
         except (TypeError, ValueError) as exc:
             return JSONResponse({"error": str(exc)}, status_code=400)
@@ -807,9 +886,10 @@ class FaultServer:
         port: int = 0,
         latency_ms: float = 0,
         model: str = DEFAULT_MODEL,
+        slots: int | None = None,
     ) -> None:
         self.host = host
-        self.state = FaultState(latency_ms=latency_ms, model=model)
+        self.state = FaultState(latency_ms=latency_ms, model=model, slots=slots)
         self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self._sock.bind((host, port))
@@ -882,6 +962,9 @@ class FaultServer:
     def set_latency(self, latency_ms: float) -> None:
         self._call(self.state.set_script, None, latency_ms)
 
+    def set_slots(self, slots: int | None) -> None:
+        self._call(self.state.set_slots, slots)
+
     def reset(self) -> None:
         self._call(self.state.reset)
 
@@ -897,10 +980,11 @@ class FaultServer:
 
 @contextlib.contextmanager
 def running_fault_server(
-    latency_ms: float = 0, *, host: str = "127.0.0.1", port: int = 0, model: str = DEFAULT_MODEL
+    latency_ms: float = 0, *, host: str = "127.0.0.1", port: int = 0, model: str = DEFAULT_MODEL,
+    slots: int | None = None,
 ) -> Iterator[FaultServer]:
     """Start a fault server in a background thread; stop it (releasing hangs) on exit."""
-    server = FaultServer(host=host, port=port, latency_ms=latency_ms, model=model).start()
+    server = FaultServer(host=host, port=port, latency_ms=latency_ms, model=model, slots=slots).start()
     try:
         yield server
     finally:
@@ -921,12 +1005,13 @@ def main(argv: list[str] | None = None) -> int:
         "--latency-ms", type=float, default=0.0, help="delay added to every answer (default 0)"
     )
     parser.add_argument("--model", default=DEFAULT_MODEL, help="name listed by /v1/models")
+    parser.add_argument("--slots", type=int, default=None, help="requests worked on at once (default unlimited)")
     parser.add_argument(
         "--script", default="", help="initial comma-separated fault script, e.g. '429:1,500,ok'"
     )
     args = parser.parse_args(argv)
 
-    state = FaultState(latency_ms=args.latency_ms, model=args.model)
+    state = FaultState(latency_ms=args.latency_ms, model=args.model, slots=args.slots)
     if args.script:
         state.set_script([s for s in args.script.split(",") if s.strip()])
     server = _UvicornServer(_config(create_app(state), args.host, args.port), state, announce=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -92,18 +93,61 @@ def test_multilabel_rating_extraction_and_ranking_families() -> None:
     ranking = Mapper((TEMPLATES / "output_ranking.xml").read_text(), "output_ranking")
     assert ranking.task_type == "ranking"
     data = {"prompt": "p", "outputs": [{"id": "o1", "body": "one"}, {"id": "o2", "body": "two"},
-                                       {"id": "o3", "body": "three"}]}
-    result = [{"from_name": "ranking", "to_name": "outputs", "type": "ranker", "value": {"ranker": {"ranking":
-                                                                                                     ["o2", "o3", "o1"]}}}]
+                                       {"id": "o3", "body": "three"}, {"id": "o4", "body": "four"}]}
+    result = [{"from_name": "ranking", "to_name": "outputs", "type": "ranker",
+               "value": {"ranker": {"rank_1": ["o2"], "rank_2": ["o3", "o1"], "rank_4": ["o4"]}}}]
     record = ranking.record({"id": 1, "data": data}, result)
     assert record.input == "p" and record.output == "two"
-    assert record.pairs == [("two", "three"), ("two", "one"), ("three", "one")]
+    assert record.pairs == [("two", "three"), ("two", "one"), ("two", "four"), ("three", "four"), ("one", "four")]
 
 
 def test_ranking_pairs_count_and_ties() -> None:
     items = {str(i): f"text {i}" for i in range(9)}
     assert len(ranking_pairs([str(i) for i in range(9)], items)) == 9 * 8 // 2
     assert ranking_pairs(["a", "b"], {"a": "same", "b": "same"}) == []
+    # a tie (one bucket) gives no pair; the K*(K-1)/2 pairs lose exactly the tied ones
+    tied = ranking_pairs([["0"], ["1", "2"], ["3", "4", "5"], ["6"], ["7", "8"]], items)
+    assert len(tied) == 9 * 8 // 2 - (1 + 3 + 1)
+    assert ("text 1", "text 2") not in tied and ("text 2", "text 1") not in tied
+    assert ranking_pairs([["0", "1", "2", "3"]], items) == []
+
+
+def test_ranking_outside_k_4_to_9_or_partial_is_not_exported() -> None:
+    ranking = Mapper((TEMPLATES / "output_ranking.xml").read_text(), "output_ranking")
+
+    def outputs(k: int) -> dict:
+        return {"prompt": "p", "outputs": [{"id": f"o{i}", "body": f"answer {i}"} for i in range(k)]}
+
+    def buckets(k: int) -> list[dict]:
+        return [{"from_name": "ranking", "to_name": "outputs", "type": "ranker",
+                 "value": {"ranker": {f"rank_{i + 1}": [f"o{i}"] for i in range(k)}}}]
+
+    for k in (4, 9):
+        assert ranking.checked_record({"id": 1, "data": outputs(k)}, buckets(k))[1] == "ok"
+    for k in (3, 10):
+        assert ranking.checked_record({"id": 1, "data": outputs(k)}, buckets(min(k, 9))) == (None, "bad_task_data")
+    partial = buckets(4)
+    partial[0]["value"]["ranker"] = {"rank_1": ["o0"], "rank_2": ["o1"], "_": ["o2", "o3"]}  # two left unranked
+    assert ranking.checked_record({"id": 1, "data": outputs(4)}, partial) == (None, "invalid_label")
+
+
+def test_demonstrations_export_plain_instruction_response_pairs(tmp_path: Path) -> None:
+    config = (TEMPLATES / "demonstrations.xml").read_text()
+    mapper = Mapper(config, "demonstrations")
+    assert mapper.task_type == "generation"
+    response = "Danke schoen.\nOr simply: Danke."
+    labeled = {"id": 4, "data": {"prompt": "Say thank you in German."}, "predictions": [],
+               "annotations": [ann(1, 7, [{"from_name": "response", "to_name": "prompt", "type": "textarea",
+                                           "value": {"text": [response]}}])]}
+    out = export_tasks([labeled], config, tmp_path / "sft", ExportOptions(format="alpaca", ratios=(1, 0, 0)),
+                       guideline="demonstrations")
+    [row] = [json.loads(line) for line in (out / "train.jsonl").read_text().splitlines()]
+    assert row == {"instruction": "Say thank you in German.", "input": "", "output": response, "system": ""}
+    sharegpt = export_tasks([labeled], config, tmp_path / "sft2", ExportOptions(format="sharegpt", ratios=(1, 0, 0)),
+                            guideline="demonstrations")
+    [row] = [json.loads(line) for line in (sharegpt / "train.jsonl").read_text().splitlines()]
+    assert row["conversations"] == [{"from": "human", "value": "Say thank you in German."},
+                                    {"from": "gpt", "value": response}]
 
 
 def test_unmappable_config_is_a_clear_error() -> None:
@@ -145,10 +189,36 @@ def test_splits_stratified_grouped_deterministic() -> None:
     assert got[:100].count("train") == 80 and got[:100].count("test") == 10
     assert got[100:].count("train") == 40
     grouped = Splitter(seed=1)
-    splits = [grouped.assign("all", group=f"g{i % 7}", key=str(i)) for i in range(70)]
+    splits = [grouped.assign("all", group=f"g{i % 7}") for i in range(70)]
     for g in range(7):
         assert len({splits[i] for i in range(70) if i % 7 == g}) == 1
-    assert [Splitter(seed=1).assign("x", key="k")] == [Splitter(seed=1).assign("x", key="k")]
+    assert [Splitter(seed=1).assign("x") for _ in range(30)] == [Splitter(seed=1).assign("x") for _ in range(30)]
+
+
+def test_split_seeds_differ_and_arrival_order_does_not_decide() -> None:
+    def splits(seed: int, n: int = 100) -> list[str]:
+        splitter = Splitter(seed=seed)
+        return [splitter.assign("a") for _ in range(n)]
+
+    assert splits(0) != splits(1), "a different seed must give a different split"
+    assert splits(0) == splits(0)
+    # Over many seeds every arrival position is held out about 20% of the time: no position
+    # (e.g. every 10th task by labeling order) is always val or test.
+    held_out = Counter(i for seed in range(300) for i, split in enumerate(splits(seed, 20)) if split != "train")
+    assert all(35 <= held_out[i] <= 90 for i in range(20)), held_out
+
+
+def test_class_sorted_input_gives_balanced_stratified_splits(tmp_path: Path) -> None:
+    labels = ["navigational", "informational", "transactional"]
+    tasks = [task(i + 1, f"query {i} about {labels[i // 100]} topic {i * 7919 % 997}", ann(i + 1, 1, choice(labels[i // 100])))
+             for i in range(300)]  # sorted by class: 100 of each, one after another
+    out = export_tasks(tasks, INTENT, tmp_path / "ds", ExportOptions(near_threshold=None, seed=5))
+    manifest = json.loads((out / "manifest.json").read_text())
+    for label in labels:
+        per_split = [manifest["splits"][s]["label_distribution"][label] for s in ("train", "val", "test")]
+        assert per_split == [80, 10, 10], (label, per_split)
+    other = export_tasks(tasks, INTENT, tmp_path / "ds2", ExportOptions(near_threshold=None, seed=6))
+    assert (out / "val.jsonl").read_text() != (other / "val.jsonl").read_text()
 
 
 # --- the pipeline -------------------------------------------------------------------------------
@@ -166,7 +236,8 @@ def _tasks(n: int) -> list[dict]:
 
 
 def test_pipeline_files_manifest_and_counts(tmp_path: Path) -> None:
-    out = export_tasks(_tasks(60), INTENT, tmp_path / "ds", ExportOptions(format="alpaca", min_per_class=5),
+    out = export_tasks(_tasks(60), INTENT, tmp_path / "ds",
+                       ExportOptions(format="alpaca", min_per_class=5, rare_classes="report"),
                        {"id": 3, "title": "intent"}, "search_intent")
     manifest = json.loads((out / "manifest.json").read_text())
     counts = manifest["counts"]
@@ -181,7 +252,7 @@ def test_pipeline_files_manifest_and_counts(tmp_path: Path) -> None:
     assert all(r["instruction"].endswith(r["data"]["text"]) for rs in rows.values() for r in rs)
     assert all("bob@example.com" not in json.dumps(r) for rs in rows.values() for r in rs)
     assert manifest["rare_classes"] == {"other": 1, "entertainment": 0, "educational": 0}
-    assert set(manifest["files"]) == {"train.jsonl", "val.jsonl", "test.jsonl", "dataset_info.json"}
+    assert set(manifest["files"]) == {"train.jsonl", "val.jsonl", "test.jsonl", "dataset_info.json", "lineage.jsonl"}
     info = json.loads((out / "dataset_info.json").read_text())
     assert info["prelabel_train"]["file_name"] == "train.jsonl"
     assert len(manifest["annotators"]) == 2 and all(len(a) == 12 for a in manifest["annotators"])
@@ -198,3 +269,125 @@ def test_bad_input_leaves_no_partial_files(tmp_path: Path) -> None:
     with pytest.raises(RuntimeError):
         export_tasks(broken(), INTENT, tmp_path / "ds", ExportOptions())
     assert list(tmp_path.iterdir()) == [], "partial files left behind"
+
+
+# --- rare classes, augmentation, caps, filters, lineage ----------------------------------------
+def _labeled(labels: list[str], **data) -> list[dict]:
+    words = ["alpha", "bravo", "delta", "echo", "golf", "hotel", "india", "kilo", "lima", "oscar"]
+    return [{"id": i + 1, "data": {"text": f"{label} query {words[i % 10]} {i} {words[i * 7 % 10]}", **data},
+             "annotations": [ann(i + 1, 1, choice(label))], "predictions": []} for i, label in enumerate(labels)]
+
+
+def _rows_of(out: Path, split: str) -> list[dict]:
+    return [json.loads(line) for line in (out / f"{split}.jsonl").read_text().splitlines()]
+
+
+def _label(row: dict) -> str:
+    """The intent a row teaches: its output is the backend's JSON answer (one prompt)."""
+    return json.loads(row["output"])["intent"]
+
+
+def _text(row: dict) -> str:
+    """The task text of a row: its prompt ends with it, and its data carries it."""
+    assert row["instruction"].endswith(row["data"]["text"])
+    return row["data"]["text"]
+
+
+def test_rare_classes_are_dropped_from_every_split_by_default_or_only_reported(tmp_path: Path) -> None:
+    tasks = _labeled(["navigational"] * 30 + ["informational"] * 30 + ["other"] * 9)
+    out = export_tasks(tasks, INTENT, tmp_path / "drop", ExportOptions(near_threshold=None))
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["dropped_classes"] == {"other": 9, "transactional": 0, "entertainment": 0, "educational": 0}
+    assert manifest["counts"]["rare_class_dropped"] == 9 and manifest["counts"]["written_rows"] == 60
+    assert manifest["labels"] == ["navigational", "informational"]
+    assert all(_label(r) != "other" for s in ("train", "val", "test") for r in _rows_of(out, s))
+    reported = export_tasks(tasks, INTENT, tmp_path / "report", ExportOptions(near_threshold=None, rare_classes="report"))
+    manifest = json.loads((reported / "manifest.json").read_text())
+    assert manifest["dropped_classes"] == {} and manifest["rare_classes"]["other"] == 9
+    assert manifest["counts"]["written_rows"] == 69
+
+
+def test_augmentation_adds_marked_synthetic_examples_to_train_only(tmp_path: Path) -> None:
+    tasks = _labeled(["navigational"] * 70 + ["transactional"] * 20)  # 56 navigational in train: not augmented
+    for i, t in enumerate(tasks[70:]):
+        t["data"]["text"] = f"buy cheap shoes online fast number {i}"
+    out = export_tasks(tasks, INTENT, tmp_path / "aug", ExportOptions(near_threshold=None, augment_below=50, seed=2))
+    manifest = json.loads((out / "manifest.json").read_text())
+    train = _rows_of(out, "train")
+    synthetic = [r for r in train if r.get("synthetic")]
+    assert synthetic and all(_label(r) == "transactional" for r in synthetic)
+    human_train = manifest["splits"]["train"]["label_distribution"]["transactional"]
+    assert len(synthetic) == 50 - human_train == manifest["counts"]["synthetic"]
+    assert manifest["splits"]["train"]["synthetic_distribution"] == {"transactional": len(synthetic)}
+    assert manifest["splits"]["train"]["count"] == len(train)
+    originals = {_text(r) for r in train if not r.get("synthetic")}
+    for row in synthetic:
+        assert _text(row) not in originals and _text(row).split()[-1].isdigit()
+    assert not any(r.get("synthetic") for s in ("val", "test") for r in _rows_of(out, s))
+    held_out = {_text(r).lower() for s in ("val", "test") for r in _rows_of(out, s)}
+    assert not held_out & {_text(r).lower() for r in synthetic}
+    lineage = [json.loads(line) for line in (out / "lineage.jsonl").read_text().splitlines()]
+    assert sum(1 for t in lineage if t["synthetic"]) == len(synthetic)
+    with pytest.raises(MappingError, match="classification"):
+        export_tasks(tasks, (TEMPLATES / "ner.xml").read_text(), tmp_path / "x", ExportOptions(augment_below=50))
+
+
+def test_synonym_substitution_replaces_about_a_third_of_the_words() -> None:
+    import random
+
+    from prelabel.export.augment import load_synonyms, synonym_variant
+
+    table = load_synonyms()
+    text = "buy cheap shoes online fast today please"
+    variant = synonym_variant(text, table, random.Random(0))
+    replaced = [word for word in text.split() if word not in variant.split()]
+    assert variant != text and len(replaced) == round(0.3 * 7), (variant, replaced)
+    assert synonym_variant("zzz qqq", table, random.Random(0)) == "zzz qqq"
+
+
+def test_per_user_cap_and_split_by_user(tmp_path: Path) -> None:
+    tasks = _labeled(["navigational", "informational"] * 150)
+    for i, t in enumerate(tasks):
+        t["data"]["submitter"] = "heavy" if i < 250 else f"user{i % 10}"
+    out = export_tasks(tasks, INTENT, tmp_path / "cap", ExportOptions(near_threshold=None, user_field="submitter"))
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["counts"]["over_user_cap"] == 50, "default cap: 200 per user"
+    assert manifest["options"]["group_by"] == "data:submitter"
+    lineage = [json.loads(line) for line in (out / "lineage.jsonl").read_text().splitlines()]
+    splits_of_user: dict[str, set[str]] = {}
+    for trace in lineage:
+        splits_of_user.setdefault(trace["user"], set()).add(trace["split"])
+    assert all(len(s) == 1 for s in splits_of_user.values()), "a user's records span two splits"
+    small = export_tasks(tasks, INTENT, tmp_path / "cap2",
+                         ExportOptions(near_threshold=None, user_field="submitter", max_per_user=10))
+    assert json.loads((small / "manifest.json").read_text())["counts"]["written_tasks"] == 10 + 5 * 10
+
+
+def test_empty_texts_and_labels_outside_the_config_are_not_exported(tmp_path: Path) -> None:
+    tasks = _labeled(["navigational"] * 12)
+    tasks.append(task(100, "   ", ann(100, 1, choice("navigational"))))
+    tasks.append(task(101, "a query with a retired label", ann(101, 1, choice("shopping"))))
+    out = export_tasks(tasks, INTENT, tmp_path / "f", ExportOptions(near_threshold=None, rare_classes="report"))
+    counts = json.loads((out / "manifest.json").read_text())["counts"]
+    assert counts["empty_text"] == 1 and counts["invalid_label"] == 1 and counts["written_tasks"] == 12
+
+
+def test_lineage_traces_every_row_to_its_task_and_pre_annotation(tmp_path: Path) -> None:
+    tasks = _labeled(["navigational", "informational"] * 10)
+    tasks[0]["predictions"] = [
+        {"id": 5, "model_version": "qwen-14b@p-abc123", "result": choice("navigational")},
+        {"id": 6, "model_version": "review:judge@p-def#passed", "result": choice("navigational")},
+    ]
+    tasks[1]["predictions"] = [{"id": 7, "model_version": "qwen-14b@p-abc123#needs_human", "result": []}]
+    out = export_tasks(tasks, INTENT, tmp_path / "l", ExportOptions(near_threshold=None, rare_classes="report"))
+    lineage = [json.loads(line) for line in (out / "lineage.jsonl").read_text().splitlines()]
+    assert len(lineage) == json.loads((out / "manifest.json").read_text())["counts"]["written_rows"]
+    for trace in lineage:  # the trace points at its row
+        row = _rows_of(out, trace["split"])[trace["line"] - 1]
+        assert _text(row) == tasks[trace["task_id"] - 1]["data"]["text"]
+    by_task = {t["task_id"]: t for t in lineage}
+    assert by_task[1]["pre_annotation"] == {"prediction_id": 5, "model_version": "qwen-14b@p-abc123",
+                                            "model": "qwen-14b", "prompt_version": "p-abc123", "status": "ok"}
+    assert by_task[2]["pre_annotation"]["status"] == "needs_human"
+    assert by_task[3]["pre_annotation"] is None
+    assert all("task_id" not in r for r in _rows_of(out, "train")), "training files stay plain alpaca"

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from prelabel.export.pipeline import ExportOptions, export_tasks
-from prelabel.ml_backend.llm_client import Completion
+from prelabel.ml_backend.llm_client import Completion, LLMClient
 from prelabel.ml_backend.predictor import Predictor
 from prelabel.settings import Settings
 from prelabel.train.data import load_dataset
@@ -27,17 +27,16 @@ from prelabel.train.evaluate import parse
 TEMPLATES = Path(__file__).resolve().parents[2] / "label_config" / "templates"
 
 
-class RecordingLLM:
-    """The backend's LLM boundary: records the messages it is sent, answers a given text."""
+class RecordingLLM(LLMClient):
+    """The backend's LLM client with its network call replaced: records the messages it is sent,
+    answers a given text."""
 
-    model = "recorder"
-    temperature = 0.0
-
-    def __init__(self, answer: str) -> None:
+    def __init__(self, settings: Settings, answer: str) -> None:
+        super().__init__(settings)
         self.answer = answer
         self.sent: list[list[dict[str, str]]] = []
 
-    async def complete(self, messages: list[dict[str, str]], schema: dict[str, Any]) -> Completion:
+    async def complete(self, messages: list[dict[str, str]], schema: dict[str, Any], **_: Any) -> Completion:
         self.sent.append(messages)
         return Completion(self.answer, None, self.model, "recorder", 1, 0.0, "json_object")
 
@@ -53,22 +52,24 @@ def _slots() -> list[dict[str, Any]]:
         {"from_name": "arrival_city", "to_name": "text", "type": "textarea", "value": {"text": ["Oslo"]}},
         {"from_name": "date", "to_name": "text", "type": "textarea", "value": {"text": ["2025-06-01"]}},
         {"from_name": "time", "to_name": "text", "type": "textarea", "value": {"text": ["14:30"]}},
-        {"from_name": "cabin_class", "to_name": "text", "type": "choices", "value": {"choices": ["economy"]}},
+        {"from_name": "class", "to_name": "text", "type": "choices", "value": {"choices": ["economy"]}},
         {"from_name": "passenger_count", "to_name": "text", "type": "number", "value": {"number": 2}},
     ]
 
 
-CASES = {
-    "search_intent": ("cheap flights to rome", _choice("transactional")),
-    "flight_slots": ("2 economy seats from Paris to Oslo on 2025-06-01 at 14:30", _slots()),
+CASES = {  # a classification dataset needs two labels
+    "search_intent": [("cheap flights to rome", _choice("transactional")),
+                      ("rome airport website", _choice("navigational"))],
+    "flight_slots": [("2 economy seats from Paris to Oslo on 2025-06-01 at 14:30", _slots())],
 }
 
 
 def _export(tmp_path: Path, template: str, style: str) -> tuple[str, Any]:
     config = (TEMPLATES / f"{template}.xml").read_text()
-    text, result = CASES[template]
-    tasks = [{"id": i, "data": {"text": f"{text} {i}"}, "annotations": [{"id": i, "completed_by": 1, "result": result}]}
-             for i in range(1, 11)]
+    cases = CASES[template]
+    tasks = [{"id": i, "data": {"text": f"{cases[i % len(cases)][0]} {i}"},
+              "annotations": [{"id": i, "completed_by": 1, "result": cases[i % len(cases)][1]}]}
+             for i in range(1, 21)]
     out = export_tasks(tasks, config, tmp_path / f"{template}-{style}", ExportOptions(
         near_threshold=None, min_per_class=0, prompt_style=style, pii="keep"), {"id": 1}, template)
     return config, load_dataset(out)
@@ -83,9 +84,9 @@ def test_records_are_the_backends_prompt_and_answer(tmp_path: Path, template: st
     records = [r for split in dataset.splits.values() for r in split]
     assert records and all(r.data for r in records)
     for record in records:
-        llm = RecordingLLM(record.output)
         # the backend as it serves a model trained on this export: its prompt style, no few-shot turns
         settings = Settings(prompt_style=style, fewshot_k=0)
+        llm = RecordingLLM(settings, record.output)
         predictor = Predictor(settings, llm, cache=None)  # type: ignore[arg-type]
         ctx = predictor.context(config, template)
         prediction = asyncio.run(predictor.predict_task({"id": 1, "data": record.data}, ctx))
@@ -99,7 +100,7 @@ def test_records_are_the_backends_prompt_and_answer(tmp_path: Path, template: st
 
 def test_system_prompt_asks_for_the_answer_format_the_records_give(tmp_path: Path) -> None:
     _, dataset = _export(tmp_path, "search_intent", "compact")
-    record = dataset.splits["train"][0]
+    record = next(r for r in dataset.splits["train"] if "cheap flights" in r.instruction)
     assert "Answer with a single JSON object" in record.system
     assert "exactly one label" not in record.instruction  # the old, contradicting instruction
     assert json.loads(record.output) == {"intent": "transactional"}

@@ -47,9 +47,10 @@ def test_spotcheck_mixes_abnormal_and_covers_classes_deterministically() -> None
     assert len(picked.ids) == 50 and len(set(picked.ids)) == 50
     assert all(i < 1000 for i in picked.ids)
     reasons = Counter(r.split(":")[0] for r in picked.reasons.values())
-    assert reasons["review_rejected"] == 30
-    predicted = Counter(signals[i].predicted for i in picked.ids)
-    assert predicted["rare"] >= 2 and predicted["c"] >= 2
+    # 20 non-abnormal slots / 4 classes = 5 passed tasks per class; "rare" has only 3 passed
+    per_class = Counter(r for r in picked.reasons.values() if r.startswith("class:"))
+    assert per_class == {"class:a": 5, "class:b": 5, "class:c": 5, "class:rare": 3}
+    assert reasons["review_rejected"] == 50 - 18
     assert sample(signals, n=50, seed=3).ids == picked.ids
     assert sample(signals, n=50, seed=4).ids != picked.ids
 
@@ -59,3 +60,22 @@ def test_spotcheck_low_confidence_and_small_pools() -> None:
     picked = sample(signals, n=10)
     assert picked.ids == [1, 2, 3]
     assert picked.reasons[1] == "low_confidence" and picked.reasons[3] == "pre_annotation_error"
+
+
+def test_spotcheck_class_quota_is_max_2_or_remaining_over_classes_from_passed_reviews() -> None:
+    signals = []
+    for label in ("a", "b", "c", "d"):
+        for i in range(60):
+            tid = len(signals)
+            review = "rejected" if i < 25 else "passed" if i < 55 else ""  # the last 5: never reviewed
+            signals.append(s(tid, None, label, review=review))
+    picked = sample(signals, n=150, abnormal_share=0.6, seed=1)
+    by_reason = Counter(r.split(":")[0] for r in picked.reasons.values())
+    per_class = Counter(r for r in picked.reasons.values() if r.startswith("class:"))
+    assert per_class == {f"class:{c}": 15 for c in "abcd"}, "max(2, (150 - 90) // 4) = 15 per class"
+    assert all(signals[i].review_status == "passed" for i, r in picked.reasons.items() if r.startswith("class:"))
+    assert by_reason["review_rejected"] == 90 and len(picked.ids) == 150
+    few = sample(signals, n=10, abnormal_share=0.6, seed=1)  # max(2, 4 // 4) = 2: the floor of two per class
+    assert Counter(r for r in few.reasons.values() if r.startswith("class:")) == {"class:a": 2, "class:b": 2,
+                                                                                  "class:c": 2, "class:d": 2}
+    assert Counter(r.split(":")[0] for r in few.reasons.values())["review_rejected"] == 2

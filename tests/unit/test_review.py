@@ -101,15 +101,21 @@ def test_schema_and_messages_carry_guideline_input_and_proposal(ctx) -> None:
 
 def test_review_prediction_carries_verdict_in_version_and_regions(ctx) -> None:
     pre = {"id": 41, "model_version": "m@p-1", "score": 0.8, "result": regions_for(ctx, PROPOSED)}
-    passed = review_prediction("review:r@p-1", pre, Review(PASSED, "ok", "correct"))
-    assert passed["model_version"] == "review:r@p-1#passed" and passed["score"] == 0.8
+    passed = review_prediction("review:r@p-1", pre, Review(PASSED, "ok", "correct", confidence=0.93))
+    # The reviewer's own confidence, never the pre-annotation's score or a constant.
+    assert passed["model_version"] == "review:r@p-1#passed" and passed["score"] == 0.93
+    no_logprobs = review_prediction("review:r@p-1", pre, Review(PASSED, "ok", "correct"))
+    assert no_logprobs["score"] == 0.5 and no_logprobs["result"][0]["prelabel"]["review"]["score_source"] == "none"
     assert all(r["prelabel"]["review"]["reviewed"] == 41 for r in passed["result"])
     assert [r["value"] for r in passed["result"]] == [r["value"] for r in pre["result"]]
 
     corrected = judge(ctx, json.dumps({"verdict": "incorrect", "rationale": "info", "corrected": {
         "intent": "informational", "ents": [{"text": "Paris", "label": "CITY"}]}}), TEXTS, PROPOSED)
-    rejected = review_prediction("review:r@p-1", pre, corrected)
-    assert rejected["model_version"].endswith("#rejected")
+    corrected.confidence, corrected.corrected_scores = 0.61, {"intent": 0.61, "ents": 0.9}
+    rejected = review_prediction("review:r@p-1", pre, corrected, "different_weights")
+    assert rejected["model_version"].endswith("#rejected") and rejected["score"] == 0.61
+    assert {r["from_name"]: r["score"] for r in rejected["result"]} == {"intent": 0.61, "ents": 0.9}
+    assert rejected["result"][0]["prelabel"]["review"]["independence"] == "different_weights"
     assert {"choices": ["informational"]} in [r["value"] for r in rejected["result"]]
     human = review_prediction("review:r@p-1", pre, Review(NEEDS_HUMAN))
     assert human["score"] == 0.0
@@ -120,3 +126,40 @@ def test_reviewer_must_differ_from_pre_annotator() -> None:
         check_reviewer(Settings(llm_model="a"))
     check_reviewer(Settings(llm_model="a", reviewer_model="b"))
     check_reviewer(Settings(llm_model="a", reviewer_base_urls=["http://other:1/v1"]))
+
+
+def _tokens(pieces: list[str], alternatives: dict[int, dict[str, float]]):
+    import math
+
+    from prelabel.ml_backend.llm_client import TokenLogprob
+
+    return [TokenLogprob(len(p.encode()), math.log(alternatives.get(i, {}).get(p, 0.999)),
+                         tuple((t, math.log(q)) for t, q in alternatives.get(i, {}).items()))
+            for i, p in enumerate(pieces)]
+
+
+def test_reviewer_confidence_comes_from_its_own_verdict_and_correction_logprobs(ctx) -> None:
+    from prelabel.jobs.review import add_confidence
+    from prelabel.ml_backend.llm_client import Completion
+
+    pieces = ['{"', "verdict", '":', ' "', "inc", "orrect", '",', ' "', "rationale", '":', ' "', "info", '",',
+              ' "', "corrected", '":', ' {"', "intent", '":', ' "', "inform", "ational", '",', ' "', "ents", '":',
+              ' [{"', "text", '":', ' "', "Paris", '",', ' "', "label", '":', ' "', "CITY", '"}]}}']
+    content = "".join(pieces)
+    tokens = _tokens(pieces, {4: {"inc": 0.7, "correct": 0.3}, 20: {"inform": 0.8, "nav": 0.15, "other": 0.05}})
+    completion = Completion(content, tokens, "r", "h:1", 1, 0.1, "json_object")
+    review = judge(ctx, content, TEXTS, PROPOSED)
+    add_confidence(ctx, completion, review)
+    assert review.verdict_probs == pytest.approx({"correct": 0.3, "incorrect": 0.7}, abs=0.01)
+    assert review.corrected_label_probs["intent"]["informational"] == pytest.approx(0.8, abs=0.01)
+    assert review.corrected_scores["intent"] == pytest.approx(0.8, abs=0.01)
+    assert review.confidence == pytest.approx(0.7, abs=0.01)  # the least sure part: the verdict
+
+    unsure = _tokens(pieces, {4: {"inc": 0.9, "correct": 0.1}, 20: {"inform": 0.4, "nav": 0.6}})
+    review = judge(ctx, content, TEXTS, PROPOSED)
+    add_confidence(ctx, Completion(content, unsure, "r", "h:1", 1, 0.1, "json_object"), review)
+    assert review.confidence == pytest.approx(0.4, abs=0.01)  # now the correction is the weak part
+
+    review = judge(ctx, content, TEXTS, PROPOSED)
+    add_confidence(ctx, Completion(content, None, "r", "h:1", 1, 0.1, "json_object"), review)
+    assert review.confidence is None

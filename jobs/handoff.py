@@ -1,0 +1,77 @@
+"""Tasks ``/predict`` could not finish before Label Studio's deadline, predicted by the worker.
+
+Label Studio waits ``ML_TIMEOUT_PREDICT`` (100 s) for ``/predict`` and then stores nothing. So the
+backend answers before that (``PRELABEL_PREDICT_TIMEOUT - PRELABEL_PREDICT_MARGIN``) with the
+predictions that are ready, answers ``[]`` (no prediction yet) for the others, and hands them to
+the worker here; the worker writes their predictions into Label Studio through the SDK.
+
+Nothing is lost or duplicated:
+
+* each handed-off task gets a marker ``prelabel:handoff:<project>:<task>`` (SET NX): a task
+  already handed off is not handed off again, and a later ``/predict`` (the user clicks
+  *Retrieve Predictions* again) answers ``[]`` for it instead of predicting it a second time;
+* the job skips tasks that already have a prediction of this model and prompt, and writes with
+  ``ProjectClient.upsert_prediction`` (one prediction per model family, whatever runs twice);
+* when the job is done the markers expire after ``DONE_TTL`` seconds (long enough for a
+  ``/predict`` in progress to see them), so a task whose prediction failed can be asked for again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import redis
+
+from prelabel.jobs.events import event_key
+from prelabel.jobs.queue import enqueue
+from prelabel.settings import Settings
+
+log = logging.getLogger(__name__)
+
+MARKER = "prelabel:handoff:{pid}:{tid}"
+DONE_TTL = 120
+
+
+def pending(conn: redis.Redis, project_id: str, task_ids: list[int]) -> set[int]:
+    """The tasks among ``task_ids`` already handed to the worker (not finished, or just finished)."""
+    if not task_ids:
+        return set()
+    values = conn.mget([MARKER.format(pid=project_id, tid=tid) for tid in task_ids])
+    return {tid for tid, value in zip(task_ids, values) if value is not None}
+
+
+def hand_off(conn: redis.Redis, settings: Settings, project_id: str, task_ids: list[int],
+             label_config: str | None) -> list[int]:
+    """Mark and queue the tasks not handed off yet; returns the ones queued now."""
+    ttl = settings.job_timeout * (settings.job_retries + 1) + 3600
+    job_id = f"handoff-{project_id}-{event_key(sorted(task_ids))}"
+    fresh = [tid for tid in task_ids if conn.set(MARKER.format(pid=project_id, tid=tid), job_id, nx=True, ex=ttl)]
+    if not fresh:
+        return []
+    try:
+        enqueue(conn, settings, predict_handed_off, int(project_id), fresh, label_config, job_id=job_id,
+                description=f"predict {len(fresh)} tasks /predict had no time for (project {project_id})")
+    except Exception:
+        conn.delete(*[MARKER.format(pid=project_id, tid=tid) for tid in fresh])
+        raise
+    log.info("project %s: %d tasks handed to the worker (job %s)", project_id, len(fresh), job_id)
+    return fresh
+
+
+def predict_handed_off(project_id: int, task_ids: list[int], label_config: str | None) -> dict[str, Any]:
+    """The worker's job: predict the tasks and write each prediction into Label Studio (upsert)."""
+    from prelabel.jobs.handlers import ProjectJob, _preannotate
+
+    job = ProjectJob.open(project_id)
+    counts = asyncio.run(_preannotate(job, task_ids, label_config))
+    _expire(job.conn, project_id, task_ids)  # a failed run keeps them marked while RQ retries it
+    return counts
+
+
+def _expire(conn: redis.Redis, project_id: int, task_ids: list[int]) -> None:
+    pipe = conn.pipeline()
+    for tid in task_ids:
+        pipe.expire(MARKER.format(pid=project_id, tid=tid), DONE_TTL)
+    pipe.execute()

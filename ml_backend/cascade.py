@@ -1,0 +1,126 @@
+"""One project's pre-annotator: the active model, its calibrated score, the cost cascade.
+
+``ModelRouter.for_project`` hands ``/predict``, ``/setup`` and the worker's batch job a
+``ProjectPredictor``. It asks the active model, replaces each score by the project's calibrated
+one (``calibration.py``), and, when the active model record carries a cascade (``prelabel train
+promote`` with a cascade threshold), sends the tasks the cheap model was not sure about to the
+fallback model:
+
+* cheap first: every task goes to the promoted (cheap) model;
+* a task whose answer is not ``ok`` or whose calibrated score is under the threshold goes to the
+  fallback model, whose answer (also calibrated) replaces it; when the fallback fails (LLM
+  outage) a valid cheap answer is kept (route ``fallback_failed``, the error in provenance);
+* provenance names the model that answered (``meta.provenance.model`` and each region's stamp),
+  and ``meta.provenance.cascade`` / the region stamp's ``route`` say which route it took, with
+  the cheap model's score; both routes are counted (``prelabel_cascade_routes_total``);
+* ``model_version`` is ``<cheap>><fallback>@<prompt>`` for every task of a cascade, so the
+  worker's "already pre-annotated" check and its upserts treat both routes as one family.
+
+With a near-duplicate threshold set, tasks are grouped first (``near_duplicates.py``): only one
+task per group reaches the models.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prelabel.ml_backend.calibration import CalibrationMap, calibrate
+from prelabel.ml_backend.fewshot import FewShotPool
+from prelabel.ml_backend.predictor import Predictor, ProjectContext, gather_until
+from prelabel.ml_backend.stats import CASCADE_KEY, count
+
+CHEAP, FALLBACK, FALLBACK_FAILED = "cheap", "fallback", "fallback_failed"
+
+
+class ProjectPredictor:
+    def __init__(self, primary: Predictor, *, project: str | None = None,
+                 calibration: CalibrationMap | None = None, fallback: Predictor | None = None,
+                 fallback_calibration: CalibrationMap | None = None, threshold: float | None = None) -> None:
+        self.primary = primary
+        self.project = project
+        self.calibration = calibration
+        self.fallback = fallback if threshold is not None else None
+        self.fallback_calibration = fallback_calibration
+        self.threshold = threshold
+
+    # The Predictor surface the server and the worker use.
+    @property
+    def llm(self):
+        return self.primary.llm
+
+    @property
+    def cache(self):
+        return self.primary.cache
+
+    @property
+    def settings(self):
+        return self.primary.settings
+
+    def context(self, label_config: str, guideline: str | dict | None = None, **kwargs: Any) -> ProjectContext:
+        return self.primary.context(label_config, guideline, **kwargs)
+
+    def cached_context(self, label_config: str, guideline: str | dict | None = None) -> ProjectContext | None:
+        return self.primary.cached_context(label_config, guideline)
+
+    def model_version(self, ctx: ProjectContext) -> str:
+        if self.fallback is None:
+            return self.primary.model_version(ctx)
+        return f"{self.primary.llm.model}>{self.fallback.llm.model}@{ctx.prompt.version}"
+
+    async def predict(self, tasks: list[Any], ctx: ProjectContext, pool: FewShotPool | None = None
+                      ) -> list[dict[str, Any]]:
+        threshold = self.settings.near_duplicate_threshold
+        if threshold is not None and len(tasks) > 1:
+            from prelabel.ml_backend.near_duplicates import predict_with_reuse
+
+            return await predict_with_reuse(self._predict, tasks, ctx, pool, threshold, self.cache)
+        return await self._predict(tasks, ctx, pool)
+
+    async def predict_until(self, tasks: list[Any], ctx: ProjectContext, pool: FewShotPool | None,
+                            deadline: float) -> list[dict[str, Any] | None]:
+        """``predict`` task by task until ``deadline``: the whole route (cheap model, then the
+        fallback when needed) must finish in time; the unfinished tasks come back as None."""
+        answers = await gather_until([self._predict([task], ctx, pool) for task in tasks], deadline)
+        return [answer[0] if answer else None for answer in answers]
+
+    async def _predict(self, tasks: list[Any], ctx: ProjectContext, pool: FewShotPool | None
+                       ) -> list[dict[str, Any]]:
+        results = [calibrate(p, self.calibration) for p in await self.primary.predict(tasks, ctx, pool)]
+        if self.fallback is None:
+            return results
+        escalate = [i for i, p in enumerate(results) if not self._confident(p)]
+        cheap = {i: (results[i]["score"], results[i]["meta"]["status"]) for i in escalate}
+        routes = dict.fromkeys(range(len(results)), CHEAP)
+        if escalate:
+            answers = await self.fallback.predict([tasks[i] for i in escalate], ctx, pool)
+            for i, answer in zip(escalate, answers):
+                if answer["meta"]["status"] == "error" and results[i]["result"]:
+                    # The fallback is down: the cheap model's valid (if unsure) answer is kept.
+                    routes[i] = FALLBACK_FAILED
+                    results[i]["meta"]["provenance"]["fallback_error"] = answer["meta"]["errors"]
+                else:
+                    routes[i] = FALLBACK
+                    results[i] = calibrate(answer, self.fallback_calibration)
+        family = self.model_version(ctx)
+        for i, prediction in enumerate(results):
+            route = routes[i]
+            cheap_score, cheap_status = cheap.get(i, (prediction["score"], prediction["meta"]["status"]))
+            record = {"route": route, "threshold": self.threshold, "cheap_model": self.primary.llm.model,
+                      "fallback_model": self.fallback.llm.model, "cheap_score": cheap_score,
+                      "cheap_status": cheap_status}
+            prediction["meta"]["provenance"]["cascade"] = record
+            for region in prediction["result"]:
+                region.setdefault("prelabel", {})["route"] = route
+            status = prediction["model_version"].partition("#")[2]
+            prediction["model_version"] = family + (f"#{status}" if status else "")
+        for route in (CHEAP, FALLBACK, FALLBACK_FAILED):
+            await count(self._client, CASCADE_KEY, route, sum(r == route for r in routes.values()))
+        return results
+
+    @property
+    def _client(self):
+        return self.cache.client if self.cache is not None else None
+
+    def _confident(self, prediction: dict[str, Any]) -> bool:
+        assert self.threshold is not None
+        return prediction["meta"]["status"] == "ok" and float(prediction["score"]) >= self.threshold
