@@ -107,6 +107,9 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
             "PRELABEL_MAX_REQUEST_BYTES": str(1 << 20), "PRELABEL_MAX_TASKS_PER_REQUEST": str(MAX_TASKS),
             "PRELABEL_MAX_TEXT_CHARS": "5000", "PRELABEL_LLM_TIMEOUT": "3", "PRELABEL_LLM_MAX_RETRIES": "1",
             "PRELABEL_LLM_RETRY_MAX_WAIT": "0.2", "PRELABEL_CONTEXT_CACHE_SIZE": "32",
+            # Each fault case counts its own retries; the budget shared across calls (which would
+            # let earlier cases' retries deny later ones) is tested in tests/test_load_control.py.
+            "PRELABEL_LLM_RETRY_BUDGET_MIN": "1000",
             "PRELABEL_PROJECT_CACHE_SIZE": "64", "PRELABEL_LOG_JSON": "false",
             # Every HTTP call to a host outside NO_PROXY goes to the proxy listener.
             "HTTP_PROXY": proxy.url, "HTTPS_PROXY": proxy.url, "ALL_PROXY": proxy.url,

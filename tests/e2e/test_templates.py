@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
@@ -65,9 +66,15 @@ def _problems(interface: LabelInterface, config: str, region: dict, data: dict) 
             problems.append(f"number {value['number']} not in {low}..{high}")
     elif region["type"] == "ranker":
         items = data[interface.get_object(region["to_name"]).value.lstrip("$")]
-        order = value["ranker"][region["from_name"]]
+        buckets = [b.attrib["name"] for b in ET.fromstring(config).iter("Bucket")]
+        # without buckets the order is under the control's name; with buckets each rank (a tie
+        # group) is under its bucket's name
+        keys = buckets or [region["from_name"]]
+        if set(value["ranker"]) - set(keys):
+            problems.append(f"ranking keys {sorted(value['ranker'])} are not {keys}")
+        order = [item for key in keys for item in value["ranker"].get(key, [])]
         if sorted(order) != sorted(item["id"] for item in items) or len(set(order)) != len(order):
-            problems.append(f"ranking {order} is not a permutation of the items")
+            problems.append(f"ranking {value['ranker']} is not a permutation of the items")
     elif region["type"] == "labels":
         text = data[interface.get_object(region["to_name"]).value.lstrip("$")]
         if text[value["start"]:value["end"]] != value["text"]:
