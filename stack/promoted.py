@@ -36,7 +36,7 @@ class PromotedModels:
     def __init__(self, client: Any, workdir: Path, say: Callable[[str], None]) -> None:
         self.client, self.workdir, self.say = client, workdir, say
         self.served: dict[str, Served] = {}
-        self._failed: dict[str, str] = {}  # key -> gguf that could not be served (said once)
+        self._failed: dict[str, dict[str, Any]] = {}  # key -> the record that could not be served (said once)
 
     def sync(self) -> None:
         """Serve every promoted GGUF that is not served yet; point its record at the server."""
@@ -45,7 +45,7 @@ class PromotedModels:
             raw = self.client.get(key)
             record = json.loads(raw) if raw else {}
             gguf = record.get("gguf")
-            if not gguf or self._failed.get(key) == gguf:
+            if not gguf or self._failed.get(key, {}).get("gguf") == gguf:
                 continue
             served = self.served.get(key)
             if served is None or served.gguf != gguf:
@@ -61,16 +61,13 @@ class PromotedModels:
         project = record.get("project")
         where = f"project {project}" if project else "all projects"
         if not Path(gguf).is_file():
-            self._failed[key] = gguf
-            self.say(f"[red]{where}: promoted model {record.get('model')} not served: {gguf} is missing[/red]")
-            return None
+            return self._fail(key, record, where, f"{gguf} is missing")
         try:
             server = start_llm_server(self.workdir / str(record["model"]), gguf=Path(gguf), alias=str(record["model"]),
                                       name=f"llm-{record['model']}")
         except (StartupError, FileNotFoundError) as exc:  # no answer / no llama.cpp venv
-            self._failed[key] = gguf
-            self.say(f"[red]{where}: promoted model {record.get('model')} not served: {exc}[/red]")
-            return None
+            return self._fail(key, record, where, str(exc))
+        self._failed.pop(key, None)
         old = self.served.get(key)
         served = Served(key, gguf, str(record["model"]), project, server.base_url, server.process)
         self.served[key] = served
@@ -78,6 +75,17 @@ class PromotedModels:
             old.process.stop()
         self.say(f"{where}: pre-annotated by the promoted model {served.model} (llama.cpp at {served.base_url})")
         return served
+
+    def _fail(self, key: str, record: dict[str, Any], where: str, why: str) -> None:
+        """Say it once; stop serving the model this record replaced (the project's requests go to
+        the record's model and fail with a reason there, never silently to an older model)."""
+        self._failed[key] = {"gguf": record.get("gguf"), "model": record.get("model"), "project": record.get("project"),
+                             "error": why}
+        old = self.served.pop(key, None)
+        if old is not None:
+            old.process.stop()
+        self.say(f"[red]{where}: promoted model {record.get('model')} not served: {why}[/red]")
+        return None
 
     def _point(self, key: str, gguf: str, base_url: str) -> None:
         """Rewrite the record's base_url, unless a newer promotion replaced the record meanwhile
@@ -101,6 +109,8 @@ class PromotedModels:
         return {f"llm-{s.model}": s.process for s in self.served.values()}
 
     def describe(self) -> dict[str, dict[str, Any]]:
-        """Which model serves which project, for ``prelabel status``."""
-        return {s.project or "*": {"model": s.model, "base_url": s.base_url, "gguf": s.gguf}
-                for s in self.served.values()}
+        """Which model serves which project, for ``prelabel status`` (and which could not be served, why)."""
+        failed = {f["project"] or "*": {"model": f["model"], "gguf": f["gguf"], "error": f["error"]}
+                  for f in self._failed.values()}
+        return failed | {s.project or "*": {"model": s.model, "base_url": s.base_url, "gguf": s.gguf}
+                         for s in self.served.values()}

@@ -434,7 +434,8 @@ def stack_status(settings: Settings) -> dict:
             except httpx.HTTPError:
                 status[name] = False
         status["llm"] = record.llm_base_url
-        status["models"] = {**{project: f"{m['model']} at {m['base_url']} (promoted, llama.cpp)"
+        status["models"] = {**{project: f"{m['model']} at {m['base_url']} (promoted, llama.cpp)" if m.get("base_url")
+                               else f"{m['model']} (promoted) NOT SERVED: {m.get('error')}"
                                for project, m in record.models.items()},
                             "default": f"{settings.llm_model if 'llm' not in record.children else LOCAL_MODEL} "
                                        f"at {record.llm_base_url}"}
