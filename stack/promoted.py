@@ -61,12 +61,14 @@ class PromotedModels:
         project = record.get("project")
         where = f"project {project}" if project else "all projects"
         if not Path(gguf).is_file():
-            return self._fail(key, record, where, f"{gguf} is missing")
+            self._fail(key, record, where, f"{gguf} is missing")
+            return None
         try:
             server = start_llm_server(self.workdir / str(record["model"]), gguf=Path(gguf), alias=str(record["model"]),
                                       name=f"llm-{record['model']}")
         except (StartupError, FileNotFoundError) as exc:  # no answer / no llama.cpp venv
-            return self._fail(key, record, where, str(exc))
+            self._fail(key, record, where, str(exc))
+            return None
         self._failed.pop(key, None)
         old = self.served.get(key)
         served = Served(key, gguf, str(record["model"]), project, server.base_url, server.process)
@@ -85,7 +87,6 @@ class PromotedModels:
         if old is not None:
             old.process.stop()
         self.say(f"[red]{where}: promoted model {record.get('model')} not served: {why}[/red]")
-        return None
 
     def _point(self, key: str, gguf: str, base_url: str) -> None:
         """Rewrite the record's base_url, unless a newer promotion replaced the record meanwhile

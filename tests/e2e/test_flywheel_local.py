@@ -16,15 +16,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import yaml
 
 pytest.importorskip("peft", reason="needs the train extra (PRELABEL_EXTRAS=dev,train)")
 
-from prelabel.train.config import LOCAL_TRAIN
 from prelabel.train.gguf import converter_dir
 from tests.e2e.test_stack_up import Up
 from tests.harness import dev_bin
-from tests.harness.llm_server import find_gguf
 from tests.support.intent_data import LABELS, labeled_tasks, queries
 from tests.support.waiting import wait_for
 
@@ -58,7 +55,7 @@ def _label(prediction) -> str | None:
     return regions[0]["value"]["choices"][0] if regions else None
 
 
-@pytest.mark.timeout(3600)  # 36 LoRA steps on CPU (~2 epochs), two evaluations, two pre-annotation rounds, two `up`s
+@pytest.mark.timeout(3600)  # 36 LoRA steps on CPU (2 epochs), two evaluations, two pre-annotation rounds
 def test_flywheel_promotes_and_the_promoted_model_preannotates(up: Up, tmp_path: Path) -> None:
     from prelabel.studio.project_setup import ensure_project
 
@@ -70,16 +67,10 @@ def test_flywheel_promotes_and_the_promoted_model_preannotates(up: Up, tmp_path:
     labeled = client.projects.create(title="intents (labeled)", label_config=CONFIG)
     client.projects.import_tasks(id=labeled.id, request=labeled_tasks(queries(LABELED_PER_INTENT)))
 
-    # 2. the flywheel, one command, next to the running stack (a small CPU budget for CI)
-    config = tmp_path / "flywheel.yaml"
-    config.write_text(yaml.safe_dump({
-        "train": {"model_name_or_path": str(find_gguf()), **LOCAL_TRAIN, "learning_rate": 2e-3, "max_steps": 36,
-                  "eval_steps": 36, "save_steps": 36, "logging_steps": 4},
-        "merge_dtype": "float32",
-        "eval": {"concurrency": 2},
-    }), encoding="utf-8")
-    run = subprocess.run([dev_bin("prelabel"), "train", "flywheel", "--project", str(labeled.id), "--config",
-                          str(config)], env=up.env, capture_output=True, text=True, timeout=1800, check=False)
+    # 2. the flywheel: the README's command, next to the running stack, on its CPU defaults
+    # (LOCAL_TRAIN: 2 epochs of ~144 train records, batch 8: 36 LoRA steps on the packaged SmolLM2)
+    run = subprocess.run([dev_bin("prelabel"), "train", "flywheel", "--project", str(labeled.id)],
+                         env=up.env, capture_output=True, text=True, timeout=1800, check=False)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-5000:]
     result = json.loads(run.stdout[run.stdout.index("{\n"):])
     assert result["promoted"], result
@@ -132,12 +123,4 @@ def test_flywheel_promotes_and_the_promoted_model_preannotates(up: Up, tmp_path:
     assert {_label(p) for p in tuned.values()} <= set(LABELS) | {None}
     assert tuned_acc > base_acc, f"promoted {tuned_acc:.2f} vs base {base_acc:.2f} on {len(gold)} held-out tasks"
     print(f"new held-out tasks: promoted {tuned_acc:.2f}, base {base_acc:.2f} ({len(gold)} tasks)")  # for the README
-
-    # 5. the next `up` serves the promoted model again, on a new port, and points the record there
-    assert up.cli("down").returncode == 0
-    wait_for(lambda: up.proc.popen.poll() is not None, 120, "the first `up` to stop")
-    up.start()
-    wait_for(up.ready, 600, "the second `prelabel up`", context=up.output)
-    served = json.loads(up.cli("status", "--json").stdout)["models"][str(labeled.id)]
-    active = json.loads(up.cli("train", "status", str(labeled.id)).stdout)["active_model"]
-    assert served.startswith(f"{model} at {active['base_url']}") and active["base_url"] != served_at, served
+    # a later `up` serving the promoted GGUF again on a new port: tests/e2e/test_promoted_serving.py
