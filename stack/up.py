@@ -403,7 +403,9 @@ def run_down(settings: Settings, say: Callable[[str], None], timeout: float = 60
 
 def stack_settings(settings: Settings) -> Settings:
     """Settings for a command run next to a running ``prelabel up`` (same ``PRELABEL_DATA_DIR``):
-    its Label Studio and LLM, unless the environment names others. Redis is the same already."""
+    its Label Studio, LLM, backend port, basic auth and webhook secret (so ``prelabel init``
+    connects a project to this stack's backend), unless the environment names others. Redis is
+    the same already."""
     from pydantic import SecretStr
 
     record = StackRecord.load(record_path(settings))
@@ -414,6 +416,11 @@ def stack_settings(settings: Settings) -> Settings:
         update["label_studio_url"] = f"http://127.0.0.1:{record.ls_port}"
     if not settings.label_studio_api_key and len(record.ls_credentials) == 3:
         update["label_studio_api_key"] = SecretStr(record.ls_credentials[2])
+    if not settings.webhook_secret and record.webhook_secret:
+        update["webhook_secret"] = SecretStr(record.webhook_secret)
+    if not settings.basic_auth_user and len(record.basic_auth) == 2:
+        update.update(basic_auth_user=record.basic_auth[0], basic_auth_password=SecretStr(record.basic_auth[1]),
+                      port=record.backend_port)
     if "llm" in record.children and record.llm_base_url and not os.environ.get("OPENAI_BASE_URL"):
         update.update(llm_base_urls=[record.llm_base_url], llm_model=LOCAL_MODEL, structured_output="json_object")
     return settings.model_copy(update=update)

@@ -57,3 +57,28 @@ def test_markdown_report_has_both_models_and_the_decision() -> None:
                            {"export": 1.0, "train": 120.0}, report("cand", 0.9), report("base", 0.4), {"GGUF": "x"})
     assert "**Decision: PROMOTED**" in text and "| accuracy | 0.9000 | 0.4000 |" in text
     assert "| train | 120.0 |" in text and "`cand`" in text and "`base`" in text and "- GGUF: x" in text
+
+
+def test_commands_next_to_a_running_up_use_its_stack(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    from prelabel.stack.up import StackRecord, record_path, stack_settings
+
+    for name in ("LABEL_STUDIO_URL", "LABEL_STUDIO_API_KEY", "OPENAI_BASE_URL", "PRELABEL_WEBHOOK_SECRET",
+                 "PRELABEL_BASIC_AUTH_USER", "PRELABEL_BASIC_AUTH_PASSWORD"):
+        monkeypatch.delenv(name, raising=False)
+    settings = Settings(data_dir=tmp_path)
+    record = StackRecord(pid=os.getpid(), ls_port=8123, backend_port=9345, ls_credentials=["u", "p", "tok"],
+                         webhook_secret="whs", basic_auth=["prelabel", "pw"], children={"llm": os.getpid()},
+                         llm_base_url="http://127.0.0.1:8555/v1")
+    record.save(record_path(settings))
+    ours = stack_settings(settings)
+    assert ours.label_studio_url == "http://127.0.0.1:8123" and ours.label_studio_api_key.get_secret_value() == "tok"
+    assert ours.webhook_secret.get_secret_value() == "whs" and ours.port == 9345
+    assert (ours.basic_auth_user, ours.basic_auth_password.get_secret_value()) == ("prelabel", "pw")
+    assert ours.llm_base_urls == ["http://127.0.0.1:8555/v1"] and ours.llm_model == "smollm2"
+    # what the environment names wins; a stack that is not running changes nothing
+    mine = stack_settings(Settings(data_dir=tmp_path, webhook_secret="mine", label_studio_url="http://ls:1"))
+    assert mine.webhook_secret.get_secret_value() == "mine" and mine.label_studio_url == "http://ls:1"
+    StackRecord(pid=0).save(record_path(settings))
+    assert stack_settings(settings) == settings
