@@ -204,7 +204,8 @@ class Predictor:
             examples += file_examples(self.settings.fewshot_file, schema)
         shortlisted = frozenset(c.name for c in schema.fields
                                 if isinstance(c, ChoicesField) and len(c.labels) > self.settings.shortlist_above)
-        return ProjectContext(schema, guideline, name, Prompt(schema, guideline, shortlisted), FewShotPool(examples),
+        prompt = Prompt(schema, guideline, shortlisted, style=self.settings.prompt_style)
+        return ProjectContext(schema, guideline, name, prompt, FewShotPool(examples),
                               shortlist_k=self.settings.shortlist_k)
 
     def _resolve_guideline(self, schema: OutputSchema, ref: Path | dict | None) -> tuple[Guideline, str]:

@@ -121,6 +121,9 @@ class Settings(BaseSettings):
     )
     fewshot_file: Path | None = Field(None, description="JSONL of extra few-shot examples.")
     fewshot_k: int = Field(3, ge=0, description="Few-shot examples per prompt.")
+    prompt_style: Literal["full", "compact"] = Field(
+        "full", description="full: guideline definitions, rules and schema; compact: role, task and answer keys "
+                            "(what fine-tuned models are trained on; a promotion record sets it per model).")
     shortlist_above: int = Field(
         30, ge=2, description="Choices controls with more labels get a per-task shortlist of candidates.")
     shortlist_k: int = Field(15, ge=1, description="Candidate labels per task in a shortlist.")

@@ -91,7 +91,9 @@ def eval_command(
     model: str = typer.Option(..., "--model", "-m",
                               help="Model directory / .gguf (transformers, vllm) or served model name (openai)."),
     data: Path = typer.Option(..., "--data", "-d", help="test.jsonl (manifest.json beside it) or a dataset dir."),
-    engine: str = typer.Option("auto", "--engine", "-e", help="vllm, openai, transformers, or auto."),
+    engine: str = typer.Option("auto", "--engine", "-e",
+                               help="vllm, openai, transformers, backend (through the backend's prompt and "
+                                    "validation, on an exported dataset), or auto."),
     base_url: str = typer.Option(None, "--base-url", help="OpenAI-compatible endpoint (engine openai)."),
     adapter: Path = typer.Option(None, "--adapter", help="LoRA adapter on top of --model (transformers)."),
     out: Path = typer.Option(Path("eval-report"), "--out", "-o", help="Folder for report.json/.md and the PNG."),
@@ -173,15 +175,28 @@ def promote_command(
 
 @app.command("flywheel")
 def flywheel_command(
-    project: str = typer.Argument(..., help="Label Studio project id."),
-    config: Path = typer.Option(None, "--config", "-c", help="Flywheel YAML (default PRELABEL_TRAIN_CONFIG)."),
+    project_arg: str = typer.Argument(None, metavar="[PROJECT]", help="Label Studio project id."),
+    project: str = typer.Option(None, "--project", "-p", help="Label Studio project id."),
+    config: Path = typer.Option(None, "--config", "-c",
+                                help="Flywheel YAML (default PRELABEL_TRAIN_CONFIG; without one, on the local "
+                                     "stack: the packaged SmolLM2, CPU settings, served by llama.cpp)."),
     dataset_dir: Path = typer.Option(None, help="Use this exported dataset instead of exporting now."),
     enqueue: bool = typer.Option(False, "--enqueue",
                                  help="Queue it for `prelabel worker` (same Redis) instead of running here."),
 ) -> None:
-    """Export -> train -> merge -> eval -> promote for one project (status: `prelabel train status`)."""
+    """Export -> train -> merge -> (GGUF -> serve) -> eval through the backend -> promote, for one project.
+
+    Next to a running `prelabel up` (same PRELABEL_DATA_DIR) it uses that stack's Label Studio and
+    LLM, and `up` serves the promoted model to the project's new tasks. Writes a Markdown report
+    (flywheel.md in the run folder); exit 1 when the current model is kept.
+    """
+    from prelabel.settings import get_settings
+    from prelabel.stack.up import stack_settings
     from prelabel.train.pipeline import enqueue_flywheel, run_flywheel
 
+    project = project or project_arg
+    if not project:
+        raise typer.BadParameter("give the project id (--project N)", param_hint="--project")
     kwargs = {"config_path": str(config.resolve()) if config else None,
               "dataset_dir": str(dataset_dir.resolve()) if dataset_dir else None}
     if enqueue:
@@ -191,9 +206,39 @@ def flywheel_command(
         job = enqueue_flywheel(queue, project, **kwargs)
         console.print(f"queued job {job.id} on '{queue.name}' (run by `prelabel worker`)")
         return
-    with _clear_errors():
-        result = run_flywheel(project, **kwargs)
+    from prelabel.export.mapping import MappingError
+    from prelabel.export.source import SourceError
+    from prelabel.train.gguf import GGUFError
+
+    try:
+        with _clear_errors():
+            result = run_flywheel(project, settings=stack_settings(get_settings()), console=console, **kwargs)
+    except (SourceError, MappingError, GGUFError) as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
+    if result.get("report"):
+        console.print(Path(result["report"]).read_text(encoding="utf-8"))
     typer.echo(json.dumps(result, indent=2))
+    if result.get("state") == "finished" and not result["promoted"]:
+        raise typer.Exit(1)
+
+
+@app.command("gguf")
+def gguf_command(
+    merged: Path = typer.Option(..., "--merged", "-m", help="Merged model directory (`prelabel train merge`)."),
+    out: Path = typer.Option(..., "--out", "-o", help="The GGUF file to write."),
+    outtype: str = typer.Option("f16", help="f32, f16, bf16 or q8_0."),
+) -> None:
+    """Convert a merged model to GGUF with llama.cpp's converter, for the local llama.cpp server."""
+    from prelabel.train.gguf import GGUFError, convert
+
+    try:
+        result = convert(merged, out, outtype=outtype)
+    except GGUFError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
+    typer.echo(json.dumps({"gguf": str(result.path), "outtype": result.outtype, "size_bytes": result.size_bytes,
+                           "seconds": round(result.seconds, 1)}, indent=2))
 
 
 @app.command("status")
