@@ -29,6 +29,7 @@ from rq.job import Job, JobStatus
 
 from prelabel.jobs import handoff, outcomes
 from prelabel.jobs.queue import PENDING, connection, enqueue
+from prelabel.jobs.studio import human_touched
 from prelabel.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -49,7 +50,7 @@ def needs_preannotation(task: dict[str, Any], now: datetime | None = None) -> bo
     A task without any pre-annotation counts only once it is older than ``NEW_TASK_GRACE``: a
     task just imported waits for its own TASKS_CREATED job, which is on its way.
     """
-    if task.get("total_annotations") or task.get("cancelled_annotations") or task.get("annotations"):
+    if human_touched(task):
         return False
     own = [p for p in task.get("predictions") or [] if is_own_preannotation(p.get("model_version") or "")]
     if not own:
