@@ -44,6 +44,8 @@ def export(
                                             "default data:<user-field> or task."),
     ratios: str = typer.Option("0.8,0.1,0.1", help="train,val,test shares."),
     seed: int = typer.Option(0, help="Split seed."),
+    prompt_style: str = typer.Option("compact", help="The backend's prompt in the records: compact (for "
+                                                    "fine-tuning; the promoted model is served with it) or full."),
 ) -> None:
     """Export human-verified tasks into train/val/test files, dataset_info.json and a manifest."""
     from prelabel.export.pipeline import ExportOptions, export_project, export_tasks
@@ -61,7 +63,8 @@ def export(
                    max_per_annotator=max_per_annotator, user_field=user_field, max_per_user=max_per_user, pii=pii,
                    min_per_class=min_per_class, rare_classes=rare_classes,
                    augment_below=augment_below if augment else 0, augment_method=augment_method,
-                   augment_synonyms=augment_synonyms, group_by=group_by, ratios=shares, seed=seed)
+                   augment_synonyms=augment_synonyms, group_by=group_by, ratios=shares, seed=seed,
+                   prompt_style=prompt_style)
     verify = dict(ground_truth_only=ground_truth_only, min_annotators=min_annotators, min_agreement=min_agreement)
     with Progress(SpinnerColumn(), TextColumn("exporting"), BarColumn(), MofNCompleteColumn(), console=console) as bar:
         task = bar.add_task("export", total=None)

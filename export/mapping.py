@@ -1,12 +1,16 @@
 """From a labeling config and a verified human result to training records.
 
 The task type follows from the config's controls: one single-choice ``Choices`` ->
-classification (output = the bare label), one multi-choice -> multilabel (JSON list), one
-``Rating``/``Number`` -> rating (the number), one ``Ranker`` -> ranking (preference pairs; tied
-outputs give none), one ``TextArea`` -> generation (demonstrations: instruction = the prompt,
-output = the human's response as plain text), anything else (spans, slots, several controls) ->
-extraction (output = the JSON answer, exactly the format the backend asks the LLM for, so a model
-trained on it can replace the pre-annotator).
+classification, one multi-choice -> multilabel, one ``Rating``/``Number`` -> rating, one ``Ranker``
+-> ranking (preference pairs; tied outputs give none), one ``TextArea`` -> generation
+(demonstrations: instruction = the prompt, output = the human's response as plain text), anything
+else (spans, slots, several controls) -> extraction.
+
+One prompt: except for rankings and demonstrations, a record's prompt is the backend's own
+rendering (``Prompt.messages`` with no few-shot turns: its system prompt and its user message) and
+its output is the JSON answer the backend asks the LLM for (``render_answer``), e.g.
+``{"intent": "navigational"}``. So a model trained on the export answers the backend's prompt in
+the backend's format, and can replace the pre-annotator without a second code path.
 
 Every human answer is checked like an LLM answer (labels in the config's label set, spans in the
 text, a ranking that ranks every item) and against the guideline's input rules; one that fails is
@@ -15,7 +19,6 @@ not exported (``Mapper.problem`` says why).
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from itertools import combinations
 from typing import Any
@@ -25,6 +28,7 @@ from prelabel.label_config.answers import answer_from_regions, check_answer
 from prelabel.label_config.controls import tie_groups
 from prelabel.label_config.schema import ConfigError, TaskDataError
 from prelabel.ml_backend.predictor import ContextBuilder, ProjectContext
+from prelabel.ml_backend.prompt import render_answer
 from prelabel.settings import Settings
 
 TASK_TYPES = ("classification", "multilabel", "rating", "ranking", "generation", "extraction")
@@ -41,12 +45,16 @@ class Record:
     output: str
     label: str | list[str] | None = None  # the class (classification / multilabel), for stratification
     pairs: list[tuple[str, str]] | None = None  # (chosen, rejected) for rankings
+    texts: dict[str, str] | None = None  # the task's object texts by object name (the prompt's input)
 
 
 class Mapper:
-    def __init__(self, label_config: str, guideline: str | None = None) -> None:
+    def __init__(self, label_config: str, guideline: str | None = None, prompt_style: str = "compact") -> None:
+        self.label_config = label_config
+        self.prompt_style = prompt_style
         try:
-            self.ctx: ProjectContext = ContextBuilder(Settings()).context(label_config, guideline)
+            settings = Settings(prompt_style=prompt_style)  # type: ignore[call-arg]
+            self.ctx: ProjectContext = ContextBuilder(settings).context(label_config, guideline)
         except ConfigError as exc:
             raise MappingError(f"this labeling config cannot be exported: {exc}") from None
         fields = self.ctx.schema.fields
@@ -63,28 +71,31 @@ class Mapper:
             self.task_type = "extraction"
         self.control = only
         self.labels = list(only.label_values) if only is not None and only.tag == "Choices" else []
-        # A demonstration trains the assistant itself: the annotator role is not its system prompt.
-        self.system = "" if self.task_type == "generation" else self.ctx.guideline.role.strip()
-        self.instruction = self._instruction()
 
-    def _instruction(self) -> str:
-        if self.task_type not in ("classification", "multilabel"):
-            return self.ctx.prompt.system
-        g = self.ctx.guideline
-        lines = [g.task.strip(), "", "Labels:"]
-        definitions = g.labels.get(self.control.name, {})
-        for label in self.control.labels:
-            definition = definitions.get(label.value)
-            text = (definition.definition if definition else "") or label.hint or ""
-            lines.append(f"- {label.value}: {text}" if text else f"- {label.value}")
-        lines += [f"- rule: {rule}" for rule in g.rules]
-        if g.when_unsure:
-            lines.append(f"When unsure: {g.when_unsure}")
-        if self.task_type == "multilabel":
-            lines.append("Answer with a JSON list of labels.")
-        else:
-            lines.append("Answer with exactly one label and nothing else.")
-        return "\n".join(lines)
+    def answer_spec(self) -> dict[str, Any]:
+        """What the manifest says about the answers: evaluation parses them as the backend does
+        (``answer_format`` json, the value under ``answer_key`` for one-control tasks) and can
+        re-run the backend on the test split (``label_config``, with the manifest's guideline)."""
+        if self.task_type in ("ranking", "generation"):
+            return {}
+        return {"answer_format": "json", "answer_key": self.control.name if self.control is not None else None,
+                "schema": self.ctx.schema.json_schema(), "label_config": self.label_config,
+                "prompt_style": self.prompt_style}
+
+    def messages(self, texts: dict[str, str]) -> list[dict[str, str]]:
+        """The backend's prompt for these texts in this export's prompt style, without few-shot
+        turns: what a model trained on the export is served with (``fewshot_k`` 0)."""
+        return self.ctx.prompt.messages(texts, [])
+
+    def task_data(self, texts: dict[str, str]) -> dict[str, str]:
+        """``texts`` back as Label Studio task data (object name -> its ``$value`` key)."""
+        return {self.ctx.schema.objects[name].value_key: text for name, text in texts.items()}
+
+    def synthetic_record(self, task_id: int, text: str, label: str) -> Record:
+        """A classification record for an augmented input (``export.augment``), in the same prompt
+        and answer format as a human-verified one; classification has one control on one object."""
+        texts = {self.control.object_name: text}
+        return Record(task_id, text, render_answer({self.control.name: label}), label=label, texts=texts)
 
     def record(self, task: dict[str, Any], result: list[dict[str, Any]]) -> Record | None:
         """The training record of one verified task; None when the human result is incomplete."""
@@ -112,12 +123,10 @@ class Mapper:
         body = "\n\n".join(f"## {n}\n{t}" for n, t in texts.items()) if len(texts) > 1 else next(iter(texts.values()))
         tid = int(task.get("id") or 0)
         value = answer[self.control.name] if self.control is not None else None
-        if self.task_type == "classification":
-            return Record(tid, body, str(value), label=str(value))
+        if self.task_type in ("classification", "rating"):
+            return Record(tid, body, render_answer(answer), label=str(value), texts=texts)
         if self.task_type == "multilabel":
-            return Record(tid, body, json.dumps(value, ensure_ascii=False), label=sorted(value))
-        if self.task_type == "rating":
-            return Record(tid, body, str(value), label=str(value))
+            return Record(tid, body, render_answer(answer), label=sorted(value), texts=texts)
         if self.task_type == "generation":
             return Record(tid, body, str(value).strip())
         if self.task_type == "ranking":
@@ -128,7 +137,7 @@ class Mapper:
                            if name != self.control.object_name and o.tag in ("Text", "HyperText")
                            and o.value_key in data), body)
             return Record(tid, prompt, items[groups[0][0]], pairs=ranking_pairs(groups, items))
-        return Record(tid, body, json.dumps(answer, ensure_ascii=False, sort_keys=True))
+        return Record(tid, body, render_answer(answer), texts=texts)
 
 
 def ranking_pairs(ranking: list[str] | list[list[str]], items: dict[str, str]) -> list[tuple[str, str]]:

@@ -59,6 +59,7 @@ class ExportOptions:
     group_by: str | None = None  # default: data:<user_field> when set (split by user), else task
     ratios: tuple[float, float, float] = (0.8, 0.1, 0.1)
     seed: int = 0
+    prompt_style: str = "compact"  # the backend's prompt the records carry: compact (fine-tuning) or full
 
     def __post_init__(self) -> None:
         if self.user_field and self.max_per_user is None:
@@ -86,23 +87,30 @@ class ExportOptions:
 
 
 def _rows(mapper: Mapper, record: Record, fmt: str, synthetic: bool = False) -> list[dict[str, Any]]:
-    instruction = mapper.ctx.guideline.task.strip() if mapper.task_type == "ranking" else mapper.instruction
-    if mapper.task_type == "generation":  # a demonstration: the prompt is the instruction, plain text out
-        instruction, record = record.input, Record(record.task_id, "", record.output)
     marker = {"synthetic": True} if synthetic else {}
     if fmt == "pairwise":
+        instruction = mapper.ctx.guideline.task.strip()
         return [{"instruction": instruction, "input": record.input, "chosen": c, "rejected": r}
                 for c, r in record.pairs or []]
     if fmt == "classification-jsonl":
         return [{"text": record.input, "label": record.label, "id": record.task_id, **marker}]
     if not record.output:
         return []
+    if mapper.task_type == "ranking":  # the best output for its prompt: no backend answer to mirror
+        return [{"instruction": mapper.ctx.guideline.task.strip(), "input": record.input, "output": record.output}]
+    if mapper.task_type == "generation":  # a demonstration: the prompt is the instruction, plain text out
+        if fmt == "sharegpt":
+            return [{"conversations": [{"from": "human", "value": record.input},
+                                       {"from": "gpt", "value": record.output}], "system": "", **marker}]
+        return [{"instruction": record.input, "input": "", "output": record.output, "system": "", **marker}]
+    system, *_, user = mapper.messages(record.texts or {})  # the backend's prompt (one rendering)
+    data = mapper.task_data(record.texts or {})  # what the backend is given (evaluation through it)
     if fmt == "sharegpt":
-        user = f"{instruction}\n\n{record.input}" if record.input else instruction
-        return [{"conversations": [{"from": "human", "value": user}, {"from": "gpt", "value": record.output}],
-                 "system": mapper.system, **marker}]
-    return [{"instruction": instruction, "input": record.input, "output": record.output, "system": mapper.system,
-             **marker}]
+        return [{"conversations": [{"from": "human", "value": user["content"]},
+                                   {"from": "gpt", "value": record.output}],
+                 "system": system["content"], "data": data, **marker}]
+    return [{"instruction": user["content"], "input": "", "output": record.output, "system": system["content"],
+             "data": data, **marker}]
 
 
 def dataset_info(fmt: str) -> dict[str, Any]:
@@ -155,7 +163,9 @@ def export_tasks(
 ) -> Path:
     """Write the dataset for ``tasks`` into ``out_dir`` (replaced only on success); returns it."""
     project = project or {}
-    mapper = Mapper(label_config, guideline)
+    if options.prompt_style not in ("compact", "full"):
+        raise MappingError(f"prompt_style must be compact or full, not {options.prompt_style!r}")
+    mapper = Mapper(label_config, guideline, options.prompt_style)
     options.check(mapper)
     out_dir = Path(out_dir)
     tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}"
@@ -236,6 +246,7 @@ def _write(tasks: Iterable[dict[str, Any]], mapper: Mapper, options: ExportOptio
                         continue
                     record.input, _ = redact(record.input)
                     record.output, _ = redact(record.output)
+                    record.texts = {name: redact(text)[0] for name, text in (record.texts or {}).items()}
                     record.pairs = [(redact(c)[0], redact(r)[0]) for c, r in record.pairs or []] or record.pairs
                     counts["pii_redacted"] += 1
             annotator = verified.annotators[0] if verified.annotators else None
@@ -300,6 +311,7 @@ def _write(tasks: Iterable[dict[str, Any]], mapper: Mapper, options: ExportOptio
         "project": {"id": project.get("id"), "title": project.get("title")},
         "exported_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "prompt_version": mapper.ctx.prompt.version,
+        **mapper.answer_spec(),
         "guideline": mapper.ctx.guideline_name,
         "seed": options.seed,
         "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(options).items() if k != "verify"}
@@ -377,7 +389,7 @@ def _augment(mapper: Mapper, options: ExportOptions, tmp: Path, state: _Pass, dr
             state.counts["augment_shortfall"] += needed - len(variants)
             for index, variant in variants:
                 source_id = sources[index][0]
-                for row in _rows(mapper, Record(source_id, variant, label, label=label), options.format, True):
+                for row in _rows(mapper, mapper.synthetic_record(source_id, variant, label), options.format, True):
                     train_rows += 1
                     rows_out.write(json.dumps(row, ensure_ascii=False) + "\n")
                     trace_out.write(json.dumps({"split": "train", "line": train_rows, "task_id": source_id,

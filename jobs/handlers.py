@@ -11,6 +11,7 @@ picked up again) and leaves Label Studio as if it ran once.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import time
@@ -38,6 +39,7 @@ from prelabel.jobs.events import Event
 from prelabel.jobs.projects import ProjectRecord, load_project
 from prelabel.jobs.queue import connection, enqueue_once, job_queue
 from prelabel.jobs.review import Review, proposed_answer, review_one
+from prelabel.label_config import guideline_store
 from prelabel.label_config.schema import TaskDataError
 from prelabel.ml_backend.confidence import FALLBACK_SCORE
 from prelabel.ml_backend.fewshot_store import ProjectPools
@@ -46,7 +48,7 @@ from prelabel.ml_backend.model_router import ModelRouter
 from prelabel.ml_backend.predictor import ContextBuilder, ProjectContext, open_predictor
 from prelabel.settings import Settings, get_settings, reviewer_settings
 from prelabel.studio.access import connect
-from prelabel.studio.client import ProjectClient
+from prelabel.studio.client import ProjectClient, human_touched
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +72,9 @@ class ProjectJob:
         settings = settings or get_settings()
         conn = connection(settings)
         record = load_project(conn, project_id)
+        active = guideline_store.active_guideline(guideline_store.active(conn, project_id))
+        if active is not None:  # `prelabel prompts use` wins over the backend's extra params
+            record = dataclasses.replace(record, guideline=active)
         sdk = connect(settings, record.hostname, record.access_token)  # AccessRefused: the job fails, said why
         return cls(settings, conn, project_id, record, ProjectClient(sdk, project_id))
 
@@ -95,13 +100,18 @@ def handle_event(event_data: dict[str, Any]) -> dict[str, Any]:
 # --- pre-annotation ----------------------------------------------------------------------------
 def preannotate(job: ProjectJob, task_ids: list[int], label_config: str | None) -> dict[str, Any]:
     """Pre-annotate tasks in the background (projects too big for an interactive /predict)."""
-    counts = asyncio.run(_preannotate(job, task_ids, label_config))
-    queue_review(job, task_ids, label_config)
+    counts, labeled = asyncio.run(_preannotate(job, task_ids, label_config))
+    rest = [tid for tid in task_ids if tid not in labeled]
+    if rest:
+        queue_review(job, rest, label_config)
     return counts
 
 
-async def _preannotate(job: ProjectJob, task_ids: list[int], label_config: str | None) -> dict[str, int]:
+async def _preannotate(job: ProjectJob, task_ids: list[int], label_config: str | None
+                       ) -> tuple[dict[str, int], set[int]]:
+    """(counts, ids of tasks a person already labeled: imported with annotations, left alone)."""
     counts: dict[str, int] = {}
+    labeled: set[int] = set()
     results: dict[int, outcomes.Outcome] = {}
     async with open_predictor(job.settings) as default:
         router = ModelRouter(default)
@@ -114,8 +124,11 @@ async def _preannotate(job: ProjectJob, task_ids: list[int], label_config: str |
         step = max(1, job.settings.llm_concurrency * 2)
         for start in range(0, len(task_ids), step):
             chunk = task_ids[start:start + step]
-            todo = await asyncio.to_thread(_tasks_needing, job.ls, chunk, family)
-            counts["already_done"] = counts.get("already_done", 0) + len(chunk) - len(todo)
+            tasks = await asyncio.to_thread(list, job.ls.tasks(chunk))  # the generator runs in the thread
+            people = {task["id"] for task in tasks if human_touched(task)}
+            todo = [task for task in tasks if task["id"] not in people and not _done(task, family)]
+            counts["already_done"] = counts.get("already_done", 0) + len(tasks) - len(people) - len(todo)
+            labeled |= people
             predictions = await predictor.predict(todo, ctx, pool)
             for task, prediction in zip(todo, predictions):
                 outcome = outcomes.prediction_outcome(prediction)  # recorded first: LS keeps no reasons
@@ -125,16 +138,18 @@ async def _preannotate(job: ProjectJob, task_ids: list[int], label_config: str |
                 counts[outcome.status] = counts.get(outcome.status, 0) + 1
                 results[task["id"]] = outcome
         await router.aclose()
-    log.info("project %s: %d task(s): %s%s", job.project_id, len(task_ids),
+    if labeled:
+        counts["labeled_by_a_person"] = len(labeled)
+    log.info("project %s: %d task(s): %s%s%s", job.project_id, len(task_ids),
              outcomes.Tally.of(results.values()).summary(),
-             f"; {counts['already_done']} already done" if counts.get("already_done") else "")
-    return counts
+             f"; {counts['already_done']} already done" if counts.get("already_done") else "",
+             f"; {len(labeled)} labeled by a person (left alone)" if labeled else "")
+    return counts, labeled
 
 
-def _tasks_needing(ls: ProjectClient, task_ids: list[int], family: str) -> list[dict[str, Any]]:
-    """The tasks, except those that already have a complete pre-annotation of this model and prompt."""
-    return [task for task in ls.tasks(task_ids)
-            if not any(p.get("model_version") == family for p in task.get("predictions") or [])]
+def _done(task: dict[str, Any], family: str) -> bool:
+    """The task already has a complete pre-annotation of this model and prompt."""
+    return any(p.get("model_version") == family for p in task.get("predictions") or [])
 
 
 # --- second-model review ---------------------------------------------------------------------

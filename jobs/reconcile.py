@@ -38,6 +38,7 @@ from prelabel.contract import (
 from prelabel.jobs import handoff, outcomes
 from prelabel.jobs.queue import PENDING, connection, enqueue
 from prelabel.settings import Settings
+from prelabel.studio.client import human_touched
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +49,7 @@ def needs_preannotation(task: dict[str, Any], now: datetime | None = None) -> bo
     A task without any pre-annotation counts only once it is older than ``NEW_TASK_GRACE``: a
     task just imported waits for its own TASKS_CREATED job, which is on its way.
     """
-    if task.get("total_annotations") or task.get("cancelled_annotations") or task.get("annotations"):
+    if human_touched(task):
         return False
     own = [p for p in task.get("predictions") or [] if is_own_preannotation(p.get("model_version") or "")]
     if not own:

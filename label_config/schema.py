@@ -36,6 +36,10 @@ TEXT_OBJECTS = {"Text", "HyperText", "Paragraphs"}
 # Controls that carry offsets need a plain Text object (HyperText spans need XPath ranges).
 SPAN_OBJECTS = {"Text"}
 LIST_OBJECTS = {"List"}
+# A <TextArea> with this name is the annotator's instruction box for interactive pre-annotation
+# (the convention of Label Studio's own LLM backend): input read from the labeling screen's
+# context, never an answer the model fills.
+PROMPT_CONTROL = "prompt"
 _DTD = re.compile(r"<!\s*(DOCTYPE|ENTITY)", re.IGNORECASE)
 
 
@@ -65,6 +69,7 @@ class OutputSchema:
     objects: dict[str, ObjectInfo]
     unsupported: list[Unsupported] = field(default_factory=list)
     interface: LabelInterface | None = field(default=None, repr=False)
+    prompt_control: str | None = None  # the annotator's instruction TextArea (see PROMPT_CONTROL)
 
     def field(self, name: str) -> ControlField:
         for control in self.fields:
@@ -150,7 +155,11 @@ def build_schema(config: str, occurrence: SpanOccurrence = "all") -> OutputSchem
 
     fields: list[ControlField] = []
     unsupported: list[Unsupported] = []
+    prompt_control = None
     for control in interface.controls:
+        if control.tag == "TextArea" and control.name == PROMPT_CONTROL:
+            prompt_control = control.name
+            continue
         problem = _unsupported_reason(control, objects)
         if problem:
             unsupported.append(Unsupported(control.name, control.tag, problem))
@@ -165,7 +174,8 @@ def build_schema(config: str, occurrence: SpanOccurrence = "all") -> OutputSchem
         detail = "; ".join(f"<{u.tag} name=\"{u.name}\">: {u.reason}" for u in unsupported)
         raise ConfigError("no control in this config can be pre-annotated from text"
                           + (f" ({detail})" if detail else ""))
-    schema = OutputSchema(config, config_hash(config), fields, objects, unsupported, interface)
+    schema = OutputSchema(config, config_hash(config), fields, objects, unsupported, interface,
+                          prompt_control)
     try:  # what every LLM request will carry: it must be strict JSON, found out here, not per task
         json.dumps(schema.json_schema(), allow_nan=False)
     except (ValueError, TypeError) as exc:

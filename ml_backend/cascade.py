@@ -68,6 +68,11 @@ class ProjectPredictor:
             return self.primary.model_version(ctx)
         return ModelVersion(cascade_model(self.primary.llm.model, self.fallback.llm.model), ctx.prompt.version).family
 
+    def timed_out(self, ctx: ProjectContext, reason: str, message: str, started: float) -> dict[str, Any]:
+        prediction = self.primary.timed_out(ctx, reason, message, started)
+        prediction["model_version"] = self.model_version(ctx) + "#error"  # the cascade's family
+        return prediction
+
     async def predict(self, tasks: list[Any], ctx: ProjectContext, pool: FewShotPool | None = None
                       ) -> list[dict[str, Any]]:
         threshold = self.settings.near_duplicate_threshold

@@ -109,3 +109,8 @@ PREDICT_HANDOFF = Counter(
     "prelabel_predict_handoff_total",
     "Tasks /predict could not finish before Label Studio's deadline, handed to the worker.",
 )
+INTERACTIVE_CONTEXT = Counter(
+    "prelabel_interactive_context_total",
+    "Parts of interactive /predict contexts: used (prompt, selected_span, given) or ignored (malformed).",
+    ["part"],
+)

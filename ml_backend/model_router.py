@@ -35,21 +35,25 @@ class ModelRouter:
                 return json.loads(raw)
         return None
 
-    def _predictor(self, model: str | None, base_url: str | None) -> Predictor:
-        """The default predictor, or one for another model/URL (made once, then reused)."""
+    def _predictor(self, model: str | None, base_url: str | None,
+                   served: dict[str, Any] | None = None) -> Predictor:
+        """The default predictor, or one for another model/URL (made once, then reused).
+        ``served`` overrides prompt settings: a fine-tuned model is prompted as it was trained
+        (``prompt_style``, ``fewshot_k`` from its promotion record)."""
         base = self.default.settings
         urls = [base_url] if base_url else base.llm_base_urls
         if not model or (model == base.llm_model and urls == base.llm_base_urls):
             return self.default
         key = (model, ",".join(urls))
         if key not in self._promoted:
-            settings = base.model_copy(update={"llm_model": model, "llm_base_urls": urls})
+            settings = base.model_copy(update={"llm_model": model, "llm_base_urls": urls, **(served or {})})
             self._promoted[key] = Predictor(settings, LLMClient(settings), self.default.cache)
         return self._promoted[key]
 
     async def for_project(self, project: str | None) -> ProjectPredictor:
         record = await self.active_record(project) or {}
-        primary = self._predictor(record.get("model"), record.get("base_url"))
+        served = {k: record[k] for k in ("fewshot_k", "prompt_style") if record.get(k) is not None}
+        primary = self._predictor(record.get("model"), record.get("base_url"), served)
         client = self.default.cache.client if self.default.cache is not None else None
         calibration = await load_calibration(client, project, primary.llm.model)
         cascade = record.get("cascade") or {}

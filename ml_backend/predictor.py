@@ -19,6 +19,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
+from redis.exceptions import RedisError
+
 from prelabel.contract import REGION_PROVENANCE, ModelVersion, TaskStatus, stamp_of, with_status
 from prelabel.label_config.answers import CheckedAnswer, apply_constraints, check_answer, feedback, parse_answer
 from prelabel.label_config.controls import AnswerError, ChoicesField
@@ -33,6 +35,7 @@ from prelabel.label_config.guideline import (
     shipped_templates,
     template_path,
 )
+from prelabel.label_config.guideline_store import prompt_writes
 from prelabel.label_config.schema import (
     ConfigError,
     OutputSchema,
@@ -50,7 +53,7 @@ from prelabel.ml_backend.context_budget import ContextBudget, Fitted, TokenCount
 from prelabel.ml_backend.distribution import answer_label_probs, distribution_score, kind_of
 from prelabel.ml_backend.fewshot import FewShotPool, file_examples, guideline_examples
 from prelabel.ml_backend.llm_client import Completion, LLMClient, LLMError
-from prelabel.ml_backend.prompt import NONE_OF_THESE, Example, Prompt, answer_schema
+from prelabel.ml_backend.prompt import INPUT_TEMPLATE, NONE_OF_THESE, Example, Prompt, answer_schema
 from prelabel.ml_backend.shortlist import Shortlister
 from prelabel.redis_conn import async_client
 from prelabel.settings import Settings
@@ -72,6 +75,7 @@ class ProjectContext:
     pool: FewShotPool
 
     shortlist_k: int = 15
+    interactive: bool = False  # shaped by one labeling-screen context: not a version of the project
     _shortlisters: dict[int, tuple[FewShotPool, dict[str, Shortlister]]] = field(default_factory=dict, repr=False)
     _pool_order: dict[int, tuple[FewShotPool, dict[int, int]]] = field(default_factory=dict, repr=False)
 
@@ -101,6 +105,12 @@ class ProjectContext:
                 self._pool_order.clear()
             self._pool_order[id(pool)] = (pool, {id(e): i for i, e in enumerate(pool.examples)})
         return self._pool_order[id(pool)][1]
+
+    def version_writes(self) -> dict[str, str]:
+        """The Redis writes that keep this prompt version resolvable to its text (guideline_store)."""
+        return prompt_writes(version=self.prompt.version, system=self.prompt.system, input_template=INPUT_TEMPLATE,
+                             guideline=self.guideline, guideline_name=self.guideline_name,
+                             config_hash=self.schema.config_hash)
 
 
 @dataclass
@@ -188,7 +198,8 @@ class ContextBuilder:
             examples += file_examples(self.settings.fewshot_file, schema)
         shortlisted = frozenset(c.name for c in schema.fields
                                 if isinstance(c, ChoicesField) and len(c.labels) > self.settings.shortlist_above)
-        return ProjectContext(schema, guideline, name, Prompt(schema, guideline, shortlisted), FewShotPool(examples),
+        prompt = Prompt(schema, guideline, shortlisted, style=self.settings.prompt_style)
+        return ProjectContext(schema, guideline, name, prompt, FewShotPool(examples),
                               shortlist_k=self.settings.shortlist_k)
 
     def _resolve_guideline(self, schema: OutputSchema, ref: Path | dict | None) -> tuple[Guideline, str]:
@@ -222,6 +233,7 @@ class Predictor:
         self.llm = llm
         self.cache = cache
         self.contexts = ContextBuilder(settings)
+        self._stored_versions: set[str] = set()
         endpoint = llm.endpoints[0]
         counter = TokenCounter(endpoint.url, endpoint.client.api_key, llm.model)
         self.budget = ContextBudget(counter, settings.llm_context_window, llm.learned_context_window)
@@ -244,6 +256,7 @@ class Predictor:
 
         ``pool`` replaces the context's few-shot pool (a project's own, with its human labels).
         """
+        await self._store_version(context)
         return list(await asyncio.gather(*(self._predict_isolated(task, context, pool) for task in tasks)))
 
     async def predict_until(
@@ -251,7 +264,21 @@ class Predictor:
     ) -> list[dict[str, Any] | None]:
         """Like ``predict``, but stops at ``deadline`` (event-loop time): tasks not finished by
         then are cancelled (their LLM calls too) and come back as ``None``."""
+        await self._store_version(context)
         return await gather_until([self._predict_isolated(task, context, pool) for task in tasks], deadline)
+
+    async def _store_version(self, ctx: ProjectContext) -> None:
+        """Keep the prompt version (and its guideline) by content, so that any ``p-<hash>`` in a
+        prediction resolves to the exact text (``prelabel prompts show``); once per process."""
+        version = ctx.prompt.version
+        if self.cache is None or ctx.interactive or version in self._stored_versions:
+            return
+        try:
+            await self.cache.client.mset(ctx.version_writes())
+        except RedisError as exc:  # predictions matter more; the next request tries again
+            log.warning("prompt version %s not stored: %s", version, type(exc).__name__)
+            return
+        self._stored_versions.add(version)
 
     async def _predict_isolated(
         self, task: Any, ctx: ProjectContext, pool: FewShotPool | None
@@ -406,6 +433,13 @@ class Predictor:
         metrics.NEEDS_HUMAN.labels(reason).inc()
         metrics.TASKS.labels(TaskStatus.NEEDS_HUMAN, "none").inc()
         return self._prediction(ctx, [], 0.0, TaskStatus.NEEDS_HUMAN, {"task": f"{reason}: {message}"}, started)
+
+    def timed_out(self, ctx: ProjectContext, reason: str, message: str, started: float) -> dict[str, Any]:
+        """The error answer of a task whose caller stopped waiting (counted as ``reason``)."""
+        metrics.TASKS.labels(TaskStatus.ERROR, "miss").inc()
+        metrics.NEEDS_HUMAN.labels(reason).inc()
+        return self._prediction(ctx, [], 0.0, TaskStatus.ERROR, {"task": f"{reason}: {message}"}, started,
+                                provenance={"llm_error": reason})
 
     def _prediction(
         self, ctx: ProjectContext, regions: list[dict[str, Any]], score: float, status: str,

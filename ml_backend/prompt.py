@@ -40,6 +40,20 @@ Answer with a single JSON object and nothing else. Keys:
 JSON schema of the answer:
 {schema}"""
 
+# For a model fine-tuned on the project's labels (``prompt_style`` compact, not to be confused with
+# the ``compact`` detail level, which only shortens the label list to fit a context): it learned the
+# definitions from the labels, so only the role, the task and the answer keys remain. About a fifth
+# of the full prompt's tokens, which is what makes training on the backend's own prompt affordable
+# on a CPU.
+COMPACT_TEMPLATE = """{role}
+
+# Task
+{task}
+
+# Output format
+Answer with a single JSON object and nothing else. Keys:
+{keys}"""
+
 INPUT_TEMPLATE = "# Input\n{body}"
 CANDIDATES_TEMPLATE = '\n\n# Candidate labels for "{name}"\n{lines}'
 NONE_OF_THESE = "none_of_these"
@@ -62,12 +76,13 @@ class Prompt:
     schema: OutputSchema
     guideline: Guideline
     shortlisted: frozenset[str] = frozenset()  # Choices controls whose labels come with each task
+    style: str = "full"  # prompt_style: full, or compact (what fine-tuned models are trained on)
     system: str = field(init=False)
     version: str = field(init=False)
     _variants: dict[str, str] = field(init=False, default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
-        self.system = render_system(self.schema, self.guideline, shortlisted=self.shortlisted)
+        self.system = render_system(self.schema, self.guideline, shortlisted=self.shortlisted, style=self.style)
         digest = hashlib.sha256(
             "\x00".join(
                 [SYSTEM_TEMPLATE, INPUT_TEMPLATE, self.system, self.guideline.hash]
@@ -80,7 +95,7 @@ class Prompt:
         if detail == "full":
             return self.system
         if detail not in self._variants:
-            self._variants[detail] = render_system(self.schema, self.guideline, detail, self.shortlisted)
+            self._variants[detail] = render_system(self.schema, self.guideline, detail, self.shortlisted, self.style)
         return self._variants[detail]
 
     def render_input(self, texts: dict[str, str], candidates: dict[str, list[str]] | None = None,
@@ -109,9 +124,16 @@ class Prompt:
         messages = [{"role": "system", "content": self.system_at(detail)}]
         for example in examples:
             messages.append({"role": "user", "content": self.render_input(example.texts)})
-            messages.append({"role": "assistant", "content": json.dumps(example.answer, ensure_ascii=False)})
+            messages.append({"role": "assistant", "content": render_answer(example.answer)})
         messages.append({"role": "user", "content": self.render_input(texts, candidates, detail)})
         return messages
+
+
+def render_answer(answer: dict[str, Any]) -> str:
+    """An answer as the model is shown it (few-shot turns) and trained to give it (exported
+    records): the JSON object, keys in the schema's order, which is also the order the
+    llama.cpp grammar enforces."""
+    return json.dumps(answer, ensure_ascii=False)
 
 
 def label_lines(
@@ -133,8 +155,10 @@ def label_lines(
 
 
 def render_system(
-    schema: OutputSchema, guideline: Guideline, detail: str = "full", shortlisted: frozenset[str] = frozenset()
+    schema: OutputSchema, guideline: Guideline, detail: str = "full", shortlisted: frozenset[str] = frozenset(),
+    style: str = "full",
 ) -> str:
+    """The system message; ``style`` compact (``COMPACT_TEMPLATE``) is the same at every detail level."""
     labels = ""
     for control in schema.fields:
         if not control.labels:
@@ -161,6 +185,8 @@ def render_system(
     constraint_lines = [c.message for c in guideline.constraints if c.message]
     if constraint_lines:
         keys.append("Rules the answer must satisfy: " + "; ".join(constraint_lines))
+    if style == "compact":
+        return COMPACT_TEMPLATE.format(role=guideline.role.strip(), task=guideline.task.strip(), keys="\n".join(keys))
     return SYSTEM_TEMPLATE.format(
         role=guideline.role.strip(),
         task=guideline.task.strip(),

@@ -37,13 +37,14 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from prelabel import __version__
-from prelabel.contract import WEBHOOK_HEADER, project_key
+from prelabel.contract import WEBHOOK_HEADER, active_guideline_key, project_key
 from prelabel.errors import PrelabelError
 from prelabel.jobs.events import EventError, parse_event
 from prelabel.jobs.outcomes import record_predictions
 from prelabel.jobs.projects import ProjectRecord
 from prelabel.jobs.queue import connection, enqueue_event
 from prelabel.jobs.status import QUEUE_COLLECTOR
+from prelabel.label_config import guideline_store
 from prelabel.label_config.guideline import GuidelineError, guideline_ref
 from prelabel.label_config.schema import ConfigError
 from prelabel.lru import LRU
@@ -51,6 +52,7 @@ from prelabel.ml_backend import metrics
 from prelabel.ml_backend.cascade import ProjectPredictor
 from prelabel.ml_backend.deadline import Answer, answer_within_deadline, loop_time
 from prelabel.ml_backend.fewshot_store import ProjectPools, add_example, pool_size
+from prelabel.ml_backend.interactive import predict_interactive
 from prelabel.ml_backend.model_router import ModelRouter
 from prelabel.ml_backend.predictor import Predictor, ProjectContext, open_predictor
 from prelabel.ml_backend.project_examples import fetch_labeled_examples
@@ -305,7 +307,8 @@ class Backend:
         guideline = guideline_ref(_extra_params(body.extra_params).get("guideline"))
         assert self.router is not None
         predictor = await self.router.for_project(pid)
-        context = await self._context(predictor, body.schema_, guideline) if body.schema_ else None
+        active = await self._active_guideline(pid)
+        context = await self._context(predictor, body.schema_, active or guideline) if body.schema_ else None
         if pid is not None:
             state = ProjectState(body.schema_, guideline, body.hostname, body.access_token)
             self.projects.put(pid, state)
@@ -335,6 +338,18 @@ class Backend:
         except Exception as exc:
             log.exception("labeling config or guideline could not be used")
             raise ConfigError(f"labeling config or guideline could not be used ({type(exc).__name__})") from None
+
+    async def _active_guideline(self, pid: str | None) -> dict[str, Any] | None:
+        """The guideline ``prelabel prompts use`` made the project's active version (read per
+        request: switching needs no restart); None when there is none or Redis does not answer."""
+        if pid is None or self.predictor is None or self.predictor.cache is None:
+            return None
+        try:
+            raw = await self.predictor.cache.client.get(active_guideline_key(pid))
+        except RedisError as exc:
+            log.error("project %s: active guideline unknown (%s); using the configured one", pid, type(exc).__name__)
+            return None
+        return guideline_store.active_guideline(guideline_store.decode_active(raw))
 
     async def _remember_project(self, pid: str, state: ProjectState) -> None:
         """Share what /setup said with the worker (which runs this project's background jobs)."""
@@ -430,23 +445,35 @@ class Backend:
         if not config:
             raise RequestError(
                 422, "no_label_config", "no label_config in the request and no /setup for this project")
-        guideline = guideline_ref((body.params or {}).get("guideline") or (state.guideline if state else None))
+        guideline = guideline_ref((body.params or {}).get("guideline")) or await self._active_guideline(
+            pid) or guideline_ref(state.guideline if state else None)
         assert self.router is not None
         predictor = await self.router.for_project(pid)
         context = await self._context(predictor, config, guideline)
         client = predictor.cache.client if predictor.cache is not None else None
         pool = await self.pools.pool(client, pid, context)
+        screen = (body.params or {}).get("context")  # set only by the labeling screen (interactive)
         answer = None
-        if state is not None and self.jobs_conn is not None:  # a Label Studio project: mind its deadline
+        if screen is not None:  # a suggestion Label Studio does not store: no hand-off, nothing to record
+            answer = Answer(await predict_interactive(predictor, body.tasks, context, screen, pool,
+                                                      self._interactive_budget(arrived)))
+        elif state is not None and self.jobs_conn is not None:  # a Label Studio project: mind its deadline
             answer = await answer_within_deadline(
                 predictor, body.tasks, context, pool, conn=self.jobs_conn, settings=self.settings,
                 project_id=pid or "", label_config=config, arrived=arrived)
         if answer is None:
             answer = Answer(await predictor.predict(body.tasks, context, pool))
-        await run_in_threadpool(record_predictions, self.jobs_conn, pid, body.tasks, answer.results)
+        if screen is None:
+            await run_in_threadpool(record_predictions, self.jobs_conn, pid, body.tasks, answer.results)
         metrics.PREDICT_LATENCY.observe(time.perf_counter() - started)
         return Response(orjson.dumps({"results": answer.results, "model_version": predictor.model_version(context),
                                       "pending": answer.pending}), media_type="application/json")
+
+    def _interactive_budget(self, arrived: float) -> float:
+        """Seconds an interactive request may still take: its own budget, but never past Label
+        Studio's deadline for this request (a late answer would be an error on the screen)."""
+        left = arrived + self.settings.predict_timeout - self.settings.predict_margin - loop_time()
+        return max(0.0, min(self.settings.interactive_budget, left))
 
     async def webhook(self, request: Request) -> Response:
         """Authenticate, validate, queue, answer: Label Studio waits 1 s and never retries."""

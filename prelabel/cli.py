@@ -17,6 +17,7 @@ from prelabel import predict_cli
 from prelabel.errors import UserError
 from prelabel.export import cli as export_cli
 from prelabel.jobs import cli as jobs_cli
+from prelabel.prompts_cli import app as prompts_app
 from prelabel.quality import annotators_cli
 from prelabel.quality import cli as quality_cli
 from prelabel.ranking import cli as ranking_cli
@@ -59,6 +60,7 @@ app.command()(stack_cli.down)
 app.command()(stack_cli.status)
 app.command()(studio_cli.init)
 app.add_typer(train_app, name="train")
+app.add_typer(prompts_app, name="prompts")
 app.command("eval")(eval_command)
 app.command()(export_cli.export)
 app.command()(predict_cli.predict)

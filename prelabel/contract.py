@@ -32,6 +32,7 @@ REVIEW_STATS_KEY = PREFIX + "stats:review"  # hash review status -> count
 REVIEWER_INDEPENDENCE_KEY = PREFIX + "reviewer:independence"  # JSON: the last reviewer-vs-pre-annotator check
 EVENT_PREFIX = PREFIX + "event:"  # + job id: the exactly-once marker of a webhook event
 PROJECT_KEY_PATTERN = PREFIX + "project:*"  # SCAN pattern of project_key
+ACTIVE_MODEL_PATTERN = ACTIVE_MODEL_KEY + "*"  # SCAN pattern of every active-model record
 
 
 def project_key(project_id: int | str) -> str:
@@ -118,6 +119,31 @@ def active_model_keys(project: int | str | None = None) -> list[str]:
 def prediction_cache_key(cache_format: int | str, digest: str) -> str:
     """A cached valid prediction, under the hash of everything that decided it."""
     return f"{PREFIX}pred:{cache_format}:{digest}"
+
+
+def guideline_key(guideline_hash: str) -> str:
+    """JSON of a guideline, by its content hash (``prelabel prompts``: any version resolves to its text)."""
+    return f"{PREFIX}guideline:{guideline_hash}"
+
+
+def prompt_key(version: str) -> str:
+    """JSON record of a prompt version (system text, input template, guideline hash, config hash)."""
+    return f"{PREFIX}prompt:{version}"
+
+
+def active_guideline_key(project: int | str) -> str:
+    """JSON of the guideline ``prelabel prompts use`` made a project's active one."""
+    return f"{PREFIX}guideline:active:{project}"
+
+
+def guideline_history_key(project: int | str) -> str:
+    """List of a project's guideline activations, oldest first."""
+    return f"{PREFIX}guideline:history:{project}"
+
+
+def prompt_scores_key(project: int | str) -> str:
+    """Hash model_version -> JSON evaluation summary of that prompt version on the project."""
+    return f"{PREFIX}prompt:scores:{project}"
 
 
 class FewShotKeys(NamedTuple):

@@ -122,6 +122,9 @@ class Settings(BaseSettings):
     )
     fewshot_file: Path | None = Field(None, description="JSONL of extra few-shot examples.")
     fewshot_k: int = Field(3, ge=0, description="Few-shot examples per prompt.")
+    prompt_style: Literal["full", "compact"] = Field(
+        "full", description="full: guideline definitions, rules and schema; compact: role, task and answer keys "
+                            "(what fine-tuned models are trained on; a promotion record sets it per model).")
     shortlist_above: int = Field(
         30, ge=2, description="Choices controls with more labels get a per-task shortlist of candidates.")
     shortlist_k: int = Field(15, ge=1, description="Candidate labels per task in a shortlist.")
@@ -163,6 +166,10 @@ class Settings(BaseSettings):
         100.0, gt=0, description="Label Studio's ML_TIMEOUT_PREDICT: how long it waits for /predict (s).")
     predict_margin: float = Field(
         10.0, ge=0, description="/predict answers this long before predict_timeout; the rest goes to the worker.")
+    interactive_budget: float = Field(
+        20.0, gt=0, description="Seconds an interactive /predict (an annotator waiting in the labeling screen) may "
+                                "take (at most predict_timeout - predict_margin); past it the task gets an error "
+                                "answer instead of a late one.")
 
     # --- Label Studio (calls back into LS) ----------------------------------------------
     label_studio_url: str | None = Field(

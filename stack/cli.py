@@ -61,6 +61,9 @@ def status(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) ->
                     "llm_health", "llm_error"):
             if key in state:
                 console.print(f"  {key}: {state[key]}")
+        names = {"default": "other projects", "*": "all projects"}
+        for project, served in state.get("models", {}).items():
+            console.print(f"  model for {names.get(project, 'project ' + project)}: {served}")
         for name, alive in state["processes"].items():
             console.print(f"  {name}: {'up' if alive else 'down'}")
         if "llm_load" in state:

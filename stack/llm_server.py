@@ -112,15 +112,18 @@ def start_llm_server(
     port: int | None = None,
     gguf: Path | None = None,
     alias: str = MODEL_ALIAS,
+    name: str = "llama-cpp-server",
 ) -> LLMServer:
-    """llama.cpp's server on ``gguf`` (default: the packaged SmolLM2) under the name ``alias``."""
+    """llama.cpp's server on ``gguf`` (default: the packaged SmolLM2) under the name ``alias``;
+    ready once it answered. A fine-tuned model converted by ``prelabel train gguf`` is served the
+    same way, so the backend gets the same grammar-constrained JSON and logprobs from it."""
     venv = require_venv(venv or llama_venv(), "llama-cpp-python")
-    gguf = gguf or find_gguf(venv)
+    gguf = Path(gguf) if gguf else find_gguf(venv)
     workdir.mkdir(parents=True, exist_ok=True)
     port = port or free_port()
     n = threads()
     proc = ManagedProcess(
-        "llama-cpp-server",
+        name,
         [
             venv / "bin" / "python",
             "-m",
@@ -156,14 +159,14 @@ def start_llm_server(
             timeout=timeout,
             what="serving /v1/models",
         )
-        await_real_answer(proc, base_url)
+        await_real_answer(proc, base_url, model=alias)
     except BaseException:
         proc.stop()
         raise
     return LLMServer(base_url=base_url, model=alias, process=proc, gguf=gguf, context_window=n_ctx)
 
 
-def await_real_answer(proc: ManagedProcess, base_url: str, timeout: float = 60.0) -> str:
+def await_real_answer(proc: ManagedProcess, base_url: str, timeout: float = 60.0, model: str = MODEL_ALIAS) -> str:
     """Readiness is a real answer: one chat completion with the JSON grammar and logprobs.
 
     A server that lists its models may still die on its first completion (a build using CPU
@@ -171,7 +174,7 @@ def await_real_answer(proc: ManagedProcess, base_url: str, timeout: float = 60.0
     as hundreds of failed LLM calls.
     """
     try:
-        return check_completion(base_url, MODEL_ALIAS, timeout=timeout)
+        return check_completion(base_url, model, timeout=timeout)
     except NotReady as exc:
         time.sleep(0.5)  # let a crashed server be reaped so the message names its exit
         state = f"; it then died ({proc.exit_text()})" if not proc.alive() else ""

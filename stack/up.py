@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -57,6 +58,7 @@ class StackRecord:
     project_id: int | None = None
     children: dict[str, int] = field(default_factory=dict)
     llm_base_url: str = ""
+    models: dict[str, dict] = field(default_factory=dict)  # project -> promoted model served by this up
 
     @classmethod
     def load(cls, path: Path) -> StackRecord:
@@ -178,6 +180,7 @@ def run_up(settings: Settings, *, ls_port: int, backend_port: int, llm_port: int
             record.children["llm"] = llm.process.pid
             llm_url, model, structured = llm.base_url, LOCAL_MODEL, "json_object"
             context_window = {"PRELABEL_LLM_CONTEXT_WINDOW": str(llm.context_window)}
+        promoted = serve_promoted(redis, root, say, children, record)  # before anything routes to a record
         ls = start_label_studio(root / "label-studio", port=ls_port, credentials=tuple(record.ls_credentials),
                                 data_dir=root / "label-studio" / "data")
         children["label-studio"] = ls.process
@@ -227,6 +230,9 @@ def run_up(settings: Settings, *, ls_port: int, backend_port: int, llm_port: int
         say("Ctrl-C (or `prelabel down`) stops everything; data stays in " + str(settings.data_dir))
         while not stop.wait(1):
             watch()
+            if promoted.due():
+                promoted.sync()
+                _note_promoted(promoted, children, record, path)
             if progress.due():
                 changed = progress.update()
                 if changed is not None:
@@ -238,8 +244,50 @@ def run_up(settings: Settings, *, ls_port: int, backend_port: int, llm_port: int
         stop_embedded()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-        record.pid, record.children = 0, {}
+        record.pid, record.children, record.models = 0, {}, {}
         record.save(path)
+
+
+def serve_promoted(redis_url: str, root: Path, say: Callable[[str], None], children: dict,
+                   record: StackRecord) -> PromotedPoller:
+    """Serve the promoted fine-tuned models (``prelabel.stack.promoted``) and keep doing so."""
+    import redis
+
+    from prelabel.stack.promoted import PromotedModels
+
+    poller = PromotedPoller(PromotedModels(redis.Redis.from_url(redis_url), root / "promoted", say))
+    poller.sync()
+    _note_promoted(poller, children, record, None)
+    return poller
+
+
+class PromotedPoller:
+    """``PromotedModels`` looked at every ``every`` seconds from ``up``'s main loop."""
+
+    def __init__(self, models: Any, every: float = 5.0) -> None:
+        self.models, self.every, self._next = models, every, 0.0
+
+    def due(self) -> bool:
+        return time.monotonic() >= self._next
+
+    def sync(self) -> None:
+        self._next = time.monotonic() + self.every
+        self.models.sync()
+
+
+def _note_promoted(poller: PromotedPoller, children: dict, record: StackRecord, path: Path | None) -> None:
+    """Promoted servers are children like the others (watched for their whole life) and in stack.json."""
+    for name, proc in poller.models.processes().items():
+        children[name] = proc
+        record.children[name] = proc.pid
+    for name in [n for n in children if n.startswith("llm-") and n not in poller.models.processes()]:
+        children.pop(name)
+        record.children.pop(name, None)
+    models = poller.models.describe()
+    if models != record.models:
+        record.models = models
+        if path is not None:
+            record.save(path)
 
 
 def sample_project(ls, backend_url: str, record: StackRecord, template: str, say: Callable[[str], None]) -> int:
@@ -351,6 +399,31 @@ def run_down(settings: Settings, say: Callable[[str], None], timeout: float = 60
     return 0
 
 
+def stack_settings(settings: Settings) -> Settings:
+    """Settings for a command run next to a running ``prelabel up`` (same ``PRELABEL_DATA_DIR``):
+    its Label Studio, LLM, backend port, basic auth and webhook secret (so ``prelabel init``
+    connects a project to this stack's backend), unless the environment names others. Redis is
+    the same already."""
+    from pydantic import SecretStr
+
+    record = StackRecord.load(record_path(settings))
+    if not (record.pid and pid_alive(record.pid)):
+        return settings
+    update: dict[str, Any] = {}
+    if not settings.label_studio_url:
+        update["label_studio_url"] = f"http://127.0.0.1:{record.ls_port}"
+    if not settings.label_studio_api_key and len(record.ls_credentials) == 3:
+        update["label_studio_api_key"] = SecretStr(record.ls_credentials[2])
+    if not settings.webhook_secret and record.webhook_secret:
+        update["webhook_secret"] = SecretStr(record.webhook_secret)
+    if not settings.basic_auth_user and len(record.basic_auth) == 2:
+        update.update(basic_auth_user=record.basic_auth[0], basic_auth_password=SecretStr(record.basic_auth[1]),
+                      port=record.backend_port)
+    if "llm" in record.children and record.llm_base_url and not os.environ.get("OPENAI_BASE_URL"):
+        update.update(llm_base_urls=[record.llm_base_url], llm_model=LOCAL_MODEL, structured_output="json_object")
+    return settings.model_copy(update=update)
+
+
 def stack_status(settings: Settings) -> dict:
     record = StackRecord.load(record_path(settings))
     running = bool(record.pid and pid_alive(record.pid))
@@ -366,6 +439,11 @@ def stack_status(settings: Settings) -> dict:
             except httpx.HTTPError:
                 status[name] = False
         status["llm"] = record.llm_base_url
+        status["models"] = {**{project: f"{m['model']} at {m['base_url']} (promoted, llama.cpp)" if m.get("base_url")
+                               else f"{m['model']} (promoted) NOT SERVED: {m.get('error')}"
+                               for project, m in record.models.items()},
+                            "default": f"{settings.llm_model if 'llm' not in record.children else LOCAL_MODEL} "
+                                       f"at {record.llm_base_url}"}
         try:  # readiness is a real answer, not a model list
             llm_answers(record.llm_base_url, settings, local="llm" in record.children, timeout=30)
             status["llm_health"] = True

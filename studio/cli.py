@@ -24,11 +24,14 @@ def init(
     tasks: Path = typer.Option(None, "--tasks", exists=True, dir_okay=False,
                                help="Tasks JSON/JSONL to import (default: the template's sample tasks)."),
 ) -> None:
-    """Create (or reuse) a project from a template, connect the backend, sign its webhook, import tasks."""
+    """Create (or reuse) a project from a template, connect the backend, sign its webhook, import tasks.
+
+    Next to a running `prelabel up` (same PRELABEL_DATA_DIR) it needs no other setting."""
+    from prelabel.stack.up import stack_settings
     from prelabel.studio.access import AccessRefused, for_operator, resolve
     from prelabel.studio.project_setup import ensure_project, template_files
 
-    settings = get_settings()
+    settings = stack_settings(get_settings())  # next to a running `prelabel up`: its Label Studio and backend
     try:
         access = resolve(for_operator(settings, ls_url, ls_token))
     except AccessRefused as exc:

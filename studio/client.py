@@ -22,6 +22,12 @@ def plain(obj: Any) -> dict[str, Any]:
     return obj.model_dump() if hasattr(obj, "model_dump") else dict(obj)
 
 
+def human_touched(task: dict[str, Any]) -> bool:
+    """A person annotated or skipped the task (in the Data Manager list's counts, or its annotations):
+    prelabel neither pre-annotates nor reviews it, and never changes what is on it."""
+    return bool(task.get("total_annotations") or task.get("cancelled_annotations") or task.get("annotations"))
+
+
 class ProjectClient:
     """One Label Studio project as the jobs see it."""
 

@@ -7,8 +7,6 @@ so ``prelabel --help`` and the backend stay light.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -16,26 +14,11 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from prelabel.errors import UserError
+
 app = typer.Typer(help="LoRA fine-tuning, merge, promotion and the export->train->promote flywheel.",
                   no_args_is_help=True)
 console = Console(stderr=True)
-
-
-@contextmanager
-def _clear_errors() -> Iterator[None]:
-    """Known failures (bad config, dataset, model path, engine) -> one red line and exit code 2."""
-    from prelabel.train.config import ConfigError
-    from prelabel.train.data import DatasetError
-    from prelabel.train.engines import EngineError
-    from prelabel.train.merge import MergeError
-    from prelabel.train.models import ModelError
-    from prelabel.train.pipeline import FlywheelError
-
-    try:
-        yield
-    except (ConfigError, DatasetError, ModelError, EngineError, MergeError, FlywheelError) as exc:
-        console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(2) from None
 
 
 def _redis() -> Any:
@@ -55,14 +38,13 @@ def lora_command(
     from prelabel.train.config import TrainConfig, load_yaml
     from prelabel.train.lora import prepare, train
 
-    with _clear_errors():
-        run = load_yaml(config, TrainConfig)
-        prepared = prepare(run)
-        console.print(f"dataset {run.dataset_dir}: {len(prepared.dataset.splits['train'])} train / "
-                      f"{len(prepared.dataset.splits['val'])} val ({prepared.dataset.manifest.task_type}); "
-                      f"precision {prepared.precision}; best checkpoint by {prepared.metric}"
-                      + (f"; resuming from {prepared.resume}" if prepared.resume else ""))
-        result = train(run, console=console)
+    run = load_yaml(config, TrainConfig)
+    prepared = prepare(run)
+    console.print(f"dataset {run.dataset_dir}: {len(prepared.dataset.splits['train'])} train / "
+                  f"{len(prepared.dataset.splits['val'])} val ({prepared.dataset.manifest.task_type}); "
+                  f"precision {prepared.precision}; best checkpoint by {prepared.metric}"
+                  + (f"; resuming from {prepared.resume}" if prepared.resume else ""))
+    result = train(run, console=console)
     typer.echo(json.dumps({"adapter": str(result.adapter_dir), "best_checkpoint": result.best_checkpoint,
                            "metric": result.metric, "best_metric": result.best_metric,
                            "initial_eval": result.initial_eval, "final_eval": result.final_eval,
@@ -81,8 +63,7 @@ def merge_command(
 
     if dtype not in ("auto", "float32", "bfloat16", "float16"):
         raise typer.BadParameter("auto, float32, bfloat16 or float16", param_hint="--dtype")
-    with _clear_errors():
-        result = merge(adapter, out, dtype=dtype, base=base)
+    result = merge(adapter, out, dtype=dtype, base=base)
     typer.echo(json.dumps({"merged": str(result.out_dir), "dtype": result.dtype,
                            "max_abs_logit_diff": result.max_abs_diff}, indent=2))
 
@@ -91,7 +72,9 @@ def eval_command(
     model: str = typer.Option(..., "--model", "-m",
                               help="Model directory / .gguf (transformers, vllm) or served model name (openai)."),
     data: Path = typer.Option(..., "--data", "-d", help="test.jsonl (manifest.json beside it) or a dataset dir."),
-    engine: str = typer.Option("auto", "--engine", "-e", help="vllm, openai, transformers, or auto."),
+    engine: str = typer.Option("auto", "--engine", "-e",
+                               help="vllm, openai, transformers, backend (through the backend's prompt and "
+                                    "validation, on an exported dataset), or auto."),
     base_url: str = typer.Option(None, "--base-url", help="OpenAI-compatible endpoint (engine openai)."),
     adapter: Path = typer.Option(None, "--adapter", help="LoRA adapter on top of --model (transformers)."),
     out: Path = typer.Option(Path("eval-report"), "--out", "-o", help="Folder for report.json/.md and the PNG."),
@@ -108,16 +91,15 @@ def eval_command(
     from prelabel.train.report import write_report
 
     settings = get_settings()
-    with _clear_errors():
-        chosen = make_engine(engine, model, base_url=base_url,
-                             api_key=settings.llm_api_keys[0].get_secret_value() if settings.llm_api_keys else None,
-                             adapter=str(adapter) if adapter else None, max_new_tokens=max_new_tokens,
-                             batch_size=batch_size, concurrency=concurrency)
-        try:
-            run = run_eval(chosen, data, manifest_path=manifest, max_samples=max_samples)
-        finally:
-            chosen.close()
-        report = write_report(run, out)
+    chosen = make_engine(engine, model, base_url=base_url,
+                         api_key=settings.llm_api_keys[0].get_secret_value() if settings.llm_api_keys else None,
+                         adapter=str(adapter) if adapter else None, max_new_tokens=max_new_tokens,
+                         batch_size=batch_size, concurrency=concurrency)
+    try:
+        run = run_eval(chosen, data, manifest_path=manifest, max_samples=max_samples)
+    finally:
+        chosen.close()
+    report = write_report(run, out)
     table = Table(title=f"{report['model']} ({report['engine']['engine']})")
     table.add_column("metric")
     table.add_column("value")
@@ -151,18 +133,16 @@ def promote_command(
     from prelabel.train.promote import apply_decision, current_model, decide
     from prelabel.train.report import load_report
 
-    with _clear_errors():
-        policy = PromotionPolicy(margin=margin, max_class_drop=max_class_drop, cascade_threshold=cascade_threshold)
-        try:
-            decision = decide(load_report(candidate), load_report(current), policy)
-        except (OSError, ValueError, KeyError) as exc:
-            console.print(f"[red]error:[/red] cannot compare the reports: {exc}")
-            raise typer.Exit(2) from None
-        if not dry_run:
-            client = _redis()
-            apply_decision(decision, client=client, data_dir=get_settings().data_dir, model=model,
-                           base_url=base_url, model_path=model_path, project=project,
-                           current=current_model(client, get_settings(), project))
+    policy = PromotionPolicy(margin=margin, max_class_drop=max_class_drop, cascade_threshold=cascade_threshold)
+    try:
+        decision = decide(load_report(candidate), load_report(current), policy)
+    except (OSError, ValueError, KeyError) as exc:
+        raise UserError(f"cannot compare the reports: {exc}") from None
+    if not dry_run:
+        client = _redis()
+        apply_decision(decision, client=client, data_dir=get_settings().data_dir, model=model,
+                       base_url=base_url, model_path=model_path, project=project,
+                       current=current_model(client, get_settings(), project))
     verdict = "[green]PROMOTED[/green]" if decision["promote"] else "[yellow]kept the current model[/yellow]"
     console.print(f"{verdict}: " + "; ".join(decision["reasons"]) + (" (dry run)" if dry_run else ""))
     typer.echo(json.dumps({k: decision[k] for k in ("id", "promote", "reasons", "delta", "class_deltas",
@@ -173,15 +153,28 @@ def promote_command(
 
 @app.command("flywheel")
 def flywheel_command(
-    project: str = typer.Argument(..., help="Label Studio project id."),
-    config: Path = typer.Option(None, "--config", "-c", help="Flywheel YAML (default PRELABEL_TRAIN_CONFIG)."),
+    project_arg: str = typer.Argument(None, metavar="[PROJECT]", help="Label Studio project id."),
+    project: str = typer.Option(None, "--project", "-p", help="Label Studio project id."),
+    config: Path = typer.Option(None, "--config", "-c",
+                                help="Flywheel YAML (default PRELABEL_TRAIN_CONFIG; without one, on the local "
+                                     "stack: the packaged SmolLM2, CPU settings, served by llama.cpp)."),
     dataset_dir: Path = typer.Option(None, help="Use this exported dataset instead of exporting now."),
     enqueue: bool = typer.Option(False, "--enqueue",
                                  help="Queue it for `prelabel worker` (same Redis) instead of running here."),
 ) -> None:
-    """Export -> train -> merge -> eval -> promote for one project (status: `prelabel train status`)."""
+    """Export -> train -> merge -> (GGUF -> serve) -> eval through the backend -> promote, for one project.
+
+    Next to a running `prelabel up` (same PRELABEL_DATA_DIR) it uses that stack's Label Studio and
+    LLM, and `up` serves the promoted model to the project's new tasks. Writes a Markdown report
+    (flywheel.md in the run folder); exit 1 when the current model is kept.
+    """
+    from prelabel.settings import get_settings
+    from prelabel.stack.up import stack_settings
     from prelabel.train.pipeline import enqueue_flywheel, run_flywheel
 
+    project = project or project_arg
+    if not project:
+        raise typer.BadParameter("give the project id (--project N)", param_hint="--project")
     kwargs = {"config_path": str(config.resolve()) if config else None,
               "dataset_dir": str(dataset_dir.resolve()) if dataset_dir else None}
     if enqueue:
@@ -191,9 +184,27 @@ def flywheel_command(
         job = enqueue_flywheel(queue, project, **kwargs)
         console.print(f"queued job {job.id} on '{queue.name}' (run by `prelabel worker`)")
         return
-    with _clear_errors():
-        result = run_flywheel(project, **kwargs)
+
+    result = run_flywheel(project, settings=stack_settings(get_settings()), console=console, **kwargs)
+    if result.get("report"):
+        console.print(Path(result["report"]).read_text(encoding="utf-8"))
     typer.echo(json.dumps(result, indent=2))
+    if result.get("state") == "finished" and not result["promoted"]:
+        raise typer.Exit(1)
+
+
+@app.command("gguf")
+def gguf_command(
+    merged: Path = typer.Option(..., "--merged", "-m", help="Merged model directory (`prelabel train merge`)."),
+    out: Path = typer.Option(..., "--out", "-o", help="The GGUF file to write."),
+    outtype: str = typer.Option("f16", help="f32, f16, bf16 or q8_0."),
+) -> None:
+    """Convert a merged model to GGUF with llama.cpp's converter, for the local llama.cpp server."""
+    from prelabel.train.gguf import convert
+
+    result = convert(merged, out, outtype=outtype)
+    typer.echo(json.dumps({"gguf": str(result.path), "outtype": result.outtype, "size_bytes": result.size_bytes,
+                           "seconds": round(result.seconds, 1)}, indent=2))
 
 
 @app.command("status")

@@ -19,7 +19,7 @@ from prelabel.errors import ConfigError
 
 Precision = Literal["auto", "bf16", "fp16", "fp32"]
 MergeDtype = Literal["auto", "float32", "bfloat16", "float16"]
-EngineName = Literal["auto", "transformers", "vllm", "openai"]
+EngineName = Literal["auto", "transformers", "vllm", "openai", "backend"]
 M = TypeVar("M", bound=BaseModel)
 
 
@@ -131,10 +131,17 @@ class PromotionPolicy(_Strict):
 
 
 class ServeConfig(_Strict):
-    """Where the promoted (merged) model will be served, e.g. ``vllm serve MERGED --served-model-name NAME``."""
+    """Where the promoted (merged) model will be served.
 
-    base_url: str = Field(description="OpenAI-compatible URL serving the merged model.")
+    Without ``base_url`` (the local stack), the merged model is converted to GGUF and served by
+    llama.cpp, evaluated there, and ``prelabel up`` serves it once promoted. With ``base_url``,
+    someone serves the merged directory there (e.g. ``vllm serve MERGED --served-model-name NAME``).
+    """
+
+    base_url: str | None = Field(None, description="OpenAI-compatible URL serving the merged model; "
+                                                   "none: GGUF + the local llama.cpp server.")
     model_name: str | None = Field(None, description="Served model name; default prelabel-<project>-<run>.")
+    gguf_outtype: Literal["f32", "f16", "bf16", "q8_0"] = Field("f16", description="GGUF weights (local serving).")
 
 
 class FlywheelConfig(_Strict):
@@ -146,7 +153,7 @@ class FlywheelConfig(_Strict):
     merge_dtype: MergeDtype = "auto"
     eval: EvalConfig = Field(default_factory=EvalConfig)
     promotion: PromotionPolicy = Field(default_factory=PromotionPolicy)
-    serve: ServeConfig
+    serve: ServeConfig = Field(default_factory=ServeConfig)
     export: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments for the export.")
 
     @field_validator("train")
@@ -206,3 +213,18 @@ def validate(data: dict[str, Any], model: type[M], source: str = "config") -> M:
         return model.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(f"{source}: {describe_errors(exc, model)}") from None
+
+
+# The flywheel on the local stack without a config: the packaged SmolLM2-135M fine-tuned on CPU.
+# Sized for 2 cores (records use the compact prompt, ~110 tokens): a few hundred labeled tasks
+# train in minutes.
+LOCAL_TRAIN: dict[str, Any] = {
+    "lora_rank": 16, "lora_alpha": 32, "lora_dropout": 0.05, "lora_target": "all", "learning_rate": 2e-3,
+    "num_train_epochs": 2, "per_device_train_batch_size": 8, "per_device_eval_batch_size": 16,
+    "cutoff_len": 512, "logging_steps": 5, "eval_steps": 20, "save_steps": 20, "warmup_ratio": 0.05,
+}
+
+
+def local_flywheel_config(base_gguf: Path, **train: Any) -> FlywheelConfig:
+    """The local stack's flywheel: fine-tune ``base_gguf``, serve the result with llama.cpp."""
+    return FlywheelConfig(train={"model_name_or_path": str(base_gguf), **LOCAL_TRAIN, **train}, merge_dtype="float32")

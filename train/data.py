@@ -32,9 +32,14 @@ class Record:
     input: str
     output: str
     system: str | None = None
+    data: dict[str, Any] | None = field(default=None, compare=False)  # the task's data (backend evaluation)
 
     def messages(self) -> list[dict[str, str]]:
-        """The prompt as chat messages; training, the engines and a served model all use these."""
+        """The prompt as chat messages; training, the engines and a served model all use these.
+
+        The export writes the backend's rendered user message as ``instruction`` with an empty
+        ``input``, so these messages are exactly what the backend sends.
+        """
         user = self.instruction if not self.input else f"{self.instruction}\n\n{self.input}"
         head = [{"role": "system", "content": self.system}] if self.system else []
         return head + [{"role": "user", "content": user}]
@@ -144,15 +149,47 @@ def _record(line: str, where: str, manifest: Manifest) -> Record:
             raise DatasetError(f"{where}: column {key!r} must be a string, got {type(raw[key]).__name__}")
     if not raw["output"].strip():
         raise DatasetError(f"{where}: empty output")
-    record = Record(raw["instruction"], raw["input"], raw["output"], raw.get("system") or None)
+    data = raw.get("data") if isinstance(raw.get("data"), dict) else None
+    record = Record(raw["instruction"], raw["input"], raw["output"], raw.get("system") or None, data)
     problem = answer_problem(record.output, manifest)
     if problem:
         raise DatasetError(f"{where}: {problem}")
     return record
 
 
+def json_answers(manifest: Manifest) -> bool:
+    """Answers are the backend's JSON objects (exports since the one-prompt change), not bare labels."""
+    return manifest.raw.get("answer_format") == "json"
+
+
+def answer_value(output: str, manifest: Manifest) -> tuple[Any, str | None]:
+    """The answer in a JSON-answer dataset: the object, or the value under ``answer_key``
+    for one-control tasks; (None, why) when it is not such an answer. Parsed as the backend
+    parses the model's answer."""
+    from prelabel.label_config.answers import parse_answer
+    from prelabel.label_config.controls import AnswerError
+
+    try:
+        answer, _ = parse_answer(output)
+    except AnswerError as exc:
+        return None, exc.message
+    key = manifest.raw.get("answer_key")
+    if not key:
+        return answer, None
+    if key not in answer:
+        return None, f"answer has no {key!r} key"
+    return answer[key], None
+
+
 def answer_problem(output: str, manifest: Manifest) -> str | None:
     """Why a gold answer does not fit the task (``None`` when it does)."""
+    if json_answers(manifest):
+        value, problem = answer_value(output, manifest)
+        if problem:
+            return f"output {output[:80]!r}: {problem}"
+        if manifest.task_type == "classification" and value not in manifest.labels:
+            return f"output {output!r} is not one of the manifest labels {manifest.labels}"
+        return None
     if manifest.task_type == "classification" and output not in manifest.labels:
         return f"output {output!r} is not one of the manifest labels {manifest.labels}"
     if manifest.task_type == "extraction":

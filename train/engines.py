@@ -294,4 +294,10 @@ def make_engine(
         return VLLMEngine(model, max_new_tokens=max_new_tokens)
     if engine == "transformers":
         return TransformersEngine(model, adapter=adapter, max_new_tokens=max_new_tokens, batch_size=batch_size)
-    raise EngineError(f"unknown engine {engine!r} (vllm, openai, transformers)")
+    if engine == "backend":
+        if not base_url:
+            raise EngineError("engine backend needs --base-url (the server the backend would call)")
+        from prelabel.train.backend_engine import BackendEngine
+
+        return BackendEngine(model, base_url=base_url, concurrency=concurrency)
+    raise EngineError(f"unknown engine {engine!r} (vllm, openai, transformers, backend)")

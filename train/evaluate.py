@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from prelabel.train.data import Manifest, Record, load_manifest, read_split, sha256_file
+from prelabel.train.data import Manifest, Record, answer_value, json_answers, load_manifest, read_split, sha256_file
 from prelabel.train.engines import AnswerFormat, Engine
 
 INVALID = "<invalid>"
@@ -48,6 +48,8 @@ class EvalRun:
 
 def answer_format(manifest: Manifest) -> AnswerFormat | None:
     """The constraint a guided engine decodes to."""
+    if json_answers(manifest) and isinstance(manifest.raw.get("schema"), dict):
+        return AnswerFormat(json_schema=manifest.raw["schema"])
     if manifest.task_type in ("classification", "rating") and manifest.labels:
         return AnswerFormat(choices=tuple(manifest.labels))
     if manifest.task_type == "extraction":
@@ -60,6 +62,8 @@ def parse(text: str, manifest: Manifest) -> tuple[Any, bool]:
     """(normalized answer, valid) for one model output or gold answer."""
     task = manifest.task_type
     stripped = text.strip()
+    if json_answers(manifest):
+        return _parse_json_answer(stripped, manifest)
     if task in ("classification", "rating") and manifest.labels:
         label = _match_label(stripped, manifest.labels)
         return (label, True) if label is not None else (None, False)
@@ -72,6 +76,23 @@ def parse(text: str, manifest: Manifest) -> tuple[Any, bool]:
             return None, False
         return (value, True) if isinstance(value, dict) else (None, False)
     return (stripped, True) if stripped else (None, False)
+
+
+def _parse_json_answer(text: str, manifest: Manifest) -> tuple[Any, bool]:
+    """The backend's JSON answer: parsed as the backend parses it, then checked per task type."""
+    value, problem = answer_value(text, manifest)
+    if problem:
+        return None, False
+    task = manifest.task_type
+    if task == "classification":
+        return (value, True) if isinstance(value, str) and value in manifest.labels else (None, False)
+    if task == "multilabel":
+        ok = isinstance(value, list) and all(isinstance(v, str) and v in manifest.labels for v in value)
+        return (sorted(set(value)), True) if ok else (None, False)
+    if task == "rating":
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+        return (str(value), True) if ok else (None, False)
+    return (value, True) if isinstance(value, dict) else (None, False)
 
 
 def _match_label(text: str, labels: list[str]) -> str | None:
@@ -128,7 +149,9 @@ def run_eval(engine: Engine, data: Path, *, manifest_path: Path | None = None,
     manifest, path, records = load_test(data, manifest_path)
     records = records[:max_samples] if max_samples else records
     started = time.perf_counter()
-    generations = engine.generate([r.messages() for r in records], answer_format(manifest))
+    by_task = getattr(engine, "generate_records", None)  # the backend engine: task data, its own prompt
+    generations = (by_task(records, manifest) if by_task else
+                   engine.generate([r.messages() for r in records], answer_format(manifest)))
     wall = time.perf_counter() - started
     items = []
     for index, (record, generation) in enumerate(zip(records, generations, strict=True)):

@@ -38,6 +38,11 @@ PROBES = (
     "Label the sentiment of: the update broke my favourite feature",
 )
 FP32_TOLERANCE = 1e-3
+# float32 rounding of W + BA grows with the adapter's effect: a well-trained adapter that moves the
+# logits by ~10 leaves ~2e-3 of noise. So the merged logits must match base+adapter within
+# max(FP32_TOLERANCE, RELATIVE_TOLERANCE * the adapter's effect); a merge that lost (part of) the
+# adapter misses by the order of the effect itself and still fails.
+RELATIVE_TOLERANCE = 1e-3
 
 
 class MergeError(UserError, RuntimeError):
@@ -73,11 +78,15 @@ def merge(
     probes = _probe_batch(tokenizer, model.device)
     with torch.no_grad():
         expected = model(**probes).logits.float()
+        with model.disable_adapter():
+            effect = float((model(**probes).logits.float() - expected).abs().max())
         merged = model.merge_and_unload()
         got = merged(**probes).logits.float()
     diff = float((expected - got).abs().max())
-    if diff > tolerance:
-        raise MergeError(f"merged logits differ from base+adapter by {diff:.3g} (> {tolerance:g})")
+    allowed = max(tolerance, RELATIVE_TOLERANCE * effect)
+    if diff > allowed:
+        raise MergeError(f"merged logits differ from base+adapter by {diff:.3g} (> {allowed:.3g}; the adapter "
+                         f"moves them by {effect:.3g})")
     merged = merged.to(torch_dtype(target))
     out_dir.mkdir(parents=True, exist_ok=True)
     merged.save_pretrained(str(out_dir))
@@ -96,8 +105,8 @@ def merge(
         "train_config": record.get("config"),
         "best_checkpoint": record.get("best_checkpoint"),
         "best_metric": record.get("best_metric"),
-        "check": {"probes": list(PROBES), "max_abs_logit_diff": diff, "tolerance": tolerance,
-                  "computed_in": "float32"},
+        "check": {"probes": list(PROBES), "max_abs_logit_diff": diff, "tolerance": allowed,
+                  "adapter_effect": effect, "computed_in": "float32"},
     }
     (out_dir / RECORD_NAME).write_text(json.dumps(merge_record, indent=2), encoding="utf-8")
     log.info("merged %s into %s -> %s (%s, max |logit diff| %.2e)", adapter_dir, ref.path, out_dir, target, diff)

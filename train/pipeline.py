@@ -1,5 +1,9 @@
 """The data flywheel as one job: export -> train -> merge -> eval -> promote.
 
+On the local stack (no ``serve.base_url``) it also converts the merged model to GGUF, serves it
+with llama.cpp, evaluates both models through the backend and hands the promoted model over to
+``prelabel up`` (``prelabel.train.local_serving``), then writes ``flywheel.md``.
+
 ``run_flywheel(project_id)`` is the RQ job function (Label Studio's START_TRAINING event, or
 ``note_verified_labels`` reaching ``PRELABEL_TRAIN_MIN_NEW_LABELS``). Its progress is visible in
 the Redis hash ``prelabel:train:<project>`` (``state``, ``stage``, ``run_id``, ``started``,
@@ -39,10 +43,11 @@ def _now() -> str:
 class Status:
     """The run's status hash (and the RQ job's meta when running under RQ)."""
 
-    def __init__(self, client: Any, project_id: str) -> None:
+    def __init__(self, client: Any, project_id: str, console: Any | None = None) -> None:
         self.client = client
         self.key = train_status_key(project_id)
         self.stage: str | None = None
+        self.console = console  # the CLI's: one line per stage
 
     def set(self, **fields: Any) -> None:
         values = {k: v if isinstance(v, str) else json.dumps(v) for k, v in fields.items()}
@@ -59,6 +64,8 @@ class Status:
         self.stage = stage
         self.set(stage=stage, **{f"{stage}_started": _now()})
         log.info("flywheel %s: %s", self.key, stage)
+        if self.console is not None:
+            self.console.print(f"[bold cyan]\\[flywheel][/bold cyan] {stage} ...")
         yield
         self.set(**{f"{stage}_finished": _now()})
 
@@ -72,16 +79,26 @@ def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-def export_dataset(project_id: str, out_dir: Path, options: dict[str, Any]) -> Path:
+def export_dataset(project_id: str, out_dir: Path, options: dict[str, Any], settings: Settings) -> Path:
     """The project's human-verified tasks as a dataset folder (``prelabel export`` with ``options``)."""
     from prelabel.export.pipeline import export_project
 
-    return Path(export_project(project_id, out_dir=out_dir, **options))
+    token = settings.label_studio_api_key.get_secret_value() if settings.label_studio_api_key else None
+    return Path(export_project(project_id, out_dir=out_dir, ls_url=settings.label_studio_url, ls_token=token,
+                               **options))
+
+
+def project_guideline(client: Any, project_id: str) -> str | dict | None:
+    """The guideline the backend prompts this project with (learned at ``/setup``), so the export
+    renders the same prompt; None (the config's matching template) when the backend has not seen it."""
+    from prelabel.jobs.projects import load_project
+
+    return load_project(client, int(project_id)).guideline if project_id.isdigit() else None
 
 
 def run_flywheel(
     project_id: str | int, *, config_path: str | None = None, dataset_dir: str | None = None,
-    run_id: str | None = None, settings: Settings | None = None,
+    run_id: str | None = None, settings: Settings | None = None, console: Any | None = None,
 ) -> dict[str, Any]:
     """Export, train, merge, evaluate against the current pre-annotator, promote if better."""
     import redis
@@ -92,7 +109,7 @@ def run_flywheel(
     project = str(project_id)
     run_id = run_id or datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
     client = redis.Redis.from_url(redis_url(settings))
-    status = Status(client, project)
+    status = Status(client, project, console)
     lock = train_lock_key(project)
     if not client.set(lock, run_id, nx=True, ex=JOB_TIMEOUT):
         status.set(last_skipped=_now())
@@ -101,7 +118,7 @@ def run_flywheel(
     run_dir = Path(settings.data_dir) / "train" / project / run_id
     status.set(state="running", run_id=run_id, run_dir=str(run_dir), started=_now())
     try:
-        result = _run(project, run_dir, status, client, settings, config_path, dataset_dir, run_id)
+        result = _run(project, run_dir, status, client, settings, config_path, dataset_dir, run_id, console)
     except Exception as exc:
         status.set(state="failed", error=f"{status.stage}: {type(exc).__name__}: {exc}", finished=_now())
         raise
@@ -113,47 +130,157 @@ def run_flywheel(
 
 
 def _run(project: str, run_dir: Path, status: Status, client: Any, settings: Settings,
-         config_path: str | None, dataset_dir: str | None, run_id: str) -> dict[str, Any]:
-    from prelabel.train.config import ConfigError, FlywheelConfig, load_yaml
-    from prelabel.train.engines import make_engine
+         config_path: str | None, dataset_dir: str | None, run_id: str, console: Any | None) -> dict[str, Any]:
+    from prelabel.train.config import ConfigError, FlywheelConfig, load_yaml, local_flywheel_config
     from prelabel.train.lora import prepare, train
     from prelabel.train.merge import merge
-    from prelabel.train.promote import apply_decision, current_model, decide
+    from prelabel.train.promote import current_model
 
     with status.step("config"):
         path = config_path or settings.train_config
-        if not path:
+        if path:
+            config = load_yaml(Path(path), FlywheelConfig)
+        elif (packaged := _local_gguf()) is not None:
+            config = local_flywheel_config(packaged)  # the local stack's own model, CPU-sized settings
+        else:
             raise ConfigError("no flywheel config: set PRELABEL_TRAIN_CONFIG or pass config_path")
-        config = load_yaml(Path(path), FlywheelConfig)
     with status.step("export"):
-        data = Path(dataset_dir) if dataset_dir else export_dataset(project, run_dir / "dataset", config.export)
+        options = {"guideline": project_guideline(client, project), **config.export}
+        data = Path(dataset_dir) if dataset_dir else export_dataset(project, run_dir / "dataset", options, settings)
         status.set(dataset_dir=str(data))
     train_config = config.train_config(data, run_dir / "lora")
     prepare(train_config)  # dataset / model / options checked before any stage starts for real
     with status.step("train"):
-        trained = train(train_config)
+        trained = train(train_config, console=console)
         status.set(best_metric=trained.best_metric, metric=trained.metric)
     with status.step("merge"):
         merged = merge(trained.adapter_dir, run_dir / "merged", dtype=config.merge_dtype)
+    model_name = config.serve.model_name or f"prelabel-{project}-{run_id}".lower()
+    if config.serve.base_url is None:
+        return _serve_locally(project, run_id, run_dir, status, client, settings, config, data, merged.out_dir,
+                              model_name, trained)
     with status.step("eval"):
         options = {"max_new_tokens": config.eval.max_new_tokens, "batch_size": config.eval.batch_size,
                    "concurrency": config.eval.concurrency}
-        model_name = config.serve.model_name or f"prelabel-{project}-{run_id}"
+        from prelabel.train.engines import make_engine
+
         candidate = _evaluate(make_engine(config.eval.engine, str(merged.out_dir), **options), data,
                               run_dir / "eval-candidate", model_name, config.eval.max_samples)
         current = current_model(client, settings, project)
-        baseline = make_engine("openai", current["model"], base_url=current["base_url"],
-                               api_key=_api_key(settings), **options)
-        current_report = _evaluate(baseline, data, run_dir / "eval-current", current["model"],
-                                   config.eval.max_samples)
+        current_report = _evaluate(_current_engine(current, settings, data, options), data, run_dir / "eval-current",
+                                   current["model"], config.eval.max_samples)
+    return _promote(project, run_id, run_dir, status, client, settings, config, merged.out_dir, model_name,
+                    candidate, current_report, current, config.serve.base_url, {})
+
+
+def _serve_locally(project: str, run_id: str, run_dir: Path, status: Status, client: Any, settings: Settings,
+                   config: Any, data: Path, merged_dir: Path, model_name: str, trained: Any) -> dict[str, Any]:
+    """GGUF -> llama.cpp server -> both models through the backend -> promote -> hand over to ``up``."""
+    from prelabel.train.backend_engine import BackendEngine
+    from prelabel.train.data import load_manifest
+    from prelabel.train.gguf import convert
+    from prelabel.train.local_serving import (
+        FINE_TUNED_FEWSHOT_K,
+        markdown_report,
+        record_extra,
+        serve_candidate,
+        wait_for_takeover,
+    )
+    from prelabel.train.promote import current_model
+
+    style = load_manifest(data).raw.get("prompt_style") or "full"  # the prompt it is trained on
+    with status.step("gguf"):
+        gguf = convert(merged_dir, run_dir / f"{model_name}.gguf", outtype=config.serve.gguf_outtype)
+        status.set(gguf=str(gguf.path))
+    with status.step("serve"):
+        server = serve_candidate(gguf.path, model_name, run_dir / "serve")
+    try:
+        with status.step("eval"):
+            concurrency = config.eval.concurrency
+            candidate = _evaluate(BackendEngine(model_name, base_url=server.base_url, settings=settings,
+                                                fewshot_k=FINE_TUNED_FEWSHOT_K, prompt_style=style,
+                                                concurrency=concurrency, console=status.console),
+                                  data, run_dir / "eval-candidate", model_name, config.eval.max_samples)
+            current = current_model(client, settings, project)
+            current_report = _evaluate(_current_engine(current, settings, data, {"concurrency": concurrency},
+                                                       status.console), data,
+                                       run_dir / "eval-current", current["model"], config.eval.max_samples)
+        result = _promote(project, run_id, run_dir, status, client, settings, config, merged_dir, model_name,
+                          candidate, current_report, current, server.base_url, record_extra(gguf.path, style))
+        if result["promoted"]:
+            with status.step("handover"):
+                from prelabel.train.promote import active_key
+
+                served = wait_for_takeover(client, active_key(project), server.base_url, _stack_running(settings))
+                result["served_at"] = served
+    finally:
+        server.process.stop()
+    timings = _timings(status)
+    extra = {"dataset": str(data), "train": f"{trained.metric} {trained.initial_eval.get('eval_' + trained.metric)} "
+                                           f"-> {trained.best_metric} (validation, best checkpoint)",
+             "GGUF": f"{gguf.path} ({gguf.outtype}, {gguf.size_bytes / 1e6:.0f} MB)",
+             "served": result.get("served_at") or ("by `prelabel up` when it starts" if result["promoted"] else "-")}
+    report = markdown_report({**result, "project": project}, timings, candidate, current_report, extra)
+    (run_dir / "flywheel.md").write_text(report, encoding="utf-8")
+    result["report"] = str(run_dir / "flywheel.md")
+    return result
+
+
+def _promote(project: str, run_id: str, run_dir: Path, status: Status, client: Any, settings: Settings, config: Any,
+             merged_dir: Path, model_name: str, candidate: dict[str, Any], current_report: dict[str, Any],
+             current: dict[str, Any], base_url: str, extra: dict[str, Any]) -> dict[str, Any]:
+    from prelabel.train.promote import apply_decision, decide
+
     with status.step("promote"):
         decision = decide(candidate, current_report, config.promotion)
         record = apply_decision(decision, client=client, data_dir=settings.data_dir, model=model_name,
-                                base_url=config.serve.base_url, model_path=str(merged.out_dir),
-                                project=project, current=current)
+                                base_url=base_url, model_path=str(merged_dir), project=project, current=current,
+                                extra=extra)
     return {"state": "finished", "run_id": run_id, "run_dir": str(run_dir), "promoted": decision["promote"],
             "reasons": decision["reasons"], "decision_id": decision["id"], "active_record": record,
             "candidate_report": candidate["_path"], "current_report": current_report["_path"]}
+
+
+def _current_engine(current: dict[str, Any], settings: Settings, data: Path, options: dict[str, Any],
+                    console: Any | None = None) -> Any:
+    """The current pre-annotator through the backend when the dataset allows it (an export), else
+    its bare endpoint (hand-made datasets without task data)."""
+    from prelabel.train.backend_engine import BackendEngine
+    from prelabel.train.data import load_manifest
+    from prelabel.train.engines import make_engine
+
+    if load_manifest(data).raw.get("label_config"):
+        return BackendEngine(current["model"], base_url=current["base_url"], settings=settings,
+                             fewshot_k=current.get("fewshot_k"), prompt_style=current.get("prompt_style"),
+                             concurrency=options["concurrency"], console=console)
+    return make_engine("openai", current["model"], base_url=current["base_url"], api_key=_api_key(settings), **options)
+
+
+def _timings(status: Status) -> dict[str, float]:
+    """Seconds per stage, from the status hash's ``<stage>_started`` / ``_finished``."""
+    values = read_status(status.client, status.key.rsplit(":", 1)[-1])
+    stages = sorted((started, key[:-8]) for key, started in values.items()
+                    if key.endswith("_started") and f"{key[:-8]}_finished" in values)
+    return {stage: (datetime.fromisoformat(values[f"{stage}_finished"]) - datetime.fromisoformat(started))
+            .total_seconds() for started, stage in stages}
+
+
+def _local_gguf() -> Path | None:
+    """The packaged SmolLM2 GGUF the local stack serves (the default base to fine-tune), if provisioned."""
+    from prelabel.stack.llm_server import find_gguf
+
+    try:
+        path = find_gguf()
+    except FileNotFoundError:
+        return None
+    return path if path.is_file() else None
+
+
+def _stack_running(settings: Settings) -> bool:
+    from prelabel.stack.up import StackRecord, pid_alive, record_path
+
+    record = StackRecord.load(record_path(settings))
+    return bool(record.pid and pid_alive(record.pid))
 
 
 def _evaluate(engine: Any, data: Path, folder: Path, label: str, max_samples: int | None) -> dict[str, Any]:

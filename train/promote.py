@@ -120,9 +120,10 @@ def _strip(report: dict[str, Any]) -> dict[str, Any]:
 def apply_decision(
     decision: dict[str, Any], *, client: Any, data_dir: Path, model: str, base_url: str,
     model_path: str | None = None, project: str | None = None,
-    current: dict[str, Any] | None = None,
+    current: dict[str, Any] | None = None, extra: dict[str, Any] | None = None,
 ) -> dict[str, Any] | None:
-    """Log ``decision``; when it promotes, write the active model record. Returns the record."""
+    """Log ``decision``; when it promotes, write the active model record (plus ``extra``, e.g. the
+    GGUF that ``prelabel up`` serves). Returns the record."""
     record = None
     if decision["promote"]:
         previous = active_model(client, project) if current is None else current
@@ -143,6 +144,7 @@ def apply_decision(
             "decision_id": decision["id"],
             "cascade": cascade,
             "previous": {k: v for k, v in (previous or {}).items() if k != "previous"} or None,
+            **(extra or {}),
         }
         client.set(active_model_key(project), json.dumps(record))
     entry = {**decision, "project": project, "active_record": record}

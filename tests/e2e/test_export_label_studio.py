@@ -76,14 +76,14 @@ def test_export_only_verified_disjoint_splits_manifest_and_datasets(label_studio
             for s in ("train", "val", "test")}
     assert {s: len(r) for s, r in rows.items()} == {s: m["count"] for s, m in manifest["splits"].items()}
     assert sum(len(r) for r in rows.values()) == counts["written_rows"]
-    inputs = {s: {r["input"] for r in rs} for s, rs in rows.items()}
+    inputs = {s: {r["data"]["text"] for r in rs} for s, rs in rows.items()}
     everything = set().union(*inputs.values())
     assert "skipped query" not in everything and "never labeled query" not in everything
     assert all("jane.doe@example.com" not in i for i in everything), "PII not redacted"
     assert not (inputs["train"] & inputs["val"] or inputs["train"] & inputs["test"] or inputs["val"] & inputs["test"])
     near = [s for s, i in inputs.items() if any(x.startswith("cheap flights from london") for x in i)]
     assert len(near) == 1, f"near-duplicates split across {near}"
-    assert all(r["output"] in LABELS for rs in rows.values() for r in rs)
+    assert all(json.loads(r["output"])["intent"] in LABELS for rs in rows.values() for r in rs)
     assert "m@p-1" in manifest["pre_annotation_model_versions"]
     for name, digest in manifest["files"].items():
         import hashlib
@@ -96,7 +96,7 @@ def test_export_only_verified_disjoint_splits_manifest_and_datasets(label_studio
 
     loaded = datasets.load_dataset("json", data_files={s: str(out / f"{s}.jsonl") for s in ("train", "val", "test")})
     assert loaded["train"].num_rows == manifest["splits"]["train"]["count"]
-    assert set(loaded["train"].column_names) == {"instruction", "input", "output", "system"}
+    assert set(loaded["train"].column_names) == {"instruction", "input", "output", "system", "data"}
 
 
 def test_export_errors_leave_nothing(label_studio, tmp_path: Path) -> None:

@@ -260,16 +260,22 @@ def test_worker_killed_mid_job_reruns_without_duplicates(backend_factory, label_
 def test_a_human_label_overtakes_a_long_review(backend_factory, label_studio, redis_url, fault_llm) -> None:
     """The review of an import runs in slices (``PRELABEL_JOB_SLICE_S``) and an annotation's
     webhook is queued at the front: the annotator's label is handled while the review still has
-    tasks left (not after all of it), and the review still ends with one review per task."""
+    tasks left (not after all of it), and the review still ends with one review per task. Tasks
+    imported with a person's annotation are left alone."""
     fault_llm.set_latency(700)
     stack = start_stack(backend_factory, label_studio, "review-slices", _own_db(redis_url),
                         fault_env(fault_llm, PRELABEL_LLM_CONCURRENCY="1", PRELABEL_JOB_SLICE_S="1"))
     try:
         pid = new_project(label_studio, stack, "review slices")
+        labeled = ["already labeled: netflix login", "already labeled: cheap laptops"]
+        label_studio.sdk().projects.import_tasks(id=pid, request=[
+            {"data": {"text": text}, "annotations": [{"result": [{
+                "from_name": "intent", "to_name": "text", "type": "choices", "value": {"choices": ["other"]}}]}]}
+            for text in labeled])
         import_tasks(label_studio, pid, QUERIES)
         state = wait_for(lambda: (s := project_state(label_studio, pid)) and any(t["review"] for t in s.values())
                          and s, 120, "the first review", stack)
-        task_id = min(state)
+        task_id = min(tid for tid, task in state.items() if task["data"]["text"] in QUERIES)
         label_studio.sdk().annotations.create(id=task_id, result=[{
             "from_name": "intent", "to_name": "text", "type": "choices", "value": {"choices": ["other"]}}])
         log = stack.workers[0].log_path
@@ -278,9 +284,20 @@ def test_a_human_label_overtakes_a_long_review(backend_factory, label_studio, re
         waiting = [tid for tid, task in project_state(label_studio, pid).items() if not task["review"]]
         assert waiting, "the annotation was handled only after the whole review"
 
-        state = wait_for(all_reviewed(label_studio, pid, len(QUERIES), final=True), 180, "every task reviewed", stack)
-        assert_one_each(state)
+        def unlabeled_reviewed() -> dict | None:
+            state = project_state(label_studio, pid)
+            rest = {tid: task for tid, task in state.items() if task["data"]["text"] not in labeled}
+            done = len(rest) == len(QUERIES) and all(t["data"].get("prelabel_review") in STATUSES
+                                                     for t in rest.values())
+            return state if done and "review_error" not in str(rest) else None
+
+        state = wait_for(unlabeled_reviewed, 180, "every task reviewed", stack)
+        people = {tid: task for tid, task in state.items() if task["data"]["text"] in labeled}
+        assert_one_each({tid: task for tid, task in state.items() if tid not in people})
+        # imported with a person's annotation: neither pre-annotated nor reviewed (no LLM call spent)
+        assert len(people) == 2 and all(not t["pre"] and not t["review"] for t in people.values()), people
         assert "left for the next job" in log.read_text()
+        assert "2 labeled by a person (left alone)" in log.read_text()
     finally:
         stack.stop()
 

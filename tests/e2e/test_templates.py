@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 from label_studio_sdk.label_interface import LabelInterface
 
+from prelabel.stack.processes import ManagedProcess, child_env
 from tests.harness import dev_bin
 from tests.support.waiting import wait_for
 
@@ -42,8 +43,16 @@ def test_every_template_has_a_guideline_and_samples() -> None:
 
 
 @pytest.fixture(scope="module")
-def templates_backend(backend_factory, label_studio):
-    return backend_factory.start(label_studio=label_studio, name="templates-backend")
+def templates_backend(backend_factory, label_studio, redis_url):
+    """The backend and a worker, as `prelabel up` runs them: on a busy machine /predict answers
+    what it can before Label Studio's deadline and hands the rest to the worker."""
+    backend = backend_factory.start(label_studio=label_studio, name="templates-backend",
+                                    env={"REDIS_URL": redis_url.rsplit("/", 1)[0] + "/14"})
+    worker = ManagedProcess("templates-worker", [dev_bin("prelabel"), "worker"],
+                            log_path=backend.workdir / "worker.log", env=child_env(None, backend.env),
+                            cwd=backend.workdir).start()
+    yield backend
+    worker.stop()
 
 
 def _problems(interface: LabelInterface, config: str, region: dict, data: dict) -> list[str]:

@@ -12,6 +12,10 @@ Answers like a Label Studio ML backend:
 the region, to see what Label Studio keeps), ``"fewer"`` (one prediction less than tasks, at
 least 1 task short), ``"one"`` (always a single prediction), ``"error"`` (HTTP 500),
 ``"empty"`` (``{"results": []}``).
+
+``forward_to``: a real backend's URL. The recorder then sits in front of it: every request is
+recorded on arrival, then sent on unchanged (method, path, body, content type, authorization)
+and the backend's answer is returned, status and body as they are.
 """
 
 from __future__ import annotations
@@ -20,6 +24,8 @@ import base64
 import json
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -37,6 +43,7 @@ class Recorded:
     raw: bytes
     at: float = field(default_factory=time.time)
     client_gone: bool = False
+    answer: Any = None  # with ``forward_to``: the backend's answer (parsed JSON), once it came
 
     @property
     def basic_auth(self) -> tuple[str, str] | None:
@@ -69,8 +76,9 @@ def default_prediction(
 
 
 class RecordingBackend:
-    def __init__(self, model_version: str = "rec-1", host: str = "127.0.0.1"):
+    def __init__(self, model_version: str = "rec-1", host: str = "127.0.0.1", forward_to: str | None = None):
         self.model_version = model_version
+        self.forward_to = forward_to.rstrip("/") if forward_to else None
         self.predict_mode = "ok"
         self.setup_status = 200  # answer /setup with this HTTP status
         self.delays: dict[str, float] = {}  # path -> seconds to wait before answering
@@ -194,6 +202,18 @@ class RecordingBackend:
             return 200, {"results": preds, "model_version": self.model_version}
         return 404, {"error": f"no route {method} {path}"}
 
+    def _forward(self, method: str, path: str, raw: bytes, headers: dict[str, str]) -> tuple[int, bytes]:
+        sent = {k: v for k, v in headers.items() if k in ("content-type", "authorization", "user-agent")}
+        request = urllib.request.Request(self.forward_to + path, data=raw if method == "POST" else None,
+                                         headers=sent, method=method)
+        try:
+            with urllib.request.urlopen(request, timeout=300) as response:
+                return response.status, response.read()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read()
+        except OSError as exc:  # e.g. the backend answered 401 without reading the body and hung up
+            return 502, json.dumps({"error": f"recorder: forwarding failed: {exc!r}"}).encode()
+
     def _handler_class(self):
         recorder = self
 
@@ -220,8 +240,14 @@ class RecordingBackend:
                 delay = recorder.delays.get(path)
                 if delay:
                     time.sleep(delay)
-                status, payload = recorder._answer(method, path, body)
-                data = json.dumps(payload).encode()
+                if recorder.forward_to:
+                    status, data = recorder._forward(method, self.path, raw, rec.headers)
+                    with recorder._cond:
+                        rec.answer = json.loads(data) if data.startswith((b"{", b"[")) else data
+                        recorder._cond.notify_all()
+                else:
+                    status, payload = recorder._answer(method, path, body)
+                    data = json.dumps(payload).encode()
                 try:
                     self.send_response(status)
                     self.send_header("Content-Type", "application/json")

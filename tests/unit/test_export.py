@@ -59,12 +59,16 @@ def test_agreement_across_annotators() -> None:
 
 
 # --- mapping per config family ------------------------------------------------------------------
-def test_classification_maps_to_bare_label_with_guideline_instruction() -> None:
+def test_classification_maps_to_the_backends_answer_and_prompt() -> None:
     mapper = Mapper(INTENT, "search_intent")
     record = mapper.record(task(5, "facebook login"), choice("navigational"))
     assert mapper.task_type == "classification" and mapper.labels[0] == "navigational"
-    assert (record.input, record.output, record.label) == ("facebook login", "navigational", "navigational")
-    assert "navigational" in mapper.instruction and "When unsure" in mapper.instruction
+    assert (record.input, record.output, record.label) == ("facebook login", '{"intent": "navigational"}',
+                                                           "navigational")
+    system, user = mapper.messages(record.texts)
+    assert '"navigational"' in system["content"] and user["content"].endswith("facebook login")
+    full = Mapper(INTENT, "search_intent", prompt_style="full").messages(record.texts)[0]["content"]
+    assert "When unsure" in full and "When unsure" not in system["content"]
 
 
 def test_multilabel_rating_extraction_and_ranking_families() -> None:
@@ -72,11 +76,11 @@ def test_multilabel_rating_extraction_and_ranking_families() -> None:
                    '<Choice value="a"/><Choice value="b"/></Choices></View>')
     assert multi.task_type == "multilabel"
     r = multi.record(task(1, "x"), [{"from_name": "t", "value": {"choices": ["b", "a"]}}])
-    assert sorted(json.loads(r.output)) == ["a", "b"]
+    assert sorted(json.loads(r.output)["t"]) == ["a", "b"] and r.label == ["a", "b"]
 
     rating = Mapper('<View><Text name="text" value="$text"/><Rating name="r" toName="text" maxRating="7"/></View>')
     assert rating.task_type == "rating"
-    assert rating.record(task(1, "x"), [{"from_name": "r", "value": {"rating": 6}}]).output == "6"
+    assert rating.record(task(1, "x"), [{"from_name": "r", "value": {"rating": 6}}]).output == '{"r": 6}'
 
     ner = Mapper((TEMPLATES / "ner.xml").read_text(), "ner")
     assert ner.task_type == "extraction"
@@ -244,9 +248,10 @@ def test_pipeline_files_manifest_and_counts(tmp_path: Path) -> None:
             for s in ("train", "val", "test")}
     assert sum(len(r) for r in rows.values()) == counts["written_rows"] == 61
     assert {s: len(r) for s, r in rows.items()} == {s: v["count"] for s, v in manifest["splits"].items()}
-    inputs = [{r["input"] for r in rows[s]} for s in rows]
+    inputs = [{r["data"]["text"] for r in rows[s]} for s in rows]
     assert not (inputs[0] & inputs[1] or inputs[0] & inputs[2] or inputs[1] & inputs[2])
-    assert all("bob@example.com" not in r["input"] for rs in rows.values() for r in rs)
+    assert all(r["instruction"].endswith(r["data"]["text"]) for rs in rows.values() for r in rs)
+    assert all("bob@example.com" not in json.dumps(r) for rs in rows.values() for r in rs)
     assert manifest["rare_classes"] == {"other": 1, "entertainment": 0, "educational": 0}
     assert set(manifest["files"]) == {"train.jsonl", "val.jsonl", "test.jsonl", "dataset_info.json", "lineage.jsonl"}
     info = json.loads((out / "dataset_info.json").read_text())
@@ -278,6 +283,17 @@ def _rows_of(out: Path, split: str) -> list[dict]:
     return [json.loads(line) for line in (out / f"{split}.jsonl").read_text().splitlines()]
 
 
+def _label(row: dict) -> str:
+    """The intent a row teaches: its output is the backend's JSON answer (one prompt)."""
+    return json.loads(row["output"])["intent"]
+
+
+def _text(row: dict) -> str:
+    """The task text of a row: its prompt ends with it, and its data carries it."""
+    assert row["instruction"].endswith(row["data"]["text"])
+    return row["data"]["text"]
+
+
 def test_rare_classes_are_dropped_from_every_split_by_default_or_only_reported(tmp_path: Path) -> None:
     tasks = _labeled(["navigational"] * 30 + ["informational"] * 30 + ["other"] * 9)
     out = export_tasks(tasks, INTENT, tmp_path / "drop", ExportOptions(near_threshold=None))
@@ -285,7 +301,7 @@ def test_rare_classes_are_dropped_from_every_split_by_default_or_only_reported(t
     assert manifest["dropped_classes"] == {"other": 9, "transactional": 0, "entertainment": 0, "educational": 0}
     assert manifest["counts"]["rare_class_dropped"] == 9 and manifest["counts"]["written_rows"] == 60
     assert manifest["labels"] == ["navigational", "informational"]
-    assert all(r["output"] != "other" for s in ("train", "val", "test") for r in _rows_of(out, s))
+    assert all(_label(r) != "other" for s in ("train", "val", "test") for r in _rows_of(out, s))
     report_only = ExportOptions(near_threshold=None, rare_classes="report")
     reported = export_tasks(tasks, INTENT, tmp_path / "report", report_only)
     manifest = json.loads((reported / "manifest.json").read_text())
@@ -301,17 +317,17 @@ def test_augmentation_adds_marked_synthetic_examples_to_train_only(tmp_path: Pat
     manifest = json.loads((out / "manifest.json").read_text())
     train = _rows_of(out, "train")
     synthetic = [r for r in train if r.get("synthetic")]
-    assert synthetic and all(r["output"] == "transactional" for r in synthetic)
+    assert synthetic and all(_label(r) == "transactional" for r in synthetic)
     human_train = manifest["splits"]["train"]["label_distribution"]["transactional"]
     assert len(synthetic) == 50 - human_train == manifest["counts"]["synthetic"]
     assert manifest["splits"]["train"]["synthetic_distribution"] == {"transactional": len(synthetic)}
     assert manifest["splits"]["train"]["count"] == len(train)
-    originals = {r["input"] for r in train if not r.get("synthetic")}
+    originals = {_text(r) for r in train if not r.get("synthetic")}
     for row in synthetic:
-        assert row["input"] not in originals and row["input"].split()[-1].isdigit()
+        assert _text(row) not in originals and _text(row).split()[-1].isdigit()
     assert not any(r.get("synthetic") for s in ("val", "test") for r in _rows_of(out, s))
-    held_out = {r["input"].lower() for s in ("val", "test") for r in _rows_of(out, s)}
-    assert not held_out & {r["input"].lower() for r in synthetic}
+    held_out = {_text(r).lower() for s in ("val", "test") for r in _rows_of(out, s)}
+    assert not held_out & {_text(r).lower() for r in synthetic}
     lineage = [json.loads(line) for line in (out / "lineage.jsonl").read_text().splitlines()]
     assert sum(1 for t in lineage if t["synthetic"]) == len(synthetic)
     with pytest.raises(MappingError, match="classification"):
@@ -370,7 +386,7 @@ def test_lineage_traces_every_row_to_its_task_and_pre_annotation(tmp_path: Path)
     assert len(lineage) == json.loads((out / "manifest.json").read_text())["counts"]["written_rows"]
     for trace in lineage:  # the trace points at its row
         row = _rows_of(out, trace["split"])[trace["line"] - 1]
-        assert row["input"] == tasks[trace["task_id"] - 1]["data"]["text"]
+        assert _text(row) == tasks[trace["task_id"] - 1]["data"]["text"]
     by_task = {t["task_id"]: t for t in lineage}
     assert by_task[1]["pre_annotation"] == {"prediction_id": 5, "model_version": "qwen-14b@p-abc123",
                                             "model": "qwen-14b", "prompt_version": "p-abc123", "status": "ok"}

@@ -193,6 +193,8 @@ def test_flywheel_failures_are_visible_in_status(tmp_path: Path, settings: Setti
     from prelabel.train.config import ConfigError
     from prelabel.train.pipeline import read_status, run_flywheel
 
+    monkeypatch.delenv("PRELABEL_TEST_GGUF", raising=False)
+    monkeypatch.setenv("PRELABEL_LLAMA_VENV", str(tmp_path / "no-llama-venv"))  # no packaged model either
     with pytest.raises(ConfigError, match="no flywheel config"):
         run_flywheel("9", settings=settings)
     status = read_status(client, "9")
@@ -206,6 +208,12 @@ def test_flywheel_failures_are_visible_in_status(tmp_path: Path, settings: Setti
     with pytest.raises(SourceError, match="LABEL_STUDIO_URL"):  # nowhere to export from
         run_flywheel("9", config_path=str(config), settings=settings)
     assert read_status(client, "9")["error"].startswith("export: SourceError")
+    packaged = tmp_path / "SmolLM2.gguf"
+    packaged.write_bytes(b"GGUF")
+    monkeypatch.setenv("PRELABEL_TEST_GGUF", str(packaged))  # the local stack's model: its defaults apply
+    with pytest.raises(SourceError):
+        run_flywheel("9", settings=settings)
+    assert read_status(client, "9")["config_finished"]
     assert client.get("prelabel:train:9:lock") is None
     client.set("prelabel:train:9:lock", "other-run")
     assert run_flywheel("9", config_path=str(config), settings=settings)["state"] == "skipped"

