@@ -13,7 +13,7 @@ from rich.markup import escape
 from rich.table import Table
 from typer.core import TyperGroup
 
-from prelabel import predict_cli
+from prelabel import init_cli, predict_cli
 from prelabel.errors import UserError
 from prelabel.export import cli as export_cli
 from prelabel.jobs import cli as jobs_cli
@@ -24,7 +24,6 @@ from prelabel.ranking import cli as ranking_cli
 from prelabel.redis_conn import embedded_redis_stopped_on_exit
 from prelabel.settings import get_settings
 from prelabel.stack import cli as stack_cli
-from prelabel.studio import cli as studio_cli
 from prelabel.train.cli import app as train_app
 from prelabel.train.cli import eval_command
 
@@ -58,7 +57,7 @@ app.command("simulate-al")(ranking_cli.simulate_al)
 app.command()(stack_cli.up)
 app.command()(stack_cli.down)
 app.command()(stack_cli.status)
-app.command()(studio_cli.init)
+app.command()(init_cli.init)
 app.add_typer(train_app, name="train")
 app.add_typer(prompts_app, name="prompts")
 app.command("eval")(eval_command)
