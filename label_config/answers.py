@@ -110,14 +110,16 @@ _FENCE = re.compile(r"^\s*```(?:json)?\s*|\s*```\s*$")
 def parse_answer(content: str) -> tuple[dict[str, Any], int]:
     """The JSON object in ``content`` and where it starts; ``AnswerError`` when there is none.
 
-    Tolerates what chat models wrap around JSON (whitespace, a Markdown fence) but not
-    truncation or extra objects: the object must parse whole.
+    Tolerates what chat models wrap around JSON (whitespace, a Markdown fence) and raw control
+    characters inside strings (a newline or tab the grammar let through: the text means the same,
+    and every value is checked against its control afterwards), but not truncation or extra
+    objects: the object must parse whole.
     """
     start = content.find("{")
     if start == -1:
         raise AnswerError(None, "invalid_json", f"no JSON object in the answer: {content[:80]!r}")
     try:
-        answer, end = json.JSONDecoder().raw_decode(content, start)
+        answer, end = json.JSONDecoder(strict=False).raw_decode(content, start)
     except json.JSONDecodeError as exc:
         raise AnswerError(None, "invalid_json", f"answer is not valid JSON: {exc.msg} at char {exc.pos}") from None
     except (ValueError, RecursionError) as exc:  # a 5,000-digit integer, arrays nested 100,000 deep

@@ -34,6 +34,13 @@ def test_parse_answer_keeps_nested_values_and_unicode():
     assert answer == {"ner": [{"text": "São Paulo", "label": "LOC"}], "n": 2.5, "t": 'a"b'}
 
 
+def test_parse_answer_reads_raw_control_characters_inside_strings():
+    """Small models under a JSON grammar emit a raw newline or tab inside a string (seen from
+    Gemma 3 270M as the reviewer): the same text, not a broken answer."""
+    answer, _ = parse_answer('{"verdict": "pass", "rationale": "fits\nthe rule\t2"}')
+    assert answer == {"verdict": "pass", "rationale": "fits\nthe rule\t2"}
+
+
 @pytest.mark.parametrize(
     "content",
     [
