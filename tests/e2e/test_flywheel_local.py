@@ -37,6 +37,10 @@ def up(tmp_path: Path) -> Iterator[Up]:
     if not (converter_dir() / ".ok").is_file():
         pytest.fail(f"llama.cpp's GGUF converter is not provisioned at {converter_dir()} (scripts/provision.sh)")
     stack = Up(tmp_path / "data")
+    # The flywheel is under test, not the reviewer: the second local model (Gemma 3 270M, a 262k
+    # vocabulary under a JSON grammar) would review the sample on the same 2 cores as the training.
+    stack.env["PRELABEL_REVIEWER_MODEL"] = "smollm2-reviewer"
+    stack.env.pop("PRELABEL_TRAIN_CONFIG", None)  # the README's CPU defaults, whatever the shell says
     yield stack
     stack.cli("down")
     if stack.proc is not None:
