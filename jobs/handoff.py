@@ -65,7 +65,7 @@ def predict_handed_off(project_id: int, task_ids: list[int], label_config: str |
     from prelabel.jobs.handlers import ProjectJob, _preannotate
 
     job = ProjectJob.open(project_id)
-    counts = asyncio.run(_preannotate(job, task_ids, label_config))
+    counts, _labeled = asyncio.run(_preannotate(job, task_ids, label_config))
     _expire(job.conn, project_id, task_ids)  # a failed run keeps them marked while RQ retries it
     return counts
 
