@@ -129,7 +129,14 @@ async def _preannotate(job: ProjectJob, task_ids: list[int], label_config: str |
             counts["already_done"] = counts.get("already_done", 0) + len(tasks) - len(people) - len(todo)
             labeled |= people
             predictions = await predictor.predict(todo, ctx, pool)
+            # a person may have labeled a task while the LLM answered (an outage can last minutes):
+            # look again just before writing, and leave those tasks alone
+            late = {task["id"] for task in await asyncio.to_thread(
+                lambda ids=[t["id"] for t in todo]: list(job.ls.tasks(ids))) if human_touched(task)}
+            labeled |= late
             for task, prediction in zip(todo, predictions):
+                if task["id"] in late:
+                    continue
                 outcome = outcomes.prediction_outcome(prediction)  # recorded first: LS keeps no reasons
                 outcomes.record(job.conn, job.project_id, {task["id"]: outcome})
                 await asyncio.to_thread(job.ls.upsert_prediction, task["id"], prediction,

@@ -97,9 +97,10 @@ def reconcile_project(project_id: int, scan: bool | None = None) -> dict[str, An
         log.info("project %s: %d task(s) still wait for the LLM (it fails again)", project_id, len(candidates))
         return {"candidates": len(candidates), "healed": 0, "still_failing": len(candidates)}
     counts = preannotate(job, rest, None) if rest else {}
-    healed = len(candidates) - counts.get(outcomes.ERROR, 0)
-    log.info("project %s: reconcile pre-annotated %d task(s) again: %s", project_id, len(candidates),
-             {k: probe.get(k, 0) + counts.get(k, 0) for k in set(probe) | set(counts)})
+    total = {k: probe.get(k, 0) + counts.get(k, 0) for k in set(probe) | set(counts)}
+    tried = len(candidates) - total.get("labeled_by_a_person", 0)  # a person labeled some meanwhile
+    healed = tried - counts.get(outcomes.ERROR, 0)
+    log.info("project %s: reconcile pre-annotated %d task(s) again: %s", project_id, tried, total)
     return {"candidates": len(candidates), "healed": healed, "still_failing": counts.get(outcomes.ERROR, 0)}
 
 
