@@ -51,6 +51,8 @@ from prelabel.studio.access import connect
 log = logging.getLogger(__name__)
 
 NEW_LABELS_KEY = "prelabel:new_labels:{pid}"
+# The count, in a pre-annotation job's result, of tasks a person had labeled (left alone).
+LABELED_BY_A_PERSON = "labeled_by_a_person"
 
 
 class ReviewRetry(RuntimeError):
@@ -145,7 +147,7 @@ async def _preannotate(job: ProjectJob, task_ids: list[int], label_config: str |
                 results[task["id"]] = outcome
         await router.aclose()
     if labeled:
-        counts["labeled_by_a_person"] = len(labeled)
+        counts[LABELED_BY_A_PERSON] = len(labeled)
     log.info("project %s: %d task(s): %s%s%s", job.project_id, len(task_ids), outcomes.Tally.of(results.values()).summary(),
              f"; {counts['already_done']} already done" if counts.get("already_done") else "",
              f"; {len(labeled)} labeled by a person (left alone)" if labeled else "")

@@ -75,7 +75,7 @@ def _age(task: dict[str, Any], now: datetime | None) -> timedelta:
 
 def reconcile_project(project_id: int, scan: bool | None = None) -> dict[str, Any]:
     """Pre-annotate this project's tasks that an LLM error or a lost event left without a label."""
-    from prelabel.jobs.handlers import ProjectJob, preannotate
+    from prelabel.jobs.handlers import LABELED_BY_A_PERSON, ProjectJob, preannotate
 
     job = ProjectJob.open(project_id)
     scan_key = SCANNED_KEY.format(pid=project_id)
@@ -98,7 +98,7 @@ def reconcile_project(project_id: int, scan: bool | None = None) -> dict[str, An
         return {"candidates": len(candidates), "healed": 0, "still_failing": len(candidates)}
     counts = preannotate(job, rest, None) if rest else {}
     total = {k: probe.get(k, 0) + counts.get(k, 0) for k in set(probe) | set(counts)}
-    tried = len(candidates) - total.get("labeled_by_a_person", 0)  # a person labeled some meanwhile
+    tried = len(candidates) - total.get(LABELED_BY_A_PERSON, 0)  # a person labeled some meanwhile
     healed = tried - counts.get(outcomes.ERROR, 0)
     log.info("project %s: reconcile pre-annotated %d task(s) again: %s", project_id, tried, total)
     return {"candidates": len(candidates), "healed": healed, "still_failing": counts.get(outcomes.ERROR, 0)}
