@@ -52,6 +52,9 @@ from prelabel.studio.client import ProjectClient, human_touched
 
 log = logging.getLogger(__name__)
 
+# The count, in a pre-annotation job's result, of tasks a person had labeled (left alone).
+LABELED_BY_A_PERSON = "labeled_by_a_person"
+
 
 class ReviewRetry(PrelabelError, RuntimeError):
     """Some reviews failed for a transient reason; raising makes RQ retry the job later."""
@@ -130,7 +133,14 @@ async def _preannotate(job: ProjectJob, task_ids: list[int], label_config: str |
             counts["already_done"] = counts.get("already_done", 0) + len(tasks) - len(people) - len(todo)
             labeled |= people
             predictions = await predictor.predict(todo, ctx, pool)
+            # a person may have labeled a task while the LLM answered (an outage can last minutes):
+            # look again just before writing, and leave those tasks alone
+            again = await asyncio.to_thread(list, job.ls.tasks([task["id"] for task in todo]))
+            late = {task["id"] for task in again if human_touched(task)}
+            labeled |= late
             for task, prediction in zip(todo, predictions):
+                if task["id"] in late:
+                    continue
                 outcome = outcomes.prediction_outcome(prediction)  # recorded first: LS keeps no reasons
                 outcomes.record(job.conn, job.project_id, {task["id"]: outcome})
                 await asyncio.to_thread(job.ls.upsert_prediction, task["id"], prediction,
@@ -139,7 +149,7 @@ async def _preannotate(job: ProjectJob, task_ids: list[int], label_config: str |
                 results[task["id"]] = outcome
         await router.aclose()
     if labeled:
-        counts["labeled_by_a_person"] = len(labeled)
+        counts[LABELED_BY_A_PERSON] = len(labeled)
     log.info("project %s: %d task(s): %s%s%s", job.project_id, len(task_ids),
              outcomes.Tally.of(results.values()).summary(),
              f"; {counts['already_done']} already done" if counts.get("already_done") else "",

@@ -74,7 +74,7 @@ def _age(task: dict[str, Any], now: datetime | None) -> timedelta:
 
 def reconcile_project(project_id: int, scan: bool | None = None) -> dict[str, Any]:
     """Pre-annotate this project's tasks that an LLM error or a lost event left without a label."""
-    from prelabel.jobs.handlers import ProjectJob, preannotate
+    from prelabel.jobs.handlers import LABELED_BY_A_PERSON, ProjectJob, preannotate
 
     job = ProjectJob.open(project_id)
     scan_key = scanned_key(project_id)
@@ -96,9 +96,10 @@ def reconcile_project(project_id: int, scan: bool | None = None) -> dict[str, An
         log.info("project %s: %d task(s) still wait for the LLM (it fails again)", project_id, len(candidates))
         return {"candidates": len(candidates), "healed": 0, "still_failing": len(candidates)}
     counts = preannotate(job, rest, None) if rest else {}
-    healed = len(candidates) - counts.get(TaskStatus.ERROR, 0)
-    log.info("project %s: reconcile pre-annotated %d task(s) again: %s", project_id, len(candidates),
-             {k: probe.get(k, 0) + counts.get(k, 0) for k in set(probe) | set(counts)})
+    total = {k: probe.get(k, 0) + counts.get(k, 0) for k in set(probe) | set(counts)}
+    tried = len(candidates) - total.get(LABELED_BY_A_PERSON, 0)  # a person labeled some meanwhile
+    healed = tried - counts.get(TaskStatus.ERROR, 0)
+    log.info("project %s: reconcile pre-annotated %d task(s) again: %s", project_id, tried, total)
     return {"candidates": len(candidates), "healed": healed, "still_failing": counts.get(TaskStatus.ERROR, 0)}
 
 

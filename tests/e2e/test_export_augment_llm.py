@@ -49,9 +49,11 @@ def test_llm_paraphrases_are_marked_synthetic_train_only_and_counted(tmp_path: P
     assert made + manifest["counts"].get("augment_shortfall", 0) == needed
     train = [json.loads(line) for line in (out / "train.jsonl").read_text().splitlines()]
     synthetic = [r for r in train if r.get("synthetic")]
-    assert len(synthetic) == made and all(r["output"] == "transactional" for r in synthetic)
+    # records carry the backend's prompt and its JSON answer (one prompt for training, eval and serving)
+    assert len(synthetic) == made and all(json.loads(r["output"]) == {"intent": "transactional"} for r in synthetic)
     assert made > 0, "the LLM produced no usable paraphrase at all"
-    originals = {r["input"].lower() for r in train if not r.get("synthetic")}
-    assert not originals & {r["input"].lower() for r in synthetic}
+    originals = {r["data"]["text"].lower() for r in train if not r.get("synthetic")}
+    assert not originals & {r["data"]["text"].lower() for r in synthetic}
+    assert all(r["data"]["text"] in r["instruction"] for r in synthetic)
     for split in ("val", "test"):
         assert not any(json.loads(line).get("synthetic") for line in (out / f"{split}.jsonl").read_text().splitlines())

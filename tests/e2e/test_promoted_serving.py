@@ -36,8 +36,17 @@ def client(tmp_path: Path) -> Iterator:
 
     connection = redis.Redis.from_url(redis_url(Settings(data_dir=tmp_path, redis_url=None)))
     yield connection
-    stop_all()
     connection.close()
+
+
+@pytest.fixture()
+def started() -> Iterator[list[PromotedModels]]:
+    """The `PromotedModels` a test makes; their servers (only theirs: the session's Label Studio
+    and LLM servers live in the same process registry) are stopped afterwards."""
+    made: list[PromotedModels] = []
+    yield made
+    for promoted in made:
+        stop_all(promoted.processes().values())
 
 
 def _promote(client, model: str, gguf: Path | str, base_url: str = "http://127.0.0.1:9/v1") -> None:
@@ -50,12 +59,13 @@ def _record(client) -> dict:
 
 
 @pytest.mark.timeout(600)
-def test_up_serves_the_promoted_gguf_and_follows_newer_promotions(client, tmp_path: Path) -> None:
+def test_up_serves_the_promoted_gguf_and_follows_newer_promotions(client, started, tmp_path: Path) -> None:
     said: list[str] = []
     gguf = find_gguf()
     _promote(client, "prelabel-7-r1", gguf)  # the flywheel's own server (port 9 here) is gone
 
     first = PromotedModels(client, tmp_path / "up1", said.append)
+    started.append(first)
     first.sync()
     served = _record(client)["base_url"]
     assert served != "http://127.0.0.1:9/v1" and served == first.describe()["7"]["base_url"]
@@ -70,6 +80,7 @@ def test_up_serves_the_promoted_gguf_and_follows_newer_promotions(client, tmp_pa
     # the next `up`: the record still names the old port; it is served again and re-pointed
     process.stop()
     second = PromotedModels(client, tmp_path / "up2", said.append)
+    started.append(second)
     second.sync()
     again = _record(client)["base_url"]
     assert again != served and check_completion(again, "prelabel-7-r1").startswith("answered")
