@@ -4,6 +4,7 @@ WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY prelabel prelabel
 COPY ml_backend ml_backend
+COPY prediction prediction
 COPY label_config label_config
 COPY jobs jobs
 COPY ranking ranking

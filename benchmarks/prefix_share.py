@@ -27,7 +27,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from prelabel.label_config.guideline import shipped_templates, template_path
-from prelabel.ml_backend.predictor import ContextBuilder
+from prelabel.prediction.predictor import ContextBuilder
 from prelabel.settings import Settings
 from prelabel.stack.llm_server import find_gguf
 

@@ -2,7 +2,7 @@
 """How often the gold label is among the shortlisted candidates, on a labeled set with 77 labels.
 
 The backend shortlists the labels of a Choices control with more than ``PRELABEL_SHORTLIST_ABOVE``
-labels (``ml_backend/shortlist.py``) and the model chooses among the ``k`` candidates plus
+labels (``prediction/shortlist.py``) and the model chooses among the ``k`` candidates plus
 ``none_of_these``. A gold label missing from the shortlist can never be predicted (at best the
 model says "none of these" and a human labels the task), so this rate bounds the accuracy the
 shortlist allows.
@@ -27,8 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from prelabel.label_config.guideline import default_guideline
 from prelabel.label_config.schema import build_schema
-from prelabel.ml_backend.prompt import Example
-from prelabel.ml_backend.shortlist import Shortlister
+from prelabel.prediction.prompt import Example
+from prelabel.prediction.shortlist import Shortlister
 
 DATA = Path(__file__).resolve().parent / "datasets" / "banking77"
 KS = (5, 10, 15, 20)

@@ -95,7 +95,7 @@ def llm_paraphrases(sources: list[str], needed: int, taken: set[str], settings: 
     Answers that are not the requested JSON, are empty, repeat an existing text or are far longer
     than their source are discarded (never repaired).
     """
-    from prelabel.ml_backend.llm_client import LLMClient
+    from prelabel.prediction.llm_client import LLMClient
 
     async def run() -> list[tuple[int, str]]:
         llm = LLMClient(settings)  # type: ignore[arg-type]

@@ -27,8 +27,8 @@ from prelabel.errors import UserError
 from prelabel.label_config.answers import answer_from_regions, check_answer
 from prelabel.label_config.controls import tie_groups
 from prelabel.label_config.schema import ConfigError, TaskDataError
-from prelabel.ml_backend.predictor import ContextBuilder, ProjectContext
-from prelabel.ml_backend.prompt import render_answer
+from prelabel.prediction.predictor import ContextBuilder, ProjectContext
+from prelabel.prediction.prompt import render_answer
 from prelabel.settings import Settings
 
 TASK_TYPES = ("classification", "multilabel", "rating", "ranking", "generation", "extraction")

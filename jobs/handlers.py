@@ -39,13 +39,14 @@ from prelabel.jobs.events import Event
 from prelabel.jobs.projects import ProjectRecord, load_project
 from prelabel.jobs.queue import connection, enqueue_once, job_queue
 from prelabel.jobs.review import Review, proposed_answer, review_one
+from prelabel.jobs.training import enqueue_flywheel, note_verified_labels
 from prelabel.label_config import guideline_store
 from prelabel.label_config.schema import TaskDataError
-from prelabel.ml_backend.confidence import FALLBACK_SCORE
-from prelabel.ml_backend.fewshot_store import ProjectPools
-from prelabel.ml_backend.llm_client import LLMClient
-from prelabel.ml_backend.model_router import ModelRouter
-from prelabel.ml_backend.predictor import ContextBuilder, ProjectContext, open_predictor
+from prelabel.prediction.confidence import FALLBACK_SCORE
+from prelabel.prediction.fewshot_store import ProjectPools
+from prelabel.prediction.llm_client import LLMClient
+from prelabel.prediction.model_router import ModelRouter
+from prelabel.prediction.predictor import ContextBuilder, ProjectContext, open_predictor
 from prelabel.settings import Settings, get_settings, reviewer_settings
 from prelabel.studio.access import connect
 from prelabel.studio.client import ProjectClient, human_touched
@@ -197,7 +198,7 @@ def reviewer_independence(settings: Settings, conn: redis.Redis) -> dict[str, An
     """Do the two servers serve different weights? Asked of the servers (``model_identity``),
     remembered in Redis for an hour; with ``reviewer_require_different_weights`` a reviewer that
     is the same weights under another name stops the review job with that reason."""
-    from prelabel.ml_backend.model_identity import SAME, compare, identify
+    from prelabel.prediction.model_identity import SAME, compare, identify
 
     reviewer = reviewer_settings(settings)
     raw = conn.get(REVIEWER_INDEPENDENCE_KEY)
@@ -338,8 +339,8 @@ def learn_examples(job: ProjectJob, task_ids: list[int], label_config: str | Non
     """Put the tasks' latest human answers into the project's shared few-shot pool (or take a
     task out when it has none any more); the backend and the workers see them on their next batch."""
     from prelabel.label_config.answers import answer_from_regions
-    from prelabel.ml_backend.fewshot_store import add_example, remove_task
-    from prelabel.ml_backend.project_examples import human_annotation
+    from prelabel.prediction.fewshot_store import add_example, remove_task
+    from prelabel.prediction.project_examples import human_annotation
 
     ctx = job.context(label_config)
     added = 0
@@ -361,8 +362,6 @@ def learn_examples(job: ProjectJob, task_ids: list[int], label_config: str | Non
 
 def on_human_label(job: ProjectJob, annotation_ids: list[int]) -> dict[str, Any]:
     """Count new human labels (each annotation once, however often delivered), refresh, maybe retrain."""
-    from prelabel.train.pipeline import note_verified_labels
-
     key = new_labels_key(job.project_id)
     new = job.conn.sadd(key, *annotation_ids)  # a set: the same annotation delivered twice counts once
     queue_refresh(job)
@@ -392,7 +391,5 @@ def refresh_project(project_id: int) -> dict[str, Any]:
 # --- training --------------------------------------------------------------------------------
 def start_training(settings: Settings, conn: redis.Redis, project_id: int) -> dict[str, Any]:
     """Queue the export -> train -> merge -> eval -> promote pipeline (status in prelabel:train:<id>)."""
-    from prelabel.train.pipeline import enqueue_flywheel
-
     job = enqueue_flywheel(job_queue(conn), project_id)
     return {"flywheel": "queued", "job_id": job.id}

@@ -19,10 +19,10 @@ from typing import Any
 from prelabel.contract import ReviewStatus
 from prelabel.label_config.answers import CheckedAnswer, answer_from_regions, check_answer, feedback, parse_answer
 from prelabel.label_config.controls import AnswerError
-from prelabel.ml_backend.confidence import answer_confidences, locate
-from prelabel.ml_backend.distribution import answer_label_probs, distribution_score, position_distribution
-from prelabel.ml_backend.llm_client import Completion, LLMClient, LLMError
-from prelabel.ml_backend.predictor import ProjectContext
+from prelabel.prediction.confidence import answer_confidences, locate
+from prelabel.prediction.distribution import answer_label_probs, distribution_score, position_distribution
+from prelabel.prediction.llm_client import Completion, LLMClient, LLMError
+from prelabel.prediction.predictor import ProjectContext
 
 RATIONALE_MAX = 50
 

@@ -21,10 +21,10 @@ import redis
 from starlette.concurrency import run_in_threadpool
 
 from prelabel.jobs import handoff
-from prelabel.ml_backend import metrics
-from prelabel.ml_backend.cascade import ProjectPredictor
-from prelabel.ml_backend.fewshot import FewShotPool
-from prelabel.ml_backend.predictor import ProjectContext
+from prelabel.prediction import metrics
+from prelabel.prediction.cascade import ProjectPredictor
+from prelabel.prediction.fewshot import FewShotPool
+from prelabel.prediction.predictor import ProjectContext
 from prelabel.settings import Settings
 
 log = logging.getLogger(__name__)

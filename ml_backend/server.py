@@ -48,15 +48,15 @@ from prelabel.label_config import guideline_store
 from prelabel.label_config.guideline import GuidelineError, guideline_ref
 from prelabel.label_config.schema import ConfigError
 from prelabel.lru import LRU
-from prelabel.ml_backend import metrics
-from prelabel.ml_backend.cascade import ProjectPredictor
 from prelabel.ml_backend.deadline import Answer, answer_within_deadline, loop_time
-from prelabel.ml_backend.fewshot_store import ProjectPools, add_example, pool_size
-from prelabel.ml_backend.interactive import predict_interactive
-from prelabel.ml_backend.model_router import ModelRouter
-from prelabel.ml_backend.predictor import Predictor, ProjectContext, open_predictor
-from prelabel.ml_backend.project_examples import fetch_labeled_examples
-from prelabel.ml_backend.stats import SHARED_COUNTERS
+from prelabel.prediction import metrics
+from prelabel.prediction.cascade import ProjectPredictor
+from prelabel.prediction.fewshot_store import ProjectPools, add_example, pool_size
+from prelabel.prediction.interactive import predict_interactive
+from prelabel.prediction.model_router import ModelRouter
+from prelabel.prediction.predictor import Predictor, ProjectContext, open_predictor
+from prelabel.prediction.project_examples import fetch_labeled_examples
+from prelabel.prediction.stats import SHARED_COUNTERS
 from prelabel.settings import Settings, get_settings
 from prelabel.studio.access import Access, AccessRefused, resolve
 

@@ -106,7 +106,7 @@ def config_check(
     """Validate a labeling config (+ guideline) and show the answer schema the LLM must fill."""
     from prelabel.label_config.guideline import default_guideline, load_guideline
     from prelabel.label_config.schema import build_schema
-    from prelabel.ml_backend.prompt import Prompt
+    from prelabel.prediction.prompt import Prompt
 
     schema = build_schema(config.read_text(encoding="utf-8"))
     rules = load_guideline(guideline) if guideline else default_guideline(schema)

@@ -147,7 +147,7 @@ def predict(
 
 async def _predict_offline(settings: Settings, label_config: str, guideline: str | None, tasks: list[dict[str, Any]],
                            summary: Summary, every: int) -> list[dict[str, Any]]:
-    from prelabel.ml_backend.predictor import open_predictor
+    from prelabel.prediction.predictor import open_predictor
 
     results: list[dict[str, Any]] = []
     async with open_predictor(settings) as predictor:

@@ -1,7 +1,7 @@
 """``prelabel prompts eval|use|history|show``: guideline versions judged on the project's ground truth.
 
 ``eval`` runs a candidate (guideline x model) and the project's current version on the project's
-human-verified tasks and reports both (``prelabel.quality.prompt_eval``); ``use`` makes a
+human-verified tasks and reports both (``prelabel.train.prompt_eval``); ``use`` makes a
 guideline the project's active version (the backend and the worker read it per request);
 ``history`` lists the activations with their eval scores; ``show`` prints the exact prompt of
 any ``p-<hash>`` a prediction carries. Label Studio is reached through ``prelabel.studio.access``
@@ -86,8 +86,8 @@ def current_version(settings: Settings, conn: redis.Redis, project: int) -> Any:
     else the config's matching template) and the promoted model (else the configured one)."""
     from prelabel.jobs.projects import load_project
     from prelabel.label_config import guideline_store as store
-    from prelabel.quality.prompt_eval import Version
     from prelabel.train.promote import active_model
+    from prelabel.train.prompt_eval import Version
 
     guideline = store.active_guideline(store.active(conn, project)) or load_project(conn, project).guideline
     promoted = active_model(conn, str(project)) or {}
@@ -116,7 +116,7 @@ def evaluate(
     from prelabel.export.verify import VerifyOptions
     from prelabel.label_config import guideline_store as store
     from prelabel.label_config.schema import build_schema
-    from prelabel.quality import prompt_eval
+    from prelabel.train import prompt_eval
 
     settings = get_settings()
     conn = _redis(settings)
@@ -168,7 +168,7 @@ def evaluate(
 
 
 def comparison_table(report: dict[str, Any]) -> Table:
-    from prelabel.quality.prompt_eval import HEADLINE, fmt
+    from prelabel.train.prompt_eval import HEADLINE, fmt
 
     cur, cand = report["current"], report["candidate"]
     table = Table(title=f"project {report['project']}: {cur['n']} human-verified tasks")
@@ -195,7 +195,7 @@ def use(
     """Make a guideline the project's active version: new predictions use it at once (no restart)."""
     from prelabel.label_config import guideline_store as store
     from prelabel.label_config.guideline import parse_guideline
-    from prelabel.ml_backend.predictor import ContextBuilder
+    from prelabel.prediction.predictor import ContextBuilder
 
     settings = get_settings()
     conn = _redis(settings)
@@ -214,7 +214,7 @@ def use(
 def history(project: int = typer.Option(..., "--project", "-p", help="Label Studio project id.")) -> None:
     """The project's guideline activations, newest last, and every evaluated version with its scores."""
     from prelabel.label_config import guideline_store as store
-    from prelabel.quality.prompt_eval import fmt
+    from prelabel.train.prompt_eval import fmt
 
     conn = _redis(get_settings())
     entries, scored = store.history(conn, project), store.scores(conn, project)

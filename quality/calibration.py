@@ -1,4 +1,4 @@
-"""Fit, measure and store per-project calibration maps (applied by ``ml_backend.calibration``).
+"""Fit, measure and store per-project calibration maps (applied by ``prediction.calibration``).
 
 Data: every task a human labeled that also has an ``ok`` pre-annotation gives one pair (the
 pre-annotation's raw score, whether its answer equals the human's). Pairs are kept per model
@@ -24,8 +24,8 @@ import numpy as np
 from prelabel.contract import STATUS_SEP, ModelVersion, calibration_key, is_review, stamp_of
 from prelabel.label_config.answers import answer_from_regions
 from prelabel.label_config.schema import OutputSchema, build_schema
-from prelabel.ml_backend.calibration import CalibrationMap, logit
-from prelabel.ml_backend.project_examples import human_annotation
+from prelabel.prediction.calibration import CalibrationMap, logit
+from prelabel.prediction.project_examples import human_annotation
 
 Method = Literal["auto", "platt", "isotonic"]
 MIN_PAIRS = 10  # fewer human-labeled predictions than this: the score stays uncalibrated

@@ -59,6 +59,7 @@ def test_wheel_contents(wheel):
     names = zipfile.ZipFile(wheel).namelist()
     for required in (
         "prelabel/ml_backend/server.py",
+        "prelabel/prediction/predictor.py",
         "prelabel/label_config/templates/search_intent.xml",
         "prelabel/label_config/templates/search_intent.yaml",
         "prelabel/label_config/templates/ner.xml",
@@ -70,7 +71,7 @@ def test_wheel_contents(wheel):
     ):
         assert required in names, f"{required} missing from {wheel.name}"
     top_levels = {name.split("/", 1)[0] for name in names}
-    for forbidden in ("ml_backend", "export", "train", "label_config", "tests", "benchmarks", "scripts"):
+    for forbidden in ("ml_backend", "prediction", "export", "train", "label_config", "tests", "benchmarks", "scripts"):
         assert forbidden not in top_levels, f"top-level {forbidden}/ in the wheel"
     assert top_levels == {"prelabel", next(t for t in top_levels if t.endswith(".dist-info"))}
     # Every file of the repository's templates folder is shipped.
@@ -124,7 +125,7 @@ def test_installed_package_imports_from_the_wheel(installed):
     assert "search_intent" in lines[2] and "ner" in lines[2]
 
 
-@pytest.mark.parametrize("name", ["train", "export", "ml_backend", "label_config"])
+@pytest.mark.parametrize("name", ["train", "export", "ml_backend", "prediction", "label_config"])
 def test_generic_top_level_names_are_not_installed(installed, name):
     result = _py(installed, f"import {name}")
     assert result.returncode != 0

@@ -60,9 +60,9 @@ class BackendEngine:
         return asyncio.run(self._predict(records, config, manifest.raw.get("guideline")))
 
     async def _predict(self, records: list[Record], config: str, guideline: str | None) -> list[Generation]:
-        from prelabel.ml_backend.llm_client import LLMClient
-        from prelabel.ml_backend.predictor import Predictor
-        from prelabel.ml_backend.prompt import render_answer
+        from prelabel.prediction.llm_client import LLMClient
+        from prelabel.prediction.predictor import Predictor
+        from prelabel.prediction.prompt import render_answer
 
         llm = LLMClient(self.settings)
         predictor = Predictor(self.settings, llm, cache=None)  # every answer asked for, none cached

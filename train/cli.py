@@ -170,7 +170,7 @@ def flywheel_command(
     """
     from prelabel.settings import get_settings
     from prelabel.stack.up import stack_settings
-    from prelabel.train.pipeline import enqueue_flywheel, run_flywheel
+    from prelabel.train.pipeline import run_flywheel
 
     project = project or project_arg
     if not project:
@@ -179,6 +179,7 @@ def flywheel_command(
               "dataset_dir": str(dataset_dir.resolve()) if dataset_dir else None}
     if enqueue:
         from prelabel.jobs.queue import job_queue
+        from prelabel.jobs.training import enqueue_flywheel
 
         queue = job_queue(_redis())  # the queue `prelabel worker` consumes, nothing else
         job = enqueue_flywheel(queue, project, **kwargs)

@@ -22,13 +22,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from prelabel.contract import train_label_count_key, train_lock_key, train_status_key
+from prelabel.contract import active_model_key, train_lock_key, train_status_key
 from prelabel.errors import UserError
+from prelabel.jobs.training import FLYWHEEL_TIMEOUT
 from prelabel.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
 
-JOB_TIMEOUT = 24 * 3600
 STAGES = ("export", "train", "merge", "eval", "promote")
 
 
@@ -111,7 +111,7 @@ def run_flywheel(
     client = redis.Redis.from_url(redis_url(settings))
     status = Status(client, project, console)
     lock = train_lock_key(project)
-    if not client.set(lock, run_id, nx=True, ex=JOB_TIMEOUT):
+    if not client.set(lock, run_id, nx=True, ex=FLYWHEEL_TIMEOUT):
         status.set(last_skipped=_now())
         return {"state": "skipped", "reason": "a flywheel run for this project is already in progress"}
     client.delete(status.key)
@@ -209,9 +209,8 @@ def _serve_locally(project: str, run_id: str, run_dir: Path, status: Status, cli
                           candidate, current_report, current, server.base_url, record_extra(gguf.path, style))
         if result["promoted"]:
             with status.step("handover"):
-                from prelabel.train.promote import active_key
-
-                served = wait_for_takeover(client, active_key(project), server.base_url, _stack_running(settings))
+                served = wait_for_takeover(client, active_model_key(project), server.base_url,
+                                           _stack_running(settings))
                 result["served_at"] = served
     finally:
         server.process.stop()
@@ -297,23 +296,3 @@ def _evaluate(engine: Any, data: Path, folder: Path, label: str, max_samples: in
 
 def _api_key(settings: Settings) -> str:
     return settings.llm_api_keys[0].get_secret_value() if settings.llm_api_keys else "not-needed"
-
-
-def enqueue_flywheel(queue: Any, project_id: str | int, **kwargs: Any) -> Any:
-    """Queue ``run_flywheel`` on an RQ queue (the START_TRAINING handler); status becomes 'queued'."""
-    job = queue.enqueue(run_flywheel, args=(str(project_id),), kwargs=kwargs, job_timeout=JOB_TIMEOUT,
-                        description=f"flywheel for project {project_id}")
-    Status(queue.connection, str(project_id)).set(state="queued", job_id=job.id, queued=_now())
-    return job
-
-
-def note_verified_labels(client: Any, project_id: str | int, count: int = 1,
-                         threshold: int | None = None) -> bool:
-    """Count new human-verified labels; True (and the count restarts) once ``threshold`` is reached."""
-    threshold = threshold or get_settings().train_min_new_labels
-    key = train_label_count_key(project_id)
-    total = client.incrby(key, count)
-    if total < threshold:
-        return False
-    client.decrby(key, total)
-    return True

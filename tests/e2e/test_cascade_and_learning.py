@@ -22,8 +22,8 @@ import pytest
 import redis as redis_lib
 
 from prelabel.contract import calibration_key
-from prelabel.ml_backend.calibration import CalibrationMap
-from prelabel.ml_backend.fewshot_store import add_example
+from prelabel.prediction.calibration import CalibrationMap
+from prelabel.prediction.fewshot_store import add_example
 from prelabel.stack.llm_server import start_llm_server
 
 pytestmark = pytest.mark.e2e
@@ -141,7 +141,7 @@ def test_reviewer_on_the_same_weights_is_reported_whatever_its_name(llm_server, 
     """Two servers (or one) with the same GGUF under other names: the check asks the servers."""
     from prelabel.contract import REVIEWER_INDEPENDENCE_KEY as INDEPENDENCE_KEY
     from prelabel.jobs.handlers import reviewer_independence
-    from prelabel.ml_backend.model_identity import SAME, compare, identify
+    from prelabel.prediction.model_identity import SAME, compare, identify
     from prelabel.settings import Settings
 
     ours = identify(llm_server.base_url, llm_server.api_key, "smollm2")
@@ -162,7 +162,7 @@ def test_reviewer_on_the_same_weights_is_reported_whatever_its_name(llm_server, 
 
 
 def test_reviewer_on_other_weights_is_reported_different(llm_server, harness_dir):
-    from prelabel.ml_backend.model_identity import DIFFERENT, compare, identify
+    from prelabel.prediction.model_identity import DIFFERENT, compare, identify
     from prelabel.stack.llm_server import find_reviewer_gguf
 
     gguf = find_reviewer_gguf()

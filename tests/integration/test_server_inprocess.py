@@ -17,10 +17,10 @@ from pydantic import SecretStr
 from starlette.testclient import TestClient
 
 from prelabel.contract import CASCADE_STATS_KEY, WEBHOOK_HEADER, ModelVersion, RegionStamp, TaskStatus, stamp_of
-from prelabel.ml_backend.cache import PredictionCache
-from prelabel.ml_backend.llm_client import LLMClient
-from prelabel.ml_backend.predictor import Predictor
 from prelabel.ml_backend.server import create_app
+from prelabel.prediction.cache import PredictionCache
+from prelabel.prediction.llm_client import LLMClient
+from prelabel.prediction.predictor import Predictor
 from prelabel.redis_conn import async_client
 from prelabel.settings import Settings
 from tests.support.fault_llm import FaultServer

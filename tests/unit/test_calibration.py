@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from prelabel.label_config.schema import build_schema
-from prelabel.ml_backend.calibration import UNCALIBRATED, CalibrationMap, calibrate, is_calibrated
+from prelabel.prediction.calibration import UNCALIBRATED, CalibrationMap, calibrate, is_calibrated
 from prelabel.quality.calibration import (
     MIN_PAIRS,
     Pairs,

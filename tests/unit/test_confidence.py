@@ -1,4 +1,4 @@
-"""Confidence from token logprobs (ml_backend/confidence.py)."""
+"""Confidence from token logprobs (prediction/confidence.py)."""
 
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ from prelabel.label_config.controls import (
     RatingField,
     TextAreaField,
 )
-from prelabel.ml_backend.confidence import TokenMap, answer_confidences, value_spans
-from prelabel.ml_backend.llm_client import TokenLogprob
+from prelabel.prediction.confidence import TokenMap, answer_confidences, value_spans
+from prelabel.prediction.llm_client import TokenLogprob
 
 _TOKEN = re.compile(r"\w+|\s+|[^\w\s]")
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from prelabel.label_config.guideline import default_guideline, load_guideline
 from prelabel.label_config.schema import build_schema
-from prelabel.ml_backend.context_budget import (
+from prelabel.prediction.context_budget import (
     MESSAGE_OVERHEAD,
     REPLY_OVERHEAD,
     ContextBudget,
@@ -23,10 +23,10 @@ from prelabel.ml_backend.context_budget import (
     answer_budget,
     estimate,
 )
-from prelabel.ml_backend.fewshot import FewShotPool, guideline_examples
-from prelabel.ml_backend.predictor import _declined
-from prelabel.ml_backend.prompt import NONE_OF_THESE, Example, Prompt, answer_schema
-from prelabel.ml_backend.shortlist import Shortlister
+from prelabel.prediction.fewshot import FewShotPool, guideline_examples
+from prelabel.prediction.predictor import _declined
+from prelabel.prediction.prompt import NONE_OF_THESE, Example, Prompt, answer_schema
+from prelabel.prediction.shortlist import Shortlister
 
 ROOT = Path(__file__).resolve().parents[2]
 BANKING = ROOT / "benchmarks" / "datasets" / "banking77"

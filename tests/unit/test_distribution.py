@@ -1,4 +1,4 @@
-"""Label distributions of Choices controls from the answer's token alternatives (ml_backend/distribution.py)."""
+"""Label distributions of Choices controls from the answer's token alternatives (prediction/distribution.py)."""
 
 from __future__ import annotations
 
@@ -8,14 +8,14 @@ import math
 import pytest
 
 from prelabel.label_config.controls import ChoicesField, LabelInfo, TextAreaField
-from prelabel.ml_backend.distribution import (
+from prelabel.prediction.distribution import (
     INCLUSION,
     SINGLE,
     answer_label_probs,
     distribution_score,
     kind_of,
 )
-from prelabel.ml_backend.llm_client import TokenLogprob
+from prelabel.prediction.llm_client import TokenLogprob
 
 LABELS = ("navigational", "informational", "transactional", "other")
 

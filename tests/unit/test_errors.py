@@ -18,7 +18,7 @@ from prelabel.label_config.controls import AnswerError
 from prelabel.label_config.guideline import GuidelineError
 from prelabel.label_config.schema import ConfigError as LabelConfigError
 from prelabel.label_config.schema import TaskDataError
-from prelabel.ml_backend.llm_client import LLMError
+from prelabel.prediction.llm_client import LLMError
 from prelabel.stack.processes import StartupError
 from prelabel.stack.up import ChildDied, StackError
 from prelabel.studio.access import AccessRefused

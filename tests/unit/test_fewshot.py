@@ -1,4 +1,4 @@
-"""Few-shot example selection (ml_backend/fewshot.py)."""
+"""Few-shot example selection (prediction/fewshot.py)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import pytest
 
 from prelabel.label_config.guideline import parse_guideline
 from prelabel.label_config.schema import build_schema
-from prelabel.ml_backend.fewshot import FewShotPool, file_examples, guideline_examples
-from prelabel.ml_backend.prompt import Example
+from prelabel.prediction.fewshot import FewShotPool, file_examples, guideline_examples
+from prelabel.prediction.prompt import Example
 
 CONFIG = """<View><Text name="text" value="$text"/>
 <Choices name="intent" toName="text"><Choice value="a"/><Choice value="b"/></Choices></View>"""

@@ -9,8 +9,8 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 
-from prelabel.ml_backend.fewshot_store import ProjectPools, add_example, pool_size, remove_task
-from prelabel.ml_backend.predictor import ContextBuilder
+from prelabel.prediction.fewshot_store import ProjectPools, add_example, pool_size, remove_task
+from prelabel.prediction.predictor import ContextBuilder
 from prelabel.settings import Settings
 
 CONFIG = """<View><Text name="text" value="$text"/>

@@ -12,10 +12,10 @@ import redis
 from prelabel.jobs.handlers import ProjectJob
 from prelabel.label_config import guideline_store as store
 from prelabel.label_config.guideline import load_guideline
-from prelabel.ml_backend.cache import PredictionCache
-from prelabel.ml_backend.interactive import constrained_context, parse_context
-from prelabel.ml_backend.llm_client import LLMClient
-from prelabel.ml_backend.predictor import Predictor
+from prelabel.prediction.cache import PredictionCache
+from prelabel.prediction.interactive import constrained_context, parse_context
+from prelabel.prediction.llm_client import LLMClient
+from prelabel.prediction.predictor import Predictor
 from prelabel.settings import Settings
 
 TEMPLATES = Path(__file__).resolve().parents[2] / "label_config" / "templates"

@@ -9,7 +9,7 @@ import pytest
 from prelabel.label_config.answers import check_answer
 from prelabel.label_config.guideline import load_guideline
 from prelabel.label_config.schema import build_schema
-from prelabel.ml_backend.interactive import (
+from prelabel.prediction.interactive import (
     Given,
     GivenSpans,
     SelectedSpans,
@@ -17,8 +17,8 @@ from prelabel.ml_backend.interactive import (
     parse_context,
     pinned_schema,
 )
-from prelabel.ml_backend.llm_client import LLMClient
-from prelabel.ml_backend.predictor import ContextBuilder, Predictor
+from prelabel.prediction.llm_client import LLMClient
+from prelabel.prediction.predictor import ContextBuilder, Predictor
 from prelabel.settings import Settings
 
 TEMPLATES = Path(__file__).resolve().parents[2] / "label_config" / "templates"
@@ -209,7 +209,7 @@ def test_timed_out_answer_is_an_error_under_the_cascade_family():
     groups the project's predictions by (the cascade's ``cheap>fallback@prompt`` too)."""
     from types import SimpleNamespace
 
-    from prelabel.ml_backend.cascade import ProjectPredictor
+    from prelabel.prediction.cascade import ProjectPredictor
 
     def predictor(model: str) -> Predictor:
         made = Predictor(Settings(), LLMClient(Settings()), cache=None)

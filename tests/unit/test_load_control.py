@@ -12,8 +12,8 @@ import time
 
 import pytest
 
-from prelabel.ml_backend.load_control import AdaptiveLimit, EndpointPool, RetryBudget
-from prelabel.ml_backend.shapes import ShapeState, classify_rejection
+from prelabel.prediction.load_control import AdaptiveLimit, EndpointPool, RetryBudget
+from prelabel.prediction.shapes import ShapeState, classify_rejection
 
 
 class FakeClock:

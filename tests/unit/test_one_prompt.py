@@ -4,7 +4,7 @@ The export writes each record through the backend's own rendering; training and 
 ``Record.messages()``; the backend builds its messages in ``Predictor``. These tests put a labeled
 task through all of them and require the very same chat messages, and require the record's answer
 to be one the backend accepts as the human's label. Any drift (a template change in
-``ml_backend/prompt.py`` that the export does not follow, an instruction that asks for another
+``prediction/prompt.py`` that the export does not follow, an instruction that asks for another
 answer format than the output has) fails here.
 """
 
@@ -18,8 +18,8 @@ from typing import Any
 import pytest
 
 from prelabel.export.pipeline import ExportOptions, export_tasks
-from prelabel.ml_backend.llm_client import Completion, LLMClient
-from prelabel.ml_backend.predictor import Predictor
+from prelabel.prediction.llm_client import Completion, LLMClient
+from prelabel.prediction.predictor import Predictor
 from prelabel.settings import Settings
 from prelabel.train.data import load_dataset
 from prelabel.train.evaluate import parse

@@ -15,9 +15,9 @@ import pytest
 from prelabel.label_config.answers import check_answer
 from prelabel.label_config.guideline import load_guideline, template_path
 from prelabel.label_config.schema import build_schema
-from prelabel.ml_backend.llm_client import LLMClient
-from prelabel.ml_backend.predictor import Predictor
-from prelabel.ml_backend.prompt import Prompt
+from prelabel.prediction.llm_client import LLMClient
+from prelabel.prediction.predictor import Predictor
+from prelabel.prediction.prompt import Prompt
 from prelabel.settings import Settings
 
 

@@ -1,4 +1,4 @@
-"""Prompt rendering and versions (ml_backend/prompt.py) and the prediction cache (ml_backend/cache.py)."""
+"""Prompt rendering and versions (prediction/prompt.py) and the prediction cache (prediction/cache.py)."""
 
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ from prelabel.label_config.guideline import (
     template_path,
 )
 from prelabel.label_config.schema import build_schema
-from prelabel.ml_backend.cache import PredictionCache, cache_key
-from prelabel.ml_backend.prompt import Example, Prompt
+from prelabel.prediction.cache import PredictionCache, cache_key
+from prelabel.prediction.prompt import Example, Prompt
 
 CONFIG = """<View><Text name="text" value="$text"/>
 <Choices name="intent" toName="text"><Choice value="book" hint="Hint for book."/><Choice value="other"/></Choices>

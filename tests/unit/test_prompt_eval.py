@@ -9,8 +9,9 @@ from sklearn.metrics import f1_score
 
 from prelabel.export.verify import VerifyOptions
 from prelabel.label_config.schema import build_schema
-from prelabel.ml_backend.predictor import ContextBuilder
-from prelabel.quality.prompt_eval import (
+from prelabel.prediction.predictor import ContextBuilder
+from prelabel.settings import Settings
+from prelabel.train.prompt_eval import (
     Version,
     VersionRun,
     compare,
@@ -19,7 +20,6 @@ from prelabel.quality.prompt_eval import (
     verified_cases,
     write_outputs,
 )
-from prelabel.settings import Settings
 
 TEMPLATES = Path(__file__).resolve().parents[2] / "label_config" / "templates"
 CONFIG = (TEMPLATES / "search_intent.xml").read_text()

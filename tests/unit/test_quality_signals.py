@@ -7,11 +7,11 @@ import pytest
 
 from prelabel.label_config.answers import check_answer
 from prelabel.label_config.schema import build_schema
-from prelabel.ml_backend.fewshot import FewShotPool
-from prelabel.ml_backend.model_identity import DIFFERENT, SAME, UNKNOWN, ServerIdentity, compare
-from prelabel.ml_backend.near_duplicates import group, reused_prediction
-from prelabel.ml_backend.predictor import ContextBuilder
-from prelabel.ml_backend.prompt import Example
+from prelabel.prediction.fewshot import FewShotPool
+from prelabel.prediction.model_identity import DIFFERENT, SAME, UNKNOWN, ServerIdentity, compare
+from prelabel.prediction.near_duplicates import group, reused_prediction
+from prelabel.prediction.predictor import ContextBuilder
+from prelabel.prediction.prompt import Example
 from prelabel.quality.annotators import pair_agreement, screen
 from prelabel.ranking.uncertainty import inclusion_uncertainty
 from prelabel.settings import Settings
@@ -136,7 +136,7 @@ def test_reported_weights_decide_before_the_probe_and_nothing_known_is_unknown()
 def test_predict_with_reuse_asks_one_task_per_group_and_the_failed_revalidations_alone(ctx):
     import asyncio
 
-    from prelabel.ml_backend.near_duplicates import predict_with_reuse
+    from prelabel.prediction.near_duplicates import predict_with_reuse
 
     asked: list[list[int]] = []
 

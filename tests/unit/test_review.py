@@ -16,7 +16,7 @@ from prelabel.jobs.review import (
     review_schema,
 )
 from prelabel.label_config.controls import AnswerError
-from prelabel.ml_backend.predictor import ContextBuilder
+from prelabel.prediction.predictor import ContextBuilder
 from prelabel.settings import Settings
 
 CONFIG = """<View><Text name="text" value="$text"/>
@@ -129,7 +129,7 @@ def test_reviewer_must_differ_from_pre_annotator() -> None:
 def _tokens(pieces: list[str], alternatives: dict[int, dict[str, float]]):
     import math
 
-    from prelabel.ml_backend.llm_client import TokenLogprob
+    from prelabel.prediction.llm_client import TokenLogprob
 
     return [TokenLogprob(len(p.encode()), math.log(alternatives.get(i, {}).get(p, 0.999)),
                          tuple((t, math.log(q)) for t, q in alternatives.get(i, {}).items()))
@@ -138,7 +138,7 @@ def _tokens(pieces: list[str], alternatives: dict[int, dict[str, float]]):
 
 def test_reviewer_confidence_comes_from_its_own_verdict_and_correction_logprobs(ctx) -> None:
     from prelabel.jobs.review import add_confidence
-    from prelabel.ml_backend.llm_client import Completion
+    from prelabel.prediction.llm_client import Completion
 
     pieces = ['{"', "verdict", '":', ' "', "inc", "orrect", '",', ' "', "rationale", '":', ' "', "info", '",',
               ' "', "corrected", '":', ' {"', "intent", '":', ' "', "inform", "ational", '",', ' "', "ents", '":',

@@ -181,7 +181,7 @@ def test_apply_decision_writes_record_and_logs(tmp_path: Path, manifest, setting
 
 
 def test_verified_label_trigger(client) -> None:
-    from prelabel.train.pipeline import note_verified_labels
+    from prelabel.jobs.training import note_verified_labels
 
     assert not note_verified_labels(client, "5", 3, threshold=5)
     assert note_verified_labels(client, "5", 4, threshold=5)
@@ -222,7 +222,8 @@ def test_flywheel_failures_are_visible_in_status(tmp_path: Path, settings: Setti
 def test_enqueue_marks_the_project_queued(client) -> None:
     from rq import Queue
 
-    from prelabel.train.pipeline import enqueue_flywheel, read_status, run_flywheel
+    from prelabel.jobs.training import enqueue_flywheel
+    from prelabel.train.pipeline import read_status, run_flywheel
 
     job = enqueue_flywheel(Queue("training", connection=client), 12, dataset_dir="/data/export/12")
     assert job.func is run_flywheel and job.args == ("12",) and job.kwargs == {"dataset_dir": "/data/export/12"}

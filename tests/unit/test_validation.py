@@ -1,4 +1,4 @@
-"""Parsing LLM answers and checking them control by control (ml_backend/validation.py)."""
+"""Parsing LLM answers and checking them control by control (label_config/answers.py)."""
 
 from __future__ import annotations
 

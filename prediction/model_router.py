@@ -15,10 +15,10 @@ import json
 from typing import Any
 
 from prelabel.contract import active_model_keys
-from prelabel.ml_backend.calibration import load_calibration
-from prelabel.ml_backend.cascade import ProjectPredictor
-from prelabel.ml_backend.llm_client import LLMClient
-from prelabel.ml_backend.predictor import Predictor
+from prelabel.prediction.calibration import load_calibration
+from prelabel.prediction.cascade import ProjectPredictor
+from prelabel.prediction.llm_client import LLMClient
+from prelabel.prediction.predictor import Predictor
 
 
 class ModelRouter:

@@ -29,9 +29,9 @@ import openai
 
 from prelabel.errors import PrelabelError
 from prelabel.logs import redact
-from prelabel.ml_backend import metrics
-from prelabel.ml_backend.load_control import AdaptiveLimit, EndpointPool, Permit, RetryBudget
-from prelabel.ml_backend.shapes import ShapeState, classify_rejection
+from prelabel.prediction import metrics
+from prelabel.prediction.load_control import AdaptiveLimit, EndpointPool, Permit, RetryBudget
+from prelabel.prediction.shapes import ShapeState, classify_rejection
 from prelabel.settings import Settings, StructuredOutput
 
 log = logging.getLogger(__name__)

@@ -19,7 +19,7 @@ from sklearn.feature_extraction.text import TfidfVectorizer
 
 from prelabel.label_config.controls import ChoicesField
 from prelabel.label_config.guideline import Guideline
-from prelabel.ml_backend.prompt import Example
+from prelabel.prediction.prompt import Example
 
 
 def label_documents(control: ChoicesField, guideline: Guideline, examples: list[Example]) -> list[tuple[str, str]]:

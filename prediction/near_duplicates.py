@@ -23,9 +23,9 @@ from datasketch import MinHash, MinHashLSH
 from prelabel.contract import REUSE_STATS_KEY, TaskStatus, stamp_of
 from prelabel.label_config.answers import check_answer
 from prelabel.label_config.schema import TaskDataError
-from prelabel.ml_backend.fewshot import FewShotPool
-from prelabel.ml_backend.predictor import ProjectContext
-from prelabel.ml_backend.stats import count
+from prelabel.prediction.fewshot import FewShotPool
+from prelabel.prediction.predictor import ProjectContext
+from prelabel.prediction.stats import count
 from prelabel.text import normalise
 
 NUM_PERM = 128

@@ -16,7 +16,7 @@ from sklearn.feature_extraction.text import TfidfVectorizer
 
 from prelabel.label_config.guideline import Guideline
 from prelabel.label_config.schema import OutputSchema
-from prelabel.ml_backend.prompt import Example
+from prelabel.prediction.prompt import Example
 
 
 def _joined(texts: dict[str, str]) -> str:

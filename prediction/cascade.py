@@ -25,10 +25,10 @@ from __future__ import annotations
 from typing import Any
 
 from prelabel.contract import CASCADE_STATS_KEY, ModelVersion, TaskStatus, cascade_model, status_of, with_status
-from prelabel.ml_backend.calibration import CalibrationMap, calibrate
-from prelabel.ml_backend.fewshot import FewShotPool
-from prelabel.ml_backend.predictor import Predictor, ProjectContext, gather_until
-from prelabel.ml_backend.stats import count
+from prelabel.prediction.calibration import CalibrationMap, calibrate
+from prelabel.prediction.fewshot import FewShotPool
+from prelabel.prediction.predictor import Predictor, ProjectContext, gather_until
+from prelabel.prediction.stats import count
 
 CHEAP, FALLBACK, FALLBACK_FAILED = "cheap", "fallback", "fallback_failed"
 
@@ -77,7 +77,7 @@ class ProjectPredictor:
                       ) -> list[dict[str, Any]]:
         threshold = self.settings.near_duplicate_threshold
         if threshold is not None and len(tasks) > 1:
-            from prelabel.ml_backend.near_duplicates import predict_with_reuse
+            from prelabel.prediction.near_duplicates import predict_with_reuse
 
             return await predict_with_reuse(self._predict, tasks, ctx, pool, threshold, self.cache)
         return await self._predict(tasks, ctx, pool)

@@ -29,7 +29,7 @@ from prelabel.label_config.controls import (
     LabelsField,
     TextAreaField,
 )
-from prelabel.ml_backend.llm_client import TokenLogprob
+from prelabel.prediction.llm_client import TokenLogprob
 
 FALLBACK_SCORE = 0.5
 Path = tuple[object, ...]

@@ -35,9 +35,9 @@ from prelabel.label_config.controls import (
     TextAreaField,
 )
 from prelabel.label_config.schema import OutputSchema, TaskDataError
-from prelabel.ml_backend.llm_client import LLMClient
-from prelabel.ml_backend.predictor import Predictor, ProjectContext
-from prelabel.ml_backend.prompt import Example
+from prelabel.prediction.llm_client import LLMClient
+from prelabel.prediction.predictor import Predictor, ProjectContext
+from prelabel.prediction.prompt import Example
 from prelabel.quality.calibration import ece
 from prelabel.settings import Settings
 from prelabel.train.evaluate import Item

@@ -37,7 +37,7 @@ import httpx
 
 from prelabel.label_config.controls import LIST_ITEM, ChoicesField, NumberField, RankerField, RatingField, TextAreaField
 from prelabel.label_config.schema import OutputSchema
-from prelabel.ml_backend.prompt import DETAIL, NONE_OF_THESE, Example, Prompt
+from prelabel.prediction.prompt import DETAIL, NONE_OF_THESE, Example, Prompt
 
 log = logging.getLogger(__name__)
 

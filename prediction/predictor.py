@@ -46,15 +46,15 @@ from prelabel.label_config.schema import (
     unsupported_once,
 )
 from prelabel.lru import LRU
-from prelabel.ml_backend import metrics
-from prelabel.ml_backend.cache import PredictionCache, cache_key
-from prelabel.ml_backend.confidence import FALLBACK_SCORE, answer_confidences
-from prelabel.ml_backend.context_budget import ContextBudget, Fitted, TokenCounter, TooLong, answer_budget
-from prelabel.ml_backend.distribution import answer_label_probs, distribution_score, kind_of
-from prelabel.ml_backend.fewshot import FewShotPool, file_examples, guideline_examples
-from prelabel.ml_backend.llm_client import Completion, LLMClient, LLMError
-from prelabel.ml_backend.prompt import INPUT_TEMPLATE, NONE_OF_THESE, Example, Prompt, answer_schema
-from prelabel.ml_backend.shortlist import Shortlister
+from prelabel.prediction import metrics
+from prelabel.prediction.cache import PredictionCache, cache_key
+from prelabel.prediction.confidence import FALLBACK_SCORE, answer_confidences
+from prelabel.prediction.context_budget import ContextBudget, Fitted, TokenCounter, TooLong, answer_budget
+from prelabel.prediction.distribution import answer_label_probs, distribution_score, kind_of
+from prelabel.prediction.fewshot import FewShotPool, file_examples, guideline_examples
+from prelabel.prediction.llm_client import Completion, LLMClient, LLMError
+from prelabel.prediction.prompt import INPUT_TEMPLATE, NONE_OF_THESE, Example, Prompt, answer_schema
+from prelabel.prediction.shortlist import Shortlister
 from prelabel.redis_conn import async_client
 from prelabel.settings import Settings
 

@@ -26,9 +26,9 @@ from typing import Any
 from redis.exceptions import RedisError
 
 from prelabel.contract import fewshot_keys
-from prelabel.ml_backend.fewshot import FewShotPool
-from prelabel.ml_backend.predictor import ProjectContext
-from prelabel.ml_backend.prompt import Example
+from prelabel.prediction.fewshot import FewShotPool
+from prelabel.prediction.predictor import ProjectContext
+from prelabel.prediction.prompt import Example
 from prelabel.text import normalise
 
 log = logging.getLogger(__name__)

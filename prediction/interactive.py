@@ -36,11 +36,11 @@ from typing import Any
 
 from prelabel.label_config.controls import AnswerError, ControlField, LabelsField, TextAreaField
 from prelabel.label_config.schema import OutputSchema, TaskDataError
-from prelabel.ml_backend import metrics
-from prelabel.ml_backend.cascade import ProjectPredictor
-from prelabel.ml_backend.fewshot import FewShotPool
-from prelabel.ml_backend.predictor import Predictor, ProjectContext
-from prelabel.ml_backend.prompt import Prompt
+from prelabel.prediction import metrics
+from prelabel.prediction.cascade import ProjectPredictor
+from prelabel.prediction.fewshot import FewShotPool
+from prelabel.prediction.predictor import Predictor, ProjectContext
+from prelabel.prediction.prompt import Prompt
 
 log = logging.getLogger(__name__)
 

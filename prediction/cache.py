@@ -16,7 +16,7 @@ import orjson
 import redis.asyncio as aioredis
 
 from prelabel.contract import prediction_cache_key
-from prelabel.ml_backend import metrics
+from prelabel.prediction import metrics
 
 CACHE_FORMAT = "v1"
 

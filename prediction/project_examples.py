@@ -13,7 +13,7 @@ from label_studio_sdk.client import LabelStudio
 
 from prelabel.label_config.answers import answer_from_regions
 from prelabel.label_config.schema import OutputSchema, TaskDataError
-from prelabel.ml_backend.prompt import Example
+from prelabel.prediction.prompt import Example
 from prelabel.studio.client import plain
 
 log = logging.getLogger(__name__)

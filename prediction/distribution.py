@@ -30,8 +30,8 @@ import math
 from collections.abc import Sequence
 
 from prelabel.label_config.controls import ChoicesField, ControlField
-from prelabel.ml_backend.confidence import Path, TokenMap, locate
-from prelabel.ml_backend.llm_client import TokenLogprob
+from prelabel.prediction.confidence import Path, TokenMap, locate
+from prelabel.prediction.llm_client import TokenLogprob
 
 SINGLE, INCLUSION = "distribution", "inclusion"
 
