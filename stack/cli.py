@@ -50,8 +50,8 @@ def status(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) ->
         from prelabel.stack.llm_load import fetch_llm_load
         from prelabel.stack.up import StackRecord, record_path
 
-        auth = StackRecord.load(record_path(get_settings())).basic_auth
-        state["llm_load"] = fetch_llm_load(state["backend"], tuple(auth) if auth else None)
+        auth = StackRecord.load(record_path(get_settings())).backend_auth()
+        state["llm_load"] = fetch_llm_load(state["backend"], auth)
     if as_json:
         typer.echo(json.dumps(state, indent=2))
     else:
@@ -60,7 +60,7 @@ def status(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) ->
         for key in ("label_studio", "backend", "llm", "project_id", "label_studio_health", "backend_health",
                     "llm_health", "llm_error"):
             if key in state:
-                console.print(f"  {key}: {state[key]}")
+                console.print(f"  {key}: {state.get(key)}")
         names = {"default": "other projects", "*": "all projects"}
         for project, served in state.get("models", {}).items():
             console.print(f"  model for {names.get(project, 'project ' + project)}: {served}")

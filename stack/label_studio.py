@@ -108,7 +108,8 @@ def login(url: str, username: str, password: str) -> httpx.Client:
     )
     if r.status_code not in (301, 302) or "sessionid" not in client.cookies:
         raise RuntimeError(f"Label Studio login as {username} failed: HTTP {r.status_code}")
-    client.headers["X-CSRFToken"] = client.cookies.get("csrftoken", csrf)
+    fresh = client.cookies.get("csrftoken")  # Django rotates the token at login
+    client.headers["X-CSRFToken"] = fresh if fresh is not None else csrf
     client.headers["Referer"] = f"{url}/"
     return client
 

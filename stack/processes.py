@@ -95,7 +95,7 @@ class ManagedProcess:
     def __init__(
         self,
         name: str,
-        argv: Sequence[str],
+        argv: Sequence[str | os.PathLike[str]],
         *,
         log_path: str | os.PathLike,
         env: Mapping[str, str] | None = None,
@@ -142,6 +142,13 @@ class ManagedProcess:
     def pid(self) -> int | None:
         return self.popen.pid if self.popen else None
 
+    @property
+    def started_pid(self) -> int:
+        """The pid of a process that was started (asking before ``start()`` is a bug)."""
+        if self.popen is None:
+            raise RuntimeError(f"{self.name} has no pid: it was never started")
+        return self.popen.pid
+
     def alive(self) -> bool:
         return self.popen is not None and self.popen.poll() is None
 
@@ -153,7 +160,7 @@ class ManagedProcess:
         return exit_text(self.returncode())
 
     def _remember_descendants(self) -> None:
-        if not self.alive():
+        if self.popen is None or self.popen.poll() is not None:  # not started, or gone: no tree to walk
             return
         try:
             for child in psutil.Process(self.popen.pid).children(recursive=True):
@@ -235,6 +242,14 @@ class ManagedProcess:
         return f"<ManagedProcess {self.name} pid={self.pid} log={self.log_path}>"
 
 
+def started(process: ManagedProcess | None, server: str) -> ManagedProcess:
+    """The process of a server this code started. Only a server found running elsewhere (an
+    external LLM) has none, and that one is never asked for its process: None here is a bug."""
+    if process is None:
+        raise RuntimeError(f"{server} has no process: it was not started by prelabel")
+    return process
+
+
 def stop_all(processes: Iterable[ManagedProcess] | None = None) -> None:
     """Stop the given processes, or every registered one (newest first)."""
     with _registry_lock:
@@ -275,4 +290,4 @@ def _install_signal_cleanup() -> None:
 _install_signal_cleanup()
 
 
-__all__ = ["ManagedProcess", "StartupError", "child_env", "running", "stop_all", "tail"]
+__all__ = ["ManagedProcess", "StartupError", "child_env", "running", "started", "stop_all", "tail"]

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from prelabel.contract import ACTIVE_MODEL_PATTERN, as_text
-from prelabel.stack.processes import ManagedProcess, StartupError
+from prelabel.stack.processes import ManagedProcess, StartupError, started
 
 
 @dataclass
@@ -71,7 +71,8 @@ class PromotedModels:
             return None
         self._failed.pop(key, None)
         old = self.served.get(key)
-        served = Served(key, gguf, str(record["model"]), project, server.base_url, server.process)
+        served = Served(key, gguf, str(record["model"]), project, server.base_url,
+                        started(server.process, f"llm-{record['model']}"))
         self.served[key] = served
         if old is not None:
             old.process.stop()

@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, NotRequired, TypedDict
 
 import httpx
 
@@ -28,6 +28,12 @@ from prelabel.errors import UserError
 from prelabel.jobs.outcomes import Tally
 from prelabel.settings import Settings
 from prelabel.stack.llm_smoke import NotReady, check_completion
+
+if TYPE_CHECKING:
+    from prelabel.stack.label_studio import LabelStudioServer
+    from prelabel.stack.llm_server import LLMServer
+    from prelabel.stack.processes import ManagedProcess
+    from prelabel.stack.promoted import PromotedModels
 
 SAMPLE_TEMPLATE = "search_intent"
 SAMPLE_TITLE = "Search intent (prelabel sample)"
@@ -63,6 +69,25 @@ class StackRecord:
     @classmethod
     def load(cls, path: Path) -> StackRecord:
         return cls(**json.loads(path.read_text())) if path.exists() else cls()
+
+    def ls_login(self) -> tuple[str, str, str] | None:
+        """Label Studio's admin (username, password, legacy token); None before the first ``up``."""
+        if not self.ls_credentials:
+            return None
+        if len(self.ls_credentials) != 3:
+            raise StackError(f"stack.json: ls_credentials must be [username, password, token], "
+                             f"not {len(self.ls_credentials)} values")
+        username, password, token = self.ls_credentials
+        return username, password, token
+
+    def backend_auth(self) -> tuple[str, str] | None:
+        """The backend's basic-auth login (user, password); None before the first ``up``."""
+        if not self.basic_auth:
+            return None
+        if len(self.basic_auth) != 2:
+            raise StackError(f"stack.json: basic_auth must be [user, password], not {len(self.basic_auth)} values")
+        user, password = self.basic_auth
+        return user, password
 
     def save(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -150,7 +175,7 @@ def run_up(settings: Settings, *, ls_port: int, backend_port: int, llm_port: int
     from prelabel.redis_conn import redis_url, stop_embedded
     from prelabel.stack.label_studio import new_credentials, start_label_studio
     from prelabel.stack.llm_server import start_llm_server
-    from prelabel.stack.processes import ManagedProcess, child_env, stop_all
+    from prelabel.stack.processes import ManagedProcess, child_env, started, stop_all
 
     path = record_path(settings)
     record = StackRecord.load(path)
@@ -158,9 +183,11 @@ def run_up(settings: Settings, *, ls_port: int, backend_port: int, llm_port: int
     external_llm = os.environ.get("OPENAI_BASE_URL") or os.environ.get("PRELABEL_LLM_BASE_URLS")
     preflight(settings, record, external_llm)
 
-    record.ls_credentials = record.ls_credentials or list(new_credentials())
+    login = record.ls_login() or new_credentials()
+    basic_auth = record.backend_auth() or ("prelabel", secrets.token_hex(12))
+    record.ls_credentials = list(login)
     record.webhook_secret = record.webhook_secret or secrets.token_hex(16)
-    record.basic_auth = record.basic_auth or ["prelabel", secrets.token_hex(12)]
+    record.basic_auth = list(basic_auth)
     record.pid = os.getpid()
     record.children = {}
     record.save(path)
@@ -176,29 +203,29 @@ def run_up(settings: Settings, *, ls_port: int, backend_port: int, llm_port: int
             llm_url, model, structured = external_llm, settings.llm_model, settings.structured_output
         else:  # first: a model that cannot answer is reported in seconds, not after Label Studio's start
             llm = start_llm_server(root / "llm", port=llm_port)
-            children["llm"] = llm.process
-            record.children["llm"] = llm.process.pid
+            children["llm"] = started(llm.process, "the LLM server")
+            record.children["llm"] = children["llm"].started_pid
             llm_url, model, structured = llm.base_url, LOCAL_MODEL, "json_object"
             context_window = {"PRELABEL_LLM_CONTEXT_WINDOW": str(llm.context_window)}
         promoted = serve_promoted(redis, root, say, children, record)  # before anything routes to a record
-        ls = start_label_studio(root / "label-studio", port=ls_port, credentials=tuple(record.ls_credentials),
+        ls = start_label_studio(root / "label-studio", port=ls_port, credentials=login,
                                 data_dir=root / "label-studio" / "data")
-        children["label-studio"] = ls.process
-        record.children["label-studio"] = ls.process.pid
+        children["label-studio"] = started(ls.process, "Label Studio")
+        record.children["label-studio"] = children["label-studio"].started_pid
         record.llm_base_url = llm_url
         reviewer: dict[str, str | None] = {"PRELABEL_REVIEWER_MODEL": settings.reviewer_model or f"{model}-reviewer"}
         if not external_llm and not (settings.reviewer_model or settings.reviewer_base_urls):
             local = start_local_reviewer(root, say)
             if local is not None:
-                children["reviewer"] = local.process
-                record.children["reviewer"] = local.process.pid
+                children["reviewer"] = started(local.process, "the local reviewer")
+                record.children["reviewer"] = children["reviewer"].started_pid
                 reviewer = {"PRELABEL_REVIEWER_MODEL": local.model, "PRELABEL_REVIEWER_BASE_URLS": local.base_url}
         backend_url = f"http://127.0.0.1:{backend_port}"
         env = child_env(None, {
             "REDIS_URL": redis, "OPENAI_BASE_URL": llm_url, "PRELABEL_LLM_MODEL": model,
             "PRELABEL_STRUCTURED_OUTPUT": structured, **reviewer, **context_window,
             "PRELABEL_WEBHOOK_SECRET": record.webhook_secret,
-            "PRELABEL_BASIC_AUTH_USER": record.basic_auth[0], "PRELABEL_BASIC_AUTH_PASSWORD": record.basic_auth[1],
+            "PRELABEL_BASIC_AUTH_USER": basic_auth[0], "PRELABEL_BASIC_AUTH_PASSWORD": basic_auth[1],
             "LABEL_STUDIO_URL": ls.url, "LABEL_STUDIO_API_KEY": ls.api_key,
             "PRELABEL_DATA_DIR": str(settings.data_dir),
         })
@@ -208,10 +235,10 @@ def run_up(settings: Settings, *, ls_port: int, backend_port: int, llm_port: int
         worker = ManagedProcess("worker", [prelabel, "worker"], log_path=root / "logs" / "worker.log", env=env,
                                 cwd=root).start()
         children.update(backend=backend, worker=worker)
-        record.children.update(backend=backend.pid, worker=worker.pid)
+        record.children.update(backend=backend.started_pid, worker=worker.started_pid)
         record.save(path)
         backend.wait_until(lambda: httpx.get(backend_url + "/health", timeout=2,
-                                             auth=tuple(record.basic_auth)).status_code == 200,
+                                             auth=basic_auth).status_code == 200,
                            timeout=60, what="answering /health")
 
         def watch() -> None:
@@ -248,7 +275,7 @@ def run_up(settings: Settings, *, ls_port: int, backend_port: int, llm_port: int
         record.save(path)
 
 
-def serve_promoted(redis_url: str, root: Path, say: Callable[[str], None], children: dict,
+def serve_promoted(redis_url: str, root: Path, say: Callable[[str], None], children: dict[str, ManagedProcess],
                    record: StackRecord) -> PromotedPoller:
     """Serve the promoted fine-tuned models (``prelabel.stack.promoted``) and keep doing so."""
     import redis
@@ -264,7 +291,7 @@ def serve_promoted(redis_url: str, root: Path, say: Callable[[str], None], child
 class PromotedPoller:
     """``PromotedModels`` looked at every ``every`` seconds from ``up``'s main loop."""
 
-    def __init__(self, models: Any, every: float = 5.0) -> None:
+    def __init__(self, models: PromotedModels, every: float = 5.0) -> None:
         self.models, self.every, self._next = models, every, 0.0
 
     def due(self) -> bool:
@@ -275,11 +302,12 @@ class PromotedPoller:
         self.models.sync()
 
 
-def _note_promoted(poller: PromotedPoller, children: dict, record: StackRecord, path: Path | None) -> None:
+def _note_promoted(poller: PromotedPoller, children: dict[str, ManagedProcess], record: StackRecord,
+                   path: Path | None) -> None:
     """Promoted servers are children like the others (watched for their whole life) and in stack.json."""
     for name, proc in poller.models.processes().items():
         children[name] = proc
-        record.children[name] = proc.pid
+        record.children[name] = proc.started_pid
     for name in [n for n in children if n.startswith("llm-") and n not in poller.models.processes()]:
         children.pop(name)
         record.children.pop(name, None)
@@ -290,13 +318,14 @@ def _note_promoted(poller: PromotedPoller, children: dict, record: StackRecord, 
             record.save(path)
 
 
-def sample_project(ls, backend_url: str, record: StackRecord, template: str, say: Callable[[str], None]) -> int:
+def sample_project(ls: LabelStudioServer, backend_url: str, record: StackRecord, template: str,
+                   say: Callable[[str], None]) -> int:
     from prelabel.studio.project_setup import ensure_project, template_files
 
     config, tasks = template_files(template)
     setup = ensure_project(ls.sdk(), title=SAMPLE_TITLE if template == SAMPLE_TEMPLATE else f"{template} (prelabel)",
                            label_config=config, tasks=tasks, backend_url=backend_url,
-                           webhook_secret=record.webhook_secret, basic_auth=tuple(record.basic_auth),
+                           webhook_secret=record.webhook_secret, basic_auth=record.backend_auth(),
                            guideline=template)
     say(f"project {setup.project_id}: " + ("created" if setup.created else "reused") +
         (", backend connected" if setup.connected else "") + (f", {setup.imported} tasks imported"
@@ -304,7 +333,7 @@ def sample_project(ls, backend_url: str, record: StackRecord, template: str, say
     return setup.project_id
 
 
-def start_local_reviewer(root: Path, say: Callable[[str], None]):
+def start_local_reviewer(root: Path, say: Callable[[str], None]) -> LLMServer | None:
     """The second local model for reviews when one is provisioned (``find_reviewer_gguf``), else None.
 
     Its readiness is a real answer too. Without it the reviewer is SmolLM2 with a reviewer prompt,
@@ -329,7 +358,7 @@ class PreannotationProgress:
     the others come from the worker's record in Redis (Label Studio keeps no reasons).
     """
 
-    def __init__(self, ls, project_id: int, redis_url: str, every: float = 10.0) -> None:
+    def __init__(self, ls: LabelStudioServer, project_id: int, redis_url: str, every: float = 10.0) -> None:
         import redis
 
         self.ls, self.project_id, self.every = ls, project_id, every
@@ -359,10 +388,12 @@ class PreannotationProgress:
         return self.last is not None and self.last.labeled < self.last.total and time.monotonic() >= self._next
 
     def update(self) -> Tally | None:
-        """The new tally when it changed since the last line, else None."""
+        """The new tally when it changed since the last line (or there was none), else None."""
         self._next = time.monotonic() + self.every
         tally = self.tally()
-        if (tally.labeled, tally.pending, tally.failed) == (self.last.labeled, self.last.pending, self.last.failed):
+        last = self.last
+        if last is not None and (tally.labeled, tally.pending, tally.failed) == (last.labeled, last.pending,
+                                                                                 last.failed):
             return None
         self.last = tally
         return tally
@@ -424,20 +455,45 @@ def stack_settings(settings: Settings) -> Settings:
     return settings.model_copy(update=update)
 
 
-def stack_status(settings: Settings) -> dict:
+class StackStatus(TypedDict):
+    """``prelabel status`` (``--json`` prints it): the record of ``up``, and for a running stack the
+    health of its parts, each a real answer."""
+
+    running: bool
+    pid: int | None
+    data_dir: str
+    project_id: int | None
+    label_studio: str
+    backend: str
+    processes: dict[str, bool]  # name -> alive
+    label_studio_health: NotRequired[bool]
+    backend_health: NotRequired[bool]
+    llm: NotRequired[str]
+    models: NotRequired[dict[str, str]]  # project ("*": all, "default": the others) -> what serves it
+    llm_health: NotRequired[bool]
+    llm_error: NotRequired[str]
+    llm_load: NotRequired[dict[str, Any]]  # the backend's GET /load (prelabel.stack.llm_load), set by the CLI
+
+
+def _answers_health(url: str, auth: tuple[str, str] | None) -> bool:
+    """``GET url`` answers 200."""
+    try:
+        return httpx.get(url, timeout=3, auth=auth).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def stack_status(settings: Settings) -> StackStatus:
     record = StackRecord.load(record_path(settings))
     running = bool(record.pid and pid_alive(record.pid))
-    status = {"running": running, "pid": record.pid or None, "data_dir": str(settings.data_dir),
-              "project_id": record.project_id,
-              "label_studio": f"http://127.0.0.1:{record.ls_port}", "backend": f"http://127.0.0.1:{record.backend_port}",
-              "processes": {name: pid_alive(pid) for name, pid in record.children.items()}}
+    status: StackStatus = {
+        "running": running, "pid": record.pid or None, "data_dir": str(settings.data_dir),
+        "project_id": record.project_id,
+        "label_studio": f"http://127.0.0.1:{record.ls_port}", "backend": f"http://127.0.0.1:{record.backend_port}",
+        "processes": {name: pid_alive(pid) for name, pid in record.children.items()}}
     if running:
-        for name, url, auth in (("label_studio_health", status["label_studio"] + "/health", None),
-                                ("backend_health", status["backend"] + "/health", tuple(record.basic_auth))):
-            try:
-                status[name] = httpx.get(url, timeout=3, auth=auth).status_code == 200
-            except httpx.HTTPError:
-                status[name] = False
+        status["label_studio_health"] = _answers_health(status["label_studio"] + "/health", None)
+        status["backend_health"] = _answers_health(status["backend"] + "/health", record.backend_auth())
         status["llm"] = record.llm_base_url
         status["models"] = {**{project: f"{m['model']} at {m['base_url']} (promoted, llama.cpp)" if m.get("base_url")
                                else f"{m['model']} (promoted) NOT SERVED: {m.get('error')}"
