@@ -48,36 +48,33 @@ def export(
                                                     "fine-tuning; the promoted model is served with it) or full."),
 ) -> None:
     """Export human-verified tasks into train/val/test files, dataset_info.json and a manifest."""
-    from prelabel.export.pipeline import ExportOptions, export_project, export_tasks
+    from prelabel.export.pipeline import ExportOptions, export_studio_project, export_tasks
     from prelabel.export.source import file_tasks
     from prelabel.export.verify import VerifyOptions
 
     try:
-        shares = tuple(float(x) for x in ratios.split(","))
-        if len(shares) != 3:
-            raise ValueError
-    except ValueError:
+        train_share, val_share, test_share = (float(x) for x in ratios.split(","))
+    except ValueError:  # not numbers, or not three of them
         raise typer.BadParameter("three comma-separated numbers, e.g. 0.8,0.1,0.1", param_hint="--ratios") from None
-    options = dict(max_chars=max_chars, near_threshold=near_threshold or None,
-                   keep_near_duplicates=keep_near_duplicates, prefix_chars=prefix_chars,
-                   max_per_annotator=max_per_annotator, user_field=user_field, max_per_user=max_per_user, pii=pii,
-                   min_per_class=min_per_class, rare_classes=rare_classes,
-                   augment_below=augment_below if augment else 0, augment_method=augment_method,
-                   augment_synonyms=augment_synonyms, group_by=group_by, ratios=shares, seed=seed,
-                   prompt_style=prompt_style)
-    verify = dict(ground_truth_only=ground_truth_only, min_annotators=min_annotators, min_agreement=min_agreement)
+    verify = VerifyOptions(ground_truth_only=ground_truth_only, min_annotators=min_annotators,
+                           min_agreement=min_agreement)
+    options = ExportOptions(format=fmt, verify=verify, max_chars=max_chars, near_threshold=near_threshold or None,
+                            keep_near_duplicates=keep_near_duplicates, prefix_chars=prefix_chars,
+                            max_per_annotator=max_per_annotator, user_field=user_field, max_per_user=max_per_user,
+                            pii=pii, min_per_class=min_per_class, rare_classes=rare_classes,
+                            augment_below=augment_below if augment else 0, augment_method=augment_method,
+                            augment_synonyms=augment_synonyms, group_by=group_by,
+                            ratios=(train_share, val_share, test_share), seed=seed, prompt_style=prompt_style)
     with Progress(SpinnerColumn(), TextColumn("exporting"), BarColumn(), MofNCompleteColumn(), console=console) as bar:
         task = bar.add_task("export", total=None)
         step = lambda n: bar.advance(task, n)  # noqa: E731
         if from_file is not None:
             if config is None:
                 raise typer.BadParameter("--from-file needs --config", param_hint="--config")
-            result = export_tasks(file_tasks(from_file), config.read_text(encoding="utf-8"), out,
-                                  ExportOptions(format=fmt, verify=VerifyOptions(**verify), **options),
+            result = export_tasks(file_tasks(from_file), config.read_text(encoding="utf-8"), out, options,
                                   {"id": None, "title": from_file.name}, guideline, step)
         elif project is not None:
-            result = export_project(project, out, fmt=fmt, guideline=guideline, progress=step,
-                                    **verify, **options)
+            result = export_studio_project(project, out, options, guideline=guideline, progress=step)
         else:
             raise typer.BadParameter("give --project or --from-file", param_hint="--project")
     import json

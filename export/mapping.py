@@ -53,7 +53,7 @@ class Mapper:
         self.label_config = label_config
         self.prompt_style = prompt_style
         try:
-            settings = Settings(prompt_style=prompt_style)  # type: ignore[call-arg]
+            settings = Settings(prompt_style=prompt_style)
             self.ctx: ProjectContext = ContextBuilder(settings).context(label_config, guideline)
         except ConfigError as exc:
             raise MappingError(f"this labeling config cannot be exported: {exc}") from None
@@ -94,8 +94,12 @@ class Mapper:
     def synthetic_record(self, task_id: int, text: str, label: str) -> Record:
         """A classification record for an augmented input (``export.augment``), in the same prompt
         and answer format as a human-verified one; classification has one control on one object."""
-        texts = {self.control.object_name: text}
-        return Record(task_id, text, render_answer({self.control.name: label}), label=label, texts=texts)
+        control = self.control
+        if control is None or self.task_type != "classification":  # _augment asks for classification only
+            raise RuntimeError(f"synthetic examples are for classification (one Choices control), "
+                               f"not {self.task_type} (a bug)")
+        texts = {control.object_name: text}
+        return Record(task_id, text, render_answer({control.name: label}), label=label, texts=texts)
 
     def record(self, task: dict[str, Any], result: list[dict[str, Any]]) -> Record | None:
         """The training record of one verified task; None when the human result is incomplete."""
@@ -122,7 +126,10 @@ class Mapper:
                 answer: dict[str, Any]) -> Record:
         body = "\n\n".join(f"## {n}\n{t}" for n, t in texts.items()) if len(texts) > 1 else next(iter(texts.values()))
         tid = int(task.get("id") or 0)
-        value = answer[self.control.name] if self.control is not None else None
+        control = self.control
+        if control is None:  # several controls (or none): extraction
+            return Record(tid, body, render_answer(answer), texts=texts)
+        value = answer[control.name]
         if self.task_type in ("classification", "rating"):
             return Record(tid, body, render_answer(answer), label=str(value), texts=texts)
         if self.task_type == "multilabel":
@@ -130,11 +137,11 @@ class Mapper:
         if self.task_type == "generation":
             return Record(tid, body, str(value).strip())
         if self.task_type == "ranking":
-            raw = data.get(self.ctx.schema.objects[self.control.object_name].value_key, [])
+            raw = data.get(self.ctx.schema.objects[control.object_name].value_key, [])
             items = {str(i.get("id")): " ".join(str(i.get("body") or i.get("title") or "").split()) for i in raw}
             groups = tie_groups(value)
             prompt = next((str(data[o.value_key]) for name, o in self.ctx.schema.objects.items()
-                           if name != self.control.object_name and o.tag in ("Text", "HyperText")
+                           if name != control.object_name and o.tag in ("Text", "HyperText")
                            and o.value_key in data), body)
             return Record(tid, prompt, items[groups[0][0]], pairs=ranking_pairs(groups, items))
         return Record(tid, body, render_answer(answer), texts=texts)

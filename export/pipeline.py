@@ -23,7 +23,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from prelabel.contract import ModelVersion, is_review, stamp_of
+from prelabel.contract import ModelVersion, RegionStamp, is_review, stamp_of
 from prelabel.export.augment import METHODS, llm_paraphrases, load_synonyms, synonym_variants
 from prelabel.export.dedupe import Deduper
 from prelabel.export.mapping import Mapper, MappingError, Record
@@ -149,7 +149,7 @@ def pre_annotation(task: dict[str, Any]) -> dict[str, Any] | None:
     latest = max(predictions, key=lambda p: p.get("id") or 0)
     version = str(latest.get("model_version") or "")
     parsed = ModelVersion.parse(version)
-    stamp = next((stamp_of(r) for r in latest.get("result") or [] if stamp_of(r)), {})
+    stamp = next((stamp_of(r) for r in latest.get("result") or [] if stamp_of(r)), RegionStamp())
     return {"prediction_id": latest.get("id"), "model_version": version or None,
             "model": stamp.get("model") or parsed.model or None,
             "prompt_version": stamp.get("prompt_version") or parsed.prompt_version or None,
@@ -284,8 +284,11 @@ def _write(tasks: Iterable[dict[str, Any]], mapper: Mapper, options: ExportOptio
                 state.labels[split][label] += 1
             if mapper.task_type == "classification" and options.augment_below:
                 state.texts.add(normalise(record.input))  # no variant may equal a val/test text
-                if split == "train" and len(state.sources[record.label]) < options.augment_below:
-                    state.sources[record.label].append((record.task_id, record.input))
+                klass = record.label
+                if not isinstance(klass, str):  # Mapper._record gives every classification record its class
+                    raise RuntimeError(f"task {record.task_id}: a classification record without its class (a bug)")
+                if split == "train" and len(state.sources[klass]) < options.augment_below:
+                    state.sources[klass].append((record.task_id, record.input))
     finally:
         for handle in [*files.values(), *lineage.values()]:
             handle.close()
@@ -404,6 +407,18 @@ def _augment(mapper: Mapper, options: ExportOptions, tmp: Path, state: _Pass, dr
 def export_project(project_id: int | str, out_dir: Path | str, *, fmt: str = "alpaca", ls_url: str | None = None,
                    ls_token: str | None = None, guideline: str | None = None,
                    progress: Callable[[int], None] | None = None, **options: Any) -> Path:
+    """``export_studio_project`` with the options as flat keywords (a flywheel config's ``export``
+    section): ``format`` names the format too, the verification ones go to ``VerifyOptions``."""
+    fmt = options.pop("format", fmt)
+    verify = {k: options.pop(k) for k in ("ground_truth_only", "min_annotators", "min_agreement") if k in options}
+    export_options = ExportOptions(format=fmt, verify=VerifyOptions(**verify), **options)
+    return export_studio_project(project_id, out_dir, export_options, ls_url=ls_url, ls_token=ls_token,
+                                 guideline=guideline, progress=progress)
+
+
+def export_studio_project(project_id: int | str, out_dir: Path | str, options: ExportOptions, *,
+                          ls_url: str | None = None, ls_token: str | None = None, guideline: str | None = None,
+                          progress: Callable[[int], None] | None = None) -> Path:
     """Export a Label Studio project (URL/token default to LABEL_STUDIO_URL / LABEL_STUDIO_API_KEY)."""
     from prelabel.export.source import SourceError, project_info, project_tasks
     from prelabel.settings import get_settings
@@ -414,9 +429,6 @@ def export_project(project_id: int | str, out_dir: Path | str, *, fmt: str = "al
     except AccessRefused as exc:
         raise SourceError(f"{exc} (set LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY, or pass the URL and token)") from None
     project = project_info(client, int(project_id))
-    fmt = options.pop("format", fmt)
-    verify = {k: options.pop(k) for k in ("ground_truth_only", "min_annotators", "min_agreement") if k in options}
-    export_options = ExportOptions(format=fmt, verify=VerifyOptions(**verify), **options)
     return export_tasks(project_tasks(client, int(project_id)), project["label_config"], Path(out_dir),
-                        export_options, {"id": project["id"], "title": project.get("title")}, guideline, progress)
+                        options, {"id": project["id"], "title": project.get("title")}, guideline, progress)
 
