@@ -199,9 +199,14 @@ class OpenAIEngine:
         )
 
     def _create(self, messages: list[dict[str, str]]) -> Any:
-        extra = {"logprobs": True, "top_logprobs": 1} if self.logprobs else {}
-        return self.client.chat.completions.create(
-            model=self.model, messages=messages, temperature=0.0, max_tokens=self.max_new_tokens, **extra)
+        # One request dict, as prediction/llm_client.py sends: logprobs are left out (not sent as false)
+        # once a server refused them, and the openai releases we allow (1.x to 3.x) spell "left out"
+        # differently in their typed parameters (NOT_GIVEN, omit).
+        request: dict[str, Any] = {"model": self.model, "messages": messages, "temperature": 0.0,
+                                   "max_tokens": self.max_new_tokens}
+        if self.logprobs:
+            request.update(logprobs=True, top_logprobs=1)
+        return self.client.chat.completions.create(**request)
 
     def close(self) -> None:
         self.client.close()

@@ -150,8 +150,8 @@ def write_run(prepared: Any) -> Path:
         info[f"prelabel_{split}"] = {"file_name": f"{split}.jsonl", "formatting": "sharegpt",
                                      "columns": {"messages": "messages"}, "tags": tags}
     (folder / "dataset_info.json").write_text(json.dumps(info, indent=2), encoding="utf-8")
-    model_dir = Path(config.model_name_or_path)
-    model_dir = model_dir if model_dir.is_dir() else None
+    local = Path(config.model_name_or_path)
+    model_dir = local if local.is_dir() else None  # a hub id has no folder to read the chat template from
     metric = prepared.metric
     run = {
         "model_name_or_path": str(config.model_name_or_path),

@@ -108,7 +108,7 @@ def _extraction(items: list[Item]) -> dict[str, Any]:
     for item in items:
         for name, ok in item.field_scores.items():
             per_field.setdefault(name, []).append(ok)
-    field_match = [np.mean(list(item.field_scores.values())) if item.field_scores else 0.0 for item in items]
+    field_match = [float(np.mean(list(item.field_scores.values()))) if item.field_scores else 0.0 for item in items]
     mismatches: Counter[str] = Counter()
     examples: dict[str, list[dict[str, Any]]] = {}
     for item in items:
@@ -178,12 +178,12 @@ def _performance(run: EvalRun) -> dict[str, Any]:
 
 def confidence_table(items: list[Item]) -> dict[str, Any] | None:
     """Accuracy of the answers at or above each confidence threshold, and how many there are."""
-    scored = [item for item in items if item.confidence is not None]
+    scored = [(item, item.confidence) for item in items if item.confidence is not None]
     if not scored:
         return None
     rows = []
     for threshold in CASCADE_THRESHOLDS:
-        kept = [item for item in scored if item.confidence >= threshold]
+        kept = [item for item, confidence in scored if confidence >= threshold]
         rows.append({"threshold": threshold, "coverage": len(kept) / len(scored),
                      "accuracy": _accuracy(kept) if kept else None})
     return {"scored": len(scored), "thresholds": rows}
