@@ -146,7 +146,8 @@ async def _preannotate(job: ProjectJob, task_ids: list[int], label_config: str |
                 outcomes.record(job.conn, job.project_id, {task["id"]: outcome})
                 await asyncio.to_thread(job.ls.upsert_prediction, task["id"], prediction,
                                         lambda mv: mv.startswith(family))
-                counts[outcome.status] = counts.get(outcome.status, 0) + 1
+                status = str(outcome.status)  # the plain value: counts are logged and stored as job results
+                counts[status] = counts.get(status, 0) + 1
                 results[task["id"]] = outcome
         await router.aclose()
     if labeled:
@@ -232,7 +233,7 @@ async def _review(job: ProjectJob, task_ids: list[int], label_config: str | None
     try:
         async def one(task_id: int) -> None:
             status = await _review_task(job, llm, ctx, task_id, independence["verdict"])
-            counts[status] = counts.get(status, 0) + 1
+            counts[str(status)] = counts.get(str(status), 0) + 1  # the plain value, also in the log line
             if status == ReviewStatus.REVIEW_ERROR:
                 transient.append(task_id)
 
