@@ -29,8 +29,6 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from prelabel.errors import PrelabelError
-
 SCHEMA = {
     "type": "object",
     "properties": {"sentiment": {"type": "string", "enum": ["positive", "negative"]}},
@@ -42,8 +40,10 @@ MESSAGES = [
 ]
 
 
-class NotReady(PrelabelError, RuntimeError):
-    """The server did not give a real answer; the message says what it did instead."""
+class NotReady(RuntimeError):
+    """The server did not give a real answer; the message says what it did instead.
+
+    Not a ``PrelabelError``: this module runs where prelabel is not installed (see above)."""
 
 
 def _post(url: str, body: dict, api_key: str, timeout: float) -> dict:
