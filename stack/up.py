@@ -203,22 +203,19 @@ def run_up(settings: Settings, *, ls_port: int, backend_port: int, llm_port: int
             llm_url, model, structured = external_llm, settings.llm_model, settings.structured_output
         else:  # first: a model that cannot answer is reported in seconds, not after Label Studio's start
             llm = start_llm_server(root / "llm", port=llm_port)
-            children["llm"] = started(llm.process, "the LLM server")
-            record.children["llm"] = children["llm"].started_pid
+            _adopt(children, record, "llm", started(llm.process, "the LLM server"))
             llm_url, model, structured = llm.base_url, LOCAL_MODEL, "json_object"
             context_window = {"PRELABEL_LLM_CONTEXT_WINDOW": str(llm.context_window)}
         promoted = serve_promoted(redis, root, say, children, record)  # before anything routes to a record
         ls = start_label_studio(root / "label-studio", port=ls_port, credentials=login,
                                 data_dir=root / "label-studio" / "data")
-        children["label-studio"] = started(ls.process, "Label Studio")
-        record.children["label-studio"] = children["label-studio"].started_pid
+        _adopt(children, record, "label-studio", started(ls.process, "Label Studio"))
         record.llm_base_url = llm_url
         reviewer: dict[str, str | None] = {"PRELABEL_REVIEWER_MODEL": settings.reviewer_model or f"{model}-reviewer"}
         if not external_llm and not (settings.reviewer_model or settings.reviewer_base_urls):
             local = start_local_reviewer(root, say)
             if local is not None:
-                children["reviewer"] = started(local.process, "the local reviewer")
-                record.children["reviewer"] = children["reviewer"].started_pid
+                _adopt(children, record, "reviewer", started(local.process, "the local reviewer"))
                 reviewer = {"PRELABEL_REVIEWER_MODEL": local.model, "PRELABEL_REVIEWER_BASE_URLS": local.base_url}
         backend_url = f"http://127.0.0.1:{backend_port}"
         env = child_env(None, {
@@ -234,8 +231,8 @@ def run_up(settings: Settings, *, ls_port: int, backend_port: int, llm_port: int
                                  log_path=root / "logs" / "backend.log", env=env, cwd=root).start()
         worker = ManagedProcess("worker", [prelabel, "worker"], log_path=root / "logs" / "worker.log", env=env,
                                 cwd=root).start()
-        children.update(backend=backend, worker=worker)
-        record.children.update(backend=backend.started_pid, worker=worker.started_pid)
+        _adopt(children, record, "backend", backend)
+        _adopt(children, record, "worker", worker)
         record.save(path)
         backend.wait_until(lambda: httpx.get(backend_url + "/health", timeout=2,
                                              auth=basic_auth).status_code == 200,
@@ -275,6 +272,12 @@ def run_up(settings: Settings, *, ls_port: int, backend_port: int, llm_port: int
         record.save(path)
 
 
+def _adopt(children: dict[str, ManagedProcess], record: StackRecord, name: str, process: ManagedProcess) -> None:
+    """A started child: watched by ``up`` for its whole life, and its pid in stack.json for ``down``."""
+    children[name] = process
+    record.children[name] = process.started_pid
+
+
 def serve_promoted(redis_url: str, root: Path, say: Callable[[str], None], children: dict[str, ManagedProcess],
                    record: StackRecord) -> PromotedPoller:
     """Serve the promoted fine-tuned models (``prelabel.stack.promoted``) and keep doing so."""
@@ -306,8 +309,7 @@ def _note_promoted(poller: PromotedPoller, children: dict[str, ManagedProcess], 
                    path: Path | None) -> None:
     """Promoted servers are children like the others (watched for their whole life) and in stack.json."""
     for name, proc in poller.models.processes().items():
-        children[name] = proc
-        record.children[name] = proc.started_pid
+        _adopt(children, record, name, proc)
     for name in [n for n in children if n.startswith("llm-") and n not in poller.models.processes()]:
         children.pop(name)
         record.children.pop(name, None)
