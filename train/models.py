@@ -29,6 +29,25 @@ class ModelError(UserError, ValueError):
     """A model path or model setting that cannot be used."""
 
 
+# What fine-tuning imports (the ``train`` extra); checked before a run starts, so a worker without
+# them reports one line instead of an ImportError deep inside a stage.
+TRAIN_EXTRA_MODULES = ("torch", "transformers", "peft", "accelerate")
+
+
+class MissingExtraError(UserError, RuntimeError):
+    """The packages of an optional extra are not installed where the job runs."""
+
+
+def require_train_extra() -> None:
+    """Raise ``MissingExtraError`` (one line, what to install) unless the train extra is importable."""
+    missing = [name for name in TRAIN_EXTRA_MODULES if importlib.util.find_spec(name) is None]
+    if missing:
+        raise MissingExtraError(
+            f"the training extra is not installed on this worker (no {', '.join(missing)}): "
+            "pip install 'prelabel[train]' here, or run the training queue on a worker that has it "
+            "(prelabel worker --queues prelabel-train; compose: the trainer service)")
+
+
 @dataclass(frozen=True)
 class ModelRef:
     """Where a model lives: a directory and, for GGUF, the file inside it."""

@@ -26,6 +26,7 @@ from prelabel.contract import active_model_key, train_lock_key, train_status_key
 from prelabel.errors import UserError
 from prelabel.jobs.training import FLYWHEEL_TIMEOUT
 from prelabel.settings import Settings, get_settings
+from prelabel.train.models import MissingExtraError, require_train_extra
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +118,13 @@ def run_flywheel(
     client.delete(status.key)
     run_dir = Path(settings.data_dir) / "train" / project / run_id
     status.set(state="running", run_id=run_id, run_dir=str(run_dir), started=_now())
+    try:
+        require_train_extra()
+    except MissingExtraError as exc:  # one line in the log, the status and the job's meta; no traceback
+        log.error("flywheel for project %s: %s", project, exc)
+        status.set(state="failed", error=str(exc), finished=_now())
+        client.delete(lock)
+        return {"state": "failed", "run_id": run_id, "error": str(exc)}
     try:
         result = _run(project, run_dir, status, client, settings, config_path, dataset_dir, run_id, console)
     except Exception as exc:
