@@ -9,8 +9,9 @@ fallback model:
 * cheap first: every task goes to the promoted (cheap) model;
 * a task whose answer is not ``ok`` or whose calibrated score is under the threshold goes to the
   fallback model, prompted its own way (its ``prompt_style`` and few-shot count: a fine-tuned cheap
-  model's compact prompt would starve it of the guideline), whose answer (also calibrated) replaces it; when the fallback fails (LLM
-  outage) a valid cheap answer is kept (route ``fallback_failed``, the error in provenance);
+  model's compact prompt would starve it of the guideline), whose answer (also calibrated)
+  replaces it; when the fallback fails (LLM outage) a valid cheap answer is kept (route
+  ``fallback_failed``, the error in provenance);
 * provenance names the model that answered (``meta.provenance.model`` and each region's stamp),
   and ``meta.provenance.cascade`` / the region stamp's ``route`` say which route it took, with
   the cheap model's score; both routes are counted (``prelabel_cascade_routes_total``);

@@ -273,9 +273,8 @@ def test_flywheel_without_the_training_extra_says_so_in_one_line(
     from prelabel.cli import app
     from prelabel.jobs.queue import train_queue
     from prelabel.jobs.training import enqueue_flywheel
-    from prelabel.train.pipeline import read_status
-
     from prelabel.settings import get_settings
+    from prelabel.train.pipeline import read_status
 
     for name in ("torch", "peft"):
         monkeypatch.setitem(sys.modules, name, None)  # import fails, find_spec finds nothing
