@@ -298,3 +298,26 @@ def test_flywheel_without_the_training_extra_says_so_in_one_line(
     assert job.meta["error"] == status["error"] and job.return_value()["state"] == "failed"
     assert client.get("prelabel:train:13:lock") is None  # the next run is not blocked
     assert shown.exit_code == 0 and json.loads(shown.stdout)["status"]["error"] == status["error"]
+
+
+def test_training_runs_go_to_the_training_queue(settings: Settings, client) -> None:
+    """START_TRAINING and the N-new-labels trigger both call ``start_training``: its job lies on
+    ``prelabel-train`` (the compose trainer's queue), never on the light workers' ``prelabel``."""
+    from rq import Queue
+
+    from prelabel.contract import QUEUE_NAME, TRAIN_QUEUE_NAME, WORKER_QUEUES
+    from prelabel.jobs.handlers import start_training
+
+    queued = start_training(settings, client, 17)
+    assert Queue(TRAIN_QUEUE_NAME, connection=client).job_ids == [queued["job_id"]]
+    assert Queue(QUEUE_NAME, connection=client).job_ids == []
+    assert WORKER_QUEUES == (QUEUE_NAME, TRAIN_QUEUE_NAME)  # `prelabel worker` without --queues takes both
+
+
+def test_worker_refuses_an_unknown_queue() -> None:
+    from typer.testing import CliRunner
+
+    from prelabel.cli import app
+
+    result = CliRunner().invoke(app, ["worker", "--queues", "prelabel,trian"])
+    assert result.exit_code == 2 and "prelabel-train" in result.output
