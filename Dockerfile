@@ -16,7 +16,7 @@ COPY stack stack
 COPY export export
 COPY train train
 COPY deploy/flywheel.yaml deploy/flywheel.yaml
-RUN pip install --no-cache-dir ".${EXTRAS:+[$EXTRAS]}" && useradd --create-home prelabel
+RUN pip install --no-cache-dir ".${EXTRAS:+[$EXTRAS]}" && useradd --create-home prelabel && mkdir -p /data && chown prelabel /data
 USER prelabel
 ENV PRELABEL_HOST=0.0.0.0 PRELABEL_PORT=9090 PRELABEL_LOG_JSON=true
 EXPOSE 9090

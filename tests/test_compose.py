@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -124,7 +125,7 @@ def test_gpu_profile_fits_both_models_on_one_gpu(rendered_gpu: tuple[str, dict])
     for model in models:
         assert not _flag(model, "--model").startswith("meta-llama/"), "a gated model needs a token"
         assert "HF_TOKEN" in model["environment"], "HF_TOKEN is passed explicitly (for gated models)"
-        assert volume_targets(model) == {"/root/.cache/huggingface": "hf-cache"}
+        assert volume_targets(model)["/root/.cache/huggingface"] == "hf-cache"
         assert "/v1/models" in " ".join(healthcheck(model))
     assert _served_name(models[0]) != _served_name(models[1])
 
@@ -143,6 +144,32 @@ def test_trainer_trains_on_the_gpu_with_the_repository_flywheel(rendered_gpu: tu
     assert "COPY deploy/flywheel.yaml deploy/flywheel.yaml" in (ROOT / "Dockerfile").read_text()
     load_yaml(ROOT / "deploy" / "flywheel.yaml", FlywheelConfig)  # a config the flywheel accepts
     assert volume_targets(trainer)["/data"] == "prelabel-data"
+
+
+def test_promoted_adapters_are_served_by_the_pre_annotators_vllm(rendered_gpu: tuple[str, dict]) -> None:
+    """The trainer writes a promoted adapter where the `vllm` service loads adapters from, trained on
+    the model that service serves: promotion needs no hand step and no second server."""
+    from prelabel.train.config import FlywheelConfig, load_yaml
+
+    _, config = rendered_gpu
+    services = config["services"]
+    flywheel = load_yaml(ROOT / "deploy" / "flywheel.yaml", FlywheelConfig)
+    vllm, trainer = services["vllm"], services["trainer"]
+    assert flywheel.serve.base_url == services["backend"]["environment"]["OPENAI_BASE_URL"] == "http://vllm:8000/v1"
+    assert flywheel.train["model_name_or_path"] == _flag(vllm, "--model")
+    assert "--enable-lora" in vllm["command"] and int(_flag(vllm, "--max-lora-rank")) >= flywheel.train["lora_rank"]
+    environment = vllm["environment"]
+    assert environment["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] == "true"
+    assert "lora_filesystem_resolver" in environment["VLLM_PLUGINS"].split(",")
+    resolver = Path(environment["VLLM_LORA_RESOLVER_CACHE_DIR"])
+    assert resolver == flywheel.serve.adapter_dir
+    # the same volume: written by the trainer, read by vLLM
+    vllm_mount = next(t for t in volume_targets(vllm) if resolver.is_relative_to(t))
+    trainer_mount = next(t for t in volume_targets(trainer) if resolver.is_relative_to(t))
+    assert volume_targets(vllm)[vllm_mount] == volume_targets(trainer)[trainer_mount] == "prelabel-data"
+    assert vllm_mount == trainer_mount
+    # the base model from the cache vLLM downloaded it to (HF_HOME of the trainer's user)
+    assert volume_targets(trainer)["/home/prelabel/.cache/huggingface"] == "hf-cache"
 
 
 def test_stateful_services_keep_their_state_on_volumes(rendered: tuple[str, dict]) -> None:
