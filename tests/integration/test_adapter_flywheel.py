@@ -19,11 +19,11 @@ import yaml
 pytest.importorskip("torch", reason="needs the train extra (torch)")
 pytest.importorskip("peft", reason="needs the train extra (peft)")
 
-from prelabel.export.pipeline import ExportOptions, export_tasks  # noqa: E402
-from prelabel.settings import Settings  # noqa: E402
-from tests.support.fault_llm import FaultServer  # noqa: E402
-from tests.support.intent_data import LABELS, labeled_tasks, queries  # noqa: E402
-from tests.support.tiny_model import build_tiny_model  # noqa: E402
+from prelabel.export.pipeline import ExportOptions, export_tasks
+from prelabel.settings import Settings
+from tests.support.fault_llm import FaultServer
+from tests.support.intent_data import LABELS, labeled_tasks, queries
+from tests.support.tiny_model import build_tiny_model
 
 CONFIG = ('<View><Text name="text" value="$text"/><Choices name="intent" toName="text">'
           + "".join(f'<Choice value="{label}"/>' for label in LABELS) + "</Choices></View>")
