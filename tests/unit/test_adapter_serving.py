@@ -3,6 +3,7 @@ Face id resolved from the local cache (the one the vLLM service filled) without 
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,7 @@ from prelabel.train.models import ModelError, resolve_model
 
 def _adapter(folder: Path, marker: str) -> Path:
     folder.mkdir(parents=True)
-    (folder / "adapter_config.json").write_text('{"r": 4, "marker": "%s"}' % marker)
+    (folder / "adapter_config.json").write_text(json.dumps({"r": 4, "marker": marker}))
     (folder / "adapter_model.safetensors").write_bytes(b"weights-" + marker.encode())
     (folder / "checkpoint-2").mkdir()  # training leftovers stay in the run folder
     return folder
