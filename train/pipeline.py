@@ -2,7 +2,10 @@
 
 On the local stack (no ``serve.base_url``) it also converts the merged model to GGUF, serves it
 with llama.cpp, evaluates both models through the backend and hands the promoted model over to
-``prelabel up`` (``prelabel.train.local_serving``), then writes ``flywheel.md``.
+``prelabel up`` (``prelabel.train.local_serving``), then writes ``flywheel.md``. With
+``serve.adapter_dir`` (compose) it merges nothing: the adapter goes where the running vLLM at
+``serve.base_url`` loads adapters from, and both models are evaluated there through the backend
+(``prelabel.train.adapter_serving``). A worker without the train extra fails the run in one line.
 
 ``run_flywheel(project_id)`` is the RQ job function (Label Studio's START_TRAINING event, or
 ``note_verified_labels`` reaching ``PRELABEL_TRAIN_MIN_NEW_LABELS``). Its progress is visible in
