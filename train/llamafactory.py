@@ -68,13 +68,31 @@ def is_llamafactory(data: dict[str, Any]) -> bool:
     return bool((set(data) - {"template"}) & LF_KEYS)
 
 
-def translate(data: dict[str, Any], error: type[Exception]) -> dict[str, Any]:
-    """``data`` with LLaMA-Factory keys mapped to TrainConfig's; raises ``error`` for refused keys."""
+def _trainer_arguments() -> set[str]:
+    """The Hugging Face Trainer's own argument names (LLaMA-Factory passes them through)."""
+    from dataclasses import fields
+
+    from transformers import TrainingArguments
+
+    return {f.name for f in fields(TrainingArguments)}
+
+
+def translate(data: dict[str, Any], error: type[Exception], own: set[str] | None = None) -> dict[str, Any]:
+    """``data`` with LLaMA-Factory keys mapped to TrainConfig's; raises ``error`` for refused keys.
+
+    LLaMA-Factory's own defaults apply where the YAML leaves a key out (``dataset_dir: data``).
+    Keys outside ``own`` (TrainConfig's fields) that are Trainer arguments (``disable_tqdm``,
+    ``save_total_limit``...) are ignored with the warning; any other key stays and is named as unknown.
+    """
     if not is_llamafactory(data):
         return data
     out = dict(data)
+    out.setdefault("dataset_dir", "data")  # LLaMA-Factory's default
     refused: list[str] = []
     ignored = sorted(k for k in out if k in IGNORED)
+    if own is not None and any(k not in own and k not in LF_KEYS for k in out):
+        trainer = _trainer_arguments() - own
+        ignored = sorted(set(ignored) | {k for k in out if k in trainer and k not in LF_KEYS})
     for key in ignored:
         out.pop(key)
     for key, allowed in ONLY.items():
