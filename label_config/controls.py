@@ -94,8 +94,9 @@ class ControlField(ABC):
         """The answer value a human's regions correspond to (``None`` when absent)."""
 
     def is_empty(self, value: Any) -> bool:
-        """True when the answer leaves this control unset (allowed unless required)."""
-        return value is None
+        """True when the answer leaves this control unset (allowed unless required): no value, or the
+        empty value a human's annotation gives an optional control it left out (``answer_from_regions``)."""
+        return value is None or value == ""
 
     def attr_problems(self) -> list[str]:
         """What is wrong with this control's attributes (checked once, when the config is parsed)."""
