@@ -68,7 +68,8 @@ def test_classification_maps_to_the_backends_answer_and_prompt() -> None:
     system, user = mapper.messages(record.texts)
     assert '"navigational"' in system["content"] and user["content"].endswith("facebook login")
     full = Mapper(INTENT, "search_intent", prompt_style="full").messages(record.texts)[0]["content"]
-    assert "When unsure" in full and "When unsure" not in system["content"]
+    assert "When unsure" in full and "When unsure" in system["content"], "a written rule, in both prompt styles"
+    assert "## Labels for" in full and "## Labels for" not in system["content"]
 
 
 def test_multilabel_rating_extraction_and_ranking_families() -> None:
