@@ -213,11 +213,21 @@ def test_import_annotate_review_rank_through_label_studio(label_studio, llm_serv
     quality = json.loads(real_stack.redis().get(f"prelabel:quality:{pid}"))
     assert quality["compared"] == 1 and quality["classes"][0]["label"] == "navigational"
 
-    # "Start training" in Label Studio reaches the worker, which records a visible status
+    # "Start training" in Label Studio reaches the worker, which queues this project's flywheel and
+    # records a visible status; the run then goes as far as the data allows: one verified label
+    # fills no train split, so it stops in its export stage and says so (any other failure, a
+    # crash or a wrong project, fails this test)
+    from rq.job import Job
+
     client.ml.train(id=client.ml.list(project=pid)[0].id)
     status = wait_for(lambda: real_stack.redis().hgetall(f"prelabel:train:{pid}"), 60, "a training status",
                       real_stack)
-    assert status.get(b"state") or status.get(b"stage"), status
+    job = Job.fetch(status[b"job_id"].decode(), connection=real_stack.redis())
+    assert job.func_name == "prelabel.train.pipeline.run_flywheel" and job.args == (str(pid),), job.description
+    final = wait_for(lambda: (s := real_stack.redis().hgetall(f"prelabel:train:{pid}")).get(b"state") in
+                     (b"finished", b"failed") and s, 600, "the flywheel run to end", real_stack)
+    assert final[b"state"] == b"failed", final
+    assert final[b"error"].decode().startswith("export: DatasetError") and b"has no records" in final[b"error"], final
 
 
 # --- faults: worker killed, reviewer down, Redis restarted -------------------------------------------
