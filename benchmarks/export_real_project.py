@@ -99,7 +99,8 @@ def export(project_id: int, url: str, token: str, out: Path, guideline: str) -> 
 
 def run(url: str, token: str, sdk: Any, workdir: Path) -> dict[str, Any]:
     flights, personal = flight_tasks()
-    project = sdk.projects.create(title="export: flight slots", label_config=(TEMPLATES / "flight_slots.xml").read_text())
+    config = (TEMPLATES / "flight_slots.xml").read_text()
+    project = sdk.projects.create(title="export: flight slots", label_config=config)
     sdk.projects.import_tasks(id=project.id, request=flights)
     manifest, rows = export(project.id, url, token, workdir / "flights", "flight_slots")
     records = [r for rs in rows.values() for r in rs]

@@ -297,8 +297,9 @@ def _write(tasks: Iterable[dict[str, Any]], mapper: Mapper, options: ExportOptio
                 if record.output == seen.output or record.output in seen.others:
                     counts["exact_duplicate"] += 1
                     continue
-            held = seen is not None and mapper.task_type != "generation"
-            duplicate, near_group = (None, text_key) if held else deduper.check(str(record.task_id), f"{record.input}\n{record.output}")
+            held = seen if seen is not None and mapper.task_type != "generation" else None
+            duplicate, near_group = (None, text_key) if held is not None else \
+                deduper.check(str(record.task_id), f"{record.input}\n{record.output}")
             if duplicate:
                 counts[duplicate] += 1
                 continue
@@ -314,8 +315,8 @@ def _write(tasks: Iterable[dict[str, Any]], mapper: Mapper, options: ExportOptio
                      "annotators": sorted(_hash_id(project.get("id"), a) for a in verified.annotators),
                      "user": None if user is None else _hash_id(project.get("id"), f"user:{user}"),
                      "pre_annotation": pre_annotation(task), "synthetic": False, "_text": text_key}
-            if held:  # a conflicting label: held until every task is read
-                seen.others[record.output] = ([json.dumps(row, ensure_ascii=False) + "\n" for row in rows],
+            if held is not None:  # a conflicting label: held until every task is read
+                held.others[record.output] = ([json.dumps(row, ensure_ascii=False) + "\n" for row in rows],
                                               [json.dumps(trace, ensure_ascii=False) + "\n"] * len(rows),
                                               record.label)
                 continue

@@ -35,7 +35,6 @@ from prelabel.label_config.schema import OutputSchema
 from prelabel.quality.calibration import canonical_answer
 
 
-
 def annotator_of(annotation: dict[str, Any]) -> str:
     who = annotation.get("completed_by")
     if isinstance(who, dict):

@@ -50,7 +50,7 @@ def test_two_writers_close_together_keep_each_others_fields(label_studio, redis_
         start.wait()
         try:
             refresh_ranking(label_studio.sdk(), project.id, conn)
-        except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
+        except BaseException as exc:  # reported by the assertion below
             errors.append(exc)
 
     def review() -> None:
@@ -58,7 +58,7 @@ def test_two_writers_close_together_keep_each_others_fields(label_studio, redis_
         try:
             for task in stale:
                 reviewer.set_fields(task, {"prelabel_review": "passed"})
-        except BaseException as exc:  # noqa: BLE001
+        except BaseException as exc:
             errors.append(exc)
 
     threads = [threading.Thread(target=rank), threading.Thread(target=review)]

@@ -194,7 +194,8 @@ def test_pii_search_never_enters_structured_answer_fields(tmp_path: Path) -> Non
                                                                  ann(2, 1, ghost))],
                        config, tmp_path / "ds", ExportOptions(near_threshold=None, min_per_class=0, seed=1),
                        guideline="flight_slots")
-    rows = [json.loads(line) for s in ("train", "val", "test") for line in (out / f"{s}.jsonl").read_text().splitlines()]
+    rows = [json.loads(line) for s in ("train", "val", "test")
+            for line in (out / f"{s}.jsonl").read_text().splitlines()]
     assert len(rows) == 2
     for row in rows:
         answer = json.loads(row["output"])
