@@ -215,8 +215,8 @@ def test_import_annotate_review_rank_through_label_studio(label_studio, llm_serv
 
     # "Start training" in Label Studio reaches the worker, which queues this project's flywheel and
     # records a visible status; the run then goes as far as the data allows: one verified label
-    # fills no train split, so it stops in its export stage and says so (any other failure, a
-    # crash or a wrong project, fails this test)
+    # makes a dataset of one class, so it stops in its export stage and says so (any other
+    # failure, a crash or a wrong project, fails this test)
     from rq.job import Job
 
     client.ml.train(id=client.ml.list(project=pid)[0].id)
@@ -227,7 +227,8 @@ def test_import_annotate_review_rank_through_label_studio(label_studio, llm_serv
     final = wait_for(lambda: (s := real_stack.redis().hgetall(f"prelabel:train:{pid}")).get(b"state") in
                      (b"finished", b"failed") and s, 600, "the flywheel run to end", real_stack)
     assert final[b"state"] == b"failed", final
-    assert final[b"error"].decode().startswith("export: DatasetError") and b"has no records" in final[b"error"], final
+    error = final[b"error"].decode()
+    assert error.startswith("export: DatasetError") and "a classification dataset needs at least two labels" in error
 
 
 # --- faults: worker killed, reviewer down, Redis restarted -------------------------------------------
