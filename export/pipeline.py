@@ -202,9 +202,10 @@ class _Pass:
 
 @dataclass
 class _Text:
-    """One input text: the split and output of its written copy, and every label's votes. Another
-    label for the same text is held (``others``: its rows, lineage and class), not written, until
-    all tasks are read; then the agreement rules keep one label or drop the text."""
+    """One input text: the split and output (its hash) of its written copy, and every label's
+    votes. Another label for the same text is held (``others``: its rows, lineage and class), not
+    written, until all tasks are read; then the agreement rules keep one label or drop the text.
+    Outputs are kept as hashes, so memory grows by one small entry per text."""
 
     split: str
     output: str
@@ -228,6 +229,7 @@ def _winner(text: _Text, verify: VerifyOptions) -> str | None:
     if (rest and rest[0][1] == count) or share <= 0.5 or share < verify.min_agreement:
         return None
     return best
+
 
 def _write(tasks: Iterable[dict[str, Any]], mapper: Mapper, options: ExportOptions, tmp: Path,
            project: dict[str, Any], progress: Callable[[int], None] | None) -> dict[str, Any]:
@@ -288,13 +290,13 @@ def _write(tasks: Iterable[dict[str, Any]], mapper: Mapper, options: ExportOptio
             elif options.max_per_user and per_user[user] >= options.max_per_user:
                 counts["over_user_cap"] += 1
                 continue
-            text_key = content_hash(record.input)
+            text_key, output_key = content_hash(record.input), hashlib.sha256(record.output.encode()).hexdigest()
             seen = state.by_text.get(text_key)
             agreeing, voters = _votes(verified)
             if seen is not None and mapper.task_type != "generation":  # one label per text (demonstrations: many)
-                seen.votes[record.output] += agreeing
+                seen.votes[output_key] += agreeing
                 seen.voters += voters
-                if record.output == seen.output or record.output in seen.others:
+                if output_key == seen.output or output_key in seen.others:
                     counts["exact_duplicate"] += 1
                     continue
             held = seen if seen is not None and mapper.task_type != "generation" else None
@@ -316,12 +318,12 @@ def _write(tasks: Iterable[dict[str, Any]], mapper: Mapper, options: ExportOptio
                      "user": None if user is None else _hash_id(project.get("id"), f"user:{user}"),
                      "pre_annotation": pre_annotation(task), "synthetic": False, "_text": text_key}
             if held is not None:  # a conflicting label: held until every task is read
-                held.others[record.output] = ([json.dumps(row, ensure_ascii=False) + "\n" for row in rows],
+                held.others[output_key] = ([json.dumps(row, ensure_ascii=False) + "\n" for row in rows],
                                               [json.dumps(trace, ensure_ascii=False) + "\n"] * len(rows),
                                               record.label)
                 continue
             if seen is None:
-                state.by_text[text_key] = _Text(split, record.output, record.label, Counter({record.output: agreeing}),
+                state.by_text[text_key] = _Text(split, output_key, record.label, Counter({output_key: agreeing}),
                                                 voters)
             for row in rows:
                 files[split].write(json.dumps(row, ensure_ascii=False) + "\n")
