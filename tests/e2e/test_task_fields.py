@@ -20,6 +20,7 @@ import redis as redis_lib
 from prelabel.jobs.handlers import ProjectJob, forget_deleted_labels, learn_examples
 from prelabel.jobs.projects import ProjectRecord
 from prelabel.prediction.fewshot_store import pool_answers
+from prelabel.quality.project import spotcheck_project
 from prelabel.ranking.project import PRIORITY_FIELD, refresh_ranking
 from prelabel.settings import Settings
 from prelabel.studio.client import ProjectClient
@@ -40,6 +41,9 @@ def test_two_writers_close_together_keep_each_others_fields(label_studio, redis_
     client = label_studio.sdk()
     project = client.projects.create(title="two writers", label_config=CONFIG)
     client.projects.import_tasks(id=project.id, request=[{"text": q, "source": "import"} for q in QUERIES])
+    for task in client.tasks.list(project=project.id):  # pre-annotated, so the spot check can sample them
+        client.predictions.create(task=task.id, result=region("informational"), score=0.5,
+                                  model_version="smollm2@p-test")
     conn = redis_lib.Redis.from_url(redis_url)
     reviewer = ProjectClient(label_studio.sdk(), project.id, conn)
     stale = list(reviewer.tasks())  # the review job's earlier read
@@ -74,6 +78,11 @@ def test_two_writers_close_together_keep_each_others_fields(label_studio, redis_
         assert data.get("prelabel_review") == "passed", data
         assert isinstance(data.get(PRIORITY_FIELD), float), data
         assert data["source"] == "import" and data["text"] in QUERIES, "the task's own fields are kept"
+    # the spot check, a third writer, tags a sample and keeps both fields
+    batch, chosen = spotcheck_project(label_studio.sdk(), project.id, n=3, conn=conn)
+    after = {t["id"]: t["data"] for t in ProjectClient(client, project.id).tasks()}
+    assert len(chosen.ids) == 3 and all(after[i].get("prelabel_spotcheck") == batch for i in chosen.ids)
+    assert all(d.get("prelabel_review") == "passed" and PRIORITY_FIELD in d for d in after.values())
 
 
 def test_a_deleted_label_leaves_the_few_shot_pool(label_studio, redis_url) -> None:
