@@ -31,7 +31,10 @@ def export(
     user_field: str = typer.Option(None, help="Task data field naming the submitting user: capped per user "
                                               "(--max-per-user) and split by user."),
     max_per_user: int = typer.Option(None, min=1, help="Records per user (default 200 with --user-field)."),
-    pii: str = typer.Option("redact", help="redact | drop | keep personal information."),
+    pii: str = typer.Option("redact", help="redact | drop | keep personal information (searched in free text "
+                                           "only, never in structured answer fields)."),
+    include_reference: bool = typer.Option(False, help="Export reference-set tasks (annotators "
+                                                       "--import-reference) as training data too."),
     min_per_class: int = typer.Option(10, min=0, help="Classes with fewer verified examples are rare."),
     rare_classes: str = typer.Option("drop", help="drop (from every split) | report rare classes."),
     augment: bool = typer.Option(False, "--augment", help="Add synthetic train examples to small classes."),
@@ -64,7 +67,8 @@ def export(
                             pii=pii, min_per_class=min_per_class, rare_classes=rare_classes,
                             augment_below=augment_below if augment else 0, augment_method=augment_method,
                             augment_synonyms=augment_synonyms, group_by=group_by,
-                            ratios=(train_share, val_share, test_share), seed=seed, prompt_style=prompt_style)
+                            ratios=(train_share, val_share, test_share), seed=seed, prompt_style=prompt_style,
+                            include_reference=include_reference)
     with Progress(SpinnerColumn(), TextColumn("exporting"), BarColumn(), MofNCompleteColumn(), console=console) as bar:
         task = bar.add_task("export", total=None)
         step = lambda n: bar.advance(task, n)  # noqa: E731

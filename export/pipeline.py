@@ -23,13 +23,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from prelabel.contract import ModelVersion, RegionStamp, is_review, stamp_of
+from prelabel.contract import REFERENCE_FIELD, ModelVersion, RegionStamp, is_review, stamp_of
 from prelabel.export.augment import METHODS, llm_paraphrases, load_synonyms, synonym_variants
-from prelabel.export.dedupe import Deduper
+from prelabel.export.dedupe import Deduper, content_hash
 from prelabel.export.mapping import Mapper, MappingError, Record
-from prelabel.export.pii import find_pii, redact
+from prelabel.export.record_pii import clean_record
 from prelabel.export.split import SPLITS, Splitter
-from prelabel.export.verify import VerifyOptions, verified_label
+from prelabel.export.verify import Verified, VerifyOptions, verified_label
 from prelabel.text import normalise
 
 FORMATS = ("alpaca", "sharegpt", "pairwise", "classification-jsonl")
@@ -60,6 +60,7 @@ class ExportOptions:
     ratios: tuple[float, float, float] = (0.8, 0.1, 0.1)
     seed: int = 0
     prompt_style: str = "compact"  # the backend's prompt the records carry: compact (fine-tuning) or full
+    include_reference: bool = False  # reference-set tasks (annotators --import-reference) as training data
 
     def __post_init__(self) -> None:
         if self.user_field and self.max_per_user is None:
@@ -88,16 +89,14 @@ class ExportOptions:
 
 def _rows(mapper: Mapper, record: Record, fmt: str, synthetic: bool = False) -> list[dict[str, Any]]:
     marker = {"synthetic": True} if synthetic else {}
-    if fmt == "pairwise":
-        instruction = mapper.ctx.guideline.task.strip()
-        return [{"instruction": instruction, "input": record.input, "chosen": c, "rejected": r}
-                for c, r in record.pairs or []]
+    if fmt == "pairwise":  # the user's prompt is the instruction the outputs answer
+        return [{"instruction": record.input, "input": "", "chosen": c, "rejected": r} for c, r in record.pairs or []]
     if fmt == "classification-jsonl":
         return [{"text": record.input, "label": record.label, "id": record.task_id, **marker}]
     if not record.output:
         return []
     if mapper.task_type == "ranking":  # the best output for its prompt: no backend answer to mirror
-        return [{"instruction": mapper.ctx.guideline.task.strip(), "input": record.input, "output": record.output}]
+        return [{"instruction": record.input, "input": "", "output": record.output}]
     if mapper.task_type == "generation":  # a demonstration: the prompt is the instruction, plain text out
         if fmt == "sharegpt":
             return [{"conversations": [{"from": "human", "value": record.input},
@@ -198,6 +197,38 @@ class _Pass:
     # classification: up to augment_below train inputs per class (augmentation sources)
     sources: dict[str, list[tuple[int, str]]] = field(default_factory=lambda: defaultdict(list))
     texts: set[str] = field(default_factory=set)  # normalised kept inputs (a variant must be new)
+    by_text: dict[str, _Text] = field(default_factory=dict)  # one entry per exported input text
+
+
+@dataclass
+class _Text:
+    """One input text: the split and output (its hash) of its written copy, and every label's
+    votes. Another label for the same text is held (``others``: its rows, lineage and class), not
+    written, until all tasks are read; then the agreement rules keep one label or drop the text.
+    Outputs are kept as hashes, so memory grows by one small entry per text."""
+
+    split: str
+    output: str
+    label: Any
+    votes: Counter[str] = field(default_factory=Counter)
+    voters: int = 0
+    others: dict[str, tuple[list[str], list[str], Any]] = field(default_factory=dict)
+
+
+def _votes(verified: Verified) -> tuple[int, int]:
+    """(annotators who gave the verified label, annotators of the task)."""
+    voters = max(1, len(verified.annotators))
+    return max(1, round(verified.agreement * voters)), voters
+
+
+def _winner(text: _Text, verify: VerifyOptions) -> str | None:
+    """The label the agreement rules pick among a text's tasks: a strict majority of all their
+    annotators, at least ``min_agreement`` of them, no tie; None: the text is dropped."""
+    (best, count), *rest = text.votes.most_common()
+    share = count / text.voters
+    if (rest and rest[0][1] == count) or share <= 0.5 or share < verify.min_agreement:
+        return None
+    return best
 
 
 def _write(tasks: Iterable[dict[str, Any]], mapper: Mapper, options: ExportOptions, tmp: Path,
@@ -223,6 +254,9 @@ def _write(tasks: Iterable[dict[str, Any]], mapper: Mapper, options: ExportOptio
                 progress(1)
             for prediction in task.get("predictions") or []:
                 versions[str(prediction.get("model_version") or "")] += 1
+            if (task.get("data") or {}).get(REFERENCE_FIELD) and not options.include_reference:
+                counts["reference_task"] += 1  # the operator's answer key for screening, not a training label
+                continue
             verified, why = verified_label(task, options.verify)
             if verified is None:
                 counts[why] += 1
@@ -238,16 +272,12 @@ def _write(tasks: Iterable[dict[str, Any]], mapper: Mapper, options: ExportOptio
                 counts["too_long"] += 1
                 continue
             if options.pii != "keep":
-                found = find_pii(record.input) + find_pii(record.output)
+                record, found = clean_record(mapper, record)
                 if found:
                     pii_found.update(found)
                     if options.pii == "drop":
                         counts["pii_dropped"] += 1
                         continue
-                    record.input, _ = redact(record.input)
-                    record.output, _ = redact(record.output)
-                    record.texts = {name: redact(text)[0] for name, text in (record.texts or {}).items()}
-                    record.pairs = [(redact(c)[0], redact(r)[0]) for c, r in record.pairs or []] or record.pairs
                     counts["pii_redacted"] += 1
             annotator = verified.annotators[0] if verified.annotators else None
             if options.max_per_annotator and per_annotator[annotator] >= options.max_per_annotator:
@@ -260,7 +290,18 @@ def _write(tasks: Iterable[dict[str, Any]], mapper: Mapper, options: ExportOptio
             elif options.max_per_user and per_user[user] >= options.max_per_user:
                 counts["over_user_cap"] += 1
                 continue
-            duplicate, near_group = deduper.check(str(record.task_id), f"{record.input}\n{record.output}")
+            text_key, output_key = content_hash(record.input), hashlib.sha256(record.output.encode()).hexdigest()
+            seen = state.by_text.get(text_key)
+            agreeing, voters = _votes(verified)
+            if seen is not None and mapper.task_type != "generation":  # one label per text (demonstrations: many)
+                seen.votes[output_key] += agreeing
+                seen.voters += voters
+                if output_key == seen.output or output_key in seen.others:
+                    counts["exact_duplicate"] += 1
+                    continue
+            held = seen if seen is not None and mapper.task_type != "generation" else None
+            duplicate, near_group = (None, text_key) if held is not None else \
+                deduper.check(str(record.task_id), f"{record.input}\n{record.output}")
             if duplicate:
                 counts[duplicate] += 1
                 continue
@@ -270,12 +311,20 @@ def _write(tasks: Iterable[dict[str, Any]], mapper: Mapper, options: ExportOptio
             annotators.update(_hash_id(project.get("id"), a) for a in verified.annotators)
             group = _group(options.group_by or "task", annotator, near_group, data, record.task_id)
             stratum = json.dumps(record.label) if record.label is not None else "all"
-            split = splitter.assign(stratum, group)
+            split = seen.split if seen is not None else splitter.assign(stratum, group)  # a text stays in one split
             rows = _rows(mapper, record, options.format)
             trace = {"task_id": record.task_id, "label": record.label,
                      "annotators": sorted(_hash_id(project.get("id"), a) for a in verified.annotators),
                      "user": None if user is None else _hash_id(project.get("id"), f"user:{user}"),
-                     "pre_annotation": pre_annotation(task), "synthetic": False}
+                     "pre_annotation": pre_annotation(task), "synthetic": False, "_text": text_key}
+            if held is not None:  # a conflicting label: held until every task is read
+                held.others[output_key] = ([json.dumps(row, ensure_ascii=False) + "\n" for row in rows],
+                                              [json.dumps(trace, ensure_ascii=False) + "\n"] * len(rows),
+                                              record.label)
+                continue
+            if seen is None:
+                state.by_text[text_key] = _Text(split, output_key, record.label, Counter({output_key: agreeing}),
+                                                voters)
             for row in rows:
                 files[split].write(json.dumps(row, ensure_ascii=False) + "\n")
                 lineage[split].write(json.dumps(trace, ensure_ascii=False) + "\n")
@@ -292,6 +341,7 @@ def _write(tasks: Iterable[dict[str, Any]], mapper: Mapper, options: ExportOptio
     finally:
         for handle in [*files.values(), *lineage.values()]:
             handle.close()
+    decisions = _resolve(state, options.verify, mapper.task_type)
     totals: Counter[str] = Counter()
     for split in SPLITS:
         totals.update(state.labels[split])
@@ -299,7 +349,7 @@ def _write(tasks: Iterable[dict[str, Any]], mapper: Mapper, options: ExportOptio
     if mapper.labels:
         rare.update({label: 0 for label in mapper.labels if label not in totals})
     dropped = sorted(rare) if options.rare_classes == "drop" and mapper.task_type == "classification" else []
-    rows_per_split = _finish(stage, tmp, set(dropped), state)
+    rows_per_split = _finish(stage, tmp, set(dropped), state, decisions)
     synthetic = _augment(mapper, options, tmp, state, set(dropped)) if options.augment_below else Counter()
     rows_per_split["train"] += sum(synthetic.values())
     counts["written_rows"] = sum(rows_per_split.values())
@@ -345,17 +395,48 @@ def _group(group_by: str, annotator: Any, near_group: str, data: dict[str, Any],
     return f"d:{value}" if value is not None else f"t:{task_id}"
 
 
-def _finish(stage: Path, tmp: Path, dropped: set[str], state: _Pass) -> Counter[str]:
-    """Copy the staged rows into the split files, without the dropped classes, and write the
-    lineage side file (one line per row: its split and line number, task, pre-annotation)."""
+def _labels(label: Any) -> list[str]:
+    return [label] if isinstance(label, str) else list(label or [])
+
+
+def _resolve(state: _Pass, verify: VerifyOptions, task_type: str) -> dict[str, str | None]:
+    """Texts labelled differently in several tasks -> the label kept (None: dropped), counted;
+    the split's class counts and augmentation sources follow the decision."""
+    decisions: dict[str, str | None] = {}
+    for key, text in state.by_text.items():
+        if not text.others:
+            continue
+        winner = decisions[key] = _winner(text, verify)
+        state.counts["conflict_resolved" if winner is not None else "conflict_dropped"] += 1
+        if winner is None:
+            state.counts["written_tasks"] -= 1
+        if winner == text.output:
+            continue
+        for label in _labels(text.label):
+            state.labels[text.split][label] -= 1
+        if winner is not None:
+            for label in _labels(text.others[winner][2]):
+                state.labels[text.split][label] += 1
+        if task_type == "classification":  # a dropped or outvoted text is no augmentation source
+            for klass, sources in state.sources.items():
+                state.sources[klass] = [s for s in sources if content_hash(s[1]) != key]
+    return decisions
+
+
+def _finish(stage: Path, tmp: Path, dropped: set[str], state: _Pass,
+            decisions: dict[str, str | None]) -> Counter[str]:
+    """Copy the staged rows into the split files, without the dropped classes, with each
+    conflicting text's decided label (or without the text), and write the lineage side file (one
+    line per row: its split and line number, task, pre-annotation)."""
     rows: Counter[str] = Counter()
     with (tmp / LINEAGE).open("w", encoding="utf-8") as trace_out:
         for split in SPLITS:
             with ((stage / f"{split}.jsonl").open(encoding="utf-8") as rows_in,
                   (stage / f"{split}.lineage.jsonl").open(encoding="utf-8") as trace_in,
                   (tmp / f"{split}.jsonl").open("w", encoding="utf-8") as rows_out):
-                for row, line in zip(rows_in, trace_in):
+                for row, line in _decided(zip(rows_in, trace_in), state, decisions):
                     trace = json.loads(line)
+                    trace.pop("_text", None)
                     if trace["label"] in dropped:
                         state.counts["rare_class_dropped"] += 1
                         continue
@@ -367,6 +448,24 @@ def _finish(stage: Path, tmp: Path, dropped: set[str], state: _Pass) -> Counter[
         state.sources.pop(label, None)
     return rows
 
+
+def _decided(staged: Iterable[tuple[str, str]], state: _Pass,
+             decisions: dict[str, str | None]) -> Iterable[tuple[str, str]]:
+    """The staged (row, lineage) lines with each conflicting text's decision applied: its rows
+    as written, the winning label's rows instead, or none."""
+    replaced: set[str] = set()
+    for row, line in staged:
+        key = json.loads(line).get("_text")
+        if key not in decisions:
+            yield row, line
+            continue
+        winner = decisions[key]
+        text = state.by_text[key]
+        if winner == text.output:
+            yield row, line
+        elif winner is not None and key not in replaced:
+            replaced.add(key)
+            yield from zip(text.others[winner][0], text.others[winner][1])
 
 def _augment(mapper: Mapper, options: ExportOptions, tmp: Path, state: _Pass, dropped: set[str]) -> Counter[str]:
     """Append synthetic examples (marked) to train for classes with fewer than ``augment_below``."""

@@ -80,7 +80,7 @@ class ProjectJob:
         if active is not None:  # `prelabel prompts use` wins over the backend's extra params
             record = dataclasses.replace(record, guideline=active)
         sdk = connect(settings, record.hostname, record.access_token)  # AccessRefused: the job fails, said why
-        return cls(settings, conn, project_id, record, ProjectClient(sdk, project_id))
+        return cls(settings, conn, project_id, record, ProjectClient(sdk, project_id, conn))
 
     def context(self, label_config: str | None) -> ProjectContext:
         return ContextBuilder(self.settings).context(label_config or self.ls.label_config(), self.record.guideline)
@@ -96,8 +96,9 @@ def handle_event(event_data: dict[str, Any]) -> dict[str, Any]:
         learn_examples(job, event.task_ids, event.label_config)
         return on_human_label(job, event.annotation_ids)
     if event.action == ev.ANNOTATIONS_DELETED:
+        forgotten = forget_deleted_labels(job, event.label_config)
         queue_refresh(job)
-        return {"refresh": "queued"}
+        return {"refresh": "queued", "fewshot_relearnt": forgotten}
     return start_training(job.settings, job.conn, event.project_id)
 
 
@@ -339,26 +340,53 @@ def _now() -> str:
 def learn_examples(job: ProjectJob, task_ids: list[int], label_config: str | None) -> int:
     """Put the tasks' latest human answers into the project's shared few-shot pool (or take a
     task out when it has none any more); the backend and the workers see them on their next batch."""
+    ctx = job.context(label_config)
+    return sum(_learn(job, ctx, job.ls.task(task_id)) != "removed" for task_id in task_ids)
+
+
+def _learn(job: ProjectJob, ctx: ProjectContext, task: dict[str, Any],
+           held: dict[str, Any] | None = None) -> str:
+    """The task's latest human answer into the pool (``added``; ``unchanged`` when it is the
+    answer ``held`` there), or the task out of the pool when it has none (``removed``)."""
     from prelabel.label_config.answers import answer_from_regions
     from prelabel.prediction.fewshot_store import add_example, remove_task
     from prelabel.prediction.project_examples import human_annotation
 
+    result = human_annotation(task)
+    answer = answer_from_regions(ctx.schema, result) if result else None
+    try:
+        texts = ctx.schema.object_texts(task.get("data") or {})
+    except TaskDataError:
+        answer = None
+    if answer is None:
+        remove_task(job.conn, job.project_id, int(task["id"]))
+        return "removed"
+    if answer == held:
+        return "unchanged"
+    add_example(job.conn, job.project_id, int(task["id"]), texts, answer, job.settings.fewshot_pool_max)
+    return "added"
+
+
+def forget_deleted_labels(job: ProjectJob, label_config: str | None) -> int:
+    """ANNOTATIONS_DELETED names the deleted annotations, not their tasks: the pool's tasks are
+    read again (one Data Manager list) and each one's example follows what a human answered now,
+    so a deleted label leaves the pool (or gives way to another annotator's answer). Returns how
+    many examples changed."""
+    from prelabel.prediction.fewshot_store import pool_answers, remove_task
+
+    held = pool_answers(job.conn, job.project_id)
+    if not held:
+        return 0
     ctx = job.context(label_config)
-    added = 0
-    for task_id in task_ids:
-        task = job.ls.task(task_id)
-        result = human_annotation(task)
-        answer = answer_from_regions(ctx.schema, result) if result else None
-        try:
-            texts = ctx.schema.object_texts(task.get("data") or {})
-        except TaskDataError:
-            answer = None
-        if answer is None:
+    now = {int(t["id"]): t for t in job.ls.tasks(sorted(held))}
+    changed = 0
+    for task_id, answer in held.items():
+        if task_id not in now:  # the task itself was deleted
             remove_task(job.conn, job.project_id, task_id)
-            continue
-        add_example(job.conn, job.project_id, task_id, texts, answer, job.settings.fewshot_pool_max)
-        added += 1
-    return added
+            changed += 1
+        else:
+            changed += _learn(job, ctx, now[task_id], answer) != "unchanged"
+    return changed
 
 
 def on_human_label(job: ProjectJob, annotation_ids: list[int]) -> dict[str, Any]:
@@ -383,7 +411,7 @@ def refresh_project(project_id: int) -> dict[str, Any]:
     from prelabel.ranking.project import refresh_ranking
 
     job = ProjectJob.open(project_id)
-    ranking = refresh_ranking(job.ls.sdk, project_id)
+    ranking = refresh_ranking(job.ls.sdk, project_id, job.conn)
     quality = refresh_quality(job.ls.sdk, project_id, job.conn)
     calibration = refresh_calibration(job.ls.sdk, project_id, job.conn)
     return {"ranking": str(ranking), "quality": str(quality), "calibration": calibration}

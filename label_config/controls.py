@@ -94,8 +94,9 @@ class ControlField(ABC):
         """The answer value a human's regions correspond to (``None`` when absent)."""
 
     def is_empty(self, value: Any) -> bool:
-        """True when the answer leaves this control unset (allowed unless required)."""
-        return value is None
+        """True when the answer leaves this control unset (allowed unless required): no value, or the
+        empty value a human's annotation gives an optional control it left out (``answer_from_regions``)."""
+        return value is None or value == ""
 
     def attr_problems(self) -> list[str]:
         """What is wrong with this control's attributes (checked once, when the config is parsed)."""
@@ -162,19 +163,39 @@ class ChoicesField(ControlField):
         return None
 
 
+def _unspaced(ch: str) -> bool:
+    """A character of a script written without spaces between words (CJK, kana, Thai)."""
+    return "\u3040" <= ch <= "\u30ff" or "\u3400" <= ch <= "\u9fff" or "\uf900" <= ch <= "\ufaff" \
+        or "\u0e00" <= ch <= "\u0e7f"
+
+
+def _joined(left: str, right: str) -> bool:
+    """Two neighbouring characters inside one word (so no span may start or end between them)."""
+    return all(ch.isalnum() and not _unspaced(ch) for ch in (left, right))
+
+
+def _on_word_boundaries(text: str, start: int, end: int) -> bool:
+    return (start == 0 or not _joined(text[start - 1], text[start])) and \
+        (end == len(text) or not _joined(text[end - 1], text[end]))
+
+
 @dataclass
 class LabelsField(ControlField):
     """Named-entity spans on a Text object.
 
     The model returns the span *text* (models are bad at counting characters); offsets are
-    computed here and always satisfy ``text[start:end] == span``. ``occurrence`` says which
-    occurrences of a repeated span get a region: ``all`` of them, the ``first``, or only a
-    ``unique`` one (a repeated span is then an error for a human to resolve).
+    computed here and always satisfy ``text[start:end] == span``. A span is placed on word
+    boundaries only ("Paris" never inside "Parisian"; scripts written without spaces, such as
+    Chinese, have a boundary between any two characters). When the model says which occurrence it
+    means (``"occurrence": n``, the n-th whole-word match, or ``"context"``, a longer stretch of the
+    text around it) that one gets the region; otherwise ``occurrence`` says which: the ``first``
+    (the default), ``all`` of them (when the guideline asks for every mention), or only a ``unique``
+    one (a repeated span is then an error for a human to resolve).
     """
 
     tag: ClassVar[str] = "Labels"
     region_type: ClassVar[str] = "labels"
-    occurrence: SpanOccurrence = "all"
+    occurrence: SpanOccurrence = "first"
 
     def json_schema(self) -> dict[str, Any]:
         return {
@@ -184,6 +205,8 @@ class LabelsField(ControlField):
                 "properties": {
                     "text": {"type": "string", "minLength": 1},
                     "label": {"type": "string", "enum": self.label_values},
+                    "occurrence": {"type": "integer", "minimum": 1},
+                    "context": {"type": "string"},
                 },
                 "required": ["text", "label"],
             },
@@ -192,7 +215,8 @@ class LabelsField(ControlField):
     def describe(self) -> str:
         return (
             f'"{self.name}": a list of {{"text": <exact substring of the input>, "label": one of '
-            f"{_label_lines(self.labels)}}} for every entity; [] when there is none"
+            f"{_label_lines(self.labels)}}} for every entity; [] when there is none. When the text occurs "
+            f'more than once, add "occurrence": n (1 = the first) for the one you mean'
         )
 
     def is_empty(self, value: Any) -> bool:
@@ -214,7 +238,7 @@ class LabelsField(ControlField):
             span = item["text"].strip()
             if not span:
                 raise AnswerError(self.name, "empty", "empty span text")
-            for start in self._occurrences(span, text):
+            for start in self._occurrences(span, text, item):
                 key = (start, start + len(span), label)
                 if key in seen:
                     continue
@@ -223,21 +247,38 @@ class LabelsField(ControlField):
                 regions.append(self._region(value_dict, _region_id(self.name, *map(str, key))))
         return regions
 
-    def _occurrences(self, span: str, text: str) -> list[int]:
-        starts: list[int] = []
-        index = text.find(span)
-        while index != -1:
-            starts.append(index)
-            index = text.find(span, index + 1)
+    def _occurrences(self, span: str, text: str, item: dict[str, Any]) -> list[int]:
+        anywhere = [m.start() for m in re.finditer(f"(?={re.escape(span)})", text)]
+        starts = [start for start in anywhere if _on_word_boundaries(text, start, start + len(span))]
         if not starts:
-            raise AnswerError(self.name, "span_not_found", f"{span!r} does not occur in the text")
-        if self.occurrence == "first":
-            return starts[:1]
+            where = " as a whole word" if anywhere else ""
+            raise AnswerError(self.name, "span_not_found", f"{span!r} does not occur in the text{where}")
+        named = self._named(span, text, item, starts)
+        if named is not None:
+            return [named]
+        if self.occurrence == "all":
+            return starts
         if self.occurrence == "unique" and len(starts) > 1:
             raise AnswerError(
                 self.name, "span_ambiguous", f"{span!r} occurs {len(starts)} times in the text"
             )
-        return starts
+        return starts[:1]
+
+    def _named(self, span: str, text: str, item: dict[str, Any], starts: list[int]) -> int | None:
+        """The occurrence the model pointed at (its index or its context), None when it did not."""
+        index, context = item.get("occurrence"), item.get("context")
+        if isinstance(index, int) and not isinstance(index, bool):
+            if not 1 <= index <= len(starts):
+                raise AnswerError(self.name, "span_not_found",
+                                  f"occurrence {index} of {span!r}: it occurs {len(starts)} time(s)")
+            return starts[index - 1]
+        if isinstance(context, str) and span in context:
+            for found in re.finditer(f"(?={re.escape(context)})", text):
+                inside = [s for s in starts if found.start() <= s and s + len(span) <= found.start() + len(context)]
+                if inside:
+                    return inside[0]
+            raise AnswerError(self.name, "span_not_found", f"context {context!r} of {span!r} is not in the text")
+        return None
 
     def from_regions(self, regions: list[dict[str, Any]]) -> Any:
         spans = []

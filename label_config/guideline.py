@@ -31,6 +31,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from prelabel.contract import SpanOccurrence
 from prelabel.errors import UserError
 from prelabel.label_config.constraints import Constraint
 from prelabel.label_config.schema import OutputSchema
@@ -86,6 +87,9 @@ class Guideline(BaseModel):
     examples: list[FewShotExample] = Field(default_factory=list)
     constraints: list[Constraint] = Field(default_factory=list)
     list_items: dict[str, ItemCount] = Field(default_factory=dict)
+    span_occurrence: SpanOccurrence | None = Field(
+        None, description="all: every mention of a span gets a region (the guideline asks for all); "
+                          "first / unique; unset: the backend's PRELABEL_SPAN_OCCURRENCE (first).")
 
     @property
     def hash(self) -> str:

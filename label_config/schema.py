@@ -137,7 +137,7 @@ def config_hash(config: str) -> str:
     return hashlib.sha256(config.strip().encode()).hexdigest()[:16]
 
 
-def build_schema(config: str, occurrence: SpanOccurrence = "all") -> OutputSchema:
+def build_schema(config: str, occurrence: SpanOccurrence = "first") -> OutputSchema:
     """Parse ``config`` and build its answer schema; raise ``ConfigError`` when nothing is fillable."""
     if not isinstance(config, str) or not config.strip():
         raise ConfigError("empty labeling config")

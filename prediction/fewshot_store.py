@@ -74,6 +74,17 @@ def remove_task(conn: Any, project: str | int, task_id: int) -> None:
     pipe.execute()
 
 
+def pool_answers(conn: Any, project: str | int) -> dict[int, dict[str, Any]]:
+    """The pool's tasks and the human answer each one holds there."""
+    keys = fewshot_keys(project)
+    out: dict[int, dict[str, Any]] = {}
+    for task, digest in conn.hgetall(keys.tasks).items():
+        raw = conn.hget(keys.pool, digest)
+        entry = json.loads(raw) if raw is not None else {}
+        out[int(task)] = entry.get("answer") or {}
+    return out
+
+
 def _drop(conn: Any, pipe: Any, project: str | int, digest: str, task_id: int) -> None:
     """Queue the removal of ``digest``'s example if it is still this task's (a newer task with the
     same text may have taken it over)."""

@@ -103,7 +103,8 @@ def identify(base_url: str, api_key: str, model: str, timeout: float = 60.0) -> 
 
 def _same_probe(a: list[list[tuple[str, float]]], b: list[list[tuple[str, float]]]) -> bool:
     """Same emitted tokens, same alternatives (as sets: near-equal ones may swap places), and
-    log-probabilities within the tolerances."""
+    log-probabilities within the tolerances: the emitted tokens' own, and the alternatives' (a
+    server may send none: then the emitted tokens' decide)."""
     if len(a) != len(b) or not a:
         return False
     gaps: list[float] = []
@@ -113,7 +114,7 @@ def _same_probe(a: list[list[tuple[str, float]]], b: list[list[tuple[str, float]
         mine, theirs = dict(left[1:]), dict(right[1:])
         if set(mine) != set(theirs):
             return False
-        gaps += [abs(mine[t] - theirs[t]) for t in mine]
+        gaps += [abs(left[0][1] - right[0][1])] + [abs(mine[t] - theirs[t]) for t in mine]
     return sum(gaps) / len(gaps) <= TOLERANCE_MEAN and max(gaps) <= TOLERANCE_MAX
 
 

@@ -23,7 +23,7 @@ from redis.exceptions import RedisError
 
 from prelabel.contract import REGION_PROVENANCE, ModelVersion, TaskStatus, stamp_of, with_status
 from prelabel.label_config.answers import CheckedAnswer, apply_constraints, check_answer, feedback, parse_answer
-from prelabel.label_config.controls import AnswerError, ChoicesField
+from prelabel.label_config.controls import AnswerError, ChoicesField, LabelsField
 from prelabel.label_config.guideline import (
     Guideline,
     GuidelineError,
@@ -205,6 +205,10 @@ class ContextBuilder:
             raise ConfigError(f"guideline '{name}' does not fit the labeling config: " + "; ".join(errors))
         for warning in warnings:
             log.info("guideline %s: %s", name, warning)
+        if guideline.span_occurrence is not None:  # the guideline asks for every mention (or not)
+            for control in schema.fields:
+                if isinstance(control, LabelsField):
+                    control.occurrence = guideline.span_occurrence
         examples = guideline_examples(guideline, schema)
         if self.settings.fewshot_file:
             examples += file_examples(self.settings.fewshot_file, schema)

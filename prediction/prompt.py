@@ -42,14 +42,15 @@ JSON schema of the answer:
 
 # For a model fine-tuned on the project's labels (``prompt_style`` compact, not to be confused with
 # the ``compact`` detail level, which only shortens the label list to fit a context): it learned the
-# definitions from the labels, so only the role, the task and the answer keys remain. About a fifth
-# of the full prompt's tokens, which is what makes training on the backend's own prompt affordable
-# on a CPU.
+# definitions from the labels, so the role, the task, the boundary rules, the written "when unsure"
+# rule (seed A: "when unsure, choose other" is a rule the model is told, not a silent fallback)
+# and the answer keys remain; label definitions and examples go. Short enough to make training on
+# the backend's own prompt affordable on a CPU.
 COMPACT_TEMPLATE = """{role}
 
 # Task
 {task}
-
+{rules}{unsure}
 # Output format
 Answer with a single JSON object and nothing else. Keys:
 {keys}"""
@@ -186,7 +187,8 @@ def render_system(
     if constraint_lines:
         keys.append("Rules the answer must satisfy: " + "; ".join(constraint_lines))
     if style == "compact":
-        return COMPACT_TEMPLATE.format(role=guideline.role.strip(), task=guideline.task.strip(), keys="\n".join(keys))
+        return COMPACT_TEMPLATE.format(role=guideline.role.strip(), task=guideline.task.strip(), rules=rules,
+                                       unsure=unsure, keys="\n".join(keys))
     return SYSTEM_TEMPLATE.format(
         role=guideline.role.strip(),
         task=guideline.task.strip(),

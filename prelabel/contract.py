@@ -44,6 +44,11 @@ def project_key(project_id: int | str) -> str:
     return f"{PREFIX}project:{project_id}"
 
 
+def task_fields_lock_key(project_id: int | str) -> str:
+    """Redis lock held while a task's ``prelabel_*`` fields are read, merged and written back."""
+    return f"{PREFIX}task_fields:{project_id}:lock"
+
+
 def as_text(value: bytes | str) -> str:
     """A key or value as Redis returns it (bytes, unless the client decodes) as text."""
     return value.decode() if isinstance(value, bytes) else value
@@ -250,6 +255,7 @@ def is_own_preannotation(model_version: str | None) -> bool:
 
 
 # --- settings shared with the config handlers ----------------------------------------------------
+REFERENCE_FIELD = "prelabel_reference"  # task data of a reference-set task (annotator screening's answer key)
 SpanOccurrence = Literal["all", "first", "unique"]  # which occurrences of a repeated span are labelled
 
 

@@ -129,7 +129,8 @@ class Settings(BaseSettings):
         30, ge=2, description="Choices controls with more labels get a per-task shortlist of candidates.")
     shortlist_k: int = Field(15, ge=1, description="Candidate labels per task in a shortlist.")
     span_occurrence: SpanOccurrence = Field(
-        "all", description="Which occurrences of a returned span text get a region."
+        "first", description="Which whole-word occurrences of a returned span text get a region when the model "
+                             "does not say which (a guideline's span_occurrence wins)."
     )
     fewshot_pool_max: int = Field(
         500, ge=0, description="Human-labeled few-shot examples kept per project (newest win)."

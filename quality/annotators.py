@@ -30,10 +30,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from prelabel.contract import REFERENCE_FIELD
 from prelabel.label_config.schema import OutputSchema
 from prelabel.quality.calibration import canonical_answer
-
-REFERENCE_FIELD = "prelabel_reference"
 
 
 def annotator_of(annotation: dict[str, Any]) -> str:

@@ -103,8 +103,10 @@ def spotcheck(
 ) -> None:
     """Sample tasks for human review and tag them (data.prelabel_spotcheck) in Label Studio."""
     from prelabel.quality.project import spotcheck_project
+    from prelabel.redis_conn import connection
 
-    batch, chosen = spotcheck_project(_client(), project, n, abnormal_share, seed)
+    # the workers' lock on task fields, so a review or ranking job running now keeps its fields
+    batch, chosen = spotcheck_project(_client(), project, n, abnormal_share, seed, connection(get_settings()))
     console.print(f"tagged {len(chosen.ids)} tasks as {batch}: " +
                   ", ".join(f"{k} {v}" for k, v in sorted(chosen.counts().items())))
     console.print(f"filter the Data Manager on data.prelabel_spotcheck = {batch}")

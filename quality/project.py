@@ -12,6 +12,7 @@ from prelabel.contract import quality_key
 from prelabel.quality.agreement import AgreementReport, agreement
 from prelabel.quality.spotcheck import Sample, sample
 from prelabel.ranking.project import project_signals
+from prelabel.studio.task_fields import write_fields
 
 SPOTCHECK_FIELD = "prelabel_spotcheck"
 
@@ -30,14 +31,11 @@ def refresh_quality(client: Any, project_id: int, conn: redis.Redis, bar: float 
 
 
 def spotcheck_project(client: Any, project_id: int, n: int = 150, abnormal_share: float = 0.6,
-                      seed: int = 0) -> tuple[str, Sample]:
+                      seed: int = 0, conn: redis.Redis | None = None) -> tuple[str, Sample]:
     """Sample tasks and tag them ``data.prelabel_spotcheck = <batch id>`` (filterable in the DM)."""
     signals, _, tasks = project_signals(client, project_id)
     chosen = sample(signals, n, abnormal_share, seed)
     batch = time.strftime("spot-%Y%m%d-%H%M%S", time.gmtime())
-    by_id = {t["id"]: t for t in tasks}
     for task_id in chosen.ids:
-        data = dict(by_id[task_id].get("data") or {})
-        data[SPOTCHECK_FIELD] = batch
-        client.tasks.update(id=str(task_id), data=data)
+        write_fields(client, project_id, task_id, {SPOTCHECK_FIELD: batch}, conn)
     return batch, chosen

@@ -7,13 +7,17 @@ changed), and a Data Manager view ``prelabel: priority`` sorts the queue by it.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prelabel.label_config.schema import build_schema
 from prelabel.ranking.diversity import TextIndex
 from prelabel.ranking.priority import rank
 from prelabel.ranking.signals import TaskSignals, task_signals
 from prelabel.studio.client import plain
+from prelabel.studio.task_fields import write_fields
+
+if TYPE_CHECKING:
+    import redis
 
 PRIORITY_FIELD = "prelabel_priority"
 VIEW_TITLE = "prelabel: priority"
@@ -76,7 +80,7 @@ def cached_index(project_id: int, signals: list[TaskSignals]) -> TextIndex:
     return cached[1]
 
 
-def refresh_ranking(client: Any, project_id: int) -> RankingResult:
+def refresh_ranking(client: Any, project_id: int, conn: redis.Redis | None = None) -> RankingResult:
     signals, labels, tasks = project_signals(client, project_id)
     written = 0
     if signals:
@@ -85,11 +89,9 @@ def refresh_ranking(client: Any, project_id: int) -> RankingResult:
         for task_id, value, s in zip(ranking.ids, ranking.priority, signals):
             if s.labeled:
                 continue
-            data = dict(by_id[task_id].get("data") or {})
             value = round(float(value), 4)
-            if data.get(PRIORITY_FIELD) != value:
-                data[PRIORITY_FIELD] = value
-                client.tasks.update(id=str(task_id), data=data)
+            if (by_id[task_id].get("data") or {}).get(PRIORITY_FIELD) != value and \
+                    write_fields(client, project_id, task_id, {PRIORITY_FIELD: value}, conn) is not None:
                 written += 1
     view_id = ensure_priority_view(client, project_id)
     return RankingResult(len(signals), written, sum(not s.labeled for s in signals), view_id)

@@ -12,9 +12,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from label_studio_sdk.client import LabelStudio
+
+from prelabel.studio.task_fields import write_fields
+
+if TYPE_CHECKING:
+    import redis
 
 
 def plain(obj: Any) -> dict[str, Any]:
@@ -31,9 +36,10 @@ def human_touched(task: dict[str, Any]) -> bool:
 class ProjectClient:
     """One Label Studio project as the jobs see it."""
 
-    def __init__(self, sdk: LabelStudio, project_id: int) -> None:
+    def __init__(self, sdk: LabelStudio, project_id: int, conn: redis.Redis | None = None) -> None:
         self.sdk = sdk  # from prelabel.studio.access.connect: allowed origin, no redirects
         self.project_id = project_id
+        self.conn = conn  # the task-field writers' lock (studio.task_fields)
 
     def label_config(self) -> str:
         return plain(self.sdk.projects.get(id=self.project_id))["label_config"]
@@ -82,11 +88,10 @@ class ProjectClient:
         return "updated"
 
     def set_fields(self, task: dict[str, Any], fields: dict[str, Any]) -> bool:
-        """Merge ``fields`` into the task's data (Data Manager columns); True when it changed."""
-        data = dict(task.get("data") or {})
-        if all(data.get(k) == v for k, v in fields.items()):
+        """Set ``fields`` in the task's data as Label Studio has it now (``studio.task_fields``:
+        re-read, merged, read back), so other jobs' fields survive; True when it changed."""
+        data = write_fields(self.sdk, self.project_id, int(task["id"]), fields, self.conn)
+        if data is None:
             return False
-        data.update(fields)
-        self.sdk.tasks.update(id=str(task["id"]), data=data)
         task["data"] = data
         return True

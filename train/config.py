@@ -82,7 +82,7 @@ class TrainConfig(_Strict):
     def _llamafactory(cls, data: Any) -> Any:
         from prelabel.train.llamafactory import translate
 
-        return translate(data, ValueError) if isinstance(data, dict) else data
+        return translate(data, ValueError, set(cls.model_fields)) if isinstance(data, dict) else data
 
     @field_validator("lora_target", mode="before")
     @classmethod

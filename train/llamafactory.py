@@ -68,14 +68,35 @@ def is_llamafactory(data: dict[str, Any]) -> bool:
     return bool((set(data) - {"template"}) & LF_KEYS)
 
 
-def translate(data: dict[str, Any], error: type[Exception]) -> dict[str, Any]:
-    """``data`` with LLaMA-Factory keys mapped to TrainConfig's; raises ``error`` for refused keys."""
+def _trainer_arguments() -> set[str]:
+    """The Hugging Face Trainer's own argument names (LLaMA-Factory passes them through)."""
+    from dataclasses import fields
+
+    from transformers import TrainingArguments
+
+    return {f.name for f in fields(TrainingArguments)}
+
+
+def translate(data: dict[str, Any], error: type[Exception], own: set[str] | None = None) -> dict[str, Any]:
+    """``data`` with LLaMA-Factory keys mapped to TrainConfig's; raises ``error`` for refused keys.
+
+    LLaMA-Factory's own defaults apply where the YAML leaves a key out (``dataset_dir: data``).
+    Keys outside ``own`` (TrainConfig's fields) that are Hugging Face Trainer arguments, which
+    LLaMA-Factory passes through (``disable_tqdm``, ``logging_strategy``...), are not used by
+    prelabel's training: ignored with a warning that says so; any other key stays, and validation
+    names it as unknown (a typo).
+    """
     if not is_llamafactory(data):
         return data
     out = dict(data)
+    out.setdefault("dataset_dir", "data")  # LLaMA-Factory's default
     refused: list[str] = []
     ignored = sorted(k for k in out if k in IGNORED)
-    for key in ignored:
+    unused: list[str] = []
+    if own is not None and any(k not in own and k not in LF_KEYS for k in out):
+        trainer = _trainer_arguments() - own
+        unused = sorted(k for k in out if k in trainer and k not in LF_KEYS)
+    for key in ignored + unused:
         out.pop(key)
     for key, allowed in ONLY.items():
         if key in out:
@@ -113,6 +134,10 @@ def translate(data: dict[str, Any], error: type[Exception]) -> dict[str, Any]:
         _WARNED.add(tuple(ignored))
         log.warning("LLaMA-Factory config: ignoring %s (they do not change what prelabel trains)",
                     ", ".join(ignored))
+    if unused and ("trainer", *unused) not in _WARNED:
+        _WARNED.add(("trainer", *unused))
+        log.warning("LLaMA-Factory config: ignoring the Trainer arguments %s (prelabel's training does not use "
+                    "them)", ", ".join(unused))
     return out
 
 

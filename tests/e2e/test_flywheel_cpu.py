@@ -184,40 +184,54 @@ def test_train_resume_merge_eval_promote(gguf: Path, workdir: Path, env: Setting
 
 
 def test_flywheel_pipeline_with_redis(workdir: Path, env: Settings, llm_server) -> None:
-    """The job function end to end; a tiny local model keeps it quick (the model is not the point)."""
+    """The job function end to end, both decisions made certain: a margin no candidate can reach
+    keeps the current model; against a broken current model (the fault server answers every
+    request with text that is no answer) the candidate is promoted and becomes the active model.
+    A tiny local model keeps it quick (the model is not the point)."""
     import redis
 
     from prelabel.redis_conn import redis_url
     from prelabel.train.pipeline import STAGES, read_status, run_flywheel
     from prelabel.train.promote import active_model
+    from tests.support.fault_llm import running_fault_server
     from tests.support.flywheel_data import INSTRUCTION, classification_records
     from tests.support.tiny_model import build_tiny_model
 
     data = spam_dataset(workdir / "dataset-pipeline")
     texts = [INSTRUCTION] + [r["input"] + " " + r["output"] for r in classification_records(60)]
     model = build_tiny_model(workdir / "tiny", texts)
-    config = workdir / "flywheel.yaml"
-    config.write_text(yaml.safe_dump({
-        "train": {"model_name_or_path": str(model), **TRAIN, "max_steps": 4, "eval_steps": 2, "save_steps": 2},
-        "merge_dtype": "float32",
-        "eval": {"engine": "transformers", "max_new_tokens": 8},
-        "promotion": {"margin": 0.0, "max_class_drop": 1.0},
-        "serve": {"base_url": "http://serving:8000/v1"},
-    }), encoding="utf-8")
-    result = run_flywheel("11", config_path=str(config), dataset_dir=str(data), run_id="r1", settings=env)
+
+    def config(margin: float) -> Path:
+        path = workdir / f"flywheel-{margin}.yaml"
+        path.write_text(yaml.safe_dump({
+            "train": {"model_name_or_path": str(model), **TRAIN, "max_steps": 4, "eval_steps": 2, "save_steps": 2},
+            "merge_dtype": "float32",
+            "eval": {"engine": "transformers", "max_new_tokens": 8},
+            "promotion": {"margin": margin, "max_class_drop": 1.0},
+            "serve": {"base_url": "http://serving:8000/v1"},
+        }), encoding="utf-8")
+        return path
 
     client = redis.Redis.from_url(redis_url(env))
+    kept = run_flywheel("11", config_path=str(config(1.5)), dataset_dir=str(data), run_id="r1", settings=env)
     status = read_status(client, "11")
-    assert status["state"] == "finished" and status["run_id"] == "r1"
+    assert kept["promoted"] is False and status["state"] == "finished" and status["decision"] == "kept"
+    assert status["run_id"] == "r1"
     for stage in STAGES:
         assert status[f"{stage}_started"] <= status[f"{stage}_finished"]
-    assert status["decision"] == ("promoted" if result["promoted"] else "kept")
-    run_dir = Path(result["run_dir"])
+    run_dir = Path(kept["run_dir"])
     assert (run_dir / "merged" / "model.safetensors").is_file()
     assert (run_dir / "eval-current" / "report.json").is_file()
+    assert active_model(client, "11") is None
+
+    with running_fault_server() as broken:
+        broken.set_script(["content:I am not sure."] * 500)
+        settings = env.model_copy(update={"llm_base_urls": [broken.base_url], "llm_model": broken.model})
+        promoted = run_flywheel("11", config_path=str(config(0.0)), dataset_dir=str(data), run_id="r2",
+                                settings=settings)
+    current = json.loads((Path(promoted["run_dir"]) / "eval-current" / "report.json").read_text())
+    assert current["primary_value"] == 0.0, "the broken current model answers nothing right"
+    assert promoted["promoted"] is True and read_status(client, "11")["decision"] == "promoted"
     active = active_model(client, "11")
-    if result["promoted"]:
-        assert active["model"] == "prelabel-11-r1" and active["model_path"] == str(run_dir / "merged")
-    else:
-        assert active is None
+    assert active["model"] == "prelabel-11-r2" and active["model_path"] == str(Path(promoted["run_dir"]) / "merged")
     assert client.get("prelabel:train:11:lock") is None

@@ -90,6 +90,10 @@ def test_flywheel_promotes_and_the_promoted_model_preannotates(up: Up, tmp_path:
     assert candidate["engine"]["engine"] == current["engine"]["engine"] == "backend"
     assert candidate["dataset"]["test_sha256"] == current["dataset"]["test_sha256"]
     assert candidate["accuracy"] > current["accuracy"], (candidate["accuracy"], current["accuracy"])
+    print(f"eval through the backend on {candidate.get('n')} test rows: "
+          f"fine-tuned accuracy {candidate['accuracy']:.3f}, "
+          f"macro-F1 {candidate.get('macro_f1')}; base accuracy {current['accuracy']:.3f}, "
+          f"macro-F1 {current.get('macro_f1')}")  # for the README
 
     # 3. `up` serves the promoted model itself (the flywheel's own server is gone) and says so
     served_at = result["served_at"]

@@ -213,11 +213,24 @@ def test_import_annotate_review_rank_through_label_studio(label_studio, llm_serv
     quality = json.loads(real_stack.redis().get(f"prelabel:quality:{pid}"))
     assert quality["compared"] == 1 and quality["classes"][0]["label"] == "navigational"
 
-    # "Start training" in Label Studio reaches the worker, which records a visible status
+    # "Start training" in Label Studio reaches the worker, which queues this project's flywheel and
+    # records a visible status; the run then goes as far as the data allows: one verified label
+    # makes a dataset of one class, so it stops in its export stage and says so (any other
+    # failure, a crash or a wrong project, fails this test)
+    from rq.job import Job
+    from rq.registry import FailedJobRegistry
+
+    redis = real_stack.redis()
+    key = f"prelabel:train:{pid}"
+    assert not redis.hgetall(key), "no flywheel before the click"
     client.ml.train(id=client.ml.list(project=pid)[0].id)
-    status = wait_for(lambda: real_stack.redis().hgetall(f"prelabel:train:{pid}"), 60, "a training status",
-                      real_stack)
-    assert status.get(b"state") or status.get(b"stage"), status
+    final = wait_for(lambda: (s := redis.hgetall(key)).get(b"state") in (b"finished", b"failed") and s, 600,
+                     "the flywheel run to end", real_stack)
+    assert final[b"state"] == b"failed", final
+    error = final[b"error"].decode()
+    assert error.startswith("export: DatasetError") and "a classification dataset needs at least two labels" in error
+    failed = [Job.fetch(i, connection=redis) for i in FailedJobRegistry("prelabel", connection=redis).get_job_ids()]
+    assert [(j.func_name, j.args) for j in failed] == [("prelabel.train.pipeline.run_flywheel", (str(pid),))]
 
 
 # --- faults: worker killed, reviewer down, Redis restarted -------------------------------------------

@@ -21,8 +21,11 @@ _TEMPLATES: dict[str, list[str]] = {
     "informational": ["how old is {person}", "what is the capital of {country}", "population of {country}",
                       "when was {person} born", "what time is it in {city}", "distance from {city} to {city2}",
                       "why is the sky blue in {city}", "how many people live in {city}"],
-    "transactional": ["buy {product} online", "cheap {product} deals", "order {product} with free delivery",
-                      "book a hotel in {city}", "flights from {city} to {city2}", "{product} best price",
+    # Labelled by the search_intent guideline: buying, booking, ordering; checking or comparing
+    # prices ("{product} best price", "cheap {product} deals") is informational, the very error
+    # the seed's spot check looks for, so no such query is labelled transactional here.
+    "transactional": ["buy {product} online", "purchase {product} today", "order {product} with free delivery",
+                      "book a hotel in {city}", "flights from {city} to {city2}", "reserve a table in {city}",
                       "rent a car in {city}", "discount code for {product}"],
     "entertainment": ["funny {animal} videos", "watch {show} online", "{artist} live concert video",
                       "play {game} for free", "{artist} greatest hits playlist", "{show} season finale clips",

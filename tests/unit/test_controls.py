@@ -120,9 +120,29 @@ def test_span_offsets_count_characters_not_bytes():
     assert offsets(regions)[-1][0] == text.index("München")
 
 
-def test_every_occurrence_by_default():
-    regions = spans().to_regions([{"text": "Paris", "label": "LOC"}], TEXT)
+def test_every_occurrence_when_the_guideline_asks_for_all():
+    regions = spans("all").to_regions([{"text": "Paris", "label": "LOC"}], TEXT)
     assert offsets(regions) == [(15, 20, "LOC"), (52, 57, "LOC")]
+
+
+def test_spans_sit_on_word_boundaries_first_whole_word_match_by_default():
+    text = "Parisian cafes are nothing like Paris itself"
+    regions = LabelsField("ner", "text", "text", labels=labels("LOC")).to_regions(
+        [{"text": "Paris", "label": "LOC"}], text)
+    assert offsets(regions) == [(32, 37, "LOC")]
+    assert offsets(spans("all").to_regions([{"text": "Paris", "label": "LOC"}], text)) == [(32, 37, "LOC")]
+    assert reason_of(spans(), [{"text": "Paris", "label": "LOC"}], "Parisian cafes") == "span_not_found"
+    # scripts written without spaces have a boundary between any two characters
+    assert offsets(spans().to_regions([{"text": "北京", "label": "LOC"}], "我明天去北京出差")) == [(4, 6, "LOC")]
+
+
+def test_the_occurrence_the_model_names_gets_the_region():
+    second = spans("all").to_regions([{"text": "Paris", "label": "LOC", "occurrence": 2}], TEXT)
+    assert offsets(second) == [(52, 57, "LOC")]
+    by_context = spans("all").to_regions([{"text": "Anna", "label": "PER", "context": "Later Anna met"}], TEXT)
+    assert offsets(by_context) == [(36, 40, "PER")]
+    assert reason_of(spans(), [{"text": "Paris", "label": "LOC", "occurrence": 3}], TEXT) == "span_not_found"
+    assert reason_of(spans(), [{"text": "Anna", "label": "PER", "context": "Anna swam"}], TEXT) == "span_not_found"
 
 
 def test_first_occurrence_policy():

@@ -68,7 +68,8 @@ def test_classification_maps_to_the_backends_answer_and_prompt() -> None:
     system, user = mapper.messages(record.texts)
     assert '"navigational"' in system["content"] and user["content"].endswith("facebook login")
     full = Mapper(INTENT, "search_intent", prompt_style="full").messages(record.texts)[0]["content"]
-    assert "When unsure" in full and "When unsure" not in system["content"]
+    assert "When unsure" in full and "When unsure" in system["content"], "a written rule, in both prompt styles"
+    assert "## Labels for" in full and "## Labels for" not in system["content"]
 
 
 def test_multilabel_rating_extraction_and_ranking_families() -> None:
@@ -159,12 +160,115 @@ def test_unmappable_config_is_a_clear_error() -> None:
 # --- cleaning -----------------------------------------------------------------------------------
 def test_pii_found_and_redacted() -> None:
     text = "Mail jane.doe@example.com or call +44 20 7946 0958, card 4111 1111 1111 1111, ssn 123-45-6789."
-    found = find_pii(text)
+    cleaned, found = redact(text)
+    assert cleaned == "Mail [EMAIL] or call [PHONE], card [CARD], ssn [SSN]."
     assert found == {"EMAIL": 1, "PHONE": 1, "CARD": 1, "SSN": 1}
-    cleaned, _ = redact(text)
-    assert "example.com" not in cleaned and "4111" not in cleaned and "[EMAIL]" in cleaned and "[CARD]" in cleaned
-    assert find_pii("order 1234 5678 9012 3456").get("CARD") is None, "not a Luhn number"
-    assert not find_pii("buy running shoes size 44")
+    # what the seeds call PII: names, street addresses, IPs, birth dates
+    assert redact("My name is Laura Bennett, I live at 12 Elm Road and was born on 12 March 1984; "
+                  "my IP is 203.0.113.54.")[0] == \
+        "My name is [NAME], I live at [ADDRESS] and was born on [BIRTH_DATE]; my IP is [IP]."
+    # and what they do not: dates, times, order numbers, ISBNs, a company's hotline
+    for clean in ("Book a flight from Boston to Denver on 2025-03-14 at 10:30.",
+                  "What's the status of order 4155552671?", "Order #1234 5678 9012 3456 has not arrived.",
+                  "Is ISBN 978-3-16-148410-0 the hardcover edition?",
+                  "Call our customer service hotline at 1-800-555-0199 for help.",
+                  "buy running shoes size 44", "Upgrade to version 1.2.3.4 before Monday."):
+        assert find_pii(clean) == {}, clean
+
+
+def test_pii_search_never_enters_structured_answer_fields(tmp_path: Path) -> None:
+    """Flight slots: the date slot keeps its date, the name in the text is redacted, and a text slot
+    that quotes a redacted string gets the same placeholder (it must not leak through the answer)."""
+    config = (TEMPLATES / "flight_slots.xml").read_text()
+    text = "This is Mr. Tom Baker, call me on 415-555-2671: fly me from Boston to Denver on 2025-03-14 at 10:30"
+
+    def slot(name: str, value: str) -> dict:
+        return {"from_name": name, "to_name": "text", "type": "textarea", "value": {"text": [value]}}
+
+    result = [{"from_name": "intent", "to_name": "text", "type": "choices", "value": {"choices": ["book_flight"]}},
+              slot("departure_city", "Boston"), slot("arrival_city", "Denver"), slot("date", "2025-03-14"),
+              slot("time", "10:30"),
+              {"from_name": "class", "to_name": "text", "type": "choices", "value": {"choices": ["unspecified"]}}]
+    ghost = [*result[:1], slot("departure_city", "Tom Baker"), *result[2:]]  # a slot quoting the name
+    out = export_tasks([task(1, text, ann(1, 1, result)), task(2, text.replace("Denver", "Austin"),
+                                                                 ann(2, 1, ghost))],
+                       config, tmp_path / "ds", ExportOptions(near_threshold=None, min_per_class=0, seed=1),
+                       guideline="flight_slots")
+    rows = [json.loads(line) for s in ("train", "val", "test")
+            for line in (out / f"{s}.jsonl").read_text().splitlines()]
+    assert len(rows) == 2
+    for row in rows:
+        answer = json.loads(row["output"])
+        assert answer["date"] == "2025-03-14" and answer["time"] == "10:30", "structured slots are not searched"
+        assert "Tom Baker" not in json.dumps(row) and "415-555-2671" not in json.dumps(row)
+        assert "[NAME]" in row["data"]["text"] and "2025-03-14 at 10:30" in row["data"]["text"]
+    assert {json.loads(r["output"])["departure_city"] for r in rows} == {"Boston", "[NAME]"}
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["pii_found"] == {"NAME": 2, "PHONE": 2} and manifest["counts"]["pii_redacted"] == 2
+
+
+def test_one_text_labelled_differently_is_resolved_or_dropped_never_kept_twice(tmp_path: Path) -> None:
+    texts = [f"query {i} about subject {i * 7919 % 997}" for i in range(40)]
+    tasks, tid = [], 0
+    for i, text in enumerate(texts):
+        labels = ["navigational", "informational"] if i % 2 else ["informational", "navigational", "informational"]
+        for label in labels:  # odd: a 1:1 tie (dropped); even: 2 of 3 say informational (resolved)
+            tid += 1
+            tasks.append(task(tid, text, ann(tid, 1 + tid % 3, choice(label))))
+    out = export_tasks(tasks, INTENT, tmp_path / "ds", ExportOptions(near_threshold=None, min_per_class=0))
+    rows = {s: [json.loads(line) for line in (out / f"{s}.jsonl").read_text().splitlines()]
+            for s in ("train", "val", "test")}
+    seen = Counter(r["data"]["text"] for rs in rows.values() for r in rs)
+    assert set(seen) == set(texts[0::2]) and set(seen.values()) == {1}, "one copy of each resolved text, no tie"
+    assert all(json.loads(r["output"])["intent"] == "informational" for rs in rows.values() for r in rs)
+    counts = json.loads((out / "manifest.json").read_text())["counts"]
+    assert counts["conflict_resolved"] == 20 and counts["conflict_dropped"] == 20
+    assert counts["written_tasks"] == counts["written_rows"] == 20
+    lineage = [json.loads(line) for line in (out / "lineage.jsonl").read_text().splitlines()]
+    assert len(lineage) == 20 and all("_text" not in t for t in lineage)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert sum(manifest["splits"][s]["label_distribution"].get("informational", 0) for s in rows) == 20
+    assert not any(manifest["splits"][s]["label_distribution"].get("navigational") for s in rows)
+
+
+def test_a_label_outvoted_later_is_replaced_in_the_first_copys_split(tmp_path: Path) -> None:
+    first = task(1, "cheap flights to rome", ann(1, 1, choice("transactional")))
+    later = [task(i, "cheap flights to rome", ann(i, i, choice("informational"))) for i in (2, 3)]
+    out = export_tasks([first, *later, *_tasks(20)[:20]], INTENT, tmp_path / "ds",
+                       ExportOptions(near_threshold=None, min_per_class=0))
+    lines = {s: (out / f"{s}.jsonl").read_text() for s in ("train", "val", "test")}
+    rome = [s for s, text in lines.items() for line in text.splitlines() if "cheap flights to rome" in line]
+    assert len(rome) == 1
+    row = next(json.loads(line) for line in lines[rome[0]].splitlines() if "rome" in line)
+    assert json.loads(row["output"]) == {"intent": "informational"}
+
+
+def test_reference_tasks_are_not_training_data_unless_asked(tmp_path: Path) -> None:
+    reference = {"id": 99, "data": {"text": "the answer key", "prelabel_reference": "set-1"},
+                 "annotations": [ann(1, 1, choice("informational"), truth=True)], "predictions": []}
+    tasks = [reference, *_tasks(10)[:10]]
+    out = export_tasks(tasks, INTENT, tmp_path / "ds", ExportOptions(near_threshold=None, min_per_class=0))
+    everything = "".join((out / f"{s}.jsonl").read_text() for s in ("train", "val", "test"))
+    assert "the answer key" not in everything
+    assert json.loads((out / "manifest.json").read_text())["counts"]["reference_task"] == 1
+    asked = export_tasks(tasks, INTENT, tmp_path / "ds2",
+                         ExportOptions(near_threshold=None, min_per_class=0, include_reference=True))
+    assert "the answer key" in "".join((asked / f"{s}.jsonl").read_text() for s in ("train", "val", "test"))
+
+
+def test_preference_pairs_carry_the_user_prompt_as_instruction(tmp_path: Path) -> None:
+    config = (TEMPLATES / "output_ranking.xml").read_text()
+    data = {"prompt": "Explain photosynthesis to a child.",
+            "outputs": [{"id": f"o{i}", "body": f"answer number {i}"} for i in range(4)]}
+    result = [{"from_name": "ranking", "to_name": "outputs", "type": "ranker",
+               "value": {"ranker": {f"rank_{i + 1}": [f"o{i}"] for i in range(4)}}}]
+    out = export_tasks([{"id": 1, "data": data, "annotations": [ann(1, 1, result)]}], config, tmp_path / "ds",
+                       ExportOptions(format="pairwise", near_threshold=None, min_per_class=0, ratios=(1, 0, 0)),
+                       guideline="output_ranking")
+    pairs = [json.loads(line) for line in (out / "train.jsonl").read_text().splitlines()]
+    assert len(pairs) == 6
+    assert {p["instruction"] for p in pairs} == {"Explain photosynthesis to a child."}
+    assert pairs[0]["chosen"] == "answer number 0" and pairs[0]["rejected"] == "answer number 1"
 
 
 @pytest.mark.parametrize("threshold, expect_dup", [(0.5, True), (0.95, False)])

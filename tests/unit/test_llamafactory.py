@@ -130,3 +130,17 @@ def test_the_llamafactory_run_written_beside_a_run_repeats_it(tmp_path: Path) ->
     assert len(rows) == len(dataset.splits["train"])
     first = dataset.splits["train"][0]
     assert rows[0]["messages"] == first.messages() + [{"role": "assistant", "content": first.output}]
+
+
+def test_llamafactory_defaults_apply_and_unused_trainer_arguments_are_warned_about(tmp_path: Path, caplog) -> None:
+    """LLaMA-Factory's own default dataset_dir (data) applies, and Trainer arguments it passes
+    through that prelabel does not use (disable_tqdm, logging_strategy) are ignored with a warning."""
+    llamafactory._WARNED.clear()
+    path = lf_yaml(tmp_path, dataset_dir=None, disable_tqdm=True, logging_strategy="steps")
+    with caplog.at_level(logging.WARNING, logger="prelabel.train.llamafactory"):
+        config = load_yaml(path, TrainConfig)
+    assert str(config.dataset_dir) == "data"
+    warning = " ".join(r.getMessage() for r in caplog.records)
+    assert "Trainer arguments disable_tqdm, logging_strategy" in warning
+    with pytest.raises(ConfigError, match=r"not_a_trainer_key: unknown key"):
+        load_yaml(lf_yaml(tmp_path, not_a_trainer_key=1), TrainConfig)

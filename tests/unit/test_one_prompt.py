@@ -58,7 +58,7 @@ def _slots() -> list[dict[str, Any]]:
 
 
 CASES = {  # a classification dataset needs two labels
-    "search_intent": [("cheap flights to rome", _choice("transactional")),
+    "search_intent": [("cheap flights to rome", _choice("informational")),
                       ("rome airport website", _choice("navigational"))],
     "flight_slots": [("2 economy seats from Paris to Oslo on 2025-06-01 at 14:30", _slots())],
 }
@@ -103,14 +103,16 @@ def test_system_prompt_asks_for_the_answer_format_the_records_give(tmp_path: Pat
     record = next(r for r in dataset.splits["train"] if "cheap flights" in r.instruction)
     assert "Answer with a single JSON object" in record.system
     assert "exactly one label" not in record.instruction  # the old, contradicting instruction
-    assert json.loads(record.output) == {"intent": "transactional"}
-    assert parse(record.output, dataset.manifest) == ("transactional", True)
-    assert parse("transactional", dataset.manifest) == (None, False), "a bare label is not the backend's answer"
+    assert json.loads(record.output) == {"intent": "informational"}
+    assert parse(record.output, dataset.manifest) == ("informational", True)
+    assert parse("informational", dataset.manifest) == (None, False), "a bare label is not the backend's answer"
 
 
 def test_compact_prompt_is_short_and_keeps_the_answer_keys(tmp_path: Path) -> None:
     _, full = _export(tmp_path, "search_intent", "full")
     _, compact = _export(tmp_path, "search_intent", "compact")
     long, short = full.splits["train"][0].system, compact.splits["train"][0].system
-    assert len(short) * 3 < len(long)
+    assert len(short) * 2 < len(long), "no label definitions, examples or schema"
     assert '"intent": exactly one of "navigational"' in short and "JSON schema" in long
+    # the rules and "when unsure, choose other" are told to the model (seed A), fine-tuned or not
+    assert "## Boundary rules" in short and 'Choose "other" when no definition clearly applies' in short

@@ -212,3 +212,80 @@ def test_predict_reads_plain_text_one_item_per_line_and_json_forms() -> None:
     assert read_tasks('{"not": "json"} but text', "text", "q") == [{"data": {"q": '{"not": "json"} but text'}}]
     with pytest.raises(ValueError, match="one text object"):
         read_tasks("a line", "auto", None)
+
+
+# --- the guidelines against the seeds (issue 22) --------------------------------------------------
+def test_search_intent_transactional_is_buying_booking_ordering_and_the_demo_data_follows_it() -> None:
+    from tests.support.intent_data import queries
+
+    _, guideline, _ = template("search_intent")
+    transactional = guideline.labels["intent"]["transactional"]
+    assert not re.search(r"download|subscribe|sign.?up", transactional.definition + " ".join(transactional.examples))
+    assert not any(re.search(r"download|sign-up", rule) for rule in guideline.rules)
+    for held_out in (False, True):
+        rows = queries(40, held_out=held_out)
+        price_checks = [r for r in rows if re.search(r"\b(price|cheap|deals?)\b", r["text"])]
+        assert all(r["label"] != "transactional" for r in price_checks), price_checks
+
+
+def test_instruction_labels_follow_the_seed() -> None:
+    _, guideline, prompt = template("instruction_labels")
+    flags = guideline.labels["content_flags"]
+    for harm in ("abuse", "terrorism", "self-harm"):
+        assert harm in flags["violent"].definition and harm in flags["encourages_violence"].definition
+    for protected in ("age", "veteran status", "genetic information", "nationality"):
+        assert protected in flags["denigrates_protected_class"].definition
+    pii = guideline.labels["pii"]
+    assert "first name, username, stage name or pseudonym that identifies someone" in pii["certain"].definition
+    assert "biblical" in pii["uncertain"].definition
+    assert "Only flag content that is in the instruction itself" not in prompt
+    assert any("asks for" in rule and "violent" in rule for rule in guideline.rules)
+    assert 'answer "no"' not in (guideline.when_unsure or "")
+
+
+def test_output_rating_and_ranking_follow_the_seed() -> None:
+    _, rating, rating_prompt = template("output_rating")
+    assert "Independent of quality" in rating.labels["fails_to_follow_instruction"]["yes"].definition
+    assert "reasonable prompt answered badly" not in rating_prompt
+    assert not re.search(r"at most 5 overall|caps the overall|middle rating 4", rating_prompt)
+    harm = rating.labels["harmful_advice"]["yes"].definition
+    assert all(part in harm for part in ("psychological", "property", "environment", "institutions"))
+    _, ranking, ranking_prompt = template("output_ranking")
+    for prompt in (rating_prompt, ranking_prompt):
+        assert "(a) it is much more helpful, (b) it is only slightly less truthful or harmless, and (c)" in prompt
+    assert "ranks below any output that follows it" not in ranking_prompt
+    assert "shorter" not in ranking_prompt
+    assert "more likely to cause harm to the user" in ranking_prompt
+    assert "declines" in ranking_prompt
+
+
+def test_toxicity_rates_the_prompt_and_is_conservative_when_unsure() -> None:
+    schema, guideline, _ = template("toxicity")
+    assert schema.field("prompt_toxicity").label_values == ["0", "1", "2"]
+    assert schema.field("prompt_toxicity").object_name == "prompt"
+    assert "higher" in (guideline.when_unsure or "") and "Choose 0" not in (guideline.when_unsure or "")
+
+
+def test_demonstrations_ask_for_clarification_and_rebut_false_premises() -> None:
+    _, guideline, prompt = template("demonstrations")
+    assert "ask for clarification" in (guideline.when_unsure or "") and "confusing" in (guideline.when_unsure or "")
+    assert "international" in prompt and "false premise" in prompt
+
+
+@pytest.mark.parametrize("date", ["明天", "后天", "mañana"])
+def test_flight_slots_relative_dates_in_any_language(flights, date: str) -> None:
+    schema, guideline, _ = flights
+    checked = check_answer(schema, guideline.constraints, answer(date=date), {"text": f"{date} Paris Rome"})
+    assert checked.ok, checked.errors
+
+
+def test_flight_slots_fill_only_what_is_stated_and_allow_groups(flights) -> None:
+    schema, guideline, _ = flights
+    texts = {"text": "a flight from Paris to Rome"}
+    unstated = answer(passenger_count="")
+    assert check_answer(schema, guideline.constraints, unstated, texts).ok
+    assert check_answer(schema, guideline.constraints, answer(passenger_count=12), texts).ok, "no cap at 9"
+    assert not check_answer(schema, guideline.constraints, answer(passenger_count=0), texts).ok
+    assert not any("when not stated, 1" in rule for rule in guideline.rules)
+    no_count = [e for e in guideline.examples if "passenger_count" not in e.answer]
+    assert no_count, "an example whose text states no count has no count"

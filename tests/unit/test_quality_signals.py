@@ -126,6 +126,14 @@ def test_same_weights_under_two_names_are_found_by_the_probe():
     assert compare(ident("h:1", "a", probe), ident("h:2", "b", other))[0] == DIFFERENT
 
 
+def test_a_probe_without_alternatives_is_compared_on_the_emitted_tokens():
+    """A server that returns logprobs but no top_logprobs alternatives: no ZeroDivisionError, the
+    emitted tokens' own log-probabilities decide."""
+    bare = [[("Paris", -0.1)], [(".", -0.5)]]
+    assert compare(ident("h:1", "a", bare), ident("h:2", "b", [[("Paris", -0.1)], [(".", -0.5)]]))[0] == SAME
+    assert compare(ident("h:1", "a", bare), ident("h:2", "b", [[("Paris", -1.4)], [(".", -0.5)]]))[0] == DIFFERENT
+
+
 def test_reported_weights_decide_before_the_probe_and_nothing_known_is_unknown():
     a, b = ident("h:1", "a", weights="/m/x.gguf"), ident("h:2", "b", weights="/m/x.gguf")
     assert compare(a, b)[0] == SAME
