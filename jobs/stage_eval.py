@@ -225,15 +225,6 @@ def _publish(conn: redis.Redis, project_id: int | str, stage: SupervisedStage | 
         conn.ltrim(stage_curve_key(project_id), -CURVE_POINTS, -1)
 
 
-def learning_curve(conn: redis.Redis, project_id: int | str) -> dict[str, list[tuple[int, float]]]:
-    """Stage -> [(labels, held-out accuracy)], from every refresh so far."""
-    out: dict[str, list[tuple[int, float]]] = {}
-    for raw in conn.lrange(stage_curve_key(project_id), 0, -1):
-        point = json.loads(raw)
-        out.setdefault(point["stage"], []).append((int(point["labels"]), float(point["accuracy"])))
-    return out
-
-
 FLYWHEEL_CEILING = 0.98  # a best stage this accurate on held-out labels leaves a fine-tune little to gain
 
 

@@ -32,6 +32,7 @@ from prelabel.contract import (
     TaskStatus,
     as_text,
     stage_answers_key,
+    stage_curve_key,
     stage_scores_key,
     supervised_stage_key,
 )
@@ -197,6 +198,45 @@ def project_shares(conn: Any) -> dict[str, dict[str, int]]:
 def project_scores(conn: Any, project: str | int) -> dict[str, Any] | None:
     raw = conn.get(stage_scores_key(project))
     return json.loads(raw) if raw else None
+
+
+def learning_curve(conn: Any, project_id: int | str) -> dict[str, list[tuple[int, float]]]:
+    """Stage -> [(labels, held-out accuracy)], from every refresh of the worker so far."""
+    out: dict[str, list[tuple[int, float]]] = {}
+    for raw in conn.lrange(stage_curve_key(project_id), 0, -1):
+        point = json.loads(raw)
+        out.setdefault(point["stage"], []).append((int(point["labels"]), float(point["accuracy"])))
+    return out
+
+
+def stage_report(conn: Any) -> dict[str, dict[str, Any]]:
+    """Per project: each stage's share of the answered tasks and its held-out accuracy, the routing
+    (``prelabel status``)."""
+    report: dict[str, dict[str, Any]] = {}
+    for project, counts in sorted(project_shares(conn).items()):
+        total = sum(counts.values()) or 1
+        scores = project_scores(conn, project) or {}
+        measured = scores.get("stages", {})
+        stages: dict[str, dict[str, Any]] = {name: {"answered": n, "share": round(n / total, 4), "accuracy": {}}
+                                             for name, n in counts.items()}
+        for name, m in measured.items():
+            key = SUPERVISED if name == SUPERVISED else LLM if name.startswith(LLM) else name
+            entry = stages.setdefault(key, {"answered": 0, "share": 0.0, "accuracy": {}})
+            entry["accuracy"][name] = m.get("accuracy")
+        report[project] = {"labels": scores.get("labels"), "routing": scores.get("routing"), "stages": stages}
+    return report
+
+
+def format_stage_report(report: dict[str, dict[str, Any]]) -> list[str]:
+    lines = []
+    for project, entry in report.items():
+        routing = entry.get("routing") or "not measured"
+        lines.append(f"project {project}: {entry.get('labels') or 0} human labels; {routing}")
+        for name, s in sorted(entry["stages"].items()):
+            measured = ", ".join(f"{k} {v:.0%}" for k, v in (s.get("accuracy") or {}).items() if v is not None)
+            lines.append(f"  {name}: answered {s['answered']} ({s['share']:.0%})"
+                         + (f"; held-out accuracy {measured}" if measured else ""))
+    return lines
 
 
 STAGE_COLLECTOR = StageCollector()

@@ -21,9 +21,17 @@ import redis as redis_lib
 import redis.asyncio as aioredis
 
 from prelabel.contract import stage_answers_key, stage_scores_key
-from prelabel.jobs.stage_eval import flywheel_plausible, learning_curve, refresh_from_tasks
+from prelabel.jobs.stage_eval import flywheel_plausible, refresh_from_tasks
 from prelabel.prediction.predictor import ContextBuilder
-from prelabel.prediction.stage_router import SUPERVISED, StageCollector, load_stage, supervised_first
+from prelabel.prediction.stage_router import (
+    SUPERVISED,
+    StageCollector,
+    format_stage_report,
+    learning_curve,
+    load_stage,
+    stage_report,
+    supervised_first,
+)
 from prelabel.prediction.supervised import ControlModel, calibrate_threshold
 from prelabel.quality.plots import learning_curve_png
 from prelabel.ranking.priority import rank
@@ -206,6 +214,11 @@ def test_metrics_show_each_stage_share_and_accuracy(redis_url):
     assert answers[SUPERVISED] > 0 and sum(answers.values()) == 30
     accuracy = {s.labels["stage"]: s.value for s in families["prelabel_stage_accuracy"].samples}
     assert accuracy[SUPERVISED] > accuracy["llm:smollm2"]
+    lines = format_stage_report(stage_report(conn))  # what `prelabel status` prints
+    assert lines[0].startswith(f"project {PROJECT}: 120 human labels; {SUPERVISED} above")
+    share = answers[SUPERVISED] / 30
+    assert f"  {SUPERVISED}: answered {int(answers[SUPERVISED])} ({share:.0%}); held-out accuracy" in lines[2]
+    assert lines[1].startswith("  llm: answered") and "held-out accuracy llm:smollm2" in lines[1]
 
 
 def test_ranking_uses_the_stage_model_when_given():
