@@ -77,6 +77,8 @@ class ControlModel:
 
     def proba(self, texts: Sequence[str]) -> np.ndarray:
         """Tasks x labels: a distribution (single choice) or inclusion probabilities (multiple)."""
+        if not texts:
+            return np.zeros((0, len(self.labels)))
         features = self.vectorizer.transform(list(texts))
         if not self.multiple:
             return np.asarray(self.model.predict_proba(features))

@@ -85,6 +85,6 @@ def _refresh_probs(signals: Sequence[TaskSignals], labels: list[str], index: Tex
                    ) -> np.ndarray | None:
     """The unlabeled tasks' label probabilities: the supervised stage's, else a refresh model's."""
     if model is not None:
-        return np.asarray(model([signals[i].text for i in todo]))
+        return np.asarray(model([signals[i].text for i in todo])) if len(todo) else np.zeros((0, len(labels)))
     refresh = RefreshModel(labels, seed).fit(index.features[labeled], [s.human for s in signals if s.labeled])
     return refresh.predict_proba(index.features[todo]) if refresh.fitted else None

@@ -226,6 +226,8 @@ def test_ranking_uses_the_stage_model_when_given():
     signals[0].human = "x"
     fixed = np.array([[0.9, 0.1], [0.5, 0.5]])
     ranking = rank(signals, ["x", "y"], model=lambda texts: fixed[: len(texts)])
+    everything_labeled = [TaskSignals(id=0, text="a", human="x")]  # no task left to rank: no model call
+    assert rank(everything_labeled, ["x", "y"], model=lambda texts: 1 / 0).priority.tolist() == [0.0]
     assert ranking.source[1:] == ["refresh_model", "refresh_model"]
     assert ranking.uncertainty[1] == pytest.approx(0.2) and ranking.uncertainty[2] == pytest.approx(1.0)
 
@@ -245,3 +247,22 @@ def test_flywheel_waits_for_enough_new_labels_and_room_to_gain(redis_url):
                                                                                              "n": 100}}}))
     ok, why = flywheel_plausible(conn, PROJECT, 1.5)
     assert not ok and "already" in why
+
+
+def test_the_router_gives_every_project_predictor_its_routed_stage(redis_url):
+    """The door /predict, interactive pre-annotation and the worker's batch job all go through."""
+    from prelabel.prediction.model_router import ModelRouter
+    from prelabel.prediction.predictor import open_predictor
+
+    conn = redis_lib.Redis.from_url(redis_url)
+    refresh = refresh_from_tasks(CONFIG, _labeled(20, llm_right=0.4), PROJECT, conn, floor=0.8)
+
+    async def go():
+        async with open_predictor(Settings(redis_url=redis_url)) as default:
+            router = ModelRouter(default)
+            mine, other = await router.for_project(PROJECT), await router.for_project("999")
+            return mine.stage, other.stage
+
+    mine, other = asyncio.run(go())
+    assert mine is not None and mine.version == refresh.stage.version
+    assert other is None
