@@ -31,6 +31,7 @@ from prelabel.contract import CASCADE_STATS_KEY, ModelVersion, TaskStatus, casca
 from prelabel.prediction.calibration import CalibrationMap, calibrate
 from prelabel.prediction.fewshot import FewShotPool
 from prelabel.prediction.predictor import Predictor, ProjectContext, gather_until
+from prelabel.prediction.stage_router import supervised_first
 from prelabel.prediction.stats import count
 
 if TYPE_CHECKING:
@@ -99,6 +100,12 @@ class ProjectPredictor:
 
     async def _predict(self, tasks: list[Any], ctx: ProjectContext, pool: FewShotPool | None
                        ) -> list[dict[str, Any]]:
+        """The supervised stage's sure answers, the models' for the rest (``stage_router``)."""
+        return await supervised_first(self.stage, tasks, ctx, self.model_version(ctx),
+                                      lambda rest: self._ask_models(rest, ctx, pool), self._client, self.project)
+
+    async def _ask_models(self, tasks: list[Any], ctx: ProjectContext, pool: FewShotPool | None
+                          ) -> list[dict[str, Any]]:
         results = [calibrate(p, self.calibration) for p in await self.primary.predict(tasks, ctx, pool)]
         if self.fallback is None:
             return results

@@ -266,3 +266,28 @@ def test_the_router_gives_every_project_predictor_its_routed_stage(redis_url):
     mine, other = asyncio.run(go())
     assert mine is not None and mine.version == refresh.stage.version
     assert other is None
+
+
+def test_interactive_pre_annotation_is_answered_by_the_stage_too(redis_url):
+    """The labeling screen's /predict (no context from the annotator yet): a task the stage is
+    sure of comes back from it, stamped interactive, with no LLM call (none is reachable here)."""
+    from prelabel.prediction.interactive import predict_interactive
+    from prelabel.prediction.model_router import ModelRouter
+    from prelabel.prediction.predictor import open_predictor
+
+    conn = redis_lib.Redis.from_url(redis_url)
+    tasks = _labeled(20, llm_right=0.4)
+    refresh_from_tasks(CONFIG, tasks, PROJECT, conn, floor=0.8)
+    settings = Settings(redis_url=redis_url, llm_base_urls=["http://127.0.0.1:9/v1"], llm_max_retries=0)
+
+    async def go():
+        async with open_predictor(settings) as default:
+            predictor = await ModelRouter(default).for_project(PROJECT)
+            ctx = predictor.context(CONFIG)
+            task = {"id": 77, "data": tasks[0]["data"]}
+            return await predict_interactive(predictor, [task], ctx, None, None, budget_s=30)
+
+    [prediction] = asyncio.run(go())
+    record = prediction["meta"]["provenance"]
+    assert record["stage"] == SUPERVISED and record["interactive"] is True and record["llm_calls"] == 0
+    assert prediction["result"][0]["value"]["choices"] == tasks[0]["annotations"][0]["result"][0]["value"]["choices"]
