@@ -45,6 +45,7 @@ def test_labels_through_webhooks_make_a_stage_that_answers_new_tasks(backend_fac
         seen = {r["text"] for r in labeled}  # new tasks of the same project: same kind of queries, none labeled
         new = [r for r in queries(4, seed=7) if r["text"] not in seen][:8]
         known = set(project_state(label_studio, pid))
+        before = {k.decode(): int(v) for k, v in conn.hgetall(stage_answers_key(pid)).items()}
         client.projects.import_tasks(id=pid, request=[{"text": r["text"]} for r in new])
 
         def pre_annotated() -> dict | None:
@@ -64,7 +65,8 @@ def test_labels_through_webhooks_make_a_stage_that_answers_new_tasks(backend_fac
                 right += pre["result"][0]["value"]["choices"] == [by_text[task["data"]["text"]]]
         assert supervised >= len(new) // 2, f"only {supervised} of {len(new)} answered by the stage: {scores}"
         assert right >= 0.75 * supervised
-        shares = {k.decode(): int(v) for k, v in conn.hgetall(stage_answers_key(pid)).items()}
+        after = {k.decode(): int(v) for k, v in conn.hgetall(stage_answers_key(pid)).items()}
+        shares = {stage: n - before.get(stage, 0) for stage, n in after.items()}  # the new tasks' answers
         assert shares.get("supervised") == supervised and shares.get("llm", 0) == len(new) - supervised, shares
     finally:
         stack.stop()
