@@ -112,8 +112,8 @@ def calibrate_threshold(confidence: Sequence[float], correct: Sequence[bool], ta
     at least ``target`` of the time (over at least ``min_support`` of them); None when none is.
 
     Lowest, because every task above it is one LLM call saved at no loss of accuracy. The
-    accuracy is Laplace-smoothed ((right + 1) / (n + 2)): on a small slice a perfect run of ten
-    is not proof of perfection, and the threshold should not chase it.
+    accuracy is the Wilson score interval's lower bound (one standard error): on a small slice a
+    run of ten right answers is weak evidence, and the threshold should not chase it.
     """
     conf = np.asarray(confidence, dtype=float)
     ok = np.asarray(correct, dtype=bool)
@@ -122,7 +122,7 @@ def calibrate_threshold(confidence: Sequence[float], correct: Sequence[bool], ta
     order = np.argsort(-conf, kind="stable")
     hits = np.cumsum(ok[order])
     n = np.arange(1, len(order) + 1)
-    accuracy = (hits + 1) / (n + 2)
+    accuracy = wilson_lower(hits, n)
     # candidate cut after position k (all answers with conf >= conf[order[k]]); ties stay together
     best: float | None = None
     for k in range(min_support - 1, len(order)):
@@ -131,6 +131,14 @@ def calibrate_threshold(confidence: Sequence[float], correct: Sequence[bool], ta
         if accuracy[k] >= target:
             best = float(conf[order[k]])
     return best
+
+
+def wilson_lower(hits: np.ndarray, n: np.ndarray, z: float = 1.0) -> np.ndarray:
+    """Lower bound of the Wilson score interval of ``hits`` successes in ``n`` trials."""
+    p = hits / n
+    centre = p + z * z / (2 * n)
+    margin = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return (centre - margin) / (1 + z * z / n)
 
 
 @dataclass

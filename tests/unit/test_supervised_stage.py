@@ -112,9 +112,10 @@ def _serve(url: str, tasks: list[dict[str, Any]]) -> tuple[list[dict[str, Any]],
 def test_threshold_is_the_lowest_confidence_that_reaches_the_target():
     conf = [0.99, 0.97, 0.95, 0.9, 0.85, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2]
     right = [True] * 10 + [False, False]
-    # down to 0.3: 10 of 11 right, (10+1)/(11+2) = 0.85; at 0.2: (10+1)/(12+2) = 0.79 < 0.8
-    assert calibrate_threshold(conf, right, target=0.8, min_support=5) == 0.3
-    assert calibrate_threshold(conf, right, target=0.99, min_support=5) is None
+    # Wilson lower bounds (z=1): 10 of 10 right 0.91, 10 of 11 0.79, 10 of 12 0.70
+    assert calibrate_threshold(conf, right, target=0.8, min_support=5) == 0.4
+    assert calibrate_threshold(conf, right, target=0.75, min_support=5) == 0.3
+    assert calibrate_threshold(conf, right, target=0.95, min_support=5) is None
     assert calibrate_threshold(conf[:3], right[:3], target=0.5, min_support=5) is None  # too few to trust
 
 
