@@ -9,6 +9,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from prelabel.contract import QUEUE_NAME, TRAIN_QUEUE_NAME, WORKER_QUEUES
 from prelabel.settings import get_settings
 
 console = Console()
@@ -20,11 +21,19 @@ def worker(
     maintenance_interval: int = typer.Option(
         60, min=1, help="Seconds between RQ maintenance runs (abandoned jobs of dead workers on other hosts)."
     ),
+    queues: str = typer.Option(
+        ",".join(WORKER_QUEUES), "--queues", "-q",
+        help=f"Comma-separated queues to consume: {QUEUE_NAME} (pre-annotation, review, ranking) and/or "
+             f"{TRAIN_QUEUE_NAME} (fine-tuning runs, needs the train extra)."),
 ) -> None:
     """Run background jobs: batch pre-annotation, second-model review, ranking, quality, training."""
     from prelabel.jobs.worker import run_workers
 
-    run_workers(get_settings(), processes, burst, maintenance_interval)
+    names = tuple(dict.fromkeys(q.strip() for q in queues.split(",") if q.strip()))
+    unknown = set(names) - set(WORKER_QUEUES)
+    if not names or unknown:
+        raise typer.BadParameter(f"queues are {', '.join(WORKER_QUEUES)}", param_hint="--queues")
+    run_workers(get_settings(), processes, burst, maintenance_interval, names)
 
 
 def jobs(

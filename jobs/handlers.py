@@ -37,7 +37,7 @@ from prelabel.jobs import events as ev
 from prelabel.jobs import outcomes
 from prelabel.jobs.events import Event
 from prelabel.jobs.projects import ProjectRecord, load_project
-from prelabel.jobs.queue import connection, enqueue_once, job_queue
+from prelabel.jobs.queue import connection, enqueue_once, train_queue
 from prelabel.jobs.review import Review, proposed_answer, review_one
 from prelabel.jobs.training import enqueue_flywheel, note_verified_labels
 from prelabel.label_config import guideline_store
@@ -400,5 +400,5 @@ def refresh_project(project_id: int) -> dict[str, Any]:
 # --- training --------------------------------------------------------------------------------
 def start_training(settings: Settings, conn: redis.Redis, project_id: int) -> dict[str, Any]:
     """Queue the export -> train -> merge -> eval -> promote pipeline (status in prelabel:train:<id>)."""
-    job = enqueue_flywheel(job_queue(conn), project_id)
+    job = enqueue_flywheel(train_queue(conn), project_id)
     return {"flywheel": "queued", "job_id": job.id}

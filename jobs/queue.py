@@ -15,7 +15,7 @@ import redis
 from rq import Queue, Retry
 from rq.job import Job, JobStatus
 
-from prelabel.contract import QUEUE_NAME, event_marker_key
+from prelabel.contract import QUEUE_NAME, TRAIN_QUEUE_NAME, event_marker_key
 from prelabel.jobs.events import HUMAN, Event
 from prelabel.redis_conn import connection as connection  # re-exported: the queue's callers take it from here
 from prelabel.settings import Settings
@@ -24,8 +24,13 @@ RETRY_FACTORS = (1, 6, 30)
 PENDING = {JobStatus.QUEUED, JobStatus.SCHEDULED, JobStatus.DEFERRED}
 
 
-def job_queue(conn: redis.Redis) -> Queue:
-    return Queue(QUEUE_NAME, connection=conn)
+def job_queue(conn: redis.Redis, name: str = QUEUE_NAME) -> Queue:
+    return Queue(name, connection=conn)
+
+
+def train_queue(conn: redis.Redis) -> Queue:
+    """The flywheel's queue (``TRAIN_QUEUE_NAME``): consumed by workers that can train."""
+    return job_queue(conn, TRAIN_QUEUE_NAME)
 
 
 @dataclass(frozen=True)

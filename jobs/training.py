@@ -1,9 +1,10 @@
 """When human labels start a fine-tuning run, and how it is queued.
 
 The worker counts new human-verified labels per project; at ``PRELABEL_TRAIN_MIN_NEW_LABELS`` it
-queues the flywheel (``prelabel.train.pipeline.run_flywheel``) on the queue ``prelabel worker``
-consumes. The job is named by its import path, so the worker's event handling does not import the
-training stack (torch, peft) and ``jobs`` does not depend on ``train``.
+queues the flywheel (``prelabel.train.pipeline.run_flywheel``) on the training queue
+(``TRAIN_QUEUE_NAME``), which ``prelabel worker`` consumes by default and a GPU trainer alone in a
+deployment (compose: ``trainer``). The job is named by its import path, so the worker's event
+handling does not import the training stack (torch, peft) and ``jobs`` does not depend on ``train``.
 """
 
 from __future__ import annotations

@@ -11,6 +11,10 @@ nothing runs on unseen. Scale with more processes (``--processes``) or more cont
 
 Each worker also queues, periodically, a reconcile job per project (``jobs/reconcile.py``): tasks
 that an LLM outage or a lost webhook left without a pre-annotation get one once the LLM answers.
+
+A worker consumes both queues by default (``WORKER_QUEUES``); ``--queues`` narrows it, e.g. a
+training worker on a GPU machine that takes only ``prelabel-train`` (compose: ``trainer``) and
+light workers that take only ``prelabel``.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from rq.registry import StartedJobRegistry
 from rq.scheduler import SCHEDULER_KEY_TEMPLATE, RQScheduler
 from rq.worker import Worker
 
-from prelabel.contract import QUEUE_NAME, as_text
+from prelabel.contract import QUEUE_NAME, WORKER_QUEUES, as_text
 from prelabel.jobs.queue import connection, job_queue
 from prelabel.jobs.reconcile import ReconcileTicker
 from prelabel.redis_conn import embedded_redis_stopped_on_exit
@@ -85,35 +89,42 @@ def release_dead_scheduler_lock(conn: redis.Redis) -> bool:
 _DELETE_IF_EQUAL = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
 
 
-def requeue_orphans(conn: redis.Redis) -> list[str]:
+def requeue_orphans(conn: redis.Redis, queues: tuple[str, ...] = (QUEUE_NAME,)) -> list[str]:
     """Hand the jobs of workers that died mid-job back to RQ's abandoned-job handling."""
-    registry = StartedJobRegistry(queue=job_queue(conn))
     orphans: list[str] = []
-    for job_id, execution_id in registry.get_job_and_execution_ids(cleanup=False):
-        try:
-            execution = Execution.fetch(execution_id, job_id, connection=conn)
-        except ValueError:  # execution record gone: RQ's own cleanup handles the entry
-            continue
-        if _holder_is_dead(conn, execution.worker_name):
-            conn.zadd(registry.key, {execution.composite_key: 0})  # expire it now
-            orphans.append(job_id)
+    for name in queues:
+        registry = StartedJobRegistry(queue=job_queue(conn, name))
+        found = []
+        for job_id, execution_id in registry.get_job_and_execution_ids(cleanup=False):
+            try:
+                execution = Execution.fetch(execution_id, job_id, connection=conn)
+            except ValueError:  # execution record gone: RQ's own cleanup handles the entry
+                continue
+            if _holder_is_dead(conn, execution.worker_name):
+                conn.zadd(registry.key, {execution.composite_key: 0})  # expire it now
+                found.append(job_id)
+        if found:
+            registry.cleanup()
+        orphans += found
     if orphans:
-        registry.cleanup()
         log.warning("requeued %d job(s) of dead workers: %s", len(orphans), ", ".join(orphans))
     return orphans
 
 
-def run_worker(settings: Settings, burst: bool = False, maintenance_interval: int = 60) -> None:
+def run_worker(settings: Settings, burst: bool = False, maintenance_interval: int = 60,
+               queues: tuple[str, ...] = WORKER_QUEUES) -> None:
     """One worker process, until SIGTERM/Ctrl-C (warm shutdown: the current job finishes)."""
     with embedded_redis_stopped_on_exit():
         conn = connection(settings)
-        ticker = None if burst else ReconcileTicker(settings)
+        # the reconcile ticker re-queues pre-annotation work: only for workers of the main queue
+        ticker = None if burst or QUEUE_NAME not in queues else ReconcileTicker(settings)
         try:
-            requeue_orphans(conn)
+            requeue_orphans(conn, queues)
             release_dead_scheduler_lock(conn)
             if ticker:
                 ticker.start()
-            worker = SimpleWorker([job_queue(conn)], connection=conn, maintenance_interval=maintenance_interval)
+            worker = SimpleWorker([job_queue(conn, name) for name in queues], connection=conn,
+                                  maintenance_interval=maintenance_interval)
             worker.work(burst=burst, with_scheduler=True, logging_level=settings.log_level.upper())
         finally:
             if ticker:
@@ -121,10 +132,11 @@ def run_worker(settings: Settings, burst: bool = False, maintenance_interval: in
             conn.close()
 
 
-def run_workers(settings: Settings, processes: int, burst: bool = False, maintenance_interval: int = 60) -> None:
+def run_workers(settings: Settings, processes: int, burst: bool = False, maintenance_interval: int = 60,
+                queues: tuple[str, ...] = WORKER_QUEUES) -> None:
     """``processes`` worker processes; the first one owns the embedded Redis if there is one."""
     if processes <= 1:
-        run_worker(settings, burst, maintenance_interval)
+        run_worker(settings, burst, maintenance_interval, queues)
         return
     with embedded_redis_stopped_on_exit():
         from prelabel.redis_conn import redis_url
@@ -133,7 +145,7 @@ def run_workers(settings: Settings, processes: int, burst: bool = False, mainten
         children = [
             multiprocessing.get_context("spawn").Process(
                 target=run_worker, args=(settings.model_copy(update={"redis_url": env_url}), burst,
-                                         maintenance_interval),
+                                         maintenance_interval, queues),
             )
             for _ in range(processes)
         ]

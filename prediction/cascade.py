@@ -8,8 +8,10 @@ fallback model:
 
 * cheap first: every task goes to the promoted (cheap) model;
 * a task whose answer is not ``ok`` or whose calibrated score is under the threshold goes to the
-  fallback model, whose answer (also calibrated) replaces it; when the fallback fails (LLM
-  outage) a valid cheap answer is kept (route ``fallback_failed``, the error in provenance);
+  fallback model, prompted its own way (its ``prompt_style`` and few-shot count: a fine-tuned cheap
+  model's compact prompt would starve it of the guideline), whose answer (also calibrated)
+  replaces it; when the fallback fails (LLM outage) a valid cheap answer is kept (route
+  ``fallback_failed``, the error in provenance);
 * provenance names the model that answered (``meta.provenance.model`` and each region's stamp),
   and ``meta.provenance.cascade`` / the region stamp's ``route`` say which route it took, with
   the cheap model's score; both routes are counted (``prelabel_cascade_routes_total``);
@@ -113,7 +115,8 @@ class ProjectPredictor:
         cheap = {i: (results[i]["score"], results[i]["meta"]["status"]) for i in escalate}
         routes = dict.fromkeys(range(len(results)), CHEAP)
         if escalate:
-            answers = await self.fallback.predict([tasks[i] for i in escalate], ctx, pool)
+            own = ctx.styled(self.fallback.settings.prompt_style)  # the fallback's prompt, not the cheap one's
+            answers = await self.fallback.predict([tasks[i] for i in escalate], own, pool)
             for i, answer in zip(escalate, answers):
                 if answer["meta"]["status"] == TaskStatus.ERROR and results[i]["result"]:
                     # The fallback is down: the cheap model's valid (if unsure) answer is kept.

@@ -24,10 +24,16 @@ from prelabel.prediction.predictor import Predictor
 from prelabel.prediction.stage_router import load_stage
 
 
+def served_prompt(record: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """How a promoted model is prompted: ``prompt_style`` and ``fewshot_k`` of its record (the
+    cascade's fallback: ``fallback_prompt_style``, ``fallback_fewshot_k``); absent = the settings'."""
+    return {key: record[prefix + key] for key in ("fewshot_k", "prompt_style") if record.get(prefix + key) is not None}
+
+
 class ModelRouter:
     def __init__(self, default: Predictor) -> None:
         self.default = default
-        self._promoted: dict[tuple[str, str], Predictor] = {}
+        self._promoted: dict[tuple[str, str, tuple], Predictor] = {}
 
     async def active_record(self, project: str | None) -> dict[str, Any] | None:
         if self.default.cache is None:
@@ -45,25 +51,26 @@ class ModelRouter:
         (``prompt_style``, ``fewshot_k`` from its promotion record)."""
         base = self.default.settings
         urls = [base_url] if base_url else base.llm_base_urls
-        if not model or (model == base.llm_model and urls == base.llm_base_urls):
+        served = {k: v for k, v in (served or {}).items() if getattr(base, k) != v}
+        if not model or (model == base.llm_model and urls == base.llm_base_urls and not served):
             return self.default
-        key = (model, ",".join(urls))
+        key = (model, ",".join(urls), tuple(sorted(served.items())))
         if key not in self._promoted:
-            settings = base.model_copy(update={"llm_model": model, "llm_base_urls": urls, **(served or {})})
+            settings = base.model_copy(update={"llm_model": model, "llm_base_urls": urls, **served})
             self._promoted[key] = Predictor(settings, LLMClient(settings), self.default.cache)
         return self._promoted[key]
 
     async def for_project(self, project: str | None) -> ProjectPredictor:
         record = await self.active_record(project) or {}
-        served = {k: record[k] for k in ("fewshot_k", "prompt_style") if record.get(k) is not None}
-        primary = self._predictor(record.get("model"), record.get("base_url"), served)
+        primary = self._predictor(record.get("model"), record.get("base_url"), served_prompt(record))
         client = self.default.cache.client if self.default.cache is not None else None
         calibration = await load_calibration(client, project, primary.llm.model)
         stage = await load_stage(client, project)
         cascade = record.get("cascade") or {}
         if cascade.get("threshold") is None or not record.get("model"):
             return ProjectPredictor(primary, project=project, calibration=calibration, stage=stage)
-        fallback = self._predictor(cascade.get("fallback_model"), cascade.get("fallback_base_url"))
+        fallback = self._predictor(cascade.get("fallback_model"), cascade.get("fallback_base_url"),
+                                   served_prompt(cascade, "fallback_"))
         if fallback is primary:
             return ProjectPredictor(primary, project=project, calibration=calibration, stage=stage)
         return ProjectPredictor(primary, project=project, calibration=calibration, fallback=fallback,

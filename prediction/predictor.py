@@ -14,7 +14,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar, cast
@@ -78,6 +78,7 @@ class ProjectContext:
     interactive: bool = False  # shaped by one labeling-screen context: not a version of the project
     _shortlisters: dict[int, tuple[FewShotPool, dict[str, Shortlister]]] = field(default_factory=dict, repr=False)
     _pool_order: dict[int, tuple[FewShotPool, dict[int, int]]] = field(default_factory=dict, repr=False)
+    _styled: dict[str, ProjectContext] = field(default_factory=dict, repr=False)
 
     def pool_with(self, examples: list[Example]) -> FewShotPool:
         """This context's pool plus more examples (e.g. a project's human-labeled tasks)."""
@@ -97,6 +98,17 @@ class ProjectContext:
                 for name in sorted(self.prompt.shortlisted)})
         query = "\n".join(texts.values())
         return {name: s.candidates(query) for name, s in self._shortlisters[id(pool)][1].items()}
+
+    def styled(self, style: str) -> ProjectContext:
+        """This context with the prompt of another ``prompt_style`` (same schema, guideline and pool):
+        a cascade's fallback is prompted its own way, not with the fine-tuned cheap model's compact
+        prompt. Built once per style."""
+        if style == self.prompt.style:
+            return self
+        if style not in self._styled:
+            prompt = Prompt(self.schema, self.guideline, self.prompt.shortlisted, style=style)
+            self._styled[style] = replace(self, prompt=prompt, _styled={})
+        return self._styled[style]
 
     def pool_order(self, pool: FewShotPool) -> dict[int, int]:
         """id(example) -> its place in the pool: few-shot turns are shown in this stable order."""
@@ -357,7 +369,9 @@ class Predictor:
             {name: f"{error.reason}: {error.message}" for name, error in outcome.errors.items()},
             started,
             provenance={
-                "model": completion.model,
+                # ``model`` stays the configured name (the route: what model_version, the calibration
+                # maps and the cascade key on); a server may answer with another, e.g. a dated one
+                "served_model": completion.model,
                 "endpoint": completion.endpoint,
                 "structured_output": completion.mode,
                 "llm_calls": len(attempts),

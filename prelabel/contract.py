@@ -17,6 +17,10 @@ from typing import Any, Literal, NamedTuple, NotRequired, TypedDict
 
 # --- queue -------------------------------------------------------------------------------------
 QUEUE_NAME = "prelabel"  # the RQ queue the backend, the CLI and Label Studio events feed and the worker consumes
+# Fine-tuning runs (the flywheel) have their own queue, so a deployment can give them to a worker on a GPU
+# machine with the `train` extra (compose: the `trainer` service) while the other workers stay light.
+TRAIN_QUEUE_NAME = "prelabel-train"
+WORKER_QUEUES = (QUEUE_NAME, TRAIN_QUEUE_NAME)  # what `prelabel worker` consumes unless told otherwise
 
 
 # --- Redis keys ------------------------------------------------------------------------------

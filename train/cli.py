@@ -125,6 +125,9 @@ def promote_command(
     margin: float = typer.Option(0.01, help="Required improvement of the primary metric."),
     max_class_drop: float = typer.Option(0.05, help="Largest allowed per-class (per-field) drop."),
     cascade_threshold: float = typer.Option(None, help="Cost cascade: previous model below this confidence."),
+    prompt_style: str = typer.Option(None, help="full or compact (default: the prompt of the candidate's evaluation: "
+                                                "the backend's, else its dataset's)."),
+    fewshot_k: int = typer.Option(None, min=0, help="Few-shot turns (default: its evaluation's; 0 for a dataset)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Decide and print; log and change nothing."),
 ) -> None:
     """Compare two evaluation reports and promote the candidate if it is better; every decision is logged."""
@@ -133,7 +136,10 @@ def promote_command(
     from prelabel.train.promote import apply_decision, current_model, decide
     from prelabel.train.report import load_report
 
+    if prompt_style not in (None, "full", "compact"):
+        raise typer.BadParameter("full or compact", param_hint="--prompt-style")
     policy = PromotionPolicy(margin=margin, max_class_drop=max_class_drop, cascade_threshold=cascade_threshold)
+    served = {k: v for k, v in (("prompt_style", prompt_style), ("fewshot_k", fewshot_k)) if v is not None}
     try:
         decision = decide(load_report(candidate), load_report(current), policy)
     except (OSError, ValueError, KeyError) as exc:
@@ -142,7 +148,7 @@ def promote_command(
         client = _redis()
         apply_decision(decision, client=client, data_dir=get_settings().data_dir, model=model,
                        base_url=base_url, model_path=model_path, project=project,
-                       current=current_model(client, get_settings(), project))
+                       current=current_model(client, get_settings(), project), extra=served)
     verdict = "[green]PROMOTED[/green]" if decision["promote"] else "[yellow]kept the current model[/yellow]"
     console.print(f"{verdict}: " + "; ".join(decision["reasons"]) + (" (dry run)" if dry_run else ""))
     typer.echo(json.dumps({k: decision[k] for k in ("id", "promote", "reasons", "delta", "class_deltas",
@@ -178,15 +184,17 @@ def flywheel_command(
     kwargs = {"config_path": str(config.resolve()) if config else None,
               "dataset_dir": str(dataset_dir.resolve()) if dataset_dir else None}
     if enqueue:
-        from prelabel.jobs.queue import job_queue
+        from prelabel.jobs.queue import train_queue
         from prelabel.jobs.training import enqueue_flywheel
 
-        queue = job_queue(_redis())  # the queue `prelabel worker` consumes, nothing else
+        queue = train_queue(_redis())  # consumed by `prelabel worker` (default queues) or a trainer
         job = enqueue_flywheel(queue, project, **kwargs)
         console.print(f"queued job {job.id} on '{queue.name}' (run by `prelabel worker`)")
         return
 
     result = run_flywheel(project, settings=stack_settings(get_settings()), console=console, **kwargs)
+    if result.get("state") == "failed":
+        raise UserError(result["error"])
     if result.get("report"):
         console.print(Path(result["report"]).read_text(encoding="utf-8"))
     typer.echo(json.dumps(result, indent=2))

@@ -134,17 +134,29 @@ class PromotionPolicy(_Strict):
 
 
 class ServeConfig(_Strict):
-    """Where the promoted (merged) model will be served.
+    """Where the promoted model will be served.
 
     Without ``base_url`` (the local stack), the merged model is converted to GGUF and served by
-    llama.cpp, evaluated there, and ``prelabel up`` serves it once promoted. With ``base_url``,
-    someone serves the merged directory there (e.g. ``vllm serve MERGED --served-model-name NAME``).
+    llama.cpp, evaluated there, and ``prelabel up`` serves it once promoted. With ``base_url`` and
+    ``adapter_dir`` (compose's gpu profile), the LoRA adapter is served by the running vLLM of the
+    base model: written to ``<adapter_dir>/<model_name>/``, the folder vLLM's filesystem LoRA resolver
+    reads (``VLLM_LORA_RESOLVER_CACHE_DIR``), it is loaded on the first request that names it (after
+    a vLLM restart too); no merge, no second server. With ``base_url`` alone, someone serves the
+    merged directory there (e.g. ``vllm serve MERGED --served-model-name NAME``).
     """
 
-    base_url: str | None = Field(None, description="OpenAI-compatible URL serving the merged model; "
+    base_url: str | None = Field(None, description="OpenAI-compatible URL serving the promoted model; "
                                                    "none: GGUF + the local llama.cpp server.")
+    adapter_dir: Path | None = Field(None, description="vLLM's LoRA resolver folder (VLLM_LORA_RESOLVER_CACHE_DIR "
+                                                       "as this process sees it): serve the adapter on base_url.")
     model_name: str | None = Field(None, description="Served model name; default prelabel-<project>-<run>.")
     gguf_outtype: Literal["f32", "f16", "bf16", "q8_0"] = Field("f16", description="GGUF weights (local serving).")
+
+    @model_validator(mode="after")
+    def _adapter_needs_a_server(self) -> ServeConfig:
+        if self.adapter_dir is not None and self.base_url is None:
+            raise ValueError("adapter_dir needs base_url (the vLLM server that reads it)")
+        return self
 
 
 class FlywheelConfig(_Strict):

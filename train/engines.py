@@ -258,15 +258,11 @@ class VLLMEngine:
 
         kwargs: dict[str, Any] = {"temperature": 0.0, "max_tokens": self.max_new_tokens, "logprobs": 1}
         if fmt is not None and (fmt.choices or fmt.json_schema):
+            # guided decoding to the label set or the answer's JSON schema (the `gpu` extra's vLLM)
+            from vllm.sampling_params import StructuredOutputsParams
+
             spec = {"choice": list(fmt.choices)} if fmt.choices else {"json": fmt.json_schema}
-            try:  # vLLM >= 0.10.2
-                from vllm.sampling_params import StructuredOutputsParams
-
-                kwargs["structured_outputs"] = StructuredOutputsParams(**spec)
-            except ImportError:
-                from vllm.sampling_params import GuidedDecodingParams
-
-                kwargs["guided_decoding"] = GuidedDecodingParams(**spec)
+            kwargs["structured_outputs"] = StructuredOutputsParams(**spec)
         return SamplingParams(**kwargs)
 
     def close(self) -> None:

@@ -27,11 +27,10 @@ def serve_candidate(gguf: Path, model_name: str, workdir: Path) -> Any:
     return start_llm_server(workdir, gguf=gguf, alias=model_name, name=f"llama-cpp-{model_name}")
 
 
-def record_extra(gguf: Path, prompt_style: str) -> dict[str, Any]:
-    """What the active model record carries so that ``up`` can serve it and the backend prompts it
-    as it was trained (``prompt_style`` of its dataset, no few-shot turns)."""
-    return {"gguf": str(Path(gguf).resolve()), "served_by": SERVED_BY, "fewshot_k": FINE_TUNED_FEWSHOT_K,
-            "prompt_style": prompt_style}
+def record_extra(gguf: Path) -> dict[str, Any]:
+    """What the active model record carries so that ``up`` can serve it (how it is prompted, every
+    record carries: ``prelabel.train.promote.served_prompt``)."""
+    return {"gguf": str(Path(gguf).resolve()), "served_by": SERVED_BY}
 
 
 def wait_for_takeover(client: Any, key: str, candidate_url: str, stack_running: bool,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,25 @@ class ModelError(UserError, ValueError):
     """A model path or model setting that cannot be used."""
 
 
+# What fine-tuning imports (the ``train`` extra); checked before a run starts, so a worker without
+# them reports one line instead of an ImportError deep inside a stage.
+TRAIN_EXTRA_MODULES = ("torch", "transformers", "peft", "accelerate")
+
+
+class MissingExtraError(UserError, RuntimeError):
+    """The packages of an optional extra are not installed where the job runs."""
+
+
+def require_train_extra() -> None:
+    """Raise ``MissingExtraError`` (one line, what to install) unless the train extra is importable."""
+    missing = [name for name in TRAIN_EXTRA_MODULES if importlib.util.find_spec(name) is None]
+    if missing:
+        raise MissingExtraError(
+            f"the training extra is not installed on this worker (no {', '.join(missing)}): "
+            "pip install 'prelabel[train]' here, or run the training queue on a worker that has it "
+            "(prelabel worker --queues prelabel-train; compose: the trainer service)")
+
+
 @dataclass(frozen=True)
 class ModelRef:
     """Where a model lives: a directory and, for GGUF, the file inside it."""
@@ -45,8 +65,12 @@ class ModelRef:
 
 
 def resolve_model(path: str | Path) -> ModelRef:
-    """A local model: a ``.gguf`` file, a directory with one GGUF, or a directory with config.json."""
+    """A local model: a ``.gguf`` file, a directory with one GGUF, a directory with config.json, or a
+    Hugging Face id already in the local cache (e.g. the one the vLLM service downloaded; never a
+    download here)."""
     candidate = Path(path).expanduser()
+    if not candidate.exists() and _HUB_ID.match(str(path)):
+        candidate = _cached_snapshot(str(path)) or candidate
     if not candidate.exists():
         raise ModelError(f"model path does not exist: {candidate}")
     if candidate.is_file():
@@ -59,6 +83,22 @@ def resolve_model(path: str | Path) -> ModelRef:
     if len(ggufs) == 1:
         return ModelRef(candidate.resolve(), ggufs[0].name)
     raise ModelError(f"{candidate} is not a model directory (no config.json and not exactly one .gguf file)")
+
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")  # org/name
+
+
+def _cached_snapshot(repo_id: str) -> Path | None:
+    """The local Hugging Face cache's snapshot of ``repo_id`` (HF_HOME), or None when it is not there."""
+    try:
+        from huggingface_hub import snapshot_download
+        from huggingface_hub.errors import LocalEntryNotFoundError
+    except ImportError:
+        return None
+    try:
+        return Path(snapshot_download(repo_id, local_files_only=True))
+    except (LocalEntryNotFoundError, OSError, ValueError):
+        return None
 
 
 def cuda_available() -> bool:

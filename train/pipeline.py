@@ -2,7 +2,10 @@
 
 On the local stack (no ``serve.base_url``) it also converts the merged model to GGUF, serves it
 with llama.cpp, evaluates both models through the backend and hands the promoted model over to
-``prelabel up`` (``prelabel.train.local_serving``), then writes ``flywheel.md``.
+``prelabel up`` (``prelabel.train.local_serving``), then writes ``flywheel.md``. With
+``serve.adapter_dir`` (compose) it merges nothing: the adapter goes where the running vLLM at
+``serve.base_url`` loads adapters from, and both models are evaluated there through the backend
+(``prelabel.train.adapter_serving``). A worker without the train extra fails the run in one line.
 
 ``run_flywheel(project_id)`` is the RQ job function (Label Studio's START_TRAINING event, or
 ``note_verified_labels`` reaching ``PRELABEL_TRAIN_MIN_NEW_LABELS``). Its progress is visible in
@@ -26,6 +29,7 @@ from prelabel.contract import active_model_key, train_lock_key, train_status_key
 from prelabel.errors import UserError
 from prelabel.jobs.training import FLYWHEEL_TIMEOUT
 from prelabel.settings import Settings, get_settings
+from prelabel.train.models import MissingExtraError, require_train_extra
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +122,13 @@ def run_flywheel(
     run_dir = Path(settings.data_dir) / "train" / project / run_id
     status.set(state="running", run_id=run_id, run_dir=str(run_dir), started=_now())
     try:
+        require_train_extra()
+    except MissingExtraError as exc:  # one line in the log, the status and the job's meta; no traceback
+        log.error("flywheel for project %s: %s", project, exc)
+        status.set(state="failed", error=str(exc), finished=_now())
+        client.delete(lock)
+        return {"state": "failed", "run_id": run_id, "error": str(exc)}
+    try:
         result = _run(project, run_dir, status, client, settings, config_path, dataset_dir, run_id, console)
     except Exception as exc:
         status.set(state="failed", error=f"{status.stage}: {type(exc).__name__}: {exc}", finished=_now())
@@ -154,9 +165,12 @@ def _run(project: str, run_dir: Path, status: Status, client: Any, settings: Set
     with status.step("train"):
         trained = train(train_config, console=console)
         status.set(best_metric=trained.best_metric, metric=trained.metric)
+    model_name = config.serve.model_name or f"prelabel-{project}-{run_id}".lower()
+    if config.serve.base_url is not None and config.serve.adapter_dir is not None:
+        return _serve_adapter(project, run_id, run_dir, status, client, settings, config, data,
+                              Path(trained.adapter_dir), model_name)
     with status.step("merge"):
         merged = merge(trained.adapter_dir, run_dir / "merged", dtype=config.merge_dtype)
-    model_name = config.serve.model_name or f"prelabel-{project}-{run_id}".lower()
     if config.serve.base_url is None:
         return _serve_locally(project, run_id, run_dir, status, client, settings, config, data, merged.out_dir,
                               model_name, trained)
@@ -192,19 +206,9 @@ def _with_schedule(config: Any, data: Path, explicit: bool, status: Status, cons
 def _serve_locally(project: str, run_id: str, run_dir: Path, status: Status, client: Any, settings: Settings,
                    config: Any, data: Path, merged_dir: Path, model_name: str, trained: Any) -> dict[str, Any]:
     """GGUF -> llama.cpp server -> both models through the backend -> promote -> hand over to ``up``."""
-    from prelabel.train.backend_engine import BackendEngine
-    from prelabel.train.data import load_manifest
     from prelabel.train.gguf import convert
-    from prelabel.train.local_serving import (
-        FINE_TUNED_FEWSHOT_K,
-        markdown_report,
-        record_extra,
-        serve_candidate,
-        wait_for_takeover,
-    )
-    from prelabel.train.promote import current_model
+    from prelabel.train.local_serving import markdown_report, record_extra, serve_candidate, wait_for_takeover
 
-    style = load_manifest(data).raw.get("prompt_style") or "full"  # the prompt it is trained on
     with status.step("gguf"):
         gguf = convert(merged_dir, run_dir / f"{model_name}.gguf", outtype=config.serve.gguf_outtype)
         status.set(gguf=str(gguf.path))
@@ -212,17 +216,10 @@ def _serve_locally(project: str, run_id: str, run_dir: Path, status: Status, cli
         server = serve_candidate(gguf.path, model_name, run_dir / "serve")
     try:
         with status.step("eval"):
-            concurrency = config.eval.concurrency
-            candidate = _evaluate(BackendEngine(model_name, base_url=server.base_url, settings=settings,
-                                                fewshot_k=FINE_TUNED_FEWSHOT_K, prompt_style=style,
-                                                concurrency=concurrency, console=status.console),
-                                  data, run_dir / "eval-candidate", model_name, config.eval.max_samples)
-            current = current_model(client, settings, project)
-            current_report = _evaluate(_current_engine(current, settings, data, {"concurrency": concurrency},
-                                                       status.console), data,
-                                       run_dir / "eval-current", current["model"], config.eval.max_samples)
+            candidate, current, current_report = _evaluate_served(
+                project, run_dir, status, client, settings, config, data, model_name, server.base_url)
         result = _promote(project, run_id, run_dir, status, client, settings, config, merged_dir, model_name,
-                          candidate, current_report, current, server.base_url, record_extra(gguf.path, style))
+                          candidate, current_report, current, server.base_url, record_extra(gguf.path))
         if result["promoted"]:
             with status.step("handover"):
                 served = wait_for_takeover(client, active_model_key(project), server.base_url,
@@ -239,6 +236,46 @@ def _serve_locally(project: str, run_id: str, run_dir: Path, status: Status, cli
     (run_dir / "flywheel.md").write_text(report, encoding="utf-8")
     result["report"] = str(run_dir / "flywheel.md")
     return result
+
+
+def _serve_adapter(project: str, run_id: str, run_dir: Path, status: Status, client: Any, settings: Settings,
+                   config: Any, data: Path, adapter_dir: Path, model_name: str) -> dict[str, Any]:
+    """Adapter -> vLLM's resolver folder (served on ``serve.base_url`` under ``model_name``) -> both
+    models through the backend there -> promote (``prelabel.train.adapter_serving``)."""
+    from prelabel.train.adapter_serving import SERVED_BY, publish_adapter
+
+    base_url = str(config.serve.base_url)
+    with status.step("publish"):
+        served = publish_adapter(adapter_dir, config.serve.adapter_dir, model_name)
+        status.set(adapter=str(served))
+    with status.step("eval"):
+        candidate, current, current_report = _evaluate_served(
+            project, run_dir, status, client, settings, config, data, model_name, base_url)
+    return _promote(project, run_id, run_dir, status, client, settings, config, served, model_name, candidate,
+                    current_report, current, base_url, {"adapter": str(served), "served_by": SERVED_BY})
+
+
+def _evaluate_served(project: str, run_dir: Path, status: Status, client: Any, settings: Settings, config: Any,
+                     data: Path, model_name: str, base_url: str) -> tuple[dict[str, Any], dict[str, Any],
+                                                                           dict[str, Any]]:
+    """The candidate served at ``base_url`` and the current pre-annotator, both through the backend
+    on the same test split: the candidate with the prompt it was trained on and no few-shot turns,
+    the current one exactly as the backend runs it. (candidate report, current record, its report)."""
+    from prelabel.train.backend_engine import BackendEngine
+    from prelabel.train.data import load_manifest
+    from prelabel.train.local_serving import FINE_TUNED_FEWSHOT_K
+    from prelabel.train.promote import current_model
+
+    style = load_manifest(data).raw.get("prompt_style") or "full"  # the prompt it is trained on
+    concurrency = config.eval.concurrency
+    candidate = _evaluate(BackendEngine(model_name, base_url=base_url, settings=settings,
+                                        fewshot_k=FINE_TUNED_FEWSHOT_K, prompt_style=style,
+                                        concurrency=concurrency, console=status.console),
+                          data, run_dir / "eval-candidate", model_name, config.eval.max_samples)
+    current = current_model(client, settings, project)
+    current_report = _evaluate(_current_engine(current, settings, data, {"concurrency": concurrency}, status.console),
+                               data, run_dir / "eval-current", current["model"], config.eval.max_samples)
+    return candidate, current, current_report
 
 
 def _promote(project: str, run_id: str, run_dir: Path, status: Status, client: Any, settings: Settings, config: Any,

@@ -9,8 +9,11 @@ Promotion writes the *active model record* that the backend reads to choose its 
 
 * ``prelabel:active_model:<project>`` (or ``prelabel:active_model`` without a project): JSON with
   ``model`` (the served model name; predictions' ``model_version`` becomes ``<model>@<prompt>``),
-  ``base_url``, ``model_path``, ``report``, ``promoted_at``, ``decision_id``, ``previous`` and
-  ``cascade`` (``threshold``, ``fallback_model``, ``fallback_base_url``) or null.
+  ``base_url``, ``prompt_style`` and ``fewshot_k`` (how the backend prompts it: as it was evaluated,
+  see ``served_prompt``), ``model_path``, ``report``, ``promoted_at``, ``decision_id``, ``previous``
+  and ``cascade`` (``threshold``, ``fallback_model``, ``fallback_base_url``, ``fallback_prompt_style``,
+  ``fallback_fewshot_k``) or null. Every serving mode writes it here (``train promote``, the
+  flywheel with a remote ``serve.base_url`` or on the local stack), so none can forget a field.
 
 Cost cascade: with ``cascade_threshold`` the candidate labels every task and the previous model
 takes those under the threshold. The decision then judges that combination, simulated from both
@@ -41,6 +44,28 @@ def active_model(client: Any, project: str | None = None) -> dict[str, Any] | No
         if raw:
             return json.loads(raw)
     return None
+
+
+def served_prompt(report: dict[str, Any]) -> dict[str, Any]:
+    """``prompt_style`` and ``fewshot_k`` a model must be served with: those of its evaluation.
+
+    Through the backend (engine ``backend``) the report names both. Any other engine answered the
+    dataset's rendered prompts: the export's ``prompt_style`` (the one a fine-tuned model was trained
+    on) with no few-shot turns. A prompt the model was neither trained nor judged on is never used.
+    """
+    engine = report.get("engine") or {}
+    if engine.get("prompt_style"):
+        return {"prompt_style": engine["prompt_style"], "fewshot_k": int(engine.get("fewshot_k") or 0)}
+    dataset = report.get("dataset") or {}
+    style = dataset.get("prompt_style")
+    if style is None and dataset.get("test_path"):  # a report written before reports named it
+        from prelabel.train.data import load_manifest
+
+        try:
+            style = load_manifest(Path(dataset["test_path"]).parent).raw.get("prompt_style")
+        except (OSError, ValueError):
+            style = None
+    return {"prompt_style": style or "full", "fewshot_k": 0}
 
 
 def _now() -> str:
@@ -130,10 +155,13 @@ def apply_decision(
         cascade = None
         if decision.get("cascade") and previous:
             cascade = {"threshold": decision["cascade"]["threshold"], "fallback_model": previous.get("model"),
-                       "fallback_base_url": previous.get("base_url")}
+                       "fallback_base_url": previous.get("base_url"),
+                       "fallback_prompt_style": previous.get("prompt_style"),
+                       "fallback_fewshot_k": previous.get("fewshot_k")}
         record = {
             "model": model,
             "base_url": base_url,
+            **served_prompt(decision["reports"]["candidate"]),
             "model_path": model_path,
             "project": project,
             "report": decision["candidate"]["_path"],

@@ -26,6 +26,10 @@ Endpoints
     ``guided_json`` (vLLM); ``{}`` without a schema. ``logprobs: true`` adds
     ``choices[0].logprobs.content`` whose tokens concatenate to the content.
 ``GET /v1/models``             the one model name.
+
+Model names: an answer names the model the request asked for, unless ``reported_model`` is set
+(``--reported-model``): then every answer names that one, as hosted APIs answer ``gpt-4o-mini``
+with ``gpt-4o-mini-2024-07-18``.
 ``POST /_control``             ``{"script": [...], "latency_ms": int, "slots": int | null}`` (each optional).
 ``GET /_stats``                ``{"requests", "served": {behaviour: n}, "in_flight", "in_flight_max",
                                "first_request_at", "last_answer_at" (epoch seconds), ...}``.
@@ -567,8 +571,10 @@ def parse_behaviour(item: Any) -> tuple[str, int | str | None]:
 class FaultState:
     """Everything the app mutates; only touched from the server's event loop."""
 
-    def __init__(self, latency_ms: float = 0.0, model: str = DEFAULT_MODEL, slots: int | None = None) -> None:
+    def __init__(self, latency_ms: float = 0.0, model: str = DEFAULT_MODEL, slots: int | None = None,
+                 reported_model: str | None = None) -> None:
         self.latency_ms = float(latency_ms)
+        self.reported_model = reported_model
         self.slots = slots
         self._slot_sem: asyncio.Semaphore | None = None
         self.waiting = 0
@@ -760,7 +766,7 @@ def create_app(state: FaultState) -> Starlette:
                 "id": f"chatcmpl-fault-{counter['n']}",
                 "object": "chat.completion",
                 "created": int(time.time()),
-                "model": body.get("model") or state.model,
+                "model": state.reported_model or body.get("model") or state.model,
                 "system_fingerprint": "fault-llm",
                 "choices": [choice],
                 "usage": {
@@ -887,9 +893,10 @@ class FaultServer:
         latency_ms: float = 0,
         model: str = DEFAULT_MODEL,
         slots: int | None = None,
+        reported_model: str | None = None,
     ) -> None:
         self.host = host
-        self.state = FaultState(latency_ms=latency_ms, model=model, slots=slots)
+        self.state = FaultState(latency_ms=latency_ms, model=model, slots=slots, reported_model=reported_model)
         self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self._sock.bind((host, port))
@@ -981,10 +988,11 @@ class FaultServer:
 @contextlib.contextmanager
 def running_fault_server(
     latency_ms: float = 0, *, host: str = "127.0.0.1", port: int = 0, model: str = DEFAULT_MODEL,
-    slots: int | None = None,
+    slots: int | None = None, reported_model: str | None = None,
 ) -> Iterator[FaultServer]:
     """Start a fault server in a background thread; stop it (releasing hangs) on exit."""
-    server = FaultServer(host=host, port=port, latency_ms=latency_ms, model=model, slots=slots).start()
+    server = FaultServer(host=host, port=port, latency_ms=latency_ms, model=model, slots=slots,
+                         reported_model=reported_model).start()
     try:
         yield server
     finally:
@@ -1005,13 +1013,16 @@ def main(argv: list[str] | None = None) -> int:
         "--latency-ms", type=float, default=0.0, help="delay added to every answer (default 0)"
     )
     parser.add_argument("--model", default=DEFAULT_MODEL, help="name listed by /v1/models")
+    parser.add_argument("--reported-model", default=None,
+                        help="model name every answer reports (default: the one the request asked for)")
     parser.add_argument("--slots", type=int, default=None, help="requests worked on at once (default unlimited)")
     parser.add_argument(
         "--script", default="", help="initial comma-separated fault script, e.g. '429:1,500,ok'"
     )
     args = parser.parse_args(argv)
 
-    state = FaultState(latency_ms=args.latency_ms, model=args.model, slots=args.slots)
+    state = FaultState(latency_ms=args.latency_ms, model=args.model, slots=args.slots,
+                       reported_model=args.reported_model)
     if args.script:
         state.set_script([s for s in args.script.split(",") if s.strip()])
     server = _UvicornServer(_config(create_app(state), args.host, args.port), state, announce=True)

@@ -41,10 +41,9 @@ def test_takeover_waits_until_up_points_the_record_elsewhere(client) -> None:
     assert wait_for_takeover(client, key, "http://127.0.0.1:2222/v1", True, timeout=1.5) is None
 
 
-def test_record_extra_says_how_to_serve_and_prompt(tmp_path: Path) -> None:
-    extra = record_extra(tmp_path / "m.gguf", "compact")
-    assert extra == {"gguf": str((tmp_path / "m.gguf").resolve()), "served_by": "llama.cpp", "fewshot_k": 0,
-                     "prompt_style": "compact"}
+def test_record_extra_says_how_to_serve(tmp_path: Path) -> None:
+    extra = record_extra(tmp_path / "m.gguf")  # how to prompt it: every record (promote.served_prompt)
+    assert extra == {"gguf": str((tmp_path / "m.gguf").resolve()), "served_by": "llama.cpp"}
 
 
 def test_markdown_report_has_both_models_and_the_decision() -> None:

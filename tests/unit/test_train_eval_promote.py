@@ -172,7 +172,10 @@ def test_apply_decision_writes_record_and_logs(tmp_path: Path, manifest, setting
                             base_url="http://small:2/v1", project="3", current=current)
     assert active_model(client, "3") == record
     assert record["model"] == "small" and record["previous"] == current
-    assert record["cascade"] == {"threshold": 0.8, "fallback_model": "big", "fallback_base_url": "http://big:1/v1"}
+    assert record["cascade"] == {"threshold": 0.8, "fallback_model": "big", "fallback_base_url": "http://big:1/v1",
+                                 "fallback_prompt_style": None, "fallback_fewshot_k": None}  # the settings' prompt
+    # prompted as evaluated: a dataset's prompt (spam_dataset's manifest names none: the full one), no few-shot
+    assert (record["prompt_style"], record["fewshot_k"]) == ("full", 0)
     assert active_model(client, "4") is None  # other projects keep their model
     log = [json.loads(line) for line in (settings.data_dir / "train" / "decisions.jsonl").read_text().splitlines()]
     assert [entry["promote"] for entry in log] == [False, True]
@@ -229,3 +232,92 @@ def test_enqueue_marks_the_project_queued(client) -> None:
     assert job.func is run_flywheel and job.args == ("12",) and job.kwargs == {"dataset_dir": "/data/export/12"}
     status = read_status(client, "12")
     assert status["state"] == "queued" and status["job_id"] == job.id
+
+
+def test_promotion_record_prompts_the_model_as_it_was_evaluated(tmp_path: Path, settings: Settings, client) -> None:
+    """``train promote`` and the flywheel with a remote ``serve.base_url`` record the prompt too: a
+    model fine-tuned on the compact prompt is served with it, never with the guideline plus examples."""
+    data = spam_dataset(tmp_path / "compact")
+    manifest_path = data / "manifest.json"
+    manifest_path.write_text(json.dumps({**json.loads(manifest_path.read_text()), "prompt_style": "compact"}))
+    compact = load_manifest(data)
+    good = _report(tmp_path, "tuned", compact, ["junk", "legit", "junk", "legit", "junk", "legit"], [0.9] * 6)
+    bad = _report(tmp_path, "base", compact, ["junk"] * 6)
+    previous = {"model": "big", "base_url": "http://big:1/v1", "prompt_style": "full", "fewshot_k": 3}
+    policy = PromotionPolicy(margin=0.05, max_class_drop=0.5, cascade_threshold=0.8)
+    record = apply_decision(decide(good, bad, policy), client=client, data_dir=settings.data_dir, model="tuned",
+                            base_url="http://vllm:8000/v1", project="6", current=previous)
+    assert record is not None and (record["prompt_style"], record["fewshot_k"]) == ("compact", 0)
+    assert (record["cascade"]["fallback_prompt_style"], record["cascade"]["fallback_fewshot_k"]) == ("full", 3)
+    # through the backend engine the report names the prompt itself; an explicit choice wins
+    from prelabel.train.promote import served_prompt
+
+    assert served_prompt({"engine": {"engine": "backend", "prompt_style": "full", "fewshot_k": 2},
+                          "dataset": {"prompt_style": "compact"}}) == {"prompt_style": "full", "fewshot_k": 2}
+    again = apply_decision(decide(good, bad, PromotionPolicy(margin=0.05, max_class_drop=0.5)), client=client,
+                           data_dir=settings.data_dir, model="tuned", base_url="http://vllm:8000/v1", project="6",
+                           extra={"prompt_style": "full"})
+    assert again is not None and again["prompt_style"] == "full"
+
+
+def test_flywheel_without_the_training_extra_says_so_in_one_line(
+        settings: Settings, client, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """A worker without torch (the light image, `scripts/run.sh`) that takes a training run: the run
+    fails in one line in the log, the status hash, the job's meta and `prelabel train status`."""
+    import logging
+    import sys
+
+    from rq import SimpleWorker
+    from typer.testing import CliRunner
+
+    from prelabel.cli import app
+    from prelabel.jobs.queue import train_queue
+    from prelabel.jobs.training import enqueue_flywheel
+    from prelabel.settings import get_settings
+    from prelabel.train.pipeline import read_status
+
+    for name in ("torch", "peft"):
+        monkeypatch.setitem(sys.modules, name, None)  # import fails, find_spec finds nothing
+    monkeypatch.delenv("REDIS_URL", raising=False)
+    monkeypatch.setenv("PRELABEL_DATA_DIR", str(settings.data_dir))  # the job's settings: this embedded Redis
+    get_settings.cache_clear()
+    try:
+        job = enqueue_flywheel(train_queue(client), 13)
+        with caplog.at_level(logging.ERROR):
+            SimpleWorker([train_queue(client)], connection=client).work(burst=True)
+        shown = CliRunner().invoke(app, ["train", "status", "13"])
+    finally:
+        get_settings.cache_clear()
+    status = read_status(client, "13")
+    assert status["state"] == "failed"
+    assert "the training extra is not installed on this worker (no torch, peft)" in status["error"]
+    assert "\n" not in status["error"] and "Traceback" not in caplog.text
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert [r.getMessage() for r in errors] == [f"flywheel for project 13: {status['error']}"]
+    job.refresh()
+    assert job.meta["error"] == status["error"] and job.return_value()["state"] == "failed"
+    assert client.get("prelabel:train:13:lock") is None  # the next run is not blocked
+    assert shown.exit_code == 0 and json.loads(shown.stdout)["status"]["error"] == status["error"]
+
+
+def test_training_runs_go_to_the_training_queue(settings: Settings, client) -> None:
+    """START_TRAINING and the N-new-labels trigger both call ``start_training``: its job lies on
+    ``prelabel-train`` (the compose trainer's queue), never on the light workers' ``prelabel``."""
+    from rq import Queue
+
+    from prelabel.contract import QUEUE_NAME, TRAIN_QUEUE_NAME, WORKER_QUEUES
+    from prelabel.jobs.handlers import start_training
+
+    queued = start_training(settings, client, 17)
+    assert Queue(TRAIN_QUEUE_NAME, connection=client).job_ids == [queued["job_id"]]
+    assert Queue(QUEUE_NAME, connection=client).job_ids == []
+    assert WORKER_QUEUES == (QUEUE_NAME, TRAIN_QUEUE_NAME)  # `prelabel worker` without --queues takes both
+
+
+def test_worker_refuses_an_unknown_queue() -> None:
+    from typer.testing import CliRunner
+
+    from prelabel.cli import app
+
+    result = CliRunner().invoke(app, ["worker", "--queues", "prelabel,trian"])
+    assert result.exit_code == 2 and "prelabel-train" in result.output
