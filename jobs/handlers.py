@@ -395,6 +395,11 @@ def on_human_label(job: ProjectJob, annotation_ids: list[int]) -> dict[str, Any]
     new = job.conn.sadd(key, *annotation_ids)  # a set: the same annotation delivered twice counts once
     queue_refresh(job)
     if new and note_verified_labels(job.conn, job.project_id, new):
+        from prelabel.jobs.stage_eval import flywheel_plausible
+
+        plausible, why = flywheel_plausible(job.conn, job.project_id, job.settings.flywheel_min_growth)
+        if not plausible:
+            return {"new_labels": new, "training": f"skipped: {why}"}
         return {"new_labels": new, "training": start_training(job.settings, job.conn, job.project_id)}
     return {"new_labels": new}
 
@@ -405,16 +410,19 @@ def queue_refresh(job: ProjectJob) -> None:
 
 
 def refresh_project(project_id: int) -> dict[str, Any]:
-    """Re-rank the project's queue, recompute per-class agreement, refit the score's calibration."""
+    """Refit and score the supervised stage, re-rank the project's queue with it, recompute
+    per-class agreement, refit the score's calibration."""
+    from prelabel.jobs.stage_eval import refresh_stages
     from prelabel.quality.calibration import refresh_calibration
     from prelabel.quality.project import refresh_quality
     from prelabel.ranking.project import refresh_ranking
 
     job = ProjectJob.open(project_id)
-    ranking = refresh_ranking(job.ls.sdk, project_id, job.conn)
+    stages = refresh_stages(job.ls.sdk, project_id, job.conn, job.settings.stage_min_accuracy)
+    ranking = refresh_ranking(job.ls.sdk, project_id, job.conn, model=stages.ranking_model)
     quality = refresh_quality(job.ls.sdk, project_id, job.conn)
     calibration = refresh_calibration(job.ls.sdk, project_id, job.conn)
-    return {"ranking": str(ranking), "quality": str(quality), "calibration": calibration}
+    return {"stages": stages.summary, "ranking": str(ranking), "quality": str(quality), "calibration": calibration}
 
 
 # --- training --------------------------------------------------------------------------------

@@ -56,6 +56,7 @@ from prelabel.prediction.interactive import predict_interactive
 from prelabel.prediction.model_router import ModelRouter
 from prelabel.prediction.predictor import Predictor, ProjectContext, open_predictor
 from prelabel.prediction.project_examples import fetch_labeled_examples
+from prelabel.prediction.stage_router import STAGE_COLLECTOR
 from prelabel.prediction.stats import SHARED_COUNTERS
 from prelabel.settings import Settings, get_settings
 from prelabel.studio.access import Access, AccessRefused, resolve
@@ -274,7 +275,7 @@ class Backend:
             self.predictor = predictor
             self.router = ModelRouter(predictor)
             self.jobs_conn = connection(self.settings)
-            QUEUE_COLLECTOR.conn = SHARED_COUNTERS.conn = self.jobs_conn
+            QUEUE_COLLECTOR.conn = SHARED_COUNTERS.conn = STAGE_COLLECTOR.conn = self.jobs_conn
             # Everything loaded so far lives as long as the server: keep it out of the GC's
             # generations so collections stay short under load (fewer latency spikes).
             gc.collect()
@@ -287,7 +288,7 @@ class Backend:
                 yield
             finally:
                 self._builder.shutdown(wait=False, cancel_futures=True)
-                QUEUE_COLLECTOR.conn = SHARED_COUNTERS.conn = None
+                QUEUE_COLLECTOR.conn = SHARED_COUNTERS.conn = STAGE_COLLECTOR.conn = None
                 self.jobs_conn.close()
                 await self.router.aclose()
 

@@ -18,19 +18,26 @@ fallback model:
 * ``model_version`` is ``<cheap>><fallback>@<prompt>`` for every task of a cascade, so the
   worker's "already pre-annotated" check and its upserts treat both routes as one family.
 
+Before any of this, the project's supervised stage (``stage_router.py``) answers the tasks it
+is sure of; only the rest reach the models.
+
 With a near-duplicate threshold set, tasks are grouped first (``near_duplicates.py``): only one
 task per group reaches the models.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prelabel.contract import CASCADE_STATS_KEY, ModelVersion, TaskStatus, cascade_model, status_of, with_status
 from prelabel.prediction.calibration import CalibrationMap, calibrate
 from prelabel.prediction.fewshot import FewShotPool
 from prelabel.prediction.predictor import Predictor, ProjectContext, gather_until
+from prelabel.prediction.stage_router import supervised_first
 from prelabel.prediction.stats import count
+
+if TYPE_CHECKING:
+    from prelabel.prediction.supervised import SupervisedStage
 
 CHEAP, FALLBACK, FALLBACK_FAILED = "cheap", "fallback", "fallback_failed"
 
@@ -38,8 +45,10 @@ CHEAP, FALLBACK, FALLBACK_FAILED = "cheap", "fallback", "fallback_failed"
 class ProjectPredictor:
     def __init__(self, primary: Predictor, *, project: str | None = None,
                  calibration: CalibrationMap | None = None, fallback: Predictor | None = None,
-                 fallback_calibration: CalibrationMap | None = None, threshold: float | None = None) -> None:
+                 fallback_calibration: CalibrationMap | None = None, threshold: float | None = None,
+                 stage: SupervisedStage | None = None) -> None:
         self.primary = primary
+        self.stage = stage
         self.project = project
         self.calibration = calibration
         self.fallback = fallback if threshold is not None else None
@@ -93,6 +102,12 @@ class ProjectPredictor:
 
     async def _predict(self, tasks: list[Any], ctx: ProjectContext, pool: FewShotPool | None
                        ) -> list[dict[str, Any]]:
+        """The supervised stage's sure answers, the models' for the rest (``stage_router``)."""
+        return await supervised_first(self.stage, tasks, ctx, self.model_version(ctx),
+                                      lambda rest: self._ask_models(rest, ctx, pool), self._client, self.project)
+
+    async def _ask_models(self, tasks: list[Any], ctx: ProjectContext, pool: FewShotPool | None
+                          ) -> list[dict[str, Any]]:
         results = [calibrate(p, self.calibration) for p in await self.primary.predict(tasks, ctx, pool)]
         if self.fallback is None:
             return results

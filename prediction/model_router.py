@@ -4,7 +4,9 @@ Promotion (``prelabel train promote``) writes ``prelabel:active_model:<project>`
 ``prelabel:active_model``) in Redis; from the next request on, that project's tasks go to the
 promoted model and its predictions carry its name in ``model_version``. When the record carries
 a ``cascade`` (threshold, fallback model and URL), the promoted model answers first and the
-fallback model takes what it was unsure about (``cascade.py``). The record and the project's
+fallback model takes what it was unsure about (``cascade.py``). Ahead of both, the project's
+supervised stage answers the tasks it is sure of, when the worker has fitted and routed one
+(``stage_router.py``). The record and the project's
 calibration maps are read per request (a few Redis GETs), so promotion and recalibration need no
 restart of the backend or the workers.
 """
@@ -19,6 +21,7 @@ from prelabel.prediction.calibration import load_calibration
 from prelabel.prediction.cascade import ProjectPredictor
 from prelabel.prediction.llm_client import LLMClient
 from prelabel.prediction.predictor import Predictor
+from prelabel.prediction.stage_router import load_stage
 
 
 def served_prompt(record: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -62,16 +65,17 @@ class ModelRouter:
         primary = self._predictor(record.get("model"), record.get("base_url"), served_prompt(record))
         client = self.default.cache.client if self.default.cache is not None else None
         calibration = await load_calibration(client, project, primary.llm.model)
+        stage = await load_stage(client, project)
         cascade = record.get("cascade") or {}
         if cascade.get("threshold") is None or not record.get("model"):
-            return ProjectPredictor(primary, project=project, calibration=calibration)
+            return ProjectPredictor(primary, project=project, calibration=calibration, stage=stage)
         fallback = self._predictor(cascade.get("fallback_model"), cascade.get("fallback_base_url"),
                                    served_prompt(cascade, "fallback_"))
         if fallback is primary:
-            return ProjectPredictor(primary, project=project, calibration=calibration)
+            return ProjectPredictor(primary, project=project, calibration=calibration, stage=stage)
         return ProjectPredictor(primary, project=project, calibration=calibration, fallback=fallback,
                                 fallback_calibration=await load_calibration(client, project, fallback.llm.model),
-                                threshold=float(cascade["threshold"]))
+                                threshold=float(cascade["threshold"]), stage=stage)
 
     async def aclose(self) -> None:
         for predictor in self._promoted.values():

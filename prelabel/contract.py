@@ -164,6 +164,29 @@ class FewShotKeys(NamedTuple):
     version: str  # counter, bumped on every change (readers reload when it moves)
 
 
+def supervised_stage_key(project: int | str) -> str:
+    """The project's fitted supervised stage (a pickled ``prediction.supervised.SupervisedStage``)."""
+    return f"{PREFIX}stage:supervised:{project}"
+
+
+def stage_scores_key(project: int | str) -> str:
+    """JSON: each stage's accuracy on the project's rolling held-out slice, and the routing it chose."""
+    return f"{PREFIX}stage:scores:{project}"
+
+
+def stage_curve_key(project: int | str) -> str:
+    """List of JSON points (labels, stage, held-out accuracy), oldest first: the learning curve."""
+    return f"{PREFIX}stage:curve:{project}"
+
+
+def stage_answers_key(project: int | str) -> str:
+    """Hash stage (supervised | llm) -> tasks it answered for the project (backend and workers)."""
+    return f"{PREFIX}stats:stage:{project}"
+
+
+STAGE_ANSWERS_PATTERN = PREFIX + "stats:stage:*"  # SCAN pattern of stage_answers_key
+
+
 def fewshot_keys(project: int | str) -> FewShotKeys:
     base = f"{PREFIX}fewshot:{project}"
     return FewShotKeys(base, f"{base}:order", f"{base}:tasks", f"{base}:version")

@@ -193,6 +193,16 @@ class Settings(BaseSettings):
     train_min_new_labels: int = Field(
         200, ge=1, description="New human-verified labels in a project that trigger retraining."
     )
+    flywheel_min_growth: float = Field(
+        1.5, ge=1.0, description="Retrain only when the project's labels grew by this factor since the last "
+                                 "run (accuracy grows with the log of the labels: fewer new ones rarely beat "
+                                 "the best stage).",
+    )
+    stage_min_accuracy: float = Field(
+        0.8, ge=0.0, le=1.0, description="Until the LLM's stored answers are measured on the project's labels, the "
+                                         "supervised stage answers only above a threshold where its held-out "
+                                         "accuracy reaches this (afterwards: the best other stage's accuracy).",
+    )
 
     # --- logging -------------------------------------------------------------------------
     log_json: bool = False

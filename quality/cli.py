@@ -55,7 +55,30 @@ def quality(
     png = confusion_png(report.matrix, report.labels, report.labels + ["(none)"], out / "confusion.png",
                         f"project {project}: pre-annotation vs human")
     console.print(f"wrote {out / 'quality.json'} and {png}")
+    _learning_curve(project, out)
     _calibration(project, out, calibration, store)
+
+
+def _learning_curve(project: int, out: Path) -> None:
+    """Held-out accuracy vs human labels per stage, as the worker measured it on every refresh."""
+    from redis.exceptions import RedisError
+
+    from prelabel.prediction.stage_router import learning_curve
+    from prelabel.quality.plots import learning_curve_png
+    from prelabel.redis_conn import connection
+
+    try:
+        curve = learning_curve(connection(get_settings()), project)
+    except RedisError as exc:
+        console.print(f"learning curve: Redis unreachable ({type(exc).__name__})")
+        return
+    if not curve:
+        console.print("learning curve: no stage measured yet (the worker measures on every refresh)")
+        return
+    png = learning_curve_png(curve, out / "learning_curve.png", f"project {project}: held-out accuracy vs labels")
+    last = ", ".join(f"{stage} {points[-1][1]:.0%} at {points[-1][0]} labels"
+                     for stage, points in sorted(curve.items()))
+    console.print(f"learning curve: {last}; wrote {png}")
 
 
 def _calibration(project: int, out: Path, method: str, store: bool) -> None:

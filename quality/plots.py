@@ -1,4 +1,4 @@
-"""Pictures people would rather look at than tables: confusion matrices."""
+"""Pictures people would rather look at than tables: confusion matrices, learning curves."""
 
 from __future__ import annotations
 
@@ -36,5 +36,31 @@ def confusion_png(matrix: np.ndarray, rows: Sequence[str], columns: Sequence[str
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def learning_curve_png(curves: dict[str, list[tuple[int, float]]], path: Path,
+                       title: str = "held-out accuracy vs human labels") -> Path:
+    """One line per stage: accuracy (held-out) against the number of human labels it had."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for name, points in sorted(curves.items()):
+        points = sorted(points)
+        ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=name)
+    ax.set_xscale("symlog", linthresh=10)
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("human labels")
+    ax.set_ylabel("accuracy")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
     plt.close(fig)
     return path

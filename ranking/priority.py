@@ -15,7 +15,7 @@ Labeled tasks get 0: they need no human any more.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -39,8 +39,11 @@ class Ranking:
 
 
 def rank(signals: Sequence[TaskSignals], labels: Sequence[str], measure: Measure = "margin",
-         index: TextIndex | None = None, seed: int = 0) -> Ranking:
-    """Priorities of ``signals`` (same order). ``index``: their texts' TextIndex, if cached."""
+         index: TextIndex | None = None, seed: int = 0,
+         model: Callable[[Sequence[str]], np.ndarray] | None = None) -> Ranking:
+    """Priorities of ``signals`` (same order). ``index``: their texts' TextIndex, if cached.
+    ``model``: the project's supervised stage (texts -> probabilities over ``labels``), so the
+    queue is ranked by the model that pre-annotates; without one a refresh model is fitted here."""
     n = len(signals)
     labels = list(labels)
     index = index if index is not None else TextIndex.build([s.text for s in signals], seed=seed)
@@ -55,10 +58,9 @@ def rank(signals: Sequence[TaskSignals], labels: Sequence[str], measure: Measure
     disagree = np.array([s.disagreement for s in signals], dtype=float)
     abnormal = np.array([bool(s.review_status in ABNORMAL_REVIEW or s.pre_status) for s in signals], dtype=float)
     if labels:
-        model = RefreshModel(labels, seed).fit(index.features[labeled], [s.human for s in signals if s.labeled])
-        if model.fitted:
-            todo = np.flatnonzero(~labeled)
-            probs = model.predict_proba(index.features[todo])
+        todo = np.flatnonzero(~labeled)
+        probs = _refresh_probs(signals, labels, index, labeled, todo, seed, model)
+        if probs is not None:
             unc[todo], source[todo] = uncertainty(probs, measure), "refresh_model"
             best = probs.argmax(axis=1)
             predicted = np.array([signals[i].predicted for i in todo], dtype=object)
@@ -76,3 +78,13 @@ def rank(signals: Sequence[TaskSignals], labels: Sequence[str], measure: Measure
     base = W_UNCERTAIN * unc + W_DISAGREE * disagree + W_ABNORMAL * abnormal
     base[labeled] = 0.0
     return Ranking([s.id for s in signals], diversify(base, index.groups, DIVERSITY_DECAY), unc, list(source))
+
+
+def _refresh_probs(signals: Sequence[TaskSignals], labels: list[str], index: TextIndex, labeled: np.ndarray,
+                   todo: np.ndarray, seed: int, model: Callable[[Sequence[str]], np.ndarray] | None
+                   ) -> np.ndarray | None:
+    """The unlabeled tasks' label probabilities: the supervised stage's, else a refresh model's."""
+    if model is not None:
+        return np.asarray(model([signals[i].text for i in todo])) if len(todo) else np.zeros((0, len(labels)))
+    refresh = RefreshModel(labels, seed).fit(index.features[labeled], [s.human for s in signals if s.labeled])
+    return refresh.predict_proba(index.features[todo]) if refresh.fitted else None

@@ -6,8 +6,11 @@ changed), and a Data Manager view ``prelabel: priority`` sorts the queue by it.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+
+import numpy as np
 
 from prelabel.label_config.schema import build_schema
 from prelabel.ranking.diversity import TextIndex
@@ -80,11 +83,14 @@ def cached_index(project_id: int, signals: list[TaskSignals]) -> TextIndex:
     return cached[1]
 
 
-def refresh_ranking(client: Any, project_id: int, conn: redis.Redis | None = None) -> RankingResult:
+def refresh_ranking(client: Any, project_id: int, conn: redis.Redis | None = None,
+                    model: Callable[[Sequence[str]], np.ndarray] | None = None) -> RankingResult:
+    """``conn`` guards the task-field writes; ``model``: the project's supervised stage for its
+    first Choices control, when fitted."""
     signals, labels, tasks = project_signals(client, project_id)
     written = 0
     if signals:
-        ranking = rank(signals, labels, index=cached_index(project_id, signals))
+        ranking = rank(signals, labels, index=cached_index(project_id, signals), model=model)
         by_id = {t["id"]: t for t in tasks}
         for task_id, value, s in zip(ranking.ids, ranking.priority, signals):
             if s.labeled:

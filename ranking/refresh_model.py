@@ -20,9 +20,11 @@ MIN_LABELS = 4
 class RefreshModel:
     """``fit`` on (features, label), ``predict_proba`` over ``labels`` (columns in that order)."""
 
-    def __init__(self, labels: Sequence[str], seed: int = 0) -> None:
+    def __init__(self, labels: Sequence[str], seed: int = 0, c: float = 4.0, solver: str = "saga") -> None:
         self.labels = list(labels)
         self.seed = seed
+        self.c = c  # inverse regularisation: the supervised stage's TF-IDF features want less of it
+        self.solver = solver  # saga for the huge hashed space; lbfgs converges faster on a fitted vocabulary
         self.model: LogisticRegression | None = None
 
     def fit(self, features: sp.spmatrix, targets: Sequence[str | None]) -> RefreshModel:
@@ -31,7 +33,8 @@ class RefreshModel:
         if keep.sum() < MIN_LABELS or len(set(y)) < 2:
             self.model = None  # too little signal: no model rather than a misleading one
             return self
-        self.model = LogisticRegression(solver="saga", max_iter=200, C=4.0, random_state=self.seed)
+        self.model = LogisticRegression(solver=self.solver, max_iter=200 if self.solver == "saga" else 1000,
+                                        C=self.c, random_state=self.seed)
         self.model.fit(features[keep], y)
         return self
 

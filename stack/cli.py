@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import typer
 from rich.console import Console
@@ -52,6 +53,8 @@ def status(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) ->
 
         auth = StackRecord.load(record_path(get_settings())).backend_auth()
         state["llm_load"] = fetch_llm_load(state["backend"], auth)
+    if state["running"]:
+        state["stages"] = _stages()
     if as_json:
         typer.echo(json.dumps(state, indent=2))
     else:
@@ -71,4 +74,22 @@ def status(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) ->
 
             for line in format_llm_load(state["llm_load"]):
                 console.print(f"  {line}")
+        if state.get("stages"):
+            from prelabel.prediction.stage_router import format_stage_report
+
+            for line in format_stage_report(state["stages"]):
+                console.print(f"  {line}")
     raise typer.Exit(0 if state["running"] else 3)
+
+
+def _stages() -> dict[str, Any]:
+    """Which stage answers what share of each project's tasks, and how accurate it measured."""
+    from redis.exceptions import RedisError
+
+    from prelabel.jobs.queue import connection
+    from prelabel.prediction.stage_router import stage_report
+
+    try:
+        return stage_report(connection(get_settings()))
+    except RedisError:
+        return {}

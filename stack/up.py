@@ -475,6 +475,7 @@ class StackStatus(TypedDict):
     llm_health: NotRequired[bool]
     llm_error: NotRequired[str]
     llm_load: NotRequired[dict[str, Any]]  # the backend's GET /load (prelabel.stack.llm_load), set by the CLI
+    stages: NotRequired[dict[str, Any]]  # per project: stage shares and held-out accuracy (stage_router), by the CLI
 
 
 def _answers_health(url: str, auth: tuple[str, str] | None) -> bool:

@@ -60,6 +60,9 @@ class TrainConfig(_Strict):
     gradient_accumulation_steps: int = Field(1, ge=1)
     cutoff_len: int = Field(1024, ge=16, description="Max tokens per example (prompt is cut from the left).")
     max_samples: int | None = Field(None, ge=1, description="Use at most this many training records.")
+    max_eval_samples: int | None = Field(
+        None, ge=1, description="Evaluate on at most this many validation records (the flywheel's schedule sets it)."
+    )
     precision: Precision = Field("auto", description="auto: bf16 on GPUs that support it, else fp16; fp32 on CPU.")
     logging_steps: int = Field(10, ge=1)
     eval_steps: int = Field(50, ge=1)

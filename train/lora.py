@@ -231,7 +231,7 @@ def train(
     tokenizer = load_tokenizer(prepared.ref, config.template)
     tokenizer.padding_side = "right"
     train_set = _tokenized(prepared.dataset.splits["train"][: config.max_samples], tokenizer, config.cutoff_len)
-    val_set = _tokenized(prepared.dataset.splits["val"], tokenizer, config.cutoff_len)
+    val_set = _tokenized(prepared.dataset.splits["val"][: config.max_eval_samples], tokenizer, config.cutoff_len)
     load_dtype = "fp32" if prepared.precision == "fp32" else prepared.precision
     model = load_model(prepared.ref, load_dtype, config.quantization_bit)
     if config.quantization_bit:

@@ -159,6 +159,7 @@ def _run(project: str, run_dir: Path, status: Status, client: Any, settings: Set
         options = {"guideline": project_guideline(client, project), **config.export}
         data = Path(dataset_dir) if dataset_dir else export_dataset(project, run_dir / "dataset", options, settings)
         status.set(dataset_dir=str(data))
+    config = _with_schedule(config, data, explicit=bool(path), status=status, console=console)
     train_config = config.train_config(data, run_dir / "lora")
     prepare(train_config)  # dataset / model / options checked before any stage starts for real
     with status.step("train"):
@@ -185,6 +186,21 @@ def _run(project: str, run_dir: Path, status: Status, client: Any, settings: Set
                                    current["model"], config.eval.max_samples)
     return _promote(project, run_id, run_dir, status, client, settings, config, merged.out_dir, model_name,
                     candidate, current_report, current, config.serve.base_url, {})
+
+
+def _with_schedule(config: Any, data: Path, explicit: bool, status: Status, console: Any | None) -> Any:
+    """The config with the schedule picked from the dataset and the device (``schedule.py``),
+    announced (console, log, status) before training starts."""
+    from prelabel.train.schedule import count_records, detect_device, pick_schedule, scheduled
+
+    device, bf16 = detect_device()
+    schedule = pick_schedule(max(1, count_records(data / "train.jsonl")), count_records(data / "val.jsonl"),
+                             device, bf16)
+    status.set(schedule=schedule.describe(), estimate_s=schedule.estimate_s)
+    log.info("flywheel schedule: %s", schedule.describe())
+    if console is not None:
+        console.print(f"schedule: {schedule.describe()}")
+    return config.model_copy(update={"train": scheduled(config.train, schedule, explicit)})
 
 
 def _serve_locally(project: str, run_id: str, run_dir: Path, status: Status, client: Any, settings: Settings,
