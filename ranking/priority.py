@@ -55,7 +55,9 @@ def rank(signals: Sequence[TaskSignals], labels: Sequence[str], measure: Measure
     disagree = np.array([s.disagreement for s in signals], dtype=float)
     abnormal = np.array([bool(s.review_status in ABNORMAL_REVIEW or s.pre_status) for s in signals], dtype=float)
     if labels:
-        model = RefreshModel(labels, seed).fit(index.features[labeled], [s.human for s in signals if s.labeled])
+        classified = np.array([s.human is not None for s in signals], dtype=bool)  # labeled with a class
+        classes = [s.human for s in signals if s.human is not None]
+        model = RefreshModel(labels, seed).fit(index.features[classified], classes)
         if model.fitted:
             todo = np.flatnonzero(~labeled)
             probs = model.predict_proba(index.features[todo])

@@ -4,6 +4,16 @@ A task record is what ``tasks.list(fields="all")`` returns: ``data``, ``annotati
 ``predictions``. The pre-annotation is prelabel's latest non-review prediction, the review is
 the ``review:`` one (see docs/integration.md); a human label is the latest annotation that was
 not cancelled.
+
+What "labeled" means, the same for every control type: a task is labeled when a person submitted
+a (not cancelled) annotation, whatever it holds: a ``Choices`` label, ``Labels`` spans (or none:
+"no entity here" is an answer), a ``Rating``, a ``Number``, a ``TextArea`` text, any mix of
+controls. A labeled task gets priority 0 and no priority is written on it. The class label used
+for agreement and the refresh model (``human``) is the first ``Choices`` control's, when the
+config has one.
+
+The task's confidence (``score``) is its pre-annotation's task score, which combines every
+control's score (the lowest); a pre-annotation without any region has none.
 """
 
 from __future__ import annotations
@@ -21,6 +31,7 @@ class TaskSignals:
     id: int
     text: str
     human: str | None = None  # the human's label for the control, when labeled
+    annotated: bool = False  # a person submitted an annotation (any control type): labeled
     predicted: str | None = None  # the pre-annotation's label
     reviewed: str | None = None  # the reviewer's label (its correction, or the same label)
     score: float | None = None  # confidence of the pre-annotation
@@ -33,7 +44,7 @@ class TaskSignals:
 
     @property
     def labeled(self) -> bool:
-        return self.human is not None
+        return self.annotated or self.human is not None
 
     @property
     def disagreement(self) -> bool:
@@ -80,7 +91,8 @@ def task_signals(task: Any, control: str, text_key: str) -> TaskSignals:
     humans = [a for a in (_get(task, "annotations") or []) if not _get(a, "was_cancelled", False)]
     human = _latest(humans)
     if human is not None:
-        signals.human = choice_of(_get(human, "result"), control)
+        signals.annotated = True
+        signals.human = choice_of(_get(human, "result"), control) if control else None
     predictions = list(_get(task, "predictions") or [])
     pre = _latest([p for p in predictions if not is_review(_get(p, "model_version"))])
     if pre is not None:
@@ -90,9 +102,10 @@ def task_signals(task: Any, control: str, text_key: str) -> TaskSignals:
         stamp = control_stamp(_get(pre, "result"), control)
         signals.label_probs_kind = str(stamp.get("label_probs_kind") or "distribution")
         score = _get(pre, "score")
-        signals.score = float(score) if score is not None and signals.predicted is not None else None
+        answered = bool(_get(pre, "result"))  # a region of any control: the task score covers them all
+        signals.score = float(score) if score is not None and answered else None
         raw = stamp.get("raw_score", score)
-        signals.raw_score = float(raw) if raw is not None and signals.predicted is not None else None
+        signals.raw_score = float(raw) if raw is not None and answered else None
     review = _latest([p for p in predictions if is_review(_get(p, "model_version"))])
     if review is not None:
         signals.review_status = status_of(_get(review, "model_version"))
