@@ -115,8 +115,8 @@ class CountingWorker(SimpleWorker):
         try:
             super().execute_job(job, queue)
         finally:
-            status = job.get_status(refresh=True)
-            JOBS.labels((job.func_name or "unknown").rsplit(".", 1)[-1], str(status or "unknown")).inc()
+            status = job.get_status(refresh=True)  # finished, failed, scheduled (a retry), ...
+            JOBS.labels((job.func_name or "unknown").rsplit(".", 1)[-1], status.value if status else "unknown").inc()
             self.flusher.flush(self.connection)
 
 

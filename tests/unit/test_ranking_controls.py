@@ -1,14 +1,16 @@
-"""Ranking and spot-check sampling for every control type, not only the first ``Choices``:
-"labeled" means a person submitted an annotation (any control), and a pre-annotation's task
-score (which combines its controls) is the uncertainty of configs without a class."""
+"""Ranking, spot-check sampling and per-class agreement for every control type, not only the
+first ``Choices``: "labeled" means a person submitted an annotation (any control), a
+pre-annotation's task score (which combines its controls) is the uncertainty of configs without
+a class, and span configs are compared span by span under each label."""
 
 from __future__ import annotations
 
 import pytest
 
+from prelabel.quality.agreement import NONE, agreement
 from prelabel.quality.spotcheck import NO_CLASS, sample
 from prelabel.ranking.priority import rank
-from prelabel.ranking.project import classification_control
+from prelabel.ranking.project import classification_control, span_control
 from prelabel.ranking.signals import task_signals
 
 TEXT = '<Text name="text" value="$text"/>'
@@ -62,3 +64,32 @@ def test_every_control_type_ranks_and_samples(kind: str) -> None:
     # pre-annotated and unlabeled (task 4 has nothing to check): the low-confidence one as abnormal,
     # the passed one in its stratum (no class label for these controls: one stratum)
     assert chosen.reasons == {2: f"class:{NO_CLASS}", 3: "low_confidence"}
+
+
+def test_span_agreement_per_label() -> None:
+    """Each human span counts under its label: agreed when the pre-annotation has the same span
+    with the same label, else confused with the label it gave that span, or (none)."""
+    config = CONFIGS["labels"][0]
+    name, labels = span_control(config)
+    assert (name, labels) == ("ent", ["PER", "LOC"])
+
+    def region(start: int, end: int, label: str) -> dict:
+        return {"from_name": "ent", "to_name": "text", "type": "labels",
+                "value": {"start": start, "end": end, "labels": [label]}}
+
+    tasks = [
+        {"id": 1, "data": {"text": "Ann in Oslo"}, "annotations": [{"id": 1, "result": [region(0, 3, "PER"),
+                                                                                        region(7, 11, "LOC")]}],
+         "predictions": [{"id": 1, "model_version": "m@p-1", "score": 0.8,
+                          "result": [region(0, 3, "PER"), region(7, 11, "PER")]}]},
+        {"id": 2, "data": {"text": "Bob"}, "annotations": [{"id": 2, "result": [region(0, 3, "PER")]}],
+         "predictions": [{"id": 2, "model_version": "m@p-1", "score": 0.8, "result": []}]},
+        {"id": 3, "data": {"text": "not pre-annotated"}, "annotations": [{"id": 3, "result": [region(0, 3, "PER")]}],
+         "predictions": []},
+    ]
+    signals = [task_signals(t, "", "text", name) for t in tasks]
+    report = agreement(signals, labels)
+    assert report.compared == 3  # task 3 has no pre-annotation to compare
+    per, loc = report.classes
+    assert (per.n, per.agreed, per.confusions) == (2, 1, [(NONE, 1)])
+    assert (loc.n, loc.agreed, loc.confusions) == (1, 0, [("PER", 1)])
