@@ -4,8 +4,9 @@ For a classification control, every task that has both a human label and a pre-a
 counts once, under its *human* label: agreement of a class = share of its human-labeled tasks
 the pre-annotator got right. For a span (``Labels``) config, every span a human marked counts
 once under its label: agreed when the pre-annotation has the same span (start, end) with the same
-label, else confused with the label the pre-annotation gave that span, or ``(none)``. A class under the bar is flagged with the labels it was most
-often mistaken for, which is what a guideline author needs to fix the prompt.
+label, else confused with the label the pre-annotation gave that span, or ``(none)``. A class
+under the bar is flagged with the labels it was most often mistaken for, which is what a
+guideline author needs to fix the prompt.
 """
 
 from __future__ import annotations
