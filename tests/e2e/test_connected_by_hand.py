@@ -96,7 +96,8 @@ def settle(label_studio, stack: Stack, pid: int, n: int, what: str) -> dict[int,
 def retrieve_predictions(label_studio, pid: int) -> None:
     """The Data Manager's *Retrieve Predictions* (the API call its button makes)."""
     label_studio.sdk().actions.create(id="retrieve_tasks_predictions", project=pid,
-                                      selected_items={"all": True, "excluded": []})
+                                      selected_items={"all": True, "excluded": []},
+                                      request_options={"timeout_in_seconds": 300})  # Label Studio waits for /predict
 
 
 def test_basic_auth_fields_then_import(label_studio, stack: Stack) -> None:
