@@ -21,6 +21,7 @@ from typing import Any
 import redis
 
 from prelabel.contract import (
+    REVIEW_FIELD,
     REVIEW_STATS_KEY,
     REVIEWER_INDEPENDENCE_KEY,
     STATUS_SEP,
@@ -280,7 +281,7 @@ async def _review_task(job: ProjectJob, llm: LLMClient, ctx: ProjectContext, tas
     prediction = review_prediction(family, pre, review, independence)
     outcome = await asyncio.to_thread(job.ls.upsert_prediction, task_id, prediction,
                                       lambda mv: mv.startswith(family))
-    await asyncio.to_thread(job.ls.set_fields, task, {"prelabel_review": review.status})
+    await asyncio.to_thread(job.ls.set_fields, task, {REVIEW_FIELD: review.status})
     if outcome != "unchanged":
         job.conn.hincrby(REVIEW_STATS_KEY, review.status, 1)
     if review.errors:

@@ -18,7 +18,6 @@ Nothing is lost or duplicated:
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from typing import Any
 
@@ -62,10 +61,10 @@ def hand_off(conn: redis.Redis, settings: Settings, project_id: str, task_ids: l
 
 def predict_handed_off(project_id: int, task_ids: list[int], label_config: str | None) -> dict[str, Any]:
     """The worker's job: predict the tasks and write each prediction into Label Studio (upsert)."""
-    from prelabel.jobs.handlers import ProjectJob, _preannotate
+    from prelabel.jobs.handlers import ProjectJob, preannotate
 
     job = ProjectJob.open(project_id)
-    counts, _ = asyncio.run(_preannotate(job, task_ids, label_config))
+    counts = preannotate(job, task_ids, label_config)  # and their review and ranking, as for an import
     _expire(job.conn, project_id, task_ids)  # a failed run keeps them marked while RQ retries it
     return counts
 

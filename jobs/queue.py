@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import redis
@@ -63,16 +64,18 @@ def enqueue_event(conn: redis.Redis, settings: Settings, event: Event) -> Enqueu
 
 def enqueue(
     conn: redis.Redis, settings: Settings, func: Callable[..., Any], *args: Any, job_id: str, description: str,
-    at_front: bool = False,
+    at_front: bool = False, delay: float = 0.0,
 ) -> Job:
     """Queue ``func(*args)`` with prelabel's retry, timeout and retention policy (``at_front``:
-    ahead of every waiting job, for what a person is waiting on)."""
+    ahead of every waiting job, for what a person is waiting on; ``delay``: seconds it waits in
+    RQ's scheduled registry first, moved to the queue by a worker's scheduler)."""
     intervals = [settings.job_retry_backoff * f for f in RETRY_FACTORS[: max(1, settings.job_retries)]]
     retry = Retry(max=settings.job_retries, interval=intervals) if settings.job_retries else None
-    return job_queue(conn).enqueue(
-        func, *args, job_id=job_id, description=description, retry=retry, job_timeout=settings.job_timeout,
-        result_ttl=24 * 3600, failure_ttl=30 * 24 * 3600, at_front=at_front,
-    )
+    options: dict[str, Any] = dict(job_id=job_id, description=description, retry=retry,
+                                   job_timeout=settings.job_timeout, result_ttl=24 * 3600, failure_ttl=30 * 24 * 3600)
+    if delay > 0:
+        return job_queue(conn).enqueue_in(timedelta(seconds=delay), func, *args, **options)
+    return job_queue(conn).enqueue(func, *args, at_front=at_front, **options)
 
 
 def enqueue_once(

@@ -8,7 +8,9 @@ later good one. The worker therefore runs a reconcile job per project:
 * every ``reconcile_scan_interval`` seconds (and when a worker starts), a scan of the project in
   Label Studio for tasks without any prelabel pre-annotation or whose latest one is an error:
   this covers webhooks refused with 503 while Redis was down, and errors from before this
-  record existed.
+  record existed. The same scan queues the review of pre-annotated tasks never reviewed and a
+  ranking when a pre-annotated task has no priority (after-care of a ``/predict`` answer lost
+  with Redis, a webhook refused before the backend wired its project).
 
 One task is tried first; when the LLM still fails, the round ends there (no call storm against
 a dead server). Tasks with a human annotation (or a skip) are never touched, nor tasks a ``/predict``
@@ -28,15 +30,19 @@ from rq.job import Job, JobStatus
 
 from prelabel.contract import (
     PROJECT_KEY_PATTERN,
+    REVIEW_FIELD,
     TaskStatus,
     errored_key,
     is_own_preannotation,
+    is_review,
     project_id_of_key,
     scanned_key,
     status_of,
 )
 from prelabel.jobs import handoff, outcomes
 from prelabel.jobs.queue import PENDING, connection, enqueue
+from prelabel.jobs.worker_stats import RECONCILE_ROUNDS
+from prelabel.ranking.project import PRIORITY_FIELD
 from prelabel.settings import Settings
 from prelabel.studio.client import human_touched
 
@@ -86,21 +92,61 @@ def reconcile_project(project_id: int, scan: bool | None = None) -> dict[str, An
         found |= {t["id"]: t for t in job.ls.tasks(sorted(errored - set(found)))}
     if errored - set(found):  # deleted tasks
         job.conn.srem(errored_key(project_id), *(errored - set(found)))
+    aftercare = _queue_missing_aftercare(job, found) if scan else {}
     candidates = {task_id for task_id, task in found.items() if needs_preannotation(task)}
     candidates -= handoff.pending(job.conn, str(project_id), sorted(candidates))  # the worker has them already
     if not candidates:
-        return {"candidates": 0}
+        RECONCILE_ROUNDS.labels("aftercare" if any(aftercare.values()) else "nothing").inc()
+        return {"candidates": 0, **aftercare}
     first, *rest = sorted(candidates)
     probe = preannotate(job, [first], None)
     if probe.get(TaskStatus.ERROR):
         log.info("project %s: %d task(s) still wait for the LLM (it fails again)", project_id, len(candidates))
+        RECONCILE_ROUNDS.labels("still_failing").inc()
         return {"candidates": len(candidates), "healed": 0, "still_failing": len(candidates)}
     counts = preannotate(job, rest, None) if rest else {}
     total = {k: probe.get(k, 0) + counts.get(k, 0) for k in set(probe) | set(counts)}
     tried = len(candidates) - total.get(LABELED_BY_A_PERSON, 0)  # a person labeled some meanwhile
     healed = tried - counts.get(TaskStatus.ERROR, 0)
     log.info("project %s: reconcile pre-annotated %d task(s) again: %s", project_id, tried, total)
-    return {"candidates": len(candidates), "healed": healed, "still_failing": counts.get(TaskStatus.ERROR, 0)}
+    RECONCILE_ROUNDS.labels("healed" if healed else "still_failing").inc()
+    return {"candidates": len(candidates), "healed": healed, "still_failing": counts.get(TaskStatus.ERROR, 0),
+            **aftercare}
+
+
+def needs_review(task: dict[str, Any]) -> bool:
+    """No human touched it, its latest prelabel pre-annotation is not an error (reconcile redoes
+    those, and their review follows), and it was never reviewed: no review prediction and no
+    ``prelabel_review`` field (a prediction from ``/predict`` whose after-care was lost)."""
+    if human_touched(task) or (task.get("data") or {}).get(REVIEW_FIELD):
+        return False
+    predictions = task.get("predictions") or []
+    if any(is_review(p.get("model_version")) for p in predictions):
+        return False
+    own = [p for p in predictions if is_own_preannotation(p.get("model_version") or "")]
+    return bool(own) and status_of(max(own, key=lambda p: p.get("id") or 0).get("model_version")) != TaskStatus.ERROR
+
+
+def needs_ranking(task: dict[str, Any]) -> bool:
+    """A task no person labeled that has a prelabel pre-annotation but no priority yet."""
+    own = any(is_own_preannotation(p.get("model_version") or "") for p in task.get("predictions") or [])
+    return own and not human_touched(task) and PRIORITY_FIELD not in (task.get("data") or {})
+
+
+def _queue_missing_aftercare(job: Any, found: dict[int, dict[str, Any]]) -> dict[str, int]:
+    """Queue the review of pre-annotated tasks never reviewed, and a ranking when some task has none."""
+    from prelabel.jobs.handlers import queue_refresh, queue_review
+
+    review = sorted(tid for tid, task in found.items() if needs_review(task))
+    rank = sum(needs_ranking(task) for task in found.values())
+    if review:
+        queue_review(job, review, None)  # ranks the project when it is done
+    elif rank:
+        queue_refresh(job)
+    if review or rank:
+        log.info("project %s: reconcile queued the review of %d and the ranking of %d task(s)",
+                 job.project_id, len(review), rank)
+    return {"review_queued": len(review), "unranked": rank}
 
 
 def known_projects(conn: redis.Redis) -> list[int]:

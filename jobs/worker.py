@@ -26,8 +26,9 @@ import socket
 from pathlib import Path
 
 import redis
-from rq import SimpleWorker
+from rq import Queue, SimpleWorker
 from rq.executions import Execution
+from rq.job import Job
 from rq.registry import StartedJobRegistry
 from rq.scheduler import SCHEDULER_KEY_TEMPLATE, RQScheduler
 from rq.worker import Worker
@@ -35,6 +36,7 @@ from rq.worker import Worker
 from prelabel.contract import QUEUE_NAME, WORKER_QUEUES, as_text
 from prelabel.jobs.queue import connection, job_queue
 from prelabel.jobs.reconcile import ReconcileTicker
+from prelabel.jobs.worker_stats import JOBS, Flusher
 from prelabel.redis_conn import embedded_redis_stopped_on_exit
 from prelabel.settings import Settings
 
@@ -111,6 +113,21 @@ def requeue_orphans(conn: redis.Redis, queues: tuple[str, ...] = (QUEUE_NAME,)) 
     return orphans
 
 
+class CountingWorker(SimpleWorker):
+    """A ``SimpleWorker`` that counts each job (kind, outcome) and, after each, hands its counters
+    to the backend's ``/metrics`` (``worker_stats``)."""
+
+    flusher = Flusher()
+
+    def execute_job(self, job: Job, queue: Queue) -> None:
+        try:
+            super().execute_job(job, queue)
+        finally:
+            status = job.get_status(refresh=True)  # finished, failed, scheduled (a retry), ...
+            JOBS.labels((job.func_name or "unknown").rsplit(".", 1)[-1], status.value if status else "unknown").inc()
+            self.flusher.flush(self.connection)
+
+
 def run_worker(settings: Settings, burst: bool = False, maintenance_interval: int = 60,
                queues: tuple[str, ...] = WORKER_QUEUES) -> None:
     """One worker process, until SIGTERM/Ctrl-C (warm shutdown: the current job finishes)."""
@@ -123,8 +140,8 @@ def run_worker(settings: Settings, burst: bool = False, maintenance_interval: in
             release_dead_scheduler_lock(conn)
             if ticker:
                 ticker.start()
-            worker = SimpleWorker([job_queue(conn, name) for name in queues], connection=conn,
-                                  maintenance_interval=maintenance_interval)
+            worker = CountingWorker([job_queue(conn, name) for name in queues], connection=conn,
+                                    maintenance_interval=maintenance_interval)
             worker.work(burst=burst, with_scheduler=True, logging_level=settings.log_level.upper())
         finally:
             if ticker:

@@ -19,7 +19,7 @@ import time
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager, nullcontext
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Annotated, Any
 
 import orjson
@@ -39,15 +39,17 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from prelabel import __version__
 from prelabel.contract import WEBHOOK_HEADER, active_guideline_key, project_key
 from prelabel.errors import PrelabelError
+from prelabel.jobs.aftercare import queue_aftercare
 from prelabel.jobs.events import EventError, parse_event
 from prelabel.jobs.outcomes import record_predictions
 from prelabel.jobs.projects import ProjectRecord
 from prelabel.jobs.queue import connection, enqueue_event
 from prelabel.jobs.status import QUEUE_COLLECTOR
+from prelabel.jobs.worker_stats import WORKER_COUNTERS
 from prelabel.label_config import guideline_store
 from prelabel.label_config.guideline import GuidelineError, guideline_ref
 from prelabel.label_config.schema import ConfigError
-from prelabel.lru import LRU
+from prelabel.lru import LRU, Once
 from prelabel.ml_backend.deadline import Answer, answer_within_deadline, loop_time
 from prelabel.prediction import metrics
 from prelabel.prediction.cascade import ProjectPredictor
@@ -59,11 +61,13 @@ from prelabel.prediction.project_examples import fetch_labeled_examples
 from prelabel.prediction.stage_router import STAGE_COLLECTOR
 from prelabel.prediction.stats import SHARED_COUNTERS
 from prelabel.settings import Settings, get_settings
-from prelabel.studio.access import Access, AccessRefused, resolve
+from prelabel.studio import webhook_wiring
+from prelabel.studio.access import Access, AccessRefused, origin_of, resolve
 
 log = logging.getLogger(__name__)
 
 MAX_FETCHES = 4  # background Label Studio fetches (few-shot examples) at once
+_unwired_logged = Once(1024)  # (project, reason) whose "webhook not wired" warning was logged
 
 
 class RequestError(PrelabelError):
@@ -265,6 +269,7 @@ class Backend:
         self.pools = ProjectPools()  # human-labeled few-shot examples, shared with the workers via Redis
         self._tasks: set[asyncio.Task[None]] = set()
         self._fetching: set[str] = set()  # projects whose human examples are being fetched
+        self._wired: set[str] = set()  # projects whose webhook this process wired (or is wiring)
         # Configs are parsed on their own threads: never queued behind slow Label Studio calls.
         self._builder = ThreadPoolExecutor(max_workers=2, thread_name_prefix="prelabel-config")
 
@@ -275,7 +280,8 @@ class Backend:
             self.predictor = predictor
             self.router = ModelRouter(predictor)
             self.jobs_conn = connection(self.settings)
-            QUEUE_COLLECTOR.conn = SHARED_COUNTERS.conn = STAGE_COLLECTOR.conn = self.jobs_conn
+            QUEUE_COLLECTOR.conn = SHARED_COUNTERS.conn = WORKER_COUNTERS.conn = STAGE_COLLECTOR.conn = self.jobs_conn
+            webhook_wiring.WIRING_COLLECTOR.conn = self.jobs_conn
             # Everything loaded so far lives as long as the server: keep it out of the GC's
             # generations so collections stay short under load (fewer latency spikes).
             gc.collect()
@@ -288,7 +294,8 @@ class Backend:
                 yield
             finally:
                 self._builder.shutdown(wait=False, cancel_futures=True)
-                QUEUE_COLLECTOR.conn = SHARED_COUNTERS.conn = STAGE_COLLECTOR.conn = None
+                QUEUE_COLLECTOR.conn = SHARED_COUNTERS.conn = WORKER_COUNTERS.conn = STAGE_COLLECTOR.conn = None
+                webhook_wiring.WIRING_COLLECTOR.conn = None
                 self.jobs_conn.close()
                 await self.router.aclose()
 
@@ -314,6 +321,7 @@ class Backend:
             state = ProjectState(body.schema_, guideline, body.hostname, body.access_token)
             self.projects.put(pid, state)
             await self._remember_project(pid, state)
+            self._ensure_wired(pid, state)
             wants_examples = context is not None and self.settings.fewshot_k > 0
             if wants_examples or body.hostname:  # a refused hostname is counted and logged now, fetch or not
                 access = self._studio_access(pid, state)
@@ -379,6 +387,59 @@ class Backend:
                 self.projects.put(pid, state)
         return state
 
+    def _ensure_wired(self, pid: str, state: ProjectState) -> None:
+        """Make sure the project's webhook reaches ``/webhook`` with credentials (in the background:
+        ``/setup`` and ``/predict`` never wait for it). Once per process and project when it
+        worked; after a failure again on the next request (Label Studio repeats ``/setup``)."""
+        if pid in self._wired or self.jobs_conn is None:
+            return
+        self._wired.add(pid)  # before the task starts: concurrent requests wire once
+        self._background(self._wire(pid, state))
+
+    def _webhook_headers(self) -> dict[str, str] | None:
+        """What proves a webhook call genuine (``webhook_caller_ok``): the secret, else basic auth."""
+        if self.settings.webhook_secret is not None:
+            return {WEBHOOK_HEADER: self.settings.webhook_secret.get_secret_value()}
+        if self.settings.basic_auth_user and self.settings.basic_auth_password:
+            return {"Authorization": basic_header(self.settings.basic_auth_user,
+                                                  self.settings.basic_auth_password.get_secret_value()).decode()}
+        return None
+
+    def _wiring_access(self, state: ProjectState) -> Access | None:
+        """Label Studio where the project lives, when the backend may call it: never a fallback to
+        another Label Studio than the one ``/setup`` named (its project ids are another's)."""
+        try:
+            access = resolve(self.settings, state.hostname, state.access_token)
+            if state.hostname and state.hostname.strip() and origin_of(state.hostname) != origin_of(access.url):
+                return None
+        except AccessRefused:
+            return None
+        return access
+
+    async def _wire(self, pid: str, state: ProjectState) -> None:
+        headers = self._webhook_headers()
+        access = self._wiring_access(state)
+        if headers is None:
+            result = webhook_wiring.unwired(pid, "no_secret")
+        elif access is None:
+            result = webhook_wiring.unwired(pid, "no_access", None, next(iter(headers)))
+        else:
+            result = await asyncio.to_thread(
+                lambda: webhook_wiring.wire_webhook(access.client(timeout=10), int(pid), headers))
+        if result.ok:
+            if result.state == "wired":
+                log.info("project %s: webhook %s now carries the backend's credentials", pid, result.webhook_id)
+        else:
+            self._wired.discard(pid)
+            if _unwired_logged.first((pid, result.reason)):
+                log.warning("project %s: webhook not wired (%s): Label Studio events will be refused. %s",
+                            pid, result.reason, result.step)
+        assert self.jobs_conn is not None  # _ensure_wired starts no wiring without it
+        try:
+            await asyncio.to_thread(webhook_wiring.record, self.jobs_conn, pid, result)
+        except RedisError as exc:
+            log.error("project %s: webhook state not recorded: %s", pid, type(exc).__name__)
+
     def _background(self, coroutine: Any) -> None:
         task = asyncio.get_running_loop().create_task(coroutine)
         self._tasks.add(task)
@@ -442,6 +503,8 @@ class Backend:
             )
         pid = project_id(body.project)
         state = await self._project_state(pid)
+        if pid is not None and state is not None:  # a backend restarted since /setup wires on its first request
+            self._ensure_wired(pid, state)
         config = body.label_config or (state.label_config if state else None)
         if not config:
             raise RequestError(
@@ -466,9 +529,21 @@ class Backend:
             answer = Answer(await predictor.predict(body.tasks, context, pool))
         if screen is None:
             await run_in_threadpool(record_predictions, self.jobs_conn, pid, body.tasks, answer.results)
+            if state is not None:  # a Label Studio project: its stored predictions get reviewed and ranked
+                self._background(self._queue_aftercare(pid, body.tasks, answer.results))
         metrics.PREDICT_LATENCY.observe(time.perf_counter() - started)
         return Response(orjson.dumps({"results": answer.results, "model_version": predictor.model_version(context),
                                       "pending": answer.pending}), media_type="application/json")
+
+    async def _queue_aftercare(self, pid: str | None, tasks: list[Any], results: list[Any]) -> None:
+        """Review and ranking of what ``/predict`` answered, queued after the answer went out."""
+        try:
+            queued = await asyncio.to_thread(queue_aftercare, self.jobs_conn, self.settings, pid, tasks, results)
+        except RedisError as exc:  # the reconcile scan finds the tasks left unreviewed
+            log.error("project %s: review of /predict's answers not queued: %s", pid, type(exc).__name__)
+            return
+        if queued:
+            metrics.AFTERCARE_QUEUED.inc(len(queued))
 
     def _interactive_budget(self, arrived: float) -> float:
         """Seconds an interactive request may still take: its own budget, but never past Label
@@ -506,8 +581,17 @@ class Backend:
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
     async def load(self, request: Request) -> Response:
-        """Each LLM client's adaptive limits, queueing and retry budget (``prelabel status``)."""
-        return JSONResponse({"llm": [client.load_snapshot() for client in metrics.LOAD_COLLECTOR.clients]})
+        """Each LLM client's adaptive limits, queueing and retry budget, and each project's webhook
+        wiring state (``prelabel status``)."""
+        webhooks: dict[str, Any] = {}
+        if self.jobs_conn is not None:
+            try:
+                found = await run_in_threadpool(webhook_wiring.load_all, self.jobs_conn)
+                webhooks = {pid: asdict(state) for pid, state in found.items()}
+            except RedisError:
+                webhooks = {}
+        return JSONResponse({"llm": [client.load_snapshot() for client in metrics.LOAD_COLLECTOR.clients],
+                             "webhooks": webhooks})
 
 
 def _pydantic_message(exc: ValidationError) -> str:

@@ -6,8 +6,9 @@ tokens overlapping a value's span give its probability. Per control:
 - Choices: probability of the chosen label's tokens (joint; under constrained decoding this is
   the label's probability among the allowed ones). Several choices: the least likely one.
 - Rating / Number: joint probability of the value's tokens.
-- Labels (spans): per span, the geometric mean token probability of its text and label; the
-  control takes its least confident span (an empty list: the probability of writing ``[]``).
+- Labels (spans): per span, the geometric mean token probability of its text and label; each
+  region carries its own span's score (``span_confidences``), the control takes its least
+  confident span (an empty list: the probability of writing ``[]``).
 - TextArea: geometric mean token probability of the text.
 
 The task's ``score`` is the minimum over its filled controls: a prediction is only as
@@ -125,17 +126,47 @@ def control_confidence(
     if isinstance(control, LabelsField) and isinstance(value, list):
         if not value:
             return _joint(tokens.logprobs(spans[root]))
-        per_span = []
-        for index in range(len(value)):
-            parts = [spans[p] for p in ((control.name, index, "text"), (control.name, index, "label")) if p in spans]
-            per_span.append(_geometric(lp for part in parts for lp in tokens.logprobs(part)))
-        return min(per_span)
+        return min(_span_scores(control, value, spans, tokens))
     if isinstance(control, ChoicesField) and isinstance(value, list):
         items = [spans[root + (i,)] for i in range(len(value)) if root + (i,) in spans]
         return min((_joint(tokens.logprobs(item)) for item in items), default=None)
     if isinstance(control, TextAreaField):
         return _geometric(tokens.logprobs(spans[root]))
     return _joint(tokens.logprobs(spans[root]))
+
+
+def _span_scores(control: LabelsField, value: list, spans: dict[Path, tuple[int, int]], tokens: TokenMap
+                 ) -> list[float]:
+    """Per answered span: the geometric mean probability of its own text and label tokens."""
+    per_span = []
+    for index in range(len(value)):
+        parts = [spans[p] for p in ((control.name, index, "text"), (control.name, index, "label")) if p in spans]
+        per_span.append(_geometric(lp for part in parts for lp in tokens.logprobs(part)))
+    return per_span
+
+
+def span_confidences(
+    content: str, json_start: int, tokens: list[TokenLogprob] | None, controls: list[ControlField],
+    answer: dict[str, object],
+) -> dict[str, dict[tuple[str, str], float]]:
+    """Per ``Labels`` control, each answered span's own confidence by (text, label): a region gets
+    the score of the tokens that wrote it, not its control's least confident span."""
+    located = locate(content, json_start, tokens)
+    if located is None:
+        return {}
+    token_map, spans = located
+    found: dict[str, dict[tuple[str, str], float]] = {}
+    for control in controls:
+        value = answer.get(control.name)
+        if not (isinstance(control, LabelsField) and isinstance(value, list) and value and (control.name,) in spans):
+            continue
+        scores: dict[tuple[str, str], float] = {}
+        for item, score in zip(value, _span_scores(control, value, spans, token_map)):
+            if isinstance(item, dict):
+                key = (str(item.get("text")).strip(), str(item.get("label")))  # regions hold the stripped text
+                scores[key] = round(min(1.0, max(0.0, min(score, scores.get(key, 1.0)))), 6)
+        found[control.name] = scores
+    return found
 
 
 def locate(

@@ -114,3 +114,7 @@ INTERACTIVE_CONTEXT = Counter(
     "Parts of interactive /predict contexts: used (prompt, selected_span, given) or ignored (malformed).",
     ["part"],
 )
+AFTERCARE_QUEUED = Counter(
+    "prelabel_predict_aftercare_queued_total",
+    "Tasks /predict answered with a stored prediction whose review and ranking were queued (once per version).",
+)

@@ -48,7 +48,7 @@ from prelabel.label_config.schema import (
 from prelabel.lru import LRU
 from prelabel.prediction import metrics
 from prelabel.prediction.cache import PredictionCache, cache_key
-from prelabel.prediction.confidence import FALLBACK_SCORE, answer_confidences
+from prelabel.prediction.confidence import FALLBACK_SCORE, answer_confidences, span_confidences
 from prelabel.prediction.context_budget import ContextBudget, Fitted, TokenCounter, TooLong, answer_budget
 from prelabel.prediction.distribution import answer_label_probs, distribution_score, kind_of
 from prelabel.prediction.fewshot import FewShotPool, file_examples, guideline_examples
@@ -131,6 +131,7 @@ class _Attempt:
     checked: CheckedAnswer
     confidences: dict[str, float] | None = None
     label_probs: dict[str, dict[str, float]] = field(default_factory=dict)
+    span_scores: dict[str, dict[tuple[str, str], float]] = field(default_factory=dict)  # Labels: per (text, label)
 
 
 @dataclass
@@ -444,7 +445,8 @@ class Predictor:
             metrics.VALIDATION_ERRORS.labels(ctx.schema.field(name).tag, error.reason, str(attempt)).inc()
         confidences = answer_confidences(completion.content, start, completion.tokens, ctx.schema.fields, answer)
         label_probs = answer_label_probs(completion.content, start, completion.tokens, ctx.schema.fields, answer)
-        return _Attempt(completion, checked, confidences, label_probs)
+        span_scores = span_confidences(completion.content, start, completion.tokens, ctx.schema.fields, answer)
+        return _Attempt(completion, checked, confidences, label_probs, span_scores)
 
     # --- output --------------------------------------------------------------------------
     def _no_prediction(self, ctx: ProjectContext, reason: str, message: str, started: float) -> dict[str, Any]:
@@ -509,6 +511,7 @@ def _merge(ctx: ProjectContext, attempts: list[_Attempt]) -> _Outcome:
     scores: dict[str, float] = {}
     sources: dict[str, str] = {}
     distributions: dict[str, dict[str, float]] = {}
+    span_scores: dict[str, dict[tuple[str, str], float]] = {}
     for control in ctx.schema.fields:
         for attempt in attempts:
             if control.name in attempt.checked.regions:
@@ -516,6 +519,7 @@ def _merge(ctx: ProjectContext, attempts: list[_Attempt]) -> _Outcome:
                 merged.regions[control.name] = attempt.checked.regions[control.name]
                 if attempt.confidences and control.name in attempt.confidences:
                     scores[control.name], sources[control.name] = attempt.confidences[control.name], "logprobs"
+                    span_scores[control.name] = attempt.span_scores.get(control.name, {})
                 if control.name in attempt.label_probs:
                     distributions[control.name] = attempt.label_probs[control.name]
                     score = distribution_score(control, merged.answer[control.name], distributions[control.name])
@@ -535,7 +539,7 @@ def _merge(ctx: ProjectContext, attempts: list[_Attempt]) -> _Outcome:
     for control in ctx.schema.fields:
         for region in merged.regions.get(control.name, []):
             if control.name in scores:
-                region = {**region, "score": scores[control.name]}
+                region = {**region, "score": _region_score(region, span_scores.get(control.name), scores[control.name])}
             if control.name in distributions:
                 region = {**region, "prelabel": {"label_probs": distributions[control.name],
                                                  "label_probs_kind": kind_of(control)}}
@@ -543,6 +547,15 @@ def _merge(ctx: ProjectContext, attempts: list[_Attempt]) -> _Outcome:
     outcome.scores = {name: score for name, score in scores.items() if name in merged.regions}
     outcome.score_sources = {name: source for name, source in sources.items() if name in outcome.scores}
     return outcome
+
+
+def _region_score(region: dict[str, Any], own: dict[tuple[str, str], float] | None, control_score: float) -> float:
+    """A span region's own confidence (from the tokens of its text and label), else its control's."""
+    value = region.get("value") or {}
+    labels = value.get("labels") or []
+    if own and labels:
+        return own.get((str(value.get("text")), str(labels[0])), control_score)
+    return control_score
 
 
 def _declined(

@@ -34,6 +34,8 @@ CASCADE_STATS_KEY = PREFIX + "stats:cascade"  # hash route (cheap | fallback | f
 REUSE_STATS_KEY = PREFIX + "stats:near_duplicates"  # hash outcome (reused | revalidated_individually) -> count
 REVIEW_STATS_KEY = PREFIX + "stats:review"  # hash review status -> count
 REVIEWER_INDEPENDENCE_KEY = PREFIX + "reviewer:independence"  # JSON: the last reviewer-vs-pre-annotator check
+WEBHOOK_WIRING_KEY = PREFIX + "webhook_wiring"  # hash project id -> JSON WiringState (backend wires its webhook)
+WORKER_STATS_KEY = PREFIX + "stats:worker"  # hash "<metric>|<label=value,...>" -> count, added by workers
 EVENT_PREFIX = PREFIX + "event:"  # + job id: the exactly-once marker of a webhook event
 PROJECT_KEY_PATTERN = PREFIX + "project:*"  # SCAN pattern of project_key
 ACTIVE_MODEL_PATTERN = ACTIVE_MODEL_KEY + "*"  # SCAN pattern of every active-model record
@@ -83,6 +85,11 @@ def scanned_key(project_id: int | str) -> str:
 def handoff_key(project_id: int | str, task_id: int | str) -> str:
     """SET NX marker of a task the backend handed to the worker after its deadline."""
     return f"{PREFIX}handoff:{project_id}:{task_id}"
+
+
+def aftercare_key(project_id: int | str, task_id: int | str, model_version: str) -> str:
+    """SET NX marker: the review and ranking of this task's prediction version were queued once."""
+    return f"{PREFIX}aftercare:{project_id}:{task_id}:{model_version}"
 
 
 def event_marker_key(job_id: str) -> str:
@@ -284,6 +291,7 @@ SpanOccurrence = Literal["all", "first", "unique"]  # which occurrences of a rep
 
 # --- webhooks ------------------------------------------------------------------------------------
 WEBHOOK_HEADER = "X-Prelabel-Secret"  # the shared secret Label Studio's webhook sends
+REVIEW_FIELD = "prelabel_review"  # task data field (Data Manager column): the review status of its prediction
 
 
 # --- predictions and region stamps -------------------------------------------------------------

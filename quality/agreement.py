@@ -2,8 +2,11 @@
 
 For a classification control, every task that has both a human label and a pre-annotation
 counts once, under its *human* label: agreement of a class = share of its human-labeled tasks
-the pre-annotator got right. A class under the bar is flagged with the labels it was most
-often mistaken for, which is what a guideline author needs to fix the prompt.
+the pre-annotator got right. For a span (``Labels``) config, every span a human marked counts
+once under its label: agreed when the pre-annotation has the same span (start, end) with the same
+label, else confused with the label the pre-annotation gave that span, or ``(none)``. A class
+under the bar is flagged with the labels it was most often mistaken for, which is what a
+guideline author needs to fix the prompt.
 """
 
 from __future__ import annotations
@@ -66,16 +69,31 @@ def agreement(signals: Sequence[TaskSignals], labels: Sequence[str], bar: float 
     matrix = np.zeros((len(labels), len(columns)), dtype=np.int64)
     confusions: dict[str, Counter[str]] = {label: Counter() for label in labels}
     compared = 0
-    for s in signals:
-        if s.human not in index or s.human == NONE or (s.predicted is None and not s.pre_status):
-            continue  # not labeled by a human, or never pre-annotated: nothing to compare
-        predicted = s.predicted if s.predicted in index else NONE
-        matrix[index[s.human], index[predicted]] += 1
+    for human, predicted in _pairs(signals):
+        if human not in index or human == NONE:
+            continue
+        predicted = predicted if predicted in index else NONE
+        matrix[index[human], index[predicted]] += 1
         compared += 1
-        if predicted != s.human:
-            confusions[s.human][predicted] += 1
+        if predicted != human:
+            confusions[human][predicted] += 1
     classes = [
         ClassAgreement(label, int(matrix[i].sum()), int(matrix[i, i]), confusions[label].most_common())
         for i, label in enumerate(labels)
     ]
     return AgreementReport(labels, classes, matrix, bar, compared)
+
+
+def _pairs(signals: Sequence[TaskSignals]) -> list[tuple[str, str | None]]:
+    """(human label, pre-annotated label) of every compared item: a task (class), or a human span."""
+    pairs: list[tuple[str, str | None]] = []
+    for s in signals:
+        pre_annotated = s.predicted is not None or s.pre_status or s.predicted_spans is not None
+        if not s.labeled or not pre_annotated:
+            continue  # not labeled by a human, or never pre-annotated: nothing to compare
+        if s.human is not None:
+            pairs.append((s.human, s.predicted))
+        elif s.human_spans is not None:
+            given = {(start, end): label for start, end, label in s.predicted_spans or ()}
+            pairs += [(label, given.get((start, end))) for start, end, label in sorted(s.human_spans)]
+    return pairs

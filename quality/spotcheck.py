@@ -7,6 +7,9 @@ classes: each class gets ``max(2, remaining // number_of_classes)`` tasks whose 
 so a whole-class systematic error (every price query called transactional) shows up even when
 the reviewer let it through. Whatever the class quotas leave over goes to abnormal tasks, then,
 when those run out, to any other pre-annotated task. Deterministic for a seed.
+
+A config without a ``Choices`` control (spans, ratings, numbers, texts) has one stratum,
+``NO_CLASS``; its pre-annotated tasks are those with any region (a task score).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from prelabel.ranking.signals import ABNORMAL_REVIEW, TaskSignals
 
 LOW_CONFIDENCE = 0.5
 PER_CLASS_MIN = 2
+NO_CLASS = "(no class)"  # the one stratum of a config without a Choices control (spans, ratings, ...)
 
 
 def abnormal_reason(s: TaskSignals, low_confidence: float = LOW_CONFIDENCE) -> str | None:
@@ -51,12 +55,13 @@ def sample(signals: Sequence[TaskSignals], n: int = 150, abnormal_share: float =
            low_confidence: float = LOW_CONFIDENCE) -> Sample:
     """Choose up to ``n`` unlabeled, pre-annotated tasks (see module docstring)."""
     rng = random.Random(seed)
-    pool = [s for s in signals if not s.labeled and (s.predicted is not None or s.pre_status)]
+    # pre-annotated: a class (Choices), or regions of any control type (the task has a score), or a failure
+    pool = [s for s in signals if not s.labeled and (s.predicted is not None or s.score is not None or s.pre_status)]
     reasons = {s.id: abnormal_reason(s, low_confidence) for s in pool}
     passed: dict[str, list[TaskSignals]] = defaultdict(list)
     for s in pool:
-        if s.review_status == ReviewStatus.PASSED and reasons[s.id] is None and s.predicted is not None:
-            passed[s.predicted].append(s)
+        if s.review_status == ReviewStatus.PASSED and reasons[s.id] is None:
+            passed[s.predicted if s.predicted is not None else NO_CLASS].append(s)  # span, rating, ...: one stratum
     chosen: dict[int, str] = {}
     if passed:
         remaining = n - round(n * abnormal_share)

@@ -86,5 +86,6 @@ def _refresh_probs(signals: Sequence[TaskSignals], labels: list[str], index: Tex
     """The unlabeled tasks' label probabilities: the supervised stage's, else a refresh model's."""
     if model is not None:
         return np.asarray(model([signals[i].text for i in todo])) if len(todo) else np.zeros((0, len(labels)))
-    refresh = RefreshModel(labels, seed).fit(index.features[labeled], [s.human for s in signals if s.labeled])
+    classified = np.array([s.human is not None for s in signals], dtype=bool)  # labeled with a class
+    refresh = RefreshModel(labels, seed).fit(index.features[classified], [s.human for s in signals if s.human is not None])
     return refresh.predict_proba(index.features[todo]) if refresh.fitted else None

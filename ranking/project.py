@@ -50,11 +50,22 @@ def classification_control(label_config: str) -> tuple[str | None, str, list[str
     return None, key, []
 
 
+def span_control(label_config: str) -> tuple[str | None, list[str]]:
+    """(the first ``Labels`` control's name, its labels); (None, []) when there is none."""
+    for control in build_schema(label_config).fields:
+        if control.tag == "Labels":
+            return control.name, list(control.label_values)
+    return None, []
+
+
 def project_signals(client: Any, project_id: int) -> tuple[list[TaskSignals], list[str], list[Any]]:
+    """Every task's signals and the classes agreement is counted in: the first ``Choices``
+    control's labels, else (a span config) the first ``Labels`` control's."""
     config = plain(client.projects.get(id=project_id))["label_config"]
     control, key, labels = classification_control(config)
+    spans, span_labels = (None, []) if control else span_control(config)
     tasks = [plain(t) for t in client.tasks.list(project=project_id, fields="all")]
-    return [task_signals(t, control or "", key) for t in tasks], labels, tasks
+    return [task_signals(t, control or "", key, spans) for t in tasks], labels or span_labels, tasks
 
 
 def ensure_priority_view(client: Any, project_id: int) -> int:

@@ -70,9 +70,11 @@ def status(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) ->
         for name, alive in state["processes"].items():
             console.print(f"  {name}: {'up' if alive else 'down'}")
         if "llm_load" in state:
-            from prelabel.stack.llm_load import format_llm_load
+            from prelabel.stack.llm_load import format_llm_load, format_webhooks
 
             for line in format_llm_load(state["llm_load"]):
+                console.print(f"  {line}")
+            for line in format_webhooks(state["llm_load"]):
                 console.print(f"  {line}")
         if state.get("stages"):
             from prelabel.prediction.stage_router import format_stage_report

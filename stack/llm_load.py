@@ -40,3 +40,9 @@ def format_llm_load(load: dict[str, Any]) -> list[str]:
                      f"({budget['retries_in_window']} retries / {budget['calls_in_window']} calls in "
                      f"{budget['window_s']:g}s, {budget['denied_total']} denied)")
     return lines
+
+
+def format_webhooks(load: dict[str, Any]) -> list[str]:
+    """One line per project whose webhook the backend could not wire, with the manual step."""
+    return [f"project {project}: webhook not wired ({state.get('reason')}): {state.get('step')}"
+            for project, state in sorted((load.get("webhooks") or {}).items()) if state.get("state") == "unwired"]

@@ -7,6 +7,7 @@ that does not parse back, fails here."""
 
 from __future__ import annotations
 
+import time
 import typing
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,6 +25,7 @@ from prelabel.prediction.predictor import Predictor
 from prelabel.redis_conn import async_client
 from prelabel.settings import Settings
 from tests.support.fault_llm import FaultServer
+from tests.support.waiting import wait_for
 
 CONFIG = ('<View><Text name="text" value="$text"/>'
           '<Choices name="intent" toName="text"><Choice value="book"/><Choice value="cancel"/>'
@@ -98,3 +100,54 @@ def test_metrics_report_the_counters_all_processes_share(client: TestClient, set
     finally:
         conn.delete(CASCADE_STATS_KEY)
         conn.close()
+
+
+def _scheduled_aftercare(conn: redis.Redis, project: int) -> list[str]:
+    from rq.registry import ScheduledJobRegistry
+
+    from prelabel.jobs.queue import job_queue
+
+    scheduled = ScheduledJobRegistry(queue=job_queue(conn)).get_job_ids()
+    return [j for j in scheduled if j.startswith(f"aftercare-{project}-")]
+
+
+def test_predict_queues_the_review_of_what_label_studio_stores_once_interactive_never(
+        client: TestClient, settings: Settings) -> None:
+    """A non-interactive /predict for a project Label Studio set up queues its after-care (review,
+    ranking) once per prediction version, after the answer; the labeling screen's calls none."""
+    conn = redis.Redis.from_url(settings.redis_url)
+    project = 4261
+    assert client.post("/setup", json={"project": f"{project}.1", "schema": CONFIG}).status_code == 200
+    tasks = [{"id": 11, "data": {"text": "cancel my order please"}}]
+    interactive = client.post("/predict", json={"tasks": tasks, "project": f"{project}.1",
+                                                "params": {"context": {"result": []}}})
+    assert interactive.status_code == 200, interactive.text
+    assert not conn.keys(f"prelabel:aftercare:{project}:*") and not _scheduled_aftercare(conn, project)
+    assert not conn.hexists(f"prelabel:outcome:{project}", 11), "an interactive call left a trace"
+
+    first = client.post("/predict", json={"tasks": tasks, "project": f"{project}.1"})
+    assert first.status_code == 200, first.text
+    version = first.json()["results"][0]["model_version"]
+    [job_id] = wait_for(lambda: _scheduled_aftercare(conn, project), 10, "the after-care job (queued after the answer)")
+    assert conn.exists(f"prelabel:aftercare:{project}:11:{version}")
+    assert client.post("/predict", json={"tasks": tasks, "project": f"{project}.1"}).status_code == 200
+    time.sleep(1)  # the background task of the second answer has run
+    assert _scheduled_aftercare(conn, project) == [job_id], "the same prediction version queued twice"
+
+
+def test_a_project_it_cannot_wire_is_reported_with_the_manual_step(client: TestClient, settings: Settings) -> None:
+    """No Label Studio the backend may call: the project's webhook state says so, with the step,
+    in /metrics and in /load (``prelabel status``); the secret is never in it."""
+    project = 4262
+    assert client.post("/setup", json={"project": f"{project}.1", "schema": CONFIG,
+                                       "hostname": "http://ls.example:8080"}).status_code == 200
+    head = f'prelabel_project_webhook{{project="{project}"'
+    line = wait_for(lambda: next((row for row in client.get("/metrics").text.splitlines()
+                                  if row.startswith(head)), None), 10, "the project's webhook state in /metrics")
+    assert 'reason="no_access",state="unwired"' in line and "X-Prelabel-Secret" in line and SECRET not in line
+    state = client.get("/load").json()["webhooks"][str(project)]
+    assert state["state"] == "unwired" and state["step"].startswith(f"In Label Studio open project {project}")
+    from prelabel.stack.llm_load import format_webhooks
+
+    assert format_webhooks({"webhooks": {str(project): state}}) == [
+        f"project {project}: webhook not wired (no_access): {state['step']}"]

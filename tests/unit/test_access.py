@@ -85,3 +85,20 @@ def test_redirects_are_not_followed() -> None:
         assert [c.target.split("?")[0] for c in ls.snapshot()] == ["/api/projects/1/"]
         assert ls.snapshot()[0].headers["authorization"] == f"Token {KEY}"
         assert target.snapshot() == [], "the redirect was followed"
+
+
+def test_the_webhook_is_wired_only_where_the_project_lives() -> None:
+    """The backend edits a project's webhook only on the Label Studio ``/setup`` named, when that is
+    the configured one or a listed one: a hostname outside the allow-list gets no fallback to the
+    configured Label Studio (its project ids are another server's)."""
+    from prelabel.ml_backend.server import Backend, ProjectState
+
+    backend = Backend(settings(label_studio_hosts=["https://other.example"]))
+    token = SecretStr("their-token")
+    assert backend._wiring_access(ProjectState(None, None, LS + "/", None)).source == "configured"
+    assert backend._wiring_access(ProjectState(None, None, "https://other.example", token)).source == "listed"
+    assert backend._wiring_access(ProjectState(None, None, "http://evil.example:8080", token)) is None
+    assert backend._wiring_access(ProjectState(None, None, "https://other.example", None)) is None  # no token
+    assert backend._webhook_headers() is None  # neither a secret nor basic auth: nothing to add
+    with_secret = Backend(settings(webhook_secret=SecretStr("s3cret-x")))
+    assert with_secret._webhook_headers() == {"X-Prelabel-Secret": "s3cret-x"}

@@ -16,7 +16,7 @@ from prelabel.label_config.controls import (
     RatingField,
     TextAreaField,
 )
-from prelabel.prediction.confidence import TokenMap, answer_confidences, value_spans
+from prelabel.prediction.confidence import TokenMap, answer_confidences, span_confidences, value_spans
 from prelabel.prediction.llm_client import TokenLogprob
 
 _TOKEN = re.compile(r"\w+|\s+|[^\w\s]")
@@ -158,6 +158,16 @@ def test_spans_take_the_least_confident_span():
     logprobs = {"Anna": -0.01, "PER": -0.01, "Oslo": math.log(0.25), "LOC": math.log(0.25)}
     result = confidences(content, [spans()], logprobs)
     assert result["ner"] == pytest.approx(0.25, abs=0.01)
+
+
+def test_each_span_region_gets_its_own_tokens_score():
+    content = '{"ner": [{"text": "Anna", "label": "PER"}, {"text": "Oslo", "label": "LOC"}]}'
+    logprobs = {"Anna": -0.01, "PER": -0.01, "Oslo": math.log(0.25), "LOC": math.log(0.25)}
+    answer = json.loads(content)
+    own = span_confidences(content, 0, tokenize(content, logprobs), [spans()], answer)["ner"]
+    assert own[("Anna", "PER")] == pytest.approx(0.99, abs=0.01)
+    assert own[("Oslo", "LOC")] == pytest.approx(0.25, abs=0.01)
+    assert span_confidences(content, 0, None, [spans()], answer) == {}  # no logprobs: no region scores
 
 
 def test_empty_span_list_scores_the_empty_list():
