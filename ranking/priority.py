@@ -87,5 +87,6 @@ def _refresh_probs(signals: Sequence[TaskSignals], labels: list[str], index: Tex
     if model is not None:
         return np.asarray(model([signals[i].text for i in todo])) if len(todo) else np.zeros((0, len(labels)))
     classified = np.array([s.human is not None for s in signals], dtype=bool)  # labeled with a class
-    refresh = RefreshModel(labels, seed).fit(index.features[classified], [s.human for s in signals if s.human is not None])
+    classes = [s.human for s in signals if s.human is not None]
+    refresh = RefreshModel(labels, seed).fit(index.features[classified], classes)
     return refresh.predict_proba(index.features[todo]) if refresh.fitted else None
