@@ -48,6 +48,7 @@ from prelabel.label_config import guideline_store
 from prelabel.label_config.guideline import GuidelineError, guideline_ref
 from prelabel.label_config.schema import ConfigError
 from prelabel.lru import LRU
+from prelabel.ml_backend.limits import LimitError, check_config, check_webhook
 from prelabel.ml_backend.deadline import Answer, answer_within_deadline, loop_time
 from prelabel.prediction import metrics
 from prelabel.prediction.cascade import ProjectPredictor
@@ -63,6 +64,7 @@ from prelabel.studio.access import Access, AccessRefused, resolve
 log = logging.getLogger(__name__)
 
 MAX_FETCHES = 4  # background Label Studio fetches (few-shot examples) at once
+INLINE_PARSE_BYTES = 256 * 1024  # larger JSON bodies are parsed off the event loop
 
 
 class RequestError(PrelabelError):
@@ -209,14 +211,15 @@ async def read_json(request: Request, limit: int) -> Any:
         if size > limit:
             raise RequestError(413, "too_large", f"request body exceeds {limit} bytes")
         chunks.append(chunk)
-    try:
-        return orjson.loads(b"".join(chunks))
+    data = b"".join(chunks)
+    try:  # a large body is parsed on a thread: the loop keeps answering /health and other projects
+        return orjson.loads(data) if size <= INLINE_PARSE_BYTES else await run_in_threadpool(orjson.loads, data)
     except orjson.JSONDecodeError as exc:
         raise RequestError(400, "invalid_json", f"body is not valid JSON: {exc}") from None
 
 
 # What a request can get wrong; the app maps each to a JSON 4xx (``_rejected``), whichever handler raised it.
-REJECTED = (RequestError, ValidationError, ConfigError, GuidelineError, EventError)
+REJECTED = (RequestError, LimitError, ValidationError, ConfigError, GuidelineError, EventError)
 ENDPOINTS = {"setup", "predict", "webhook"}  # the metric label of a rejection; anything else is "other"
 
 
@@ -224,6 +227,8 @@ def _rejection(exc: Exception) -> RequestError:
     """The client error a request-handling failure stands for."""
     if isinstance(exc, RequestError):
         return exc
+    if isinstance(exc, LimitError):
+        return RequestError(exc.status, exc.reason, exc.message)
     if isinstance(exc, ValidationError):
         return RequestError(422, "bad_body", _pydantic_message(exc))
     if isinstance(exc, EventError):
@@ -328,13 +333,18 @@ class Backend:
         Whatever a config or guideline makes the builder raise is the request's fault: a 422
         with the exception's kind (and a traceback in the log for the operator), never a 500.
         """
+        check_config(config, self.settings)
         cached = predictor.cached_context(config, guideline)
         if cached is not None:
             return cached
+        build = asyncio.get_running_loop().run_in_executor(self._builder, predictor.context, config, guideline)
         try:
-            return await asyncio.get_running_loop().run_in_executor(self._builder, predictor.context, config, guideline)
+            return await asyncio.wait_for(build, self.settings.config_build_budget)
         except REJECTED:
             raise
+        except TimeoutError:
+            raise LimitError("config_too_slow", f"labeling config took over {self.settings.config_build_budget} s "
+                                                "to build", status=422) from None
         except Exception as exc:
             log.exception("labeling config or guideline could not be used")
             raise ConfigError(f"labeling config or guideline could not be used ({type(exc).__name__})") from None
@@ -486,7 +496,9 @@ class Backend:
             if self.settings.basic_auth_user:
                 response.headers["WWW-Authenticate"] = 'Basic realm="prelabel"'
             return response
-        event = parse_event(await read_json(request, self.settings.max_request_bytes))
+        body = await read_json(request, self.settings.max_request_bytes)
+        check_webhook(body, self.settings)
+        event = parse_event(body)
         if event is None:
             metrics.WEBHOOK_EVENTS.labels("ignored").inc()
             return JSONResponse({"status": "ignored"})

@@ -22,7 +22,14 @@ from typing import Any, TypeVar, cast
 from redis.exceptions import RedisError
 
 from prelabel.contract import REGION_PROVENANCE, ModelVersion, TaskStatus, stamp_of, with_status
-from prelabel.label_config.answers import CheckedAnswer, apply_constraints, check_answer, feedback, parse_answer
+from prelabel.label_config.answers import (
+    CheckedAnswer,
+    RegionLimits,
+    apply_constraints,
+    check_answer,
+    feedback,
+    parse_answer,
+)
 from prelabel.label_config.controls import AnswerError, ChoicesField
 from prelabel.label_config.guideline import (
     Guideline,
@@ -233,6 +240,7 @@ class Predictor:
         self.llm = llm
         self.cache = cache
         self.contexts = ContextBuilder(settings)
+        self.region_limits = RegionLimits(settings.max_regions_per_control, settings.max_regions_per_task)
         self._stored_versions: set[str] = set()
         endpoint = llm.endpoints[0]
         counter = TokenCounter(endpoint.url, endpoint.client.api_key, llm.model)
@@ -420,7 +428,7 @@ class Predictor:
             errors = {c.name: AnswerError(c.name, exc.reason, exc.message) for c in ctx.schema.fields}
             return _Attempt(completion, CheckedAnswer({}, errors=errors))
         answer, declined = _declined(answer, candidates)
-        checked = check_answer(ctx.schema, ctx.guideline.constraints, answer, texts)
+        checked = check_answer(ctx.schema, ctx.guideline.constraints, answer, texts, self.region_limits)
         checked.errors.update(declined)
         for name, error in checked.errors.items():
             metrics.VALIDATION_ERRORS.labels(ctx.schema.field(name).tag, error.reason, str(attempt)).inc()

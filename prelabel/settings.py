@@ -13,7 +13,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic import AliasChoices, Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -158,6 +158,21 @@ class Settings(BaseSettings):
     max_request_bytes: int = Field(20 * 1024 * 1024, ge=1024)
     max_tasks_per_request: int = Field(5000, ge=1)
     max_text_chars: int = Field(20_000, ge=1, description="Longer task text -> needs human.")
+    # Bounded work per request: whatever one request or one model answer holds, its cost is capped.
+    max_answer_bytes: int = Field(
+        4 * 1024 * 1024, ge=1024, description="Larger model server responses are a bad_response (never parsed).")
+    max_regions_per_control: int = Field(
+        200, ge=1, description="A model answer that places more regions on one control -> needs human.")
+    max_regions_per_task: int = Field(
+        1000, ge=1, description="A model answer that places more regions on one task -> needs human.")
+    max_config_bytes: int = Field(
+        1024 * 1024, ge=1024, description="Larger labeling configs are refused (413 config_too_large).")
+    max_controls: int = Field(
+        200, ge=1, description="Configs with more control tags are refused (413 too_many_controls).")
+    max_webhook_task_ids: int = Field(
+        10_000, ge=1, description="A webhook naming more tasks is refused (413 too_many_task_ids).")
+    config_build_budget: float = Field(
+        10.0, gt=0, description="Seconds a labeling config may take to build before the request gets a 422.")
     context_cache_size: int = Field(
         128, ge=1, description="Configs (config + guideline pairs) whose prompt/schema are kept built (LRU).")
     project_cache_size: int = Field(
@@ -196,6 +211,15 @@ class Settings(BaseSettings):
     # --- logging -------------------------------------------------------------------------
     log_json: bool = False
     log_level: str = "INFO"
+
+    @field_validator("webhook_secret", "basic_auth_password")
+    @classmethod
+    def _not_blank(cls, value: SecretStr | None, info: ValidationInfo) -> SecretStr | None:
+        """A blank secret (``PRELABEL_WEBHOOK_SECRET=`` in a .env) must not quietly turn authentication off."""
+        if value is not None and not value.get_secret_value().strip():
+            raise ValueError(f"PRELABEL_{(info.field_name or '').upper()} is set but empty or whitespace: "
+                             "give it a value or remove the variable")
+        return value
 
     @field_validator("llm_base_urls", "llm_api_keys", "reviewer_base_urls", "reviewer_api_keys", "label_studio_hosts",
                      mode="before")
