@@ -19,6 +19,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
+
 from prelabel.label_config.constraints import Constraint
 from prelabel.label_config.controls import AnswerError
 from prelabel.label_config.schema import OutputSchema, required
@@ -167,6 +169,10 @@ def parse_answer(content: str) -> tuple[dict[str, Any], int]:
         raise AnswerError(None, "invalid_json", f"unexpected text after the JSON object: {trailing[:40]!r}")
     if not isinstance(answer, dict):
         raise AnswerError(None, "invalid_json", "answer must be a JSON object")
+    try:  # what cannot be encoded again (a lone surrogate "\ud800", an integer past 64 bits) is refused now,
+        orjson.dumps(answer)  # not when the reply or a stored record is written
+    except TypeError as exc:
+        raise AnswerError(None, "invalid_json", f"answer cannot be encoded: {exc}") from None
     return answer, start
 
 

@@ -134,6 +134,32 @@ def _extra_params(raw: dict[str, Any] | str | None) -> dict[str, Any]:
     return raw if isinstance(raw, dict) else {}
 
 
+AUTH_HEADERS = (b"authorization", WEBHOOK_HEADER.lower().encode())
+
+
+class SingleAuthHeaders:
+    """Refuse a request that carries an auth header twice (400 ``duplicate_header``).
+
+    Which copy counts differs between servers and proxies (here the last would win, a proxy may
+    check the first): a request that could mean two callers is not guessed at.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            names = [name.lower() for name, _ in scope["headers"] if name.lower() in AUTH_HEADERS]
+            if len(names) != len(set(names)):
+                metrics.BAD_REQUESTS.labels("auth", "duplicate_header").inc()
+                shown = ", ".join(sorted({n.decode() for n in names if names.count(n) > 1}))
+                response = JSONResponse({"error": f"header sent more than once: {shown}",
+                                         "reason": "duplicate_header"}, status_code=400)
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
 class BasicAuthMiddleware:
     """Reject requests without the configured basic-auth credentials (constant-time compare)."""
 
@@ -514,7 +540,9 @@ class Backend:
                              "action": event.action})
 
     async def metrics(self, request: Request) -> Response:
-        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+        """The metrics, gathered on a thread: the queue collectors ask Redis, which may be stalled
+        (each call then fails after ``redis_timeout``; ``prelabel_queue_up`` says 0)."""
+        return Response(await run_in_threadpool(generate_latest), media_type=CONTENT_TYPE_LATEST)
 
     async def load(self, request: Request) -> Response:
         """Each LLM client's adaptive limits, queueing and retry budget (``prelabel status``)."""
@@ -530,7 +558,7 @@ def create_app(settings: Settings | None = None, predictor: Predictor | None = N
     tests run the whole app in-process (``TestClient(create_app(settings, predictor=...))``)."""
     settings = settings or get_settings()
     backend = Backend(settings, predictor)
-    middleware = []
+    middleware = [Middleware(SingleAuthHeaders)]
     if settings.basic_auth_user and settings.basic_auth_password:
         middleware.append(
             Middleware(
@@ -552,10 +580,19 @@ def create_app(settings: Settings | None = None, predictor: Predictor | None = N
         ],
         middleware=middleware,
         lifespan=backend.lifespan,
-        exception_handlers={HTTPException: _http_error, **dict.fromkeys(REJECTED, _rejected)},
+        exception_handlers={HTTPException: _http_error, RedisError: _redis_unavailable,
+                            **dict.fromkeys(REJECTED, _rejected)},
     )
     app.state.backend = backend
     return app
+
+
+async def _redis_unavailable(request: Request, exc: Exception) -> Response:
+    """Redis stalled or gone (a socket timeout, a refused connection): a counted 503, never a 500."""
+    endpoint = request.url.path.strip("/")
+    log.error("%s: Redis unavailable: %s", endpoint or "/", type(exc).__name__)
+    return _error(endpoint if endpoint in ENDPOINTS else "other",
+                  RequestError(503, "redis_unavailable", f"Redis did not answer ({type(exc).__name__}); try again"))
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:

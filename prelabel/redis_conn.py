@@ -45,7 +45,14 @@ def connection(settings: Settings) -> redis.Redis:
     """A synchronous client (RQ's own protocol is synchronous; the CLI commands and the worker)."""
     import redis
 
-    return redis.Redis.from_url(redis_url(settings), health_check_interval=30)
+    return redis.Redis.from_url(redis_url(settings), health_check_interval=30, **timeouts(settings))
+
+
+def timeouts(settings: Settings) -> dict[str, float]:
+    """Socket timeouts for every client: a stalled Redis (stopped, partitioned) is an error after
+    ``redis_timeout`` seconds, never a call that waits forever (RQ raises them for its own
+    blocking pops)."""
+    return {"socket_timeout": settings.redis_timeout, "socket_connect_timeout": settings.redis_timeout}
 
 
 def async_client(settings: Settings, max_connections: int = 64) -> aioredis.Redis:
@@ -57,7 +64,7 @@ def async_client(settings: Settings, max_connections: int = 64) -> aioredis.Redi
     import redis.asyncio as aioredis
 
     pool = aioredis.BlockingConnectionPool.from_url(
-        redis_url(settings), max_connections=max_connections, timeout=30
+        redis_url(settings), max_connections=max_connections, timeout=settings.redis_timeout, **timeouts(settings)
     )
     return aioredis.Redis(connection_pool=pool)
 

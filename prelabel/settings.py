@@ -146,6 +146,8 @@ class Settings(BaseSettings):
     )
     data_dir: Path = Field(default_factory=default_data_dir)
     cache_ttl: int = Field(30 * 24 * 3600, ge=0, description="Seconds; 0 keeps forever.")
+    redis_timeout: float = Field(
+        5.0, gt=0, description="Seconds a Redis call may wait (connect, read) before it fails: 503 redis_unavailable.")
 
     # --- protocol server -----------------------------------------------------------------
     host: str = "127.0.0.1"
