@@ -42,7 +42,7 @@ log = logging.getLogger(__name__)
 OVERLOAD = {"timeout", "rate_limited", "connection_error"}
 # No tokenizer makes a token longer than this: a longer answer is not what we asked for, and it
 # is never kept or sent back to the model in a corrective retry.
-MAX_CHARS_PER_TOKEN = 32
+MAX_CHARS_PER_TOKEN = 64
 
 
 class LLMError(PrelabelError, RuntimeError):

@@ -116,7 +116,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
             # let earlier cases' retries deny later ones) is tested in tests/test_load_control.py.
             "PRELABEL_LLM_RETRY_BUDGET_MIN": "1000",
             "PRELABEL_PROJECT_CACHE_SIZE": "64", "PRELABEL_LOG_JSON": "false",
-            "PRELABEL_MAX_ANSWER_BYTES": str(1 << 20), "PRELABEL_MAX_CONFIG_BYTES": str(256 * 1024),
+            "PRELABEL_MAX_ANSWER_BYTES": str(1 << 20), "PRELABEL_MAX_CONFIG_BYTES": str(512 * 1024),
             # Every HTTP call to a host outside NO_PROXY goes to the proxy listener.
             "HTTP_PROXY": proxy.url, "HTTPS_PROXY": proxy.url, "ALL_PROXY": proxy.url,
             "http_proxy": proxy.url, "https_proxy": proxy.url, "all_proxy": proxy.url,
