@@ -12,6 +12,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
+import orjson
+
 from prelabel.errors import PrelabelError
 from prelabel.label_config.schema import LS_CONTROL_TAGS
 from prelabel.settings import Settings
@@ -47,6 +49,15 @@ def check_config(config: str, settings: Settings) -> None:
     if controls > settings.max_controls:
         raise LimitError("too_many_controls", f"labeling config has {controls} control tags > max_controls="
                                               f"{settings.max_controls}")
+
+
+def check_guideline(guideline: object, settings: Settings) -> None:
+    """Refuse an inline guideline larger than ``max_guideline_bytes``: it is stored with the project."""
+    if isinstance(guideline, dict):
+        size = len(orjson.dumps(guideline, option=orjson.OPT_NON_STR_KEYS))
+        if size > settings.max_guideline_bytes:
+            raise LimitError("guideline_too_large", f"inline guideline of {size} bytes > max_guideline_bytes="
+                                                    f"{settings.max_guideline_bytes}")
 
 
 def check_webhook(body: Any, settings: Settings) -> None:

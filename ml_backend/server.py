@@ -48,8 +48,8 @@ from prelabel.label_config import guideline_store
 from prelabel.label_config.guideline import GuidelineError, guideline_ref
 from prelabel.label_config.schema import ConfigError
 from prelabel.lru import LRU
-from prelabel.ml_backend.limits import LimitError, check_config, check_webhook
 from prelabel.ml_backend.deadline import Answer, answer_within_deadline, loop_time
+from prelabel.ml_backend.limits import LimitError, check_config, check_guideline, check_webhook
 from prelabel.prediction import metrics
 from prelabel.prediction.cascade import ProjectPredictor
 from prelabel.prediction.fewshot_store import ProjectPools, add_example, pool_size
@@ -336,6 +336,7 @@ class Backend:
         body = SetupRequest.model_validate(await read_json(request, self.settings.max_request_bytes))
         pid = project_id(body.project)
         guideline = guideline_ref(_extra_params(body.extra_params).get("guideline"))
+        check_guideline(guideline, self.settings)
         assert self.router is not None
         predictor = await self.router.for_project(pid)
         active = await self._active_guideline(pid)
@@ -393,7 +394,8 @@ class Backend:
         token = state.access_token.get_secret_value() if state.access_token else None
         record = ProjectRecord(state.guideline, state.hostname, token)
         try:
-            await self.predictor.cache.client.set(project_key(pid), record.encode())
+            await self.predictor.cache.client.set(project_key(pid), record.encode(),
+                                                  ex=self.settings.project_ttl or None)
         except RedisError as exc:  # /setup must still answer: interactive predictions work without it
             log.error("project %s: could not store its settings for the worker: %s", pid, exc)
 
@@ -483,6 +485,7 @@ class Backend:
                 422, "no_label_config", "no label_config in the request and no /setup for this project")
         guideline = guideline_ref((body.params or {}).get("guideline")) or await self._active_guideline(
             pid) or guideline_ref(state.guideline if state else None)
+        check_guideline(guideline, self.settings)
         assert self.router is not None
         predictor = await self.router.for_project(pid)
         context = await self._context(predictor, config, guideline)

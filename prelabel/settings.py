@@ -146,6 +146,8 @@ class Settings(BaseSettings):
     )
     data_dir: Path = Field(default_factory=default_data_dir)
     cache_ttl: int = Field(30 * 24 * 3600, ge=0, description="Seconds; 0 keeps forever.")
+    job_config_ttl: int = Field(
+        7 * 24 * 3600, ge=60, description="Seconds a webhook's labeling config is kept for its jobs (by hash).")
     redis_timeout: float = Field(
         5.0, gt=0, description="Seconds a Redis call may wait (connect, read) before it fails: 503 redis_unavailable.")
 
@@ -171,6 +173,12 @@ class Settings(BaseSettings):
         1024 * 1024, ge=1024, description="Larger labeling configs are refused (413 config_too_large).")
     max_controls: int = Field(
         200, ge=1, description="Configs with more control tags are refused (413 too_many_controls).")
+    max_guideline_bytes: int = Field(
+        256 * 1024, ge=1024,
+        description="Larger inline guidelines (extra params) are refused (413 guideline_too_large).")
+    project_ttl: int = Field(
+        30 * 24 * 3600, ge=0, description="Seconds a project's /setup record lives in Redis after its last /setup "
+                                          "(0: forever); Label Studio repeats /setup before its prediction runs.")
     max_webhook_task_ids: int = Field(
         10_000, ge=1, description="A webhook naming more tasks is refused (413 too_many_task_ids).")
     config_build_budget: float = Field(

@@ -185,7 +185,8 @@ def _send(world: World, case: Case) -> httpx.Response:
     if body is not None and case.content_type is not None:
         headers["Content-Type"] = case.content_type
     # A list value sends the header once per item (duplicated headers).
-    pairs = [(name, item) for name, value in headers.items() for item in (value if isinstance(value, list) else [value])]
+    pairs = [(name, item) for name, value in headers.items()
+             for item in (value if isinstance(value, list) else [value])]
     return httpx.request(case.method, world.client.url + case.path, content=body, headers=pairs, timeout=120)
 
 

@@ -72,7 +72,8 @@ def test_every_endpoint_answers_within_a_bound_while_redis_is_stopped(client: Ba
         probe.start()
         requests = {
             "setup": ("POST", "/setup", {"json": {"project": "6", "schema": CHOICES_CONFIG}}),
-            "predict": ("POST", "/predict", {"json": {"project": "5", "tasks": [{"data": {"text": unique_text("s")}}]}}),
+            "predict": ("POST", "/predict",
+                        {"json": {"project": "5", "tasks": [{"data": {"text": unique_text("s")}}]}}),
             "webhook": ("POST", "/webhook", {"json": {"action": "START_TRAINING", "project": {"id": 5}},
                                              "headers": {"X-Prelabel-Secret": SECRET}}),
             "project": ("GET", "/projects/5", {}),

@@ -8,10 +8,10 @@ whose every part can be used and encoded, or raises ``ResponseError``; nothing e
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
-import math
 from pathlib import Path
 from typing import Any
 
