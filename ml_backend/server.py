@@ -105,6 +105,11 @@ class ProjectState:
     hostname: str | None
     access_token: SecretStr | None
 
+    def size(self) -> int:
+        """Roughly the bytes it holds (the project cache is sized in bytes: a config may be 1 MB)."""
+        guideline = orjson.dumps(self.guideline, option=orjson.OPT_NON_STR_KEYS) if self.guideline else b""
+        return len(self.label_config or "") + len(guideline) + len(self.hostname or "") + 256
+
 
 _PROJECT = re.compile(r"([0-9]{1,18})(?:\.[0-9]{1,20})?")
 
@@ -288,7 +293,8 @@ class Backend:
         self.settings = settings
         self._given = predictor  # a caller's predictor (in-process tests): used, not closed, by the server
         # Bounded: project ids come from requests. An evicted project is read back from Redis.
-        self.projects: LRU[str, ProjectState] = LRU(settings.project_cache_size)
+        self.projects: LRU[str, ProjectState] = LRU(settings.project_cache_size, settings.project_cache_bytes,
+                                                    ProjectState.size)
         self.predictor: Predictor | None = None
         self.jobs_conn: redis.Redis | None = None
         self.router: ModelRouter | None = None

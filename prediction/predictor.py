@@ -144,6 +144,11 @@ class _Outcome:
         return "label_probs" if set(self.score_sources.values()) == {"label_probs"} else "logprobs"
 
 
+# A built context holds ~40 bytes per byte of its config (a 4 KB config of 60 hinted choices: ~165 KB,
+# tests/integration/test_hostile_corpus.py): the context cache is sized in these estimated bytes.
+CONTEXT_BYTES_PER_CONFIG_BYTE = 40
+
+
 class ContextBuilder:
     """Builds the ``ProjectContext`` of a (labeling config, guideline) pair and keeps it in an LRU.
 
@@ -153,7 +158,9 @@ class ContextBuilder:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self._contexts: LRU[tuple[str, str], ProjectContext] = LRU(settings.context_cache_size)
+        self._contexts: LRU[tuple[str, str], ProjectContext] = LRU(
+            settings.context_cache_size, settings.context_cache_bytes,
+            lambda ctx: len(ctx.schema.config) * CONTEXT_BYTES_PER_CONFIG_BYTE)
         self._template_signatures: dict[tuple, str] | None = None
 
     def __len__(self) -> int:

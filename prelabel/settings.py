@@ -185,6 +185,10 @@ class Settings(BaseSettings):
         10.0, gt=0, description="Seconds a labeling config may take to build before the request gets a 422.")
     context_cache_size: int = Field(
         128, ge=1, description="Configs (config + guideline pairs) whose prompt/schema are kept built (LRU).")
+    context_cache_bytes: int = Field(
+        256 * 1024 * 1024, ge=1024 * 1024, description="Estimated bytes the built contexts may hold (LRU).")
+    project_cache_bytes: int = Field(
+        64 * 1024 * 1024, ge=1024 * 1024, description="Bytes of /setup state (configs, guidelines) kept in memory.")
     project_cache_size: int = Field(
         1024, ge=1, description="Projects whose /setup state is kept in memory (LRU; Redis keeps the rest).")
     predict_timeout: float = Field(

@@ -25,6 +25,7 @@ from prelabel.label_config.answers import RegionLimits, check_answer, parse_answ
 from prelabel.label_config.controls import AnswerError
 from prelabel.label_config.schema import build_schema
 from prelabel.logs import redact
+from prelabel.lru import LRU
 from prelabel.ml_backend.limits import LimitError, check_config, check_webhook
 from prelabel.prediction.llm_response import MAX_TOP_LOGPROBS, ResponseError, read_response
 from prelabel.settings import Settings
@@ -179,3 +180,15 @@ def test_the_server_and_the_worker_refuse_to_start_with_a_blank_secret(tmp_path:
     assert done.returncode == 2, done.stderr[-2000:]
     assert "PRELABEL_WEBHOOK_SECRET is set but empty" in " ".join(done.stderr.split())
     assert "Traceback" not in done.stderr
+
+
+def test_the_lru_is_bounded_in_weight_as_well_as_count() -> None:
+    cache: LRU[str, str] = LRU(100, max_weight=1000, weigh=len)
+    for i in range(10):
+        cache.put(f"k{i}", "x" * 300)
+    assert len(cache) == 3 and cache.weight == 900 and cache.get("k9") and cache.get("k6") is None
+    cache.put("big", "x" * 5000)  # heavier than the whole budget: not kept, and nothing else is either
+    assert len(cache) == 0 and cache.weight == 0
+    cache.put("a", "x" * 10)
+    cache.put("a", "x" * 20)
+    assert cache.weight == 20
