@@ -31,8 +31,8 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.support.backend_proc import start_backend  # noqa: E402
-from tests.support.fault_llm import running_fault_server  # noqa: E402
+from tests.support.backend_proc import start_backend
+from tests.support.fault_llm import running_fault_server
 
 NER = ('<View><Text name="text" value="$text"/><Labels name="ent" toName="text">'
        '<Label value="PER"/><Label value="ORG"/></Labels></View>')
