@@ -13,7 +13,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import AliasChoices, Field, SecretStr, ValidationInfo, field_validator
+from pydantic import AliasChoices, Field, SecretStr, ValidationInfo, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -234,6 +234,13 @@ class Settings(BaseSettings):
             raise ValueError(f"PRELABEL_{(info.field_name or '').upper()} is set but empty or whitespace: "
                              "give it a value or remove the variable")
         return value
+
+    @model_validator(mode="after")
+    def _basic_auth_complete(self) -> Settings:
+        """A user without a password would leave basic auth off without a word: refused."""
+        if self.basic_auth_user and self.basic_auth_password is None:
+            raise ValueError("PRELABEL_BASIC_AUTH_USER is set but PRELABEL_BASIC_AUTH_PASSWORD is not")
+        return self
 
     @field_validator("llm_base_urls", "llm_api_keys", "reviewer_base_urls", "reviewer_api_keys", "label_studio_hosts",
                      mode="before")

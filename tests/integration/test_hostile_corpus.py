@@ -14,7 +14,8 @@ configured with every kind of secret and is watched by four local listeners:
   metadata, ``evil.example``, ``localhost``...) lands here. Any request to it fails the test.
 
 Besides each case's own expectations, every case must hold: ``/health`` answers within
-``HEALTH_CASE_BUDGET_S`` while the case runs, the reply is at most ``MAX_REPLY_BYTES``, no 5xx, no secret in the response,
+``HEALTH_CASE_BUDGET_S`` while the case runs, the reply is at most ``MAX_REPLY_BYTES``, no 5xx,
+no secret in the response,
 a 4xx is a JSON ``{"error": <one line>, "reason"}`` counted in ``prelabel_bad_requests_total``,
 no internal error, no label outside the config, nothing sent where it must not go. After the
 corpus: ``/health`` stays under 100 ms while hostile patterns are checked, memory stays bounded

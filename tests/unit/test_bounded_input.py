@@ -162,6 +162,13 @@ def test_a_blank_secret_is_an_error_naming_the_variable(monkeypatch: pytest.Monk
         Settings()
 
 
+def test_a_basic_auth_user_without_a_password_is_an_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PRELABEL_BASIC_AUTH_USER", "someone")
+    monkeypatch.delenv("PRELABEL_BASIC_AUTH_PASSWORD", raising=False)
+    with pytest.raises(ValidationError, match="PRELABEL_BASIC_AUTH_PASSWORD is not"):
+        Settings()
+
+
 def test_tokens_in_urls_are_masked_in_log_text() -> None:
     line = "Label Studio at 'http://u:pw-9@h:8080/x?access_token=tok-123&y=2#f' is not called; see https://d/?a=b"
     masked = redact(line, [])
