@@ -82,6 +82,7 @@ def _alive(pid: int) -> bool:
     return alive(pid)
 
 
+@pytest.mark.timeout(1200)  # three `up`s: the first, one on the same data, one after a SIGKILL of `up`
 def test_up_annotate_down_and_up_again(up: Up) -> None:
     up.start()
     wait_for(up.ready, 600, "`prelabel up` to report the sample project", context=up.output)
