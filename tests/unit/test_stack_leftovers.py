@@ -59,9 +59,10 @@ def test_the_next_embedded_redis_starts_although_the_killed_one_is_a_zombie(tmp_
 
     settings = Settings(data_dir=tmp_path, redis_url=None)
     first = redis_conn.redis_url(settings)
-    pid = redis_conn.embedded_pid()
+    pid = redis_conn.embedded_pid(settings)
     assert pid is not None
-    redis_conn._EMBEDDED.clear()  # this process forgets it, like a new `up`
+    key = str(tmp_path / "redis" / "prelabel.rdb")
+    redis_conn._EMBEDDED.pop(key)  # this process forgets it, like a new `up`
     os.kill(pid, signal.SIGKILL)
     for _ in range(100):  # dead (or a zombie) once the signal is delivered
         if not pid_alive(pid):
@@ -71,6 +72,8 @@ def test_the_next_embedded_redis_starts_although_the_killed_one_is_a_zombie(tmp_
     assert registry.exists()
     try:
         second = redis_conn.redis_url(settings)
-        assert second != first and redis_conn.embedded_pid() not in (None, pid)
+        assert second != first and redis_conn.embedded_pid(settings) not in (None, pid)
     finally:
-        redis_conn.stop_embedded(force=True)
+        server = redis_conn._EMBEDDED.pop(key, None)
+        if server is not None:
+            server.shutdown(save=False)
