@@ -44,8 +44,9 @@ class Event:
     key: str
     task_ids: list[int] = field(default_factory=list)
     annotation_ids: list[int] = field(default_factory=list)
-    label_config: str | None = None
+    label_config: str | None = None  # only in events parsed from a webhook; queued jobs carry config_hash
     dedupe_ttl: int | None = None
+    config_hash: str | None = None  # the config stored under contract.job_config_key (jobs.queue)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)

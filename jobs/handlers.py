@@ -38,7 +38,7 @@ from prelabel.jobs import events as ev
 from prelabel.jobs import outcomes
 from prelabel.jobs.events import Event
 from prelabel.jobs.projects import ProjectRecord, load_project
-from prelabel.jobs.queue import connection, enqueue_once, train_queue
+from prelabel.jobs.queue import connection, enqueue_once, stored_config, train_queue
 from prelabel.jobs.review import Review, proposed_answer, review_one
 from prelabel.jobs.training import enqueue_flywheel, note_verified_labels
 from prelabel.label_config import guideline_store
@@ -91,13 +91,14 @@ class ProjectJob:
 def handle_event(event_data: dict[str, Any]) -> dict[str, Any]:
     event = Event.from_dict(event_data)
     job = ProjectJob.open(event.project_id)
+    label_config = stored_config(job.conn, event)
     if event.action == ev.TASKS_CREATED:
-        return preannotate(job, event.task_ids, event.label_config)
+        return preannotate(job, event.task_ids, label_config)
     if event.action in (ev.ANNOTATION_CREATED, ev.ANNOTATION_UPDATED):
-        learn_examples(job, event.task_ids, event.label_config)
+        learn_examples(job, event.task_ids, label_config)
         return on_human_label(job, event.annotation_ids)
     if event.action == ev.ANNOTATIONS_DELETED:
-        forgotten = forget_deleted_labels(job, event.label_config)
+        forgotten = forget_deleted_labels(job, label_config)
         queue_refresh(job)
         return {"refresh": "queued", "fewshot_relearnt": forgotten}
     return start_training(job.settings, job.conn, event.project_id)

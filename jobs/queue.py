@@ -7,8 +7,9 @@ crashed job up again re-runs it from the start).
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import timedelta
 from typing import Any
 
@@ -16,7 +17,7 @@ import redis
 from rq import Queue, Retry
 from rq.job import Job, JobStatus
 
-from prelabel.contract import QUEUE_NAME, TRAIN_QUEUE_NAME, event_marker_key
+from prelabel.contract import QUEUE_NAME, TRAIN_QUEUE_NAME, event_marker_key, job_config_key
 from prelabel.jobs.events import HUMAN, Event
 from prelabel.redis_conn import connection as connection  # re-exported: the queue's callers take it from here
 from prelabel.settings import Settings
@@ -54,12 +55,30 @@ def enqueue_event(conn: redis.Redis, settings: Settings, event: Event) -> Enqueu
     if not conn.set(event_marker_key(job_id), "1", nx=True, ex=ttl):
         return Enqueued(job_id, duplicate=True)
     try:
-        enqueue(conn, settings, handle_event, event.as_dict(), job_id=job_id,
+        enqueue(conn, settings, handle_event, _by_reference(conn, settings, event).as_dict(), job_id=job_id,
                 description=f"{event.action} project {event.project_id}", at_front=event.action in HUMAN)
     except Exception:
         conn.delete(event_marker_key(job_id))
         raise
     return Enqueued(job_id, duplicate=False)
+
+
+def _by_reference(conn: redis.Redis, settings: Settings, event: Event) -> Event:
+    """The event with its labeling config replaced by the config's hash (stored once, with a TTL)."""
+    if not event.label_config:
+        return event
+    digest = hashlib.sha256(event.label_config.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+    conn.set(job_config_key(digest), event.label_config, ex=settings.job_config_ttl)
+    return replace(event, label_config=None, config_hash=digest)
+
+
+def stored_config(conn: redis.Redis, event: Event) -> str | None:
+    """The labeling config a queued event refers to; None (the worker asks Label Studio) when it
+    carried none or its copy expired."""
+    if event.label_config or not event.config_hash:
+        return event.label_config
+    raw = conn.get(job_config_key(event.config_hash))
+    return raw.decode("utf-8", "surrogatepass") if isinstance(raw, bytes) else raw
 
 
 def enqueue(

@@ -19,6 +19,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
+
 from prelabel.label_config.constraints import Constraint
 from prelabel.label_config.controls import AnswerError
 from prelabel.label_config.schema import OutputSchema, required
@@ -37,21 +39,39 @@ class CheckedAnswer:
         return not self.errors
 
 
+@dataclass(frozen=True)
+class RegionLimits:
+    """How many regions one answer may place: a short answer naming a frequent span must not
+    become megabytes of regions (and seconds of validation on the event loop)."""
+
+    per_control: int = 200
+    per_task: int = 1000
+
+
+DEFAULT_LIMITS = RegionLimits()
+
+
 def check_answer(
-    schema: OutputSchema, constraints: list[Constraint], answer: dict[str, Any], texts: dict[str, str]
+    schema: OutputSchema, constraints: list[Constraint], answer: dict[str, Any], texts: dict[str, str],
+    limits: RegionLimits = DEFAULT_LIMITS,
 ) -> CheckedAnswer:
     checked = CheckedAnswer(answer)
+    placed = 0
     for control in schema.fields:
         value = answer.get(control.name)
         if control.is_empty(value):
             if required(control):
                 checked.errors[control.name] = AnswerError(control.name, "empty", "no value given")
             continue
+        text = texts[control.object_name]
         try:
-            regions = control.to_regions(value, texts[control.object_name])
+            _within(control, limits, placed, _regions_at_least(control, value, text))
+            regions = control.to_regions(value, text)
+            _within(control, limits, placed, len(regions))
         except AnswerError as exc:
             checked.errors[control.name] = exc
             continue
+        placed += len(regions)
         problem = _sdk_problem(schema, regions)
         if problem:
             checked.errors[control.name] = AnswerError(control.name, "schema", problem)
@@ -59,6 +79,26 @@ def check_answer(
         checked.regions[control.name] = regions
     apply_constraints(checked, constraints)
     return checked
+
+
+def _regions_at_least(control: Any, value: Any, text: str) -> int:
+    """A cheap lower bound on the regions ``value`` places, known before any is built: one per
+    list item, and for spans placed at every occurrence, how often each occurs (``str.count``)."""
+    if not isinstance(value, list):
+        return 1
+    if getattr(control, "occurrence", None) != "all":
+        return len(value)
+    spans = [item["text"].strip() for item in value if isinstance(item, dict) and isinstance(item.get("text"), str)]
+    return max(len(value), sum(text.count(span) for span in spans if span))
+
+
+def _within(control: Any, limits: RegionLimits, placed: int, count: int) -> None:
+    if count > limits.per_control:
+        raise AnswerError(control.name, "too_many_regions",
+                          f"{count} regions > max_regions_per_control={limits.per_control}")
+    if placed + count > limits.per_task:
+        raise AnswerError(control.name, "too_many_regions",
+                          f"{placed + count} regions in the task > max_regions_per_task={limits.per_task}")
 
 
 def apply_constraints(checked: CheckedAnswer, constraints: list[Constraint]) -> None:
@@ -129,6 +169,10 @@ def parse_answer(content: str) -> tuple[dict[str, Any], int]:
         raise AnswerError(None, "invalid_json", f"unexpected text after the JSON object: {trailing[:40]!r}")
     if not isinstance(answer, dict):
         raise AnswerError(None, "invalid_json", "answer must be a JSON object")
+    try:  # what cannot be encoded again (a lone surrogate "\ud800", an integer past 64 bits) is refused now,
+        orjson.dumps(answer)  # not when the reply or a stored record is written
+    except TypeError as exc:
+        raise AnswerError(None, "invalid_json", f"answer cannot be encoded: {exc}") from None
     return answer, start
 
 

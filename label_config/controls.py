@@ -34,6 +34,7 @@ REASONS = (
     "constraint",
     "empty",
     "not_in_shortlist",  # the model chose "none of these" among a shortlist of candidate labels
+    "too_many_regions",  # past max_regions_per_control / max_regions_per_task (label_config.answers)
 )
 
 

@@ -51,6 +51,7 @@ from prelabel.label_config.guideline import GuidelineError, guideline_ref
 from prelabel.label_config.schema import ConfigError
 from prelabel.lru import LRU, Once
 from prelabel.ml_backend.deadline import Answer, answer_within_deadline, loop_time
+from prelabel.ml_backend.limits import LimitError, check_config, check_guideline, check_webhook
 from prelabel.prediction import metrics
 from prelabel.prediction.cascade import ProjectPredictor
 from prelabel.prediction.fewshot_store import ProjectPools, add_example, pool_size
@@ -68,6 +69,7 @@ log = logging.getLogger(__name__)
 
 MAX_FETCHES = 4  # background Label Studio fetches (few-shot examples) at once
 _unwired_logged = Once(1024)  # (project, reason) whose "webhook not wired" warning was logged
+INLINE_PARSE_BYTES = 256 * 1024  # larger JSON bodies are parsed off the event loop
 
 
 class RequestError(PrelabelError):
@@ -108,6 +110,11 @@ class ProjectState:
     hostname: str | None
     access_token: SecretStr | None
 
+    def size(self) -> int:
+        """Roughly the bytes it holds (the project cache is sized in bytes: a config may be 1 MB)."""
+        guideline = orjson.dumps(self.guideline, option=orjson.OPT_NON_STR_KEYS) if self.guideline else b""
+        return len(self.label_config or "") + len(guideline) + len(self.hostname or "") + 256
+
 
 _PROJECT = re.compile(r"([0-9]{1,18})(?:\.[0-9]{1,20})?")
 
@@ -135,6 +142,32 @@ def _extra_params(raw: dict[str, Any] | str | None) -> dict[str, Any]:
             raise RequestError(400, "bad_extra_params", f"extra_params is not JSON: {exc}") from None
         raw = parsed
     return raw if isinstance(raw, dict) else {}
+
+
+AUTH_HEADERS = (b"authorization", WEBHOOK_HEADER.lower().encode())
+
+
+class SingleAuthHeaders:
+    """Refuse a request that carries an auth header twice (400 ``duplicate_header``).
+
+    Which copy counts differs between servers and proxies (here the last would win, a proxy may
+    check the first): a request that could mean two callers is not guessed at.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            names = [name.lower() for name, _ in scope["headers"] if name.lower() in AUTH_HEADERS]
+            if len(names) != len(set(names)):
+                metrics.BAD_REQUESTS.labels("auth", "duplicate_header").inc()
+                shown = ", ".join(sorted({n.decode() for n in names if names.count(n) > 1}))
+                response = JSONResponse({"error": f"header sent more than once: {shown}",
+                                         "reason": "duplicate_header"}, status_code=400)
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
 
 
 class BasicAuthMiddleware:
@@ -214,14 +247,15 @@ async def read_json(request: Request, limit: int) -> Any:
         if size > limit:
             raise RequestError(413, "too_large", f"request body exceeds {limit} bytes")
         chunks.append(chunk)
-    try:
-        return orjson.loads(b"".join(chunks))
+    data = b"".join(chunks)
+    try:  # a large body is parsed on a thread: the loop keeps answering /health and other projects
+        return orjson.loads(data) if size <= INLINE_PARSE_BYTES else await run_in_threadpool(orjson.loads, data)
     except orjson.JSONDecodeError as exc:
         raise RequestError(400, "invalid_json", f"body is not valid JSON: {exc}") from None
 
 
 # What a request can get wrong; the app maps each to a JSON 4xx (``_rejected``), whichever handler raised it.
-REJECTED = (RequestError, ValidationError, ConfigError, GuidelineError, EventError)
+REJECTED = (RequestError, LimitError, ValidationError, ConfigError, GuidelineError, EventError)
 ENDPOINTS = {"setup", "predict", "webhook"}  # the metric label of a rejection; anything else is "other"
 
 
@@ -229,6 +263,8 @@ def _rejection(exc: Exception) -> RequestError:
     """The client error a request-handling failure stands for."""
     if isinstance(exc, RequestError):
         return exc
+    if isinstance(exc, LimitError):
+        return RequestError(exc.status, exc.reason, exc.message)
     if isinstance(exc, ValidationError):
         return RequestError(422, "bad_body", _pydantic_message(exc))
     if isinstance(exc, EventError):
@@ -262,7 +298,8 @@ class Backend:
         self.settings = settings
         self._given = predictor  # a caller's predictor (in-process tests): used, not closed, by the server
         # Bounded: project ids come from requests. An evicted project is read back from Redis.
-        self.projects: LRU[str, ProjectState] = LRU(settings.project_cache_size)
+        self.projects: LRU[str, ProjectState] = LRU(settings.project_cache_size, settings.project_cache_bytes,
+                                                    ProjectState.size)
         self.predictor: Predictor | None = None
         self.jobs_conn: redis.Redis | None = None
         self.router: ModelRouter | None = None
@@ -313,6 +350,7 @@ class Backend:
         body = SetupRequest.model_validate(await read_json(request, self.settings.max_request_bytes))
         pid = project_id(body.project)
         guideline = guideline_ref(_extra_params(body.extra_params).get("guideline"))
+        check_guideline(guideline, self.settings)
         assert self.router is not None
         predictor = await self.router.for_project(pid)
         active = await self._active_guideline(pid)
@@ -337,13 +375,18 @@ class Backend:
         Whatever a config or guideline makes the builder raise is the request's fault: a 422
         with the exception's kind (and a traceback in the log for the operator), never a 500.
         """
+        check_config(config, self.settings)
         cached = predictor.cached_context(config, guideline)
         if cached is not None:
             return cached
+        build = asyncio.get_running_loop().run_in_executor(self._builder, predictor.context, config, guideline)
         try:
-            return await asyncio.get_running_loop().run_in_executor(self._builder, predictor.context, config, guideline)
+            return await asyncio.wait_for(build, self.settings.config_build_budget)
         except REJECTED:
             raise
+        except TimeoutError:
+            raise LimitError("config_too_slow", f"labeling config took over {self.settings.config_build_budget} s "
+                                                "to build", status=422) from None
         except Exception as exc:
             log.exception("labeling config or guideline could not be used")
             raise ConfigError(f"labeling config or guideline could not be used ({type(exc).__name__})") from None
@@ -366,7 +409,8 @@ class Backend:
         token = state.access_token.get_secret_value() if state.access_token else None
         record = ProjectRecord(state.guideline, state.hostname, token)
         try:
-            await self.predictor.cache.client.set(project_key(pid), record.encode())
+            await self.predictor.cache.client.set(project_key(pid), record.encode(),
+                                                  ex=self.settings.project_ttl or None)
         except RedisError as exc:  # /setup must still answer: interactive predictions work without it
             log.error("project %s: could not store its settings for the worker: %s", pid, exc)
 
@@ -511,6 +555,7 @@ class Backend:
                 422, "no_label_config", "no label_config in the request and no /setup for this project")
         guideline = guideline_ref((body.params or {}).get("guideline")) or await self._active_guideline(
             pid) or guideline_ref(state.guideline if state else None)
+        check_guideline(guideline, self.settings)
         assert self.router is not None
         predictor = await self.router.for_project(pid)
         context = await self._context(predictor, config, guideline)
@@ -562,7 +607,9 @@ class Backend:
             if self.settings.basic_auth_user:
                 response.headers["WWW-Authenticate"] = 'Basic realm="prelabel"'
             return response
-        event = parse_event(await read_json(request, self.settings.max_request_bytes))
+        body = await read_json(request, self.settings.max_request_bytes)
+        check_webhook(body, self.settings)
+        event = parse_event(body)
         if event is None:
             metrics.WEBHOOK_EVENTS.labels("ignored").inc()
             return JSONResponse({"status": "ignored"})
@@ -578,7 +625,9 @@ class Backend:
                              "action": event.action})
 
     async def metrics(self, request: Request) -> Response:
-        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+        """The metrics, gathered on a thread: the queue collectors ask Redis, which may be stalled
+        (each call then fails after ``redis_timeout``; ``prelabel_queue_up`` says 0)."""
+        return Response(await run_in_threadpool(generate_latest), media_type=CONTENT_TYPE_LATEST)
 
     async def load(self, request: Request) -> Response:
         """Each LLM client's adaptive limits, queueing and retry budget, and each project's webhook
@@ -603,7 +652,7 @@ def create_app(settings: Settings | None = None, predictor: Predictor | None = N
     tests run the whole app in-process (``TestClient(create_app(settings, predictor=...))``)."""
     settings = settings or get_settings()
     backend = Backend(settings, predictor)
-    middleware = []
+    middleware = [Middleware(SingleAuthHeaders)]
     if settings.basic_auth_user and settings.basic_auth_password:
         middleware.append(
             Middleware(
@@ -625,10 +674,19 @@ def create_app(settings: Settings | None = None, predictor: Predictor | None = N
         ],
         middleware=middleware,
         lifespan=backend.lifespan,
-        exception_handlers={HTTPException: _http_error, **dict.fromkeys(REJECTED, _rejected)},
+        exception_handlers={HTTPException: _http_error, RedisError: _redis_unavailable,
+                            **dict.fromkeys(REJECTED, _rejected)},
     )
     app.state.backend = backend
     return app
+
+
+async def _redis_unavailable(request: Request, exc: Exception) -> Response:
+    """Redis stalled or gone (a socket timeout, a refused connection): a counted 503, never a 500."""
+    endpoint = request.url.path.strip("/")
+    log.error("%s: Redis unavailable: %s", endpoint or "/", type(exc).__name__)
+    return _error(endpoint if endpoint in ENDPOINTS else "other",
+                  RequestError(503, "redis_unavailable", f"Redis did not answer ({type(exc).__name__}); try again"))
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:

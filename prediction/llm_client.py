@@ -30,6 +30,7 @@ import openai
 from prelabel.errors import PrelabelError
 from prelabel.logs import redact
 from prelabel.prediction import metrics
+from prelabel.prediction.llm_response import ChatResponse, ResponseError, read_response
 from prelabel.prediction.load_control import AdaptiveLimit, EndpointPool, Permit, RetryBudget
 from prelabel.prediction.shapes import ShapeState, classify_rejection
 from prelabel.settings import Settings, StructuredOutput
@@ -39,6 +40,9 @@ log = logging.getLogger(__name__)
 # Outcomes that mean "the server has more than it can do": the limiter backs off on them
 # (a 503 too, counted as a server_error).
 OVERLOAD = {"timeout", "rate_limited", "connection_error"}
+# No tokenizer makes a token longer than this: a longer answer is not what we asked for, and it
+# is never kept or sent back to the model in a corrective retry.
+MAX_CHARS_PER_TOKEN = 64
 
 
 class LLMError(PrelabelError, RuntimeError):
@@ -114,6 +118,7 @@ class LLMClient:
         self.timeout = settings.llm_timeout
         self.max_retries = settings.llm_max_retries
         self.max_wait = settings.llm_retry_max_wait
+        self.max_response_bytes = settings.max_answer_bytes
         keys = [k.get_secret_value() for k in settings.llm_api_keys]
         self._secrets = settings.secret_values()
         self._endpoints = [
@@ -218,7 +223,8 @@ class LLMClient:
                 sent_at = time.perf_counter()
                 try:
                     async with asyncio.timeout(self.timeout + 1):
-                        response = await endpoint.client.chat.completions.create(**request)
+                        raw = await endpoint.client.chat.completions.with_raw_response.create(**request)
+                        body = await raw.http_response.aread()
                 except (openai.BadRequestError, openai.UnprocessableEntityError, openai.InternalServerError) as exc:
                     described = self._describe(exc)
                     blamed = classify_rejection(str(exc))
@@ -254,7 +260,14 @@ class LLMClient:
                     outcome = "connection_error"
                     raise self._retryable(outcome, endpoint, exc) from None
                 except (openai.APIResponseValidationError, ValueError) as exc:
-                    # ValueError: a 200 whose body is not JSON (the client's response.json() fails).
+                    outcome = "bad_response"
+                    raise self._retryable(outcome, endpoint, exc) from None
+                try:  # model output is data: one strict shape, whatever the server sent
+                    response = read_response(body, self.max_response_bytes)
+                    if len(response.content) > max_tokens * MAX_CHARS_PER_TOKEN:  # the server ignored max_tokens
+                        raise ResponseError(f"answer of {len(response.content)} characters is longer than "
+                                            f"max_tokens={max_tokens} allows")
+                except ResponseError as exc:
                     outcome = "bad_response"
                     raise self._retryable(outcome, endpoint, exc) from None
                 completion = self._completion(endpoint, response, sent[0])
@@ -301,33 +314,27 @@ class LLMClient:
         metrics.LLM_REQUESTS.labels(kind).inc()
         return _Retryable(kind, f"{endpoint.label}: {kind}: {self._describe(exc)}", retry_after)
 
-    def _completion(self, endpoint: _Endpoint, response: Any, mode: StructuredOutput) -> Completion:
-        choices = getattr(response, "choices", None) or []
-        content = choices[0].message.content if choices else None
-        if not isinstance(content, str):
-            raise self._retryable("bad_response", endpoint, ValueError("no message content"))
+    def _completion(self, endpoint: _Endpoint, response: ChatResponse, mode: StructuredOutput) -> Completion:
         metrics.LLM_REQUESTS.labels("ok").inc()
         tokens = None
-        logprobs = getattr(choices[0], "logprobs", None)
-        if logprobs is not None and getattr(logprobs, "content", None):
+        if response.tokens:
             tokens = [
                 TokenLogprob(
-                    nbytes=len(item.bytes) if item.bytes is not None else len(item.token.encode()),
-                    logprob=float(item.logprob),
-                    top=tuple((alt.token, float(alt.logprob)) for alt in (item.top_logprobs or [])),
+                    nbytes=len(item.bytes) if item.bytes is not None else len(item.token.encode("utf-8", "replace")),
+                    logprob=item.logprob,
+                    top=tuple((alt.token, alt.logprob) for alt in (item.top_logprobs or [])),
                 )
-                for item in logprobs.content
+                for item in response.tokens
             ]
-        usage = response.usage.model_dump() if getattr(response, "usage", None) else {}
         return Completion(
-            content=content,
+            content=response.content,
             tokens=tokens,
-            model=getattr(response, "model", None) or self.model,
+            model=response.model or self.model,
             endpoint=endpoint.label,
             attempts=1,
             latency_s=0.0,
             mode=mode,
-            usage={k: v for k, v in usage.items() if isinstance(v, int)},
+            usage=response.usage_counts(),
         )
 
 

@@ -22,7 +22,14 @@ from typing import Any, TypeVar, cast
 from redis.exceptions import RedisError
 
 from prelabel.contract import REGION_PROVENANCE, ModelVersion, TaskStatus, stamp_of, with_status
-from prelabel.label_config.answers import CheckedAnswer, apply_constraints, check_answer, feedback, parse_answer
+from prelabel.label_config.answers import (
+    CheckedAnswer,
+    RegionLimits,
+    apply_constraints,
+    check_answer,
+    feedback,
+    parse_answer,
+)
 from prelabel.label_config.controls import AnswerError, ChoicesField, LabelsField
 from prelabel.label_config.guideline import (
     Guideline,
@@ -150,6 +157,11 @@ class _Outcome:
         return "label_probs" if set(self.score_sources.values()) == {"label_probs"} else "logprobs"
 
 
+# A built context holds ~40 bytes per byte of its config (a 4 KB config of 60 hinted choices: ~165 KB,
+# tests/integration/test_hostile_corpus.py): the context cache is sized in these estimated bytes.
+CONTEXT_BYTES_PER_CONFIG_BYTE = 40
+
+
 class ContextBuilder:
     """Builds the ``ProjectContext`` of a (labeling config, guideline) pair and keeps it in an LRU.
 
@@ -159,7 +171,9 @@ class ContextBuilder:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self._contexts: LRU[tuple[str, str], ProjectContext] = LRU(settings.context_cache_size)
+        self._contexts: LRU[tuple[str, str], ProjectContext] = LRU(
+            settings.context_cache_size, settings.context_cache_bytes,
+            lambda ctx: len(ctx.schema.config) * CONTEXT_BYTES_PER_CONFIG_BYTE)
         self._template_signatures: dict[tuple, str] | None = None
 
     def __len__(self) -> int:
@@ -250,6 +264,7 @@ class Predictor:
         self.llm = llm
         self.cache = cache
         self.contexts = ContextBuilder(settings)
+        self.region_limits = RegionLimits(settings.max_regions_per_control, settings.max_regions_per_task)
         self._stored_versions: set[str] = set()
         endpoint = llm.endpoints[0]
         counter = TokenCounter(endpoint.url, endpoint.client.api_key, llm.model)
@@ -439,7 +454,7 @@ class Predictor:
             errors = {c.name: AnswerError(c.name, exc.reason, exc.message) for c in ctx.schema.fields}
             return _Attempt(completion, CheckedAnswer({}, errors=errors))
         answer, declined = _declined(answer, candidates)
-        checked = check_answer(ctx.schema, ctx.guideline.constraints, answer, texts)
+        checked = check_answer(ctx.schema, ctx.guideline.constraints, answer, texts, self.region_limits)
         checked.errors.update(declined)
         for name, error in checked.errors.items():
             metrics.VALIDATION_ERRORS.labels(ctx.schema.field(name).tag, error.reason, str(attempt)).inc()

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import typer
+from pydantic import ValidationError
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
@@ -22,7 +23,7 @@ from prelabel.quality import annotators_cli
 from prelabel.quality import cli as quality_cli
 from prelabel.ranking import cli as ranking_cli
 from prelabel.redis_conn import embedded_redis_stopped_on_exit
-from prelabel.settings import get_settings
+from prelabel.settings import Settings, get_settings
 from prelabel.stack import cli as stack_cli
 from prelabel.train.cli import app as train_app
 from prelabel.train.cli import eval_command
@@ -42,6 +43,13 @@ class Commands(TyperGroup):
         except UserError as exc:
             errors.print("[red]error:[/red]", escape(str(exc)))
             sys.exit(exc.exit_code)
+        except ValidationError as exc:  # the environment's settings (a blank secret, a bad number)
+            if exc.title != Settings.__name__:
+                raise
+            for error in exc.errors():
+                errors.print("[red]error:[/red] setting", escape(".".join(map(str, error["loc"]))) + ":",
+                             escape(error["msg"]))
+            sys.exit(UserError.exit_code)
 
 
 app = typer.Typer(help="LLM pre-annotation, review and active learning for Label Studio.", no_args_is_help=True,

@@ -137,6 +137,12 @@ def prediction_cache_key(cache_format: int | str, digest: str) -> str:
     return f"{PREFIX}pred:{cache_format}:{digest}"
 
 
+def job_config_key(config_hash: str) -> str:
+    """A labeling config a webhook brought, by content hash: jobs carry the hash, not the config
+    (one copy however many jobs name it; it expires with the jobs that need it)."""
+    return f"{PREFIX}jobconfig:{config_hash}"
+
+
 def guideline_key(guideline_hash: str) -> str:
     """JSON of a guideline, by its content hash (``prelabel prompts``: any version resolves to its text)."""
     return f"{PREFIX}guideline:{guideline_hash}"

@@ -13,10 +13,23 @@ REDACTED = "***"
 
 
 def redact(text: str, secrets: list[str]) -> str:
-    """``text`` with every secret (longest first, 4+ characters) replaced by ``***``."""
+    """``text`` with every secret (longest first, 4+ characters) replaced by ``***``, and the
+    credentials any URL in it carries (user-info, query values) masked: a token a request put in
+    a URL is a secret this process was never told about."""
     for secret in sorted({s for s in secrets if len(s) >= 4}, key=len, reverse=True):
         text = text.replace(secret, REDACTED)
-    return text
+    return _URL.sub(_masked_url, text) if "://" in text else text
+
+
+_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]{0,20}://[^\s'\"<>]+")
+_USERINFO = re.compile(r"^([^/?#]*://)[^/?#@]*@")
+_QUERY_VALUE = re.compile(r"([?&;][^=&#;]*=)[^&#;]*")
+
+
+def _masked_url(match: re.Match[str]) -> str:
+    url = _USERINFO.sub(rf"\1{REDACTED}@", match.group())
+    head, sep, tail = url.partition("?")
+    return head + (_QUERY_VALUE.sub(rf"\1{REDACTED}", sep + tail) if sep else "")
 
 
 class RedactSecrets(logging.Filter):
@@ -28,8 +41,6 @@ class RedactSecrets(logging.Filter):
         self.secrets = [s for s in secrets if len(s) >= 4]
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if not self.secrets:
-            return True
         try:
             message = record.getMessage()
         except (TypeError, ValueError):  # a malformed log call: keep it, but never raise

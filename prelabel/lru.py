@@ -17,12 +17,22 @@ V = TypeVar("V")
 
 
 class LRU(Generic[K, V]):
-    """A map that keeps at most ``maxsize`` entries, dropping the least recently used one."""
+    """A map that keeps at most ``maxsize`` entries, dropping the least recently used one.
 
-    def __init__(self, maxsize: int) -> None:
+    With ``max_weight`` and ``weigh`` (an entry's size in bytes, say), it also keeps the entries'
+    total weight under ``max_weight``: a count alone bounds nothing when one entry may be 20 MB.
+    """
+
+    def __init__(self, maxsize: int, max_weight: int | None = None, weigh: Callable[[V], int] | None = None) -> None:
         if maxsize < 1:
             raise ValueError("maxsize must be >= 1")
+        if (max_weight is None) != (weigh is None):
+            raise ValueError("max_weight and weigh go together")
         self.maxsize = maxsize
+        self.max_weight = max_weight
+        self._weigh = weigh
+        self._weights: dict[K, int] = {}
+        self.weight = 0
         self._items: OrderedDict[K, V] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -37,8 +47,13 @@ class LRU(Generic[K, V]):
         with self._lock:
             self._items[key] = value
             self._items.move_to_end(key)
-            while len(self._items) > self.maxsize:
-                self._items.popitem(last=False)
+            if self._weigh is not None:
+                self.weight += self._weigh(value) - self._weights.get(key, 0)
+                self._weights[key] = self._weigh(value)
+            while self._items and (len(self._items) > self.maxsize
+                                   or (self.max_weight is not None and self.weight > self.max_weight)):
+                dropped, _ = self._items.popitem(last=False)
+                self.weight -= self._weights.pop(dropped, 0)
 
     def get_or_build(self, key: K, build: Callable[[], V]) -> V:
         """The cached value, or ``build()`` stored under ``key`` (built outside the lock)."""

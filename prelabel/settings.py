@@ -13,7 +13,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic import AliasChoices, Field, SecretStr, ValidationInfo, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -147,6 +147,10 @@ class Settings(BaseSettings):
     )
     data_dir: Path = Field(default_factory=default_data_dir)
     cache_ttl: int = Field(30 * 24 * 3600, ge=0, description="Seconds; 0 keeps forever.")
+    job_config_ttl: int = Field(
+        7 * 24 * 3600, ge=60, description="Seconds a webhook's labeling config is kept for its jobs (by hash).")
+    redis_timeout: float = Field(
+        5.0, gt=0, description="Seconds a Redis call may wait (connect, read) before it fails: 503 redis_unavailable.")
 
     # --- protocol server -----------------------------------------------------------------
     host: str = "127.0.0.1"
@@ -159,8 +163,33 @@ class Settings(BaseSettings):
     max_request_bytes: int = Field(20 * 1024 * 1024, ge=1024)
     max_tasks_per_request: int = Field(5000, ge=1)
     max_text_chars: int = Field(20_000, ge=1, description="Longer task text -> needs human.")
+    # Bounded work per request: whatever one request or one model answer holds, its cost is capped.
+    max_answer_bytes: int = Field(
+        4 * 1024 * 1024, ge=1024, description="Larger model server responses are a bad_response (never parsed).")
+    max_regions_per_control: int = Field(
+        200, ge=1, description="A model answer that places more regions on one control -> needs human.")
+    max_regions_per_task: int = Field(
+        1000, ge=1, description="A model answer that places more regions on one task -> needs human.")
+    max_config_bytes: int = Field(
+        1024 * 1024, ge=1024, description="Larger labeling configs are refused (413 config_too_large).")
+    max_controls: int = Field(
+        200, ge=1, description="Configs with more control tags are refused (413 too_many_controls).")
+    max_guideline_bytes: int = Field(
+        256 * 1024, ge=1024,
+        description="Larger inline guidelines (extra params) are refused (413 guideline_too_large).")
+    project_ttl: int = Field(
+        30 * 24 * 3600, ge=0, description="Seconds a project's /setup record lives in Redis after its last /setup "
+                                          "(0: forever); Label Studio repeats /setup before its prediction runs.")
+    max_webhook_task_ids: int = Field(
+        10_000, ge=1, description="A webhook naming more tasks is refused (413 too_many_task_ids).")
+    config_build_budget: float = Field(
+        10.0, gt=0, description="Seconds a labeling config may take to build before the request gets a 422.")
     context_cache_size: int = Field(
         128, ge=1, description="Configs (config + guideline pairs) whose prompt/schema are kept built (LRU).")
+    context_cache_bytes: int = Field(
+        256 * 1024 * 1024, ge=1024 * 1024, description="Estimated bytes the built contexts may hold (LRU).")
+    project_cache_bytes: int = Field(
+        64 * 1024 * 1024, ge=1024 * 1024, description="Bytes of /setup state (configs, guidelines) kept in memory.")
     project_cache_size: int = Field(
         1024, ge=1, description="Projects whose /setup state is kept in memory (LRU; Redis keeps the rest).")
     predict_timeout: float = Field(
@@ -207,6 +236,22 @@ class Settings(BaseSettings):
     # --- logging -------------------------------------------------------------------------
     log_json: bool = False
     log_level: str = "INFO"
+
+    @field_validator("webhook_secret", "basic_auth_password")
+    @classmethod
+    def _not_blank(cls, value: SecretStr | None, info: ValidationInfo) -> SecretStr | None:
+        """A blank secret (``PRELABEL_WEBHOOK_SECRET=`` in a .env) must not quietly turn authentication off."""
+        if value is not None and not value.get_secret_value().strip():
+            raise ValueError(f"PRELABEL_{(info.field_name or '').upper()} is set but empty or whitespace: "
+                             "give it a value or remove the variable")
+        return value
+
+    @model_validator(mode="after")
+    def _basic_auth_complete(self) -> Settings:
+        """A user without a password would leave basic auth off without a word: refused."""
+        if self.basic_auth_user and self.basic_auth_password is None:
+            raise ValueError("PRELABEL_BASIC_AUTH_USER is set but PRELABEL_BASIC_AUTH_PASSWORD is not")
+        return self
 
     @field_validator("llm_base_urls", "llm_api_keys", "reviewer_base_urls", "reviewer_api_keys", "label_studio_hosts",
                      mode="before")

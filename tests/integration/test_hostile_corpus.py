@@ -13,7 +13,9 @@ configured with every kind of secret and is watched by four local listeners:
 - ``proxy``: ``HTTP_PROXY``/``HTTPS_PROXY`` of the backend, so a call to any other host (cloud
   metadata, ``evil.example``, ``localhost``...) lands here. Any request to it fails the test.
 
-Besides each case's own expectations, every case must hold: no 5xx, no secret in the response,
+Besides each case's own expectations, every case must hold: ``/health`` answers within
+``HEALTH_CASE_BUDGET_S`` while the case runs, the reply is at most ``MAX_REPLY_BYTES``, no 5xx,
+no secret in the response,
 a 4xx is a JSON ``{"error": <one line>, "reason"}`` counted in ``prelabel_bad_requests_total``,
 no internal error, no label outside the config, nothing sent where it must not go. After the
 corpus: ``/health`` stays under 100 ms while hostile patterns are checked, memory stays bounded
@@ -27,6 +29,7 @@ import json
 import statistics
 import subprocess
 import sys
+import threading
 import time
 import xml.etree.ElementTree as ET
 from collections import Counter
@@ -57,6 +60,10 @@ BAD = "prelabel_bad_requests_total"
 REFUSED = "prelabel_label_studio_refused_total"
 NEEDS_HUMAN = "prelabel_needs_human_total"
 HEALTH_BUDGET_S = 0.1
+# Every case: /health answers within this while the case runs (a probe thread in this process,
+# which also runs the fault server, so looser than HEALTH_BUDGET_S), and the reply stays small.
+HEALTH_CASE_BUDGET_S = 2.0
+MAX_REPLY_BYTES = 1 << 20
 MEMORY_CONFIGS = 1000
 
 TOTALS: Counter[str] = Counter()
@@ -111,6 +118,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
             # let earlier cases' retries deny later ones) is tested in tests/test_load_control.py.
             "PRELABEL_LLM_RETRY_BUDGET_MIN": "1000",
             "PRELABEL_PROJECT_CACHE_SIZE": "64", "PRELABEL_LOG_JSON": "false",
+            "PRELABEL_MAX_ANSWER_BYTES": str(1 << 20), "PRELABEL_MAX_CONFIG_BYTES": str(512 * 1024),
             # Every HTTP call to a host outside NO_PROXY goes to the proxy listener.
             "HTTP_PROXY": proxy.url, "HTTPS_PROXY": proxy.url, "ALL_PROXY": proxy.url,
             "http_proxy": proxy.url, "https_proxy": proxy.url, "all_proxy": proxy.url,
@@ -136,10 +144,17 @@ def test_hostile_case(world: World, case_id: str) -> None:
         world.fault.set_script(case.llm)
     before = world.client.metrics_text()
     started = time.perf_counter()
-    response = _send(world, case)
+    with HealthProbe(world.client.url) as probe:
+        response = _send(world, case)
     elapsed = time.perf_counter() - started
     RAN.append(case_id)
     TOTALS["requests"] += 1
+    TOTALS["health_worst_during_case_ms"] = max(TOTALS["health_worst_during_case_ms"], round(probe.worst * 1000))
+    TOTALS["largest_reply_bytes"] = max(TOTALS["largest_reply_bytes"], len(response.content))
+    assert probe.worst < expect.get("health_s", HEALTH_CASE_BUDGET_S), \
+        f"/health took {probe.worst * 1000:.0f} ms during the case"
+    assert len(response.content) <= expect.get("max_reply_bytes", MAX_REPLY_BYTES), \
+        f"a reply of {len(response.content)} bytes"
     TOTALS["5xx"] += response.status_code >= 500
     leaked = _secrets_in(response.text + json.dumps(dict(response.headers)))
     TOTALS["secrets_in_responses"] += len(leaked)
@@ -155,20 +170,52 @@ def test_hostile_case(world: World, case_id: str) -> None:
     if expect.get("llm_requests") is not None:
         assert world.fault.stats()["requests"] == expect["llm_requests"], world.fault.stats()
     _check_outbound(world, case)
+    if expect.get("not_in_log"):
+        log = world.client.backend.log_text()
+        assert not [text for text in expect["not_in_log"] if text in log], "request input logged verbatim"
 
 
 def _send(world: World, case: Case) -> httpx.Response:
     headers = dict(case.headers)
     if case.auth == "good":
-        headers["Authorization"] = "Basic " + base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
+        headers.setdefault("Authorization", "Basic " + base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode())
     elif case.auth != "none":
         headers["Authorization"] = case.auth
     if case.signed:
-        headers["X-Prelabel-Secret"] = WEBHOOK_SECRET
+        headers.setdefault("X-Prelabel-Secret", WEBHOOK_SECRET)
     body = case.body()
     if body is not None and case.content_type is not None:
         headers["Content-Type"] = case.content_type
-    return httpx.request(case.method, world.client.url + case.path, content=body, headers=headers, timeout=120)
+    # A list value sends the header once per item (duplicated headers).
+    pairs = [(name, item) for name, value in headers.items()
+             for item in (value if isinstance(value, list) else [value])]
+    return httpx.request(case.method, world.client.url + case.path, content=body, headers=pairs, timeout=120)
+
+
+class HealthProbe:
+    """Probes ``/health`` every 20 ms on a thread while a case runs: the worst latency it saw."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.worst = 0.0
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="health-probe", daemon=True)
+
+    def _run(self) -> None:
+        with httpx.Client(base_url=self.url, auth=(USER, PASSWORD), timeout=60) as http:
+            while not self._done.is_set():
+                started = time.perf_counter()
+                http.get("/health")
+                self.worst = max(self.worst, time.perf_counter() - started)
+                self._done.wait(0.02)
+
+    def __enter__(self) -> HealthProbe:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._done.set()
+        self._thread.join(timeout=120)
 
 
 def _settled_metrics(world: World, case: Case) -> str:

@@ -46,7 +46,8 @@ timeout), ``malformed`` (HTTP 200, content is truncated JSON),
 content is exactly ``<text>``: a hostile answer), ``status:<code>`` (an OpenAI-style error with that
 HTTP status), ``context_400`` (HTTP 400: the prompt exceeds the context window, as
 llama-cpp-python words it), ``schema_500`` (HTTP 500: the ``response_format`` type is not
-supported, as llama-cpp-python answers ``json_schema``). The injected latency applies to every
+supported, as llama-cpp-python answers ``json_schema``), ``reply:<text>`` (HTTP 200 whose whole body is
+exactly ``<text>``: a malformed response shape). The injected latency applies to every
 behaviour except ``hang``.
 
 Slots (``--slots N`` / ``"slots": N``): the server works on at most N requests at a time, like a
@@ -98,7 +99,7 @@ HANG_SECONDS = 600.0
 DEFAULT_MODEL = "fault-llm"
 CHOSEN_LOGPROB = -0.05
 BEHAVIOURS = ("ok", "429", "500", "503", "hang", "malformed", "bad_label", "garbage_http", "content", "status",
-              "context_400", "schema_500")
+              "context_400", "schema_500", "reply")
 # What llama-cpp-python answers a prompt longer than its window, and a response_format it lacks.
 CONTEXT_400 = ("Requested tokens (2600) exceed context window of 2048", "invalid_request_error",
                "context_length_exceeded")
@@ -548,6 +549,8 @@ def parse_behaviour(item: Any) -> tuple[str, int | str | None]:
         raise TypeError(f"behaviour must be a string, got {item!r}")
     if item.startswith("content:"):  # the text is taken verbatim (whitespace and colons included)
         return "content", item[len("content:"):]
+    if item.startswith("reply:"):
+        return "reply", item[len("reply:"):]
     name, _, arg = item.strip().partition(":")
     if name not in BEHAVIOURS:
         raise ValueError(f"unknown behaviour {item!r}; known: {', '.join(BEHAVIOURS)}")
@@ -726,6 +729,10 @@ def create_app(state: FaultState) -> Starlette:
             if behaviour == "schema_500":
                 state.served[behaviour] += 1
                 return _error(500, *SCHEMA_500)
+            if behaviour == "reply":
+                state.served["reply"] += 1
+                return Response(str(arg).encode("utf-8", "surrogatepass"), status_code=200,
+                                media_type="application/json")
             if behaviour == "garbage_http":
                 state.served["garbage_http"] += 1
                 return Response(

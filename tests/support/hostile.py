@@ -152,7 +152,7 @@ def _case(category: str, spec: dict[str, Any]) -> Case:
         raw = spec["body"].encode("utf-8", "surrogatepass")
     elif "body_hex" in spec:
         raw = bytes.fromhex(spec["body_hex"])
-    llm = [item if isinstance(item, str) else "content:" + str(item["content"]) for item in spec.get("llm", [])]
+    llm = [_llm_behaviour(item) for item in spec.get("llm", [])]
     return Case(
         id=f"{category}/{spec['id']}", category=category, method=spec.get("method", "POST"), path=spec["path"],
         json_body=spec.get("json"), has_json="json" in spec, raw=raw,
@@ -160,6 +160,17 @@ def _case(category: str, spec: dict[str, Any]) -> Case:
         auth=spec.get("auth", "good"), signed=bool(spec.get("signed", False)), llm=llm,
         expect=dict(spec.get("expect") or {}),
     )
+
+
+def _llm_behaviour(item: str | dict[str, Any]) -> str:
+    """A fault-server script item: a behaviour name, ``{content: text}`` (the answer's content) or
+    ``{reply: value}`` (the whole HTTP body: a string verbatim, anything else as JSON)."""
+    if isinstance(item, str):
+        return item
+    if "reply" in item:
+        reply = item["reply"]
+        return "reply:" + (reply if isinstance(reply, str) else json.dumps(reply))
+    return "content:" + str(item["content"])
 
 
 def expand(value: Any, names: dict[str, Any]) -> Any:
