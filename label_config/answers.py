@@ -22,7 +22,7 @@ from typing import Any
 import orjson
 
 from prelabel.label_config.constraints import Constraint
-from prelabel.label_config.controls import AnswerError
+from prelabel.label_config.controls import AnswerError, whole_word_starts
 from prelabel.label_config.schema import OutputSchema, required
 
 
@@ -82,14 +82,14 @@ def check_answer(
 
 
 def _regions_at_least(control: Any, value: Any, text: str) -> int:
-    """A cheap lower bound on the regions ``value`` places, known before any is built: one per
-    list item, and for spans placed at every occurrence, how often each occurs (``str.count``)."""
+    """The regions ``value`` asks for, known before any is built: one per list item, and for spans
+    placed at every occurrence, each span's whole-word matches (positions only, no region yet)."""
     if not isinstance(value, list):
         return 1
     if getattr(control, "occurrence", None) != "all":
         return len(value)
     spans = [item["text"].strip() for item in value if isinstance(item, dict) and isinstance(item.get("text"), str)]
-    return max(len(value), sum(text.count(span) for span in spans if span))
+    return max(len(value), sum(len(whole_word_starts(span, text)) for span in spans if span))
 
 
 def _within(control: Any, limits: RegionLimits, placed: int, count: int) -> None:

@@ -180,6 +180,12 @@ def _on_word_boundaries(text: str, start: int, end: int) -> bool:
         (end == len(text) or not _joined(text[end - 1], text[end]))
 
 
+def whole_word_starts(span: str, text: str) -> list[int]:
+    """Where ``span`` occurs in ``text`` on word boundaries (overlapping matches included)."""
+    return [m.start() for m in re.finditer(f"(?={re.escape(span)})", text)
+            if _on_word_boundaries(text, m.start(), m.start() + len(span))]
+
+
 @dataclass
 class LabelsField(ControlField):
     """Named-entity spans on a Text object.
@@ -249,10 +255,9 @@ class LabelsField(ControlField):
         return regions
 
     def _occurrences(self, span: str, text: str, item: dict[str, Any]) -> list[int]:
-        anywhere = [m.start() for m in re.finditer(f"(?={re.escape(span)})", text)]
-        starts = [start for start in anywhere if _on_word_boundaries(text, start, start + len(span))]
+        starts = whole_word_starts(span, text)
         if not starts:
-            where = " as a whole word" if anywhere else ""
+            where = " as a whole word" if span in text else ""
             raise AnswerError(self.name, "span_not_found", f"{span!r} does not occur in the text{where}")
         named = self._named(span, text, item, starts)
         if named is not None:

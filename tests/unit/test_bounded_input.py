@@ -114,21 +114,27 @@ def test_an_answer_that_cannot_be_encoded_again_is_invalid_json() -> None:
 
 # --- regions per control and per task --------------------------------------------------------------------
 def test_a_frequent_span_is_refused_before_its_regions_are_built() -> None:
-    schema = build_schema(NER)
+    # a guideline that asks for every mention (span_occurrence: all) is where one span multiplies
+    schema = build_schema(NER, occurrence="all")
     text = "a " * 2000 + "z"
     answer = {"ent": [{"text": "a", "label": "PER"}]}
     checked = check_answer(schema, [], answer, {"text": text}, RegionLimits(per_control=200, per_task=1000))
     assert checked.errors["ent"].reason == "too_many_regions" and not checked.regions
-    # the same answer on a text where "a" occurs a few times is labeled
-    fine = check_answer(schema, [], answer, {"text": "a a Ada"}, RegionLimits(per_control=200, per_task=1000))
-    assert fine.ok and len(fine.regions["ent"]) == 3
+    # the same answer on a text where "a" occurs a few times as a word is labeled; the "a"s inside
+    # words neither become regions nor count against the cap
+    fine = check_answer(schema, [], answer, {"text": "a a Ada " + "banana " * 100},
+                        RegionLimits(per_control=200, per_task=1000))
+    assert fine.ok and len(fine.regions["ent"]) == 2
+    # placed at its first occurrence only (the default), the same answer is one region
+    first = check_answer(build_schema(NER), [], answer, {"text": text}, RegionLimits(per_control=200, per_task=1000))
+    assert first.ok and len(first.regions["ent"]) == 1
 
 
 def test_regions_per_task_add_up_over_controls() -> None:
     config = ('<View><Text name="text" value="$text"/>'
               '<Labels name="a" toName="text"><Label value="X"/></Labels>'
               '<Labels name="b" toName="text"><Label value="Y"/></Labels></View>')
-    schema = build_schema(config)
+    schema = build_schema(config, occurrence="all")
     answer = {"a": [{"text": "w", "label": "X"}], "b": [{"text": "w", "label": "Y"}]}
     checked = check_answer(schema, [], answer, {"text": "w " * 30}, RegionLimits(per_control=40, per_task=50))
     assert "a" in checked.regions and checked.errors["b"].reason == "too_many_regions"
