@@ -120,12 +120,19 @@ class CountingWorker(SimpleWorker):
     flusher = Flusher()
 
     def execute_job(self, job: Job, queue: Queue) -> None:
+        """Run the job; a Redis that goes away while the job ends costs that job's bookkeeping (RQ
+        expires it from the started registry later), never the worker: it waits for Redis like an
+        idle worker does, instead of quitting on the unhandled ConnectionError."""
         try:
             super().execute_job(job, queue)
-        finally:
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            log.warning("job %s: Redis went away while it ended (%s); the worker carries on", job.id, exc)
+        try:
             status = job.get_status(refresh=True)  # finished, failed, scheduled (a retry), ...
             JOBS.labels((job.func_name or "unknown").rsplit(".", 1)[-1], status.value if status else "unknown").inc()
             self.flusher.flush(self.connection)
+        except redis.RedisError as exc:
+            log.warning("job %s: its counters are not recorded (Redis unavailable: %s)", job.id, exc)
 
 
 def run_worker(settings: Settings, burst: bool = False, maintenance_interval: int = 60,

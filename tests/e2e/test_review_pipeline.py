@@ -220,6 +220,8 @@ def test_import_annotate_review_rank_through_label_studio(label_studio, llm_serv
     from rq.job import Job
     from rq.registry import FailedJobRegistry
 
+    from prelabel.contract import TRAIN_QUEUE_NAME
+
     redis = real_stack.redis()
     key = f"prelabel:train:{pid}"
     assert not redis.hgetall(key), "no flywheel before the click"
@@ -229,7 +231,8 @@ def test_import_annotate_review_rank_through_label_studio(label_studio, llm_serv
     assert final[b"state"] == b"failed", final
     error = final[b"error"].decode()
     assert error.startswith("export: DatasetError") and "a classification dataset needs at least two labels" in error
-    failed = [Job.fetch(i, connection=redis) for i in FailedJobRegistry("prelabel", connection=redis).get_job_ids()]
+    failed = [Job.fetch(i, connection=redis)
+              for i in FailedJobRegistry(TRAIN_QUEUE_NAME, connection=redis).get_job_ids()]  # the training queue's
     assert [(j.func_name, j.args) for j in failed] == [("prelabel.train.pipeline.run_flywheel", (str(pid),))]
 
 

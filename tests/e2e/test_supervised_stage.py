@@ -4,8 +4,8 @@ Real Label Studio, real Redis, real backend and worker processes, the real llama
 120 labeled tasks are imported, one more label arrives through the SDK (Label Studio's
 ANNOTATION_CREATED webhook -> the worker's refresh fits, measures and publishes the stage), then
 new tasks are imported (TASKS_CREATED -> the worker pre-annotates them): the stage answers the
-ones it is sure of (its stamp in Label Studio names it), the LLM the rest, and both shares are
-counted per project.
+ones it is sure of (its stamp in Label Studio names it), the LLM the rest (a task unlike any
+labeled one among them), and both shares are counted per project.
 """
 
 from __future__ import annotations
@@ -44,13 +44,15 @@ def test_labels_through_webhooks_make_a_stage_that_answers_new_tasks(backend_fac
 
         seen = {r["text"] for r in labeled}  # new tasks of the same project: same kind of queries, none labeled
         new = [r for r in queries(4, seed=7) if r["text"] not in seen][:8]
+        # and one task unlike anything labeled: the stage is unsure of it, so the LLM answers it
+        unlike = "zzxq vvkj wwpf qqhd"
         known = set(project_state(label_studio, pid))
         before = {k.decode(): int(v) for k, v in conn.hgetall(stage_answers_key(pid)).items()}
-        client.projects.import_tasks(id=pid, request=[{"text": r["text"]} for r in new])
+        client.projects.import_tasks(id=pid, request=[{"text": r["text"]} for r in new] + [{"text": unlike}])
 
         def pre_annotated() -> dict | None:
             state = {tid: t for tid, t in project_state(label_studio, pid).items() if tid not in known}
-            return state if len(state) == len(new) and all(t["pre"] for t in state.values()) else None
+            return state if len(state) == len(new) + 1 and all(t["pre"] for t in state.values()) else None
 
         state = wait_for(pre_annotated, 900, "the new tasks pre-annotated", stack)
         by_text = {r["text"]: r["label"] for r in new}
@@ -58,6 +60,10 @@ def test_labels_through_webhooks_make_a_stage_that_answers_new_tasks(backend_fac
         for task in state.values():
             [pre] = task["pre"]
             stamps = [region.get("prelabel", {}) for region in pre["result"]]
+            if task["data"]["text"] == unlike:
+                assert not stamps or stamps[0].get("stage") != "supervised", stamps  # deferred to the LLM
+                assert pre["model_version"].startswith(f"{llm_server.model}@p-"), pre["model_version"]
+                continue
             if stamps and stamps[0].get("stage") == "supervised":
                 supervised += 1
                 assert stamps[0]["model"] == conn.hget(supervised_stage_key(pid), "version").decode()
@@ -67,6 +73,6 @@ def test_labels_through_webhooks_make_a_stage_that_answers_new_tasks(backend_fac
         assert right >= 0.75 * supervised
         after = {k.decode(): int(v) for k, v in conn.hgetall(stage_answers_key(pid)).items()}
         shares = {stage: n - before.get(stage, 0) for stage, n in after.items()}  # the new tasks' answers
-        assert shares.get("supervised") == supervised and shares.get("llm", 0) == len(new) - supervised, shares
+        assert shares.get("supervised") == supervised and shares.get("llm", 0) == len(new) - supervised + 1, shares
     finally:
         stack.stop()

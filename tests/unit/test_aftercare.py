@@ -91,3 +91,29 @@ def test_worker_counters_reach_the_backends_metrics(conn: redis.Redis) -> None:
     text = generate_latest(shown).decode()
     assert 'prelabel_worker_tasks_total{status="ok"} 10.0' in text
     assert 'prelabel_worker_llm_requests_total{outcome="timeout"} 2.0' in text
+
+
+def test_a_redis_gone_while_a_job_ends_does_not_stop_the_worker(conn: redis.Redis, monkeypatch: pytest.MonkeyPatch,
+                                                                  caplog: pytest.LogCaptureFixture) -> None:
+    """RQ's own bookkeeping at the end of a job raises ConnectionError when Redis has just gone (a restart);
+    the worker carries on and waits for Redis like an idle worker, instead of quitting (seen in the
+    Redis-restart e2e when a refresh job was ending at that moment)."""
+    from rq import SimpleWorker
+
+    from prelabel.jobs.worker import CountingWorker
+
+    queue = job_queue(conn)
+    job = queue.enqueue(len, "abc")
+    worker = CountingWorker([queue], connection=conn)
+
+    def redis_gone(self: SimpleWorker, job: object, queue: object) -> None:
+        try:
+            conn.shutdown(nosave=True)
+        except redis.ConnectionError:
+            pass  # the server closes the connection that asked it to stop
+        raise redis.ConnectionError("Error 111 connecting: Connection refused.")
+
+    monkeypatch.setattr(SimpleWorker, "execute_job", redis_gone)
+    with caplog.at_level("WARNING", logger="prelabel.jobs.worker"):
+        worker.execute_job(job, queue)  # returns: the worker loop goes on
+    assert "Redis went away" in caplog.text and "counters are not recorded" in caplog.text
