@@ -11,7 +11,6 @@ missing piece is reported with the command that provides it.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import secrets
 import signal
@@ -19,16 +18,16 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NotRequired, TypedDict
 
 import httpx
 
-from prelabel.errors import UserError
 from prelabel.jobs.outcomes import Tally
+from prelabel.pids import pid_alive
 from prelabel.settings import Settings
 from prelabel.stack.llm_smoke import NotReady, check_completion
+from prelabel.stack.record import StackError, StackRecord, load_record, record_path, stack_dir
 
 if TYPE_CHECKING:
     from prelabel.stack.label_studio import LabelStudioServer
@@ -41,75 +40,10 @@ SAMPLE_TITLE = "Search intent (prelabel sample)"
 LOCAL_MODEL = "smollm2"
 
 
-class StackError(UserError, RuntimeError):
-    """A clear, user-facing reason why the stack cannot start or stopped (no traceback needed)."""
-
-
 class ChildDied(StackError):
     """A process the stack started has died: named, with how it ended and its log."""
 
     exit_code = 1
-
-
-@dataclass
-class StackRecord:
-    """What ``up`` leaves in ``<data>/stack/stack.json`` (0600: it holds the local admin login)."""
-
-    pid: int = 0
-    ls_port: int = 8080
-    backend_port: int = 9090
-    llm_port: int = 8000
-    ls_credentials: list[str] = field(default_factory=list)  # username, password, legacy token
-    webhook_secret: str = ""
-    basic_auth: list[str] = field(default_factory=list)
-    project_id: int | None = None
-    children: dict[str, int] = field(default_factory=dict)
-    llm_base_url: str = ""
-    models: dict[str, dict] = field(default_factory=dict)  # project -> promoted model served by this up
-
-    @classmethod
-    def load(cls, path: Path) -> StackRecord:
-        return cls(**json.loads(path.read_text())) if path.exists() else cls()
-
-    def ls_login(self) -> tuple[str, str, str] | None:
-        """Label Studio's admin (username, password, legacy token); None before the first ``up``."""
-        if not self.ls_credentials:
-            return None
-        if len(self.ls_credentials) != 3:
-            raise StackError(f"stack.json: ls_credentials must be [username, password, token], "
-                             f"not {len(self.ls_credentials)} values")
-        username, password, token = self.ls_credentials
-        return username, password, token
-
-    def backend_auth(self) -> tuple[str, str] | None:
-        """The backend's basic-auth login (user, password); None before the first ``up``."""
-        if not self.basic_auth:
-            return None
-        if len(self.basic_auth) != 2:
-            raise StackError(f"stack.json: basic_auth must be [user, password], not {len(self.basic_auth)} values")
-        user, password = self.basic_auth
-        return user, password
-
-    def save(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(asdict(self), indent=2))
-        tmp.chmod(0o600)
-        tmp.replace(path)
-
-
-def stack_dir(settings: Settings) -> Path:
-    return Path(settings.data_dir) / "stack"
-
-
-def record_path(settings: Settings) -> Path:
-    return stack_dir(settings) / "stack.json"
-
-
-def pid_alive(pid: int) -> bool:
-    from prelabel.jobs.worker import _alive
-
-    return _alive(pid)
 
 
 def _port_free(port: int) -> bool:
@@ -138,7 +72,7 @@ def preflight(settings: Settings, record: StackRecord, external_llm: str | None)
     from prelabel.stack.llm_server import find_gguf
     from prelabel.stack.locations import llama_venv, ls_venv, require_venv
 
-    if record.pid and pid_alive(record.pid):
+    if record.running():
         raise StackError(f"the stack is already running (pid {record.pid}); `prelabel status` or `prelabel down`")
     stop_leftovers(record)  # a previous `up` killed (SIGKILL, a crash) left its processes running
     ports = {"Label Studio": record.ls_port, "backend": record.backend_port}
@@ -281,7 +215,7 @@ def run_up(settings: Settings, *, ls_port: int, backend_port: int, llm_port: int
 def stop_leftovers(record: StackRecord) -> list[int]:
     """Kill what a dead ``up`` left running (its children's process groups, the embedded Redis);
     the pids it killed. Only when ``up`` itself is gone: a live one stops its own processes."""
-    if record.pid and pid_alive(record.pid):
+    if record.running():
         return []
     killed = []
     for pid in record.children.values():
@@ -436,8 +370,8 @@ class PreannotationProgress:
 
 
 def run_down(settings: Settings, say: Callable[[str], None], timeout: float = 60.0) -> int:
-    record = StackRecord.load(record_path(settings))
-    if not record.pid or not pid_alive(record.pid):
+    record = load_record(settings)
+    if not record.running():
         say("the stack is not running")
         stop_leftovers(record)
         return 0
@@ -462,8 +396,8 @@ def stack_settings(settings: Settings) -> Settings:
     the same already."""
     from pydantic import SecretStr
 
-    record = StackRecord.load(record_path(settings))
-    if not (record.pid and pid_alive(record.pid)):
+    record = load_record(settings)
+    if not record.running():
         return settings
     update: dict[str, Any] = {}
     if not settings.label_studio_url:
@@ -510,8 +444,8 @@ def _answers_health(url: str, auth: tuple[str, str] | None) -> bool:
 
 
 def stack_status(settings: Settings) -> StackStatus:
-    record = StackRecord.load(record_path(settings))
-    running = bool(record.pid and pid_alive(record.pid))
+    record = load_record(settings)
+    running = record.running()
     status: StackStatus = {
         "running": running, "pid": record.pid or None, "data_dir": str(settings.data_dir),
         "project_id": record.project_id,

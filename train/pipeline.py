@@ -29,6 +29,7 @@ from prelabel.contract import active_model_key, train_lock_key, train_status_key
 from prelabel.errors import UserError
 from prelabel.jobs.training import FLYWHEEL_TIMEOUT
 from prelabel.settings import Settings, get_settings
+from prelabel.stack.record import stack_running
 from prelabel.train.models import MissingExtraError, require_train_extra
 
 log = logging.getLogger(__name__)
@@ -223,7 +224,7 @@ def _serve_locally(project: str, run_id: str, run_dir: Path, status: Status, cli
         if result["promoted"]:
             with status.step("handover"):
                 served = wait_for_takeover(client, active_model_key(project), server.base_url,
-                                           _stack_running(settings))
+                                           stack_running(settings))
                 result["served_at"] = served
     finally:
         server.process.stop()
@@ -326,13 +327,6 @@ def _local_gguf() -> Path | None:
     except FileNotFoundError:
         return None
     return path if path.is_file() else None
-
-
-def _stack_running(settings: Settings) -> bool:
-    from prelabel.stack.up import StackRecord, pid_alive, record_path
-
-    record = StackRecord.load(record_path(settings))
-    return bool(record.pid and pid_alive(record.pid))
 
 
 def _evaluate(engine: Any, data: Path, folder: Path, label: str, max_samples: int | None) -> dict[str, Any]:
