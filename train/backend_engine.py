@@ -20,7 +20,7 @@ from typing import Any
 from prelabel.contract import TaskStatus
 from prelabel.settings import Settings, get_settings
 from prelabel.train.data import Manifest, Record
-from prelabel.train.engines import AnswerFormat, EngineError, Generation
+from prelabel.train.engine_types import AnswerFormat, EngineError, Generation
 
 
 class BackendEngine:

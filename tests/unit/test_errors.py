@@ -25,7 +25,7 @@ from prelabel.stack.up import ChildDied
 from prelabel.studio.access import AccessRefused
 from prelabel.train.config import ConfigError as TrainConfigError
 from prelabel.train.data import DatasetError
-from prelabel.train.engines import EngineError
+from prelabel.train.engine_types import EngineError
 from prelabel.train.merge import MergeError
 from prelabel.train.models import ModelError
 from prelabel.train.pipeline import FlywheelError
