@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from label_studio_sdk.client import LabelStudio
 
-from prelabel.studio.task_fields import write_fields
+from prelabel.studio.task_fields import update_task_fields
 
 if TYPE_CHECKING:
     import redis
@@ -88,10 +88,5 @@ class ProjectClient:
         return "updated"
 
     def set_fields(self, task: dict[str, Any], fields: dict[str, Any]) -> bool:
-        """Set ``fields`` in the task's data as Label Studio has it now (``studio.task_fields``:
-        re-read, merged, read back), so other jobs' fields survive; True when it changed."""
-        data = write_fields(self.sdk, self.project_id, int(task["id"]), fields, self.conn)
-        if data is None:
-            return False
-        task["data"] = data
-        return True
+        """``studio.task_fields.update_task_fields`` for this project, under this client's lock."""
+        return update_task_fields(self.sdk, self.project_id, task, fields, self.conn)
