@@ -13,10 +13,10 @@ restart of the backend or the workers.
 
 from __future__ import annotations
 
-import json
+from collections.abc import Mapping
 from typing import Any
 
-from prelabel.contract import active_model_keys
+from prelabel.contract import ActiveModel, active_model_keys, parse_active_model
 from prelabel.prediction.calibration import load_calibration
 from prelabel.prediction.cascade import ProjectPredictor
 from prelabel.prediction.llm_client import LLMClient
@@ -24,7 +24,7 @@ from prelabel.prediction.predictor import Predictor
 from prelabel.prediction.stage_router import load_stage
 
 
-def served_prompt(record: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+def served_prompt(record: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     """How a promoted model is prompted: ``prompt_style`` and ``fewshot_k`` of its record (the
     cascade's fallback: ``fallback_prompt_style``, ``fallback_fewshot_k``); absent = the settings'."""
     return {key: record[prefix + key] for key in ("fewshot_k", "prompt_style") if record.get(prefix + key) is not None}
@@ -35,13 +35,13 @@ class ModelRouter:
         self.default = default
         self._promoted: dict[tuple[str, str, tuple], Predictor] = {}
 
-    async def active_record(self, project: str | None) -> dict[str, Any] | None:
+    async def active_record(self, project: str | None) -> ActiveModel | None:
         if self.default.cache is None:
             return None
-        for key in active_model_keys(project):  # the record's format: prelabel.train.promote
+        for key in active_model_keys(project):  # written by prelabel.train.promote
             raw = await self.default.cache.client.get(key)
             if raw:
-                return json.loads(raw)
+                return parse_active_model(raw)
         return None
 
     def _predictor(self, model: str | None, base_url: str | None,
@@ -61,7 +61,7 @@ class ModelRouter:
         return self._promoted[key]
 
     async def for_project(self, project: str | None) -> ProjectPredictor:
-        record = await self.active_record(project) or {}
+        record: Mapping[str, Any] = await self.active_record(project) or {}
         primary = self._predictor(record.get("model"), record.get("base_url"), served_prompt(record))
         client = self.default.cache.client if self.default.cache is not None else None
         calibration = await load_calibration(client, project, primary.llm.model)

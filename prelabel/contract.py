@@ -10,6 +10,7 @@ round-trips them. (The same idea as rq's ``JobStatus`` and key templates.)
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 from enum import StrEnum
@@ -382,3 +383,67 @@ def stamp_of(region: Any) -> RegionStamp:
     """A region's stamp, or an empty one (a region of another backend, a human's region)."""
     stamp = region.get(STAMP) if isinstance(region, dict) else None
     return stamp if isinstance(stamp, dict) else {}  # type: ignore[return-value]
+
+
+# --- the active-model record ---------------------------------------------------------------------
+# Written by promotion (prelabel.train.promote.apply_decision) under active_model_key; read by the
+# backend's model router (which model pre-annotates a project), `prelabel up` (serves a promoted GGUF
+# and points base_url at it), `prelabel train status` and `prompts eval`.
+
+
+class CascadeFallback(TypedDict):
+    """The cost cascade of a promotion: tasks under ``threshold`` go to the previous model."""
+
+    threshold: float
+    fallback_model: str | None
+    fallback_base_url: str | None
+    fallback_prompt_style: str | None
+    fallback_fewshot_k: int | None
+
+
+class ActiveModel(TypedDict):
+    """The model that pre-annotates a project (or every project: the global record).
+
+    Only ``model`` and ``base_url`` are always there (``current_model`` falls back to the configured
+    LLM with just these); a promotion writes the rest. Predictions' ``model_version`` becomes
+    ``<model>@<prompt>``; ``prompt_style``/``fewshot_k`` say how the model is prompted (as it was
+    evaluated).
+    """
+
+    model: str
+    base_url: str
+    prompt_style: NotRequired[str | None]
+    fewshot_k: NotRequired[int | None]
+    model_path: NotRequired[str | None]
+    project: NotRequired[str | None]
+    report: NotRequired[str]  # path of the candidate's evaluation report
+    primary_metric: NotRequired[str]
+    primary_value: NotRequired[float]
+    test_sha256: NotRequired[str]
+    promoted_at: NotRequired[str]  # ISO 8601, UTC
+    decision_id: NotRequired[str]
+    cascade: NotRequired[CascadeFallback | None]
+    previous: NotRequired[dict[str, Any] | None]  # the record it replaced, without that one's own `previous`
+    gguf: NotRequired[str]  # a locally served model: the file `prelabel up` serves (prelabel.train.local_serving)
+    served_by: NotRequired[str]  # who serves it: "llama.cpp" (`prelabel up`), "vllm-lora"
+
+
+def as_active_model(value: Any) -> ActiveModel:
+    """``value`` checked as an active-model record: a mapping with a string ``model`` and ``base_url``
+    (ValueError otherwise; a record no reader could route to is refused, not half-used)."""
+    if not isinstance(value, dict):
+        raise ValueError(f"an active-model record is a JSON object, not {type(value).__name__}")
+    missing = [k for k in ("model", "base_url") if not isinstance(value.get(k), str) or not value[k]]
+    if missing:
+        raise ValueError(f"an active-model record needs {' and '.join(missing)} (a non-empty string)")
+    return value  # type: ignore[return-value]
+
+
+def active_model_json(record: ActiveModel) -> str:
+    """The record as stored under ``active_model_key``."""
+    return json.dumps(as_active_model(record))
+
+
+def parse_active_model(raw: str | bytes) -> ActiveModel:
+    """The stored record (``active_model_json``); ValueError when it is not one."""
+    return as_active_model(json.loads(raw))

@@ -90,7 +90,7 @@ def current_version(settings: Settings, conn: redis.Redis, project: int) -> Any:
     from prelabel.train.prompt_eval import Version
 
     guideline = store.active_guideline(store.active(conn, project)) or load_project(conn, project).guideline
-    promoted = active_model(conn, str(project)) or {}
+    promoted: dict[str, Any] = dict(active_model(conn, str(project)) or {})
     model = promoted.get("model") or settings.llm_model
     urls = [promoted["base_url"]] if promoted.get("model") and promoted.get("base_url") else settings.llm_base_urls
     return Version("current", guideline, model, urls)

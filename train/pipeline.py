@@ -25,7 +25,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from prelabel.contract import active_model_key, train_lock_key, train_status_key
+from prelabel.contract import ActiveModel, active_model_key, train_lock_key, train_status_key
 from prelabel.errors import UserError
 from prelabel.jobs.training import FLYWHEEL_TIMEOUT
 from prelabel.settings import Settings, get_settings
@@ -257,7 +257,7 @@ def _serve_adapter(project: str, run_id: str, run_dir: Path, status: Status, cli
 
 
 def _evaluate_served(project: str, run_dir: Path, status: Status, client: Any, settings: Settings, config: Any,
-                     data: Path, model_name: str, base_url: str) -> tuple[dict[str, Any], dict[str, Any],
+                     data: Path, model_name: str, base_url: str) -> tuple[dict[str, Any], ActiveModel,
                                                                            dict[str, Any]]:
     """The candidate served at ``base_url`` and the current pre-annotator, both through the backend
     on the same test split: the candidate with the prompt it was trained on and no few-shot turns,
@@ -281,7 +281,7 @@ def _evaluate_served(project: str, run_dir: Path, status: Status, client: Any, s
 
 def _promote(project: str, run_id: str, run_dir: Path, status: Status, client: Any, settings: Settings, config: Any,
              merged_dir: Path, model_name: str, candidate: dict[str, Any], current_report: dict[str, Any],
-             current: dict[str, Any], base_url: str, extra: dict[str, Any]) -> dict[str, Any]:
+             current: ActiveModel, base_url: str, extra: dict[str, Any]) -> dict[str, Any]:
     from prelabel.train.promote import apply_decision, decide
 
     with status.step("promote"):
@@ -294,7 +294,7 @@ def _promote(project: str, run_id: str, run_dir: Path, status: Status, client: A
             "candidate_report": candidate["_path"], "current_report": current_report["_path"]}
 
 
-def _current_engine(current: dict[str, Any], settings: Settings, data: Path, options: dict[str, Any],
+def _current_engine(current: ActiveModel, settings: Settings, data: Path, options: dict[str, Any],
                     console: Any | None = None) -> Any:
     """The current pre-annotator through the backend when the dataset allows it (an export), else
     its bare endpoint (hand-made datasets without task data)."""
