@@ -48,7 +48,7 @@ async def measure(rows: list[dict[str, Any]], reviews: int, cascade_tasks: int, 
     from prelabel.prediction.model_identity import compare, identify
     from prelabel.prediction.near_duplicates import predict_with_reuse
     from prelabel.prediction.predictor import Predictor, open_predictor
-    from prelabel.quality.calibration import Pairs, calibration_report, fit_map
+    from prelabel.quality.calibration_fit import Pairs, calibration_report, fit_map
     from prelabel.ranking.priority import rank
     from prelabel.ranking.signals import TaskSignals
     from prelabel.settings import Settings

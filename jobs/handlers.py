@@ -415,7 +415,7 @@ def refresh_project(project_id: int) -> dict[str, Any]:
     """Refit and score the supervised stage, re-rank the project's queue with it, recompute
     per-class agreement, refit the score's calibration."""
     from prelabel.jobs.stage_eval import refresh_stages
-    from prelabel.quality.calibration import refresh_calibration
+    from prelabel.quality.calibration_fit import refresh_calibration
     from prelabel.quality.project import refresh_quality
     from prelabel.ranking.project import refresh_ranking
 

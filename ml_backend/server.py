@@ -59,8 +59,8 @@ from prelabel.prediction.interactive import predict_interactive
 from prelabel.prediction.model_router import ModelRouter
 from prelabel.prediction.predictor import Predictor, ProjectContext, open_predictor
 from prelabel.prediction.project_examples import fetch_labeled_examples
+from prelabel.prediction.shared_counters import SHARED_COUNTERS
 from prelabel.prediction.stage_router import STAGE_COLLECTOR
-from prelabel.prediction.stats import SHARED_COUNTERS
 from prelabel.settings import Settings, get_settings
 from prelabel.studio import webhook_wiring
 from prelabel.studio.access import Access, AccessRefused, origin_of, resolve

@@ -2,7 +2,7 @@
 
 A raw score (the label's probability under the model, see ``distribution.py``) is a ranking
 signal, not a probability: small models are over- or under-confident. Once humans have labeled
-some of a project's tasks, ``prelabel.quality.calibration`` fits a monotone map on (raw score,
+some of a project's tasks, ``prelabel.quality.calibration_fit`` fits a monotone map on (raw score,
 was the pre-annotation right) pairs and stores it in Redis under
 ``prelabel:calibration:<project>:<model>``. Predictions of that model for that project then
 carry the calibrated ``score``; the raw one stays in ``raw_score`` and ``calibration`` names the

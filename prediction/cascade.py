@@ -33,8 +33,8 @@ from prelabel.contract import CASCADE_STATS_KEY, ModelVersion, TaskStatus, casca
 from prelabel.prediction.calibration import CalibrationMap, calibrate
 from prelabel.prediction.fewshot import FewShotPool
 from prelabel.prediction.predictor import Predictor, ProjectContext, gather_until
+from prelabel.prediction.shared_counters import count
 from prelabel.prediction.stage_router import supervised_first
-from prelabel.prediction.stats import count
 
 if TYPE_CHECKING:
     from prelabel.prediction.supervised import SupervisedStage

@@ -25,7 +25,7 @@ from prelabel.label_config.answers import check_answer
 from prelabel.label_config.schema import TaskDataError
 from prelabel.prediction.fewshot import FewShotPool
 from prelabel.prediction.predictor import ProjectContext
-from prelabel.prediction.stats import count
+from prelabel.prediction.shared_counters import count
 from prelabel.text import normalise
 
 NUM_PERM = 128

@@ -40,7 +40,7 @@ from prelabel.label_config.controls import ChoicesField
 from prelabel.label_config.schema import TaskDataError
 from prelabel.lru import LRU
 from prelabel.prediction.predictor import ProjectContext
-from prelabel.prediction.stats import count
+from prelabel.prediction.shared_counters import count
 
 if TYPE_CHECKING:  # the stage's code (scikit-learn) loads with the first stage, not with the backend
     from prelabel.prediction.supervised import SupervisedStage

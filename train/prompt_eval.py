@@ -38,7 +38,7 @@ from prelabel.label_config.schema import OutputSchema, TaskDataError
 from prelabel.prediction.llm_client import LLMClient
 from prelabel.prediction.predictor import Predictor, ProjectContext
 from prelabel.prediction.prompt import Example
-from prelabel.quality.calibration import ece
+from prelabel.quality.calibration_fit import ece
 from prelabel.settings import Settings
 from prelabel.train.evaluate import Item
 from prelabel.train.report import plot_confusion, task_metrics
@@ -181,7 +181,7 @@ def _invalid(prediction: dict[str, Any]) -> bool:
 
 
 def expected_calibration_error(confidences: list[float], correct: list[bool], bins: int = ECE_BINS) -> float | None:
-    """ECE over equal-width bins (``quality.calibration.ece``); None without any answer."""
+    """ECE over equal-width bins (``quality.calibration_fit.ece``); None without any answer."""
     if not confidences:
         return None
     return ece(np.clip(np.asarray(confidences, dtype=float), 0.0, 1.0), np.asarray(correct, dtype=float), bins)

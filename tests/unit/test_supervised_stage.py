@@ -230,7 +230,7 @@ def test_ranking_uses_the_stage_model_when_given():
     ranking = rank(signals, ["x", "y"], model=lambda texts: fixed[: len(texts)])
     everything_labeled = [TaskSignals(id=0, text="a", human="x")]  # no task left to rank: no model call
     assert rank(everything_labeled, ["x", "y"], model=lambda texts: 1 / 0).priority.tolist() == [0.0]
-    assert ranking.source[1:] == ["refresh_model", "refresh_model"]
+    assert ranking.source[1:] == ["fallback_classifier", "fallback_classifier"]
     assert ranking.uncertainty[1] == pytest.approx(0.2) and ranking.uncertainty[2] == pytest.approx(1.0)
 
 
