@@ -35,7 +35,6 @@ from prelabel.contract import (
 )
 from prelabel.errors import PrelabelError
 from prelabel.jobs import events as ev
-from prelabel.jobs import outcomes
 from prelabel.jobs.events import Event
 from prelabel.jobs.projects import ProjectRecord, load_project
 from prelabel.jobs.queue import connection, enqueue_once, stored_config, train_queue
@@ -43,11 +42,11 @@ from prelabel.jobs.review import Review, proposed_answer, review_one
 from prelabel.jobs.training import enqueue_flywheel, note_verified_labels
 from prelabel.label_config import guideline_store
 from prelabel.label_config.schema import TaskDataError
+from prelabel.prediction import outcomes
 from prelabel.prediction.confidence import FALLBACK_SCORE
-from prelabel.prediction.fewshot_store import ProjectPools
 from prelabel.prediction.llm_client import LLMClient
-from prelabel.prediction.model_router import ModelRouter
-from prelabel.prediction.predictor import ContextBuilder, ProjectContext, open_predictor
+from prelabel.prediction.predictor import ContextBuilder, ProjectContext
+from prelabel.prediction.service import PreannotationService, choose_guideline
 from prelabel.settings import Settings, get_settings, reviewer_settings
 from prelabel.studio.access import connect
 from prelabel.studio.client import ProjectClient, human_touched
@@ -78,8 +77,7 @@ class ProjectJob:
         conn = connection(settings)
         record = load_project(conn, project_id)
         active = guideline_store.active_guideline(guideline_store.active(conn, project_id))
-        if active is not None:  # `prelabel prompts use` wins over the backend's extra params
-            record = dataclasses.replace(record, guideline=active)
+        record = dataclasses.replace(record, guideline=choose_guideline(None, active, record.guideline))
         sdk = connect(settings, record.hostname, record.access_token)  # AccessRefused: the job fails, said why
         return cls(settings, conn, project_id, record, ProjectClient(sdk, project_id, conn))
 
@@ -120,14 +118,11 @@ async def _preannotate(job: ProjectJob, task_ids: list[int], label_config: str |
     counts: dict[str, int] = {}
     labeled: set[int] = set()
     results: dict[int, outcomes.Outcome] = {}
-    async with open_predictor(job.settings) as default:
-        router = ModelRouter(default)
-        predictor = await router.for_project(str(job.project_id))
+    async with PreannotationService.open(job.settings, conn=job.conn) as service:
         if not label_config:
             label_config = await asyncio.to_thread(job.ls.label_config)
-        ctx = predictor.context(label_config, job.record.guideline)
-        pool = await ProjectPools().pool(predictor.cache.client if predictor.cache else None, job.project_id, ctx)
-        family = predictor.model_version(ctx)
+        batch = await service.prepare(str(job.project_id), label_config, job.record.guideline)
+        family = batch.model_version
         step = max(1, job.settings.llm_concurrency * 2)
         for start in range(0, len(task_ids), step):
             chunk = task_ids[start:start + step]
@@ -136,7 +131,7 @@ async def _preannotate(job: ProjectJob, task_ids: list[int], label_config: str |
             todo = [task for task in tasks if task["id"] not in people and not _done(task, family)]
             counts["already_done"] = counts.get("already_done", 0) + len(tasks) - len(people) - len(todo)
             labeled |= people
-            predictions = await predictor.predict(todo, ctx, pool)
+            predictions = await service.predict(batch, todo, record=False)
             # a person may have labeled a task while the LLM answered (an outage can last minutes):
             # look again just before writing, and leave those tasks alone
             again = await asyncio.to_thread(list, job.ls.tasks([task["id"] for task in todo]))
@@ -152,7 +147,6 @@ async def _preannotate(job: ProjectJob, task_ids: list[int], label_config: str |
                 status = str(outcome.status)  # the plain value: counts are logged and stored as job results
                 counts[status] = counts.get(status, 0) + 1
                 results[task["id"]] = outcome
-        await router.aclose()
     if labeled:
         counts[LABELED_BY_A_PERSON] = len(labeled)
     log.info("project %s: %d task(s): %s%s%s", job.project_id, len(task_ids),

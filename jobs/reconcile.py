@@ -39,9 +39,10 @@ from prelabel.contract import (
     scanned_key,
     status_of,
 )
-from prelabel.jobs import handoff, outcomes
+from prelabel.jobs import handoff
 from prelabel.jobs.queue import PENDING, connection, enqueue
 from prelabel.jobs.worker_stats import RECONCILE_ROUNDS
+from prelabel.prediction import outcomes
 from prelabel.ranking.project import PRIORITY_FIELD
 from prelabel.settings import Settings
 from prelabel.studio.client import human_touched

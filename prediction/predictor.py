@@ -21,7 +21,7 @@ from typing import Any, TypeVar, cast
 
 from redis.exceptions import RedisError
 
-from prelabel.contract import REGION_PROVENANCE, ModelVersion, TaskStatus, stamp_of, with_status
+from prelabel.contract import REGION_PROVENANCE, ModelVersion, Prediction, TaskStatus, stamp_of, with_status
 from prelabel.label_config.answers import (
     CheckedAnswer,
     RegionLimits,
@@ -283,7 +283,7 @@ class Predictor:
     # --- prediction ----------------------------------------------------------------------
     async def predict(
         self, tasks: list[dict[str, Any]], context: ProjectContext, pool: FewShotPool | None = None
-    ) -> list[dict[str, Any]]:
+    ) -> list[Prediction]:
         """Predictions for ``tasks`` in order; tasks run concurrently (bounded by the LLM client).
 
         ``pool`` replaces the context's few-shot pool (a project's own, with its human labels).
@@ -293,7 +293,7 @@ class Predictor:
 
     async def predict_until(
         self, tasks: list[Any], context: ProjectContext, pool: FewShotPool | None, deadline: float
-    ) -> list[dict[str, Any] | None]:
+    ) -> list[Prediction | None]:
         """Like ``predict``, but stops at ``deadline`` (event-loop time): tasks not finished by
         then are cancelled (their LLM calls too) and come back as ``None``."""
         await self._store_version(context)
@@ -314,7 +314,7 @@ class Predictor:
 
     async def _predict_isolated(
         self, task: Any, ctx: ProjectContext, pool: FewShotPool | None
-    ) -> dict[str, Any]:
+    ) -> Prediction:
         """``predict_task``, but an unexpected failure costs this task only, never the batch."""
         started = time.perf_counter()
         try:
@@ -329,7 +329,7 @@ class Predictor:
 
     async def predict_task(
         self, task: dict[str, Any], ctx: ProjectContext, pool: FewShotPool | None = None
-    ) -> dict[str, Any]:
+    ) -> Prediction:
         started = time.perf_counter()
         try:
             texts = ctx.schema.object_texts(task.get("data") if isinstance(task, dict) else None)
@@ -361,7 +361,7 @@ class Predictor:
             if cached is not None:
                 cached["meta"]["provenance"].update(cached=True, time=_now(), latency_ms=_ms(started))
                 for region in cached["result"]:
-                    region["prelabel"].update(cached=True, time=cached["meta"]["provenance"]["time"])
+                    region["prelabel"].update({"cached": True, "time": cached["meta"]["provenance"]["time"]})
                 metrics.TASKS.labels(cached["meta"]["status"], "hit").inc()
                 return cached
 
@@ -464,12 +464,12 @@ class Predictor:
         return _Attempt(completion, checked, confidences, label_probs, span_scores)
 
     # --- output --------------------------------------------------------------------------
-    def _no_prediction(self, ctx: ProjectContext, reason: str, message: str, started: float) -> dict[str, Any]:
+    def _no_prediction(self, ctx: ProjectContext, reason: str, message: str, started: float) -> Prediction:
         metrics.NEEDS_HUMAN.labels(reason).inc()
         metrics.TASKS.labels(TaskStatus.NEEDS_HUMAN, "none").inc()
         return self._prediction(ctx, [], 0.0, TaskStatus.NEEDS_HUMAN, {"task": f"{reason}: {message}"}, started)
 
-    def timed_out(self, ctx: ProjectContext, reason: str, message: str, started: float) -> dict[str, Any]:
+    def timed_out(self, ctx: ProjectContext, reason: str, message: str, started: float) -> Prediction:
         """The error answer of a task whose caller stopped waiting (counted as ``reason``)."""
         metrics.TASKS.labels(TaskStatus.ERROR, "miss").inc()
         metrics.NEEDS_HUMAN.labels(reason).inc()
@@ -479,7 +479,7 @@ class Predictor:
     def _prediction(
         self, ctx: ProjectContext, regions: list[dict[str, Any]], score: float, status: str,
         errors: dict[str, str], started: float, provenance: dict[str, Any] | None = None,
-    ) -> dict[str, Any]:
+    ) -> Prediction:
         """A Label Studio prediction.
 
         Label Studio stores only ``result``, ``score`` and ``model_version`` of a prediction
@@ -500,8 +500,9 @@ class Predictor:
             **(provenance or {}),
         }
         stamp = {key: record.get(key) for key in REGION_PROVENANCE} | {"status": status}
+        result: list[Any] = [{**region, "prelabel": {**stamp_of(region), **stamp}} for region in regions]
         return {
-            "result": [{**region, "prelabel": {**stamp_of(region), **stamp}} for region in regions],
+            "result": result,
             "score": round(score, 6),
             "model_version": with_status(self.model_version(ctx), status),
             "meta": {

@@ -7,7 +7,8 @@ back), ``answer_within_deadline`` predicts until ``PRELABEL_PREDICT_TIMEOUT -
 PRELABEL_PREDICT_MARGIN`` seconds after the request arrived, then answers: the finished
 predictions, and for every other task an empty list (Label Studio accepts a *list* of
 predictions per task; an empty one stores nothing and is not an error). Those tasks are handed
-to the worker (``jobs.handoff``), which writes their predictions through the SDK.
+to the worker through a ``HandOff`` (``jobs.handoff`` in the backend: given by the caller, so
+prediction never imports the job queue), which writes their predictions through the SDK.
 """
 
 from __future__ import annotations
@@ -15,14 +16,13 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import redis
-from starlette.concurrency import run_in_threadpool
 
-from prelabel.jobs import handoff
+from prelabel.contract import Prediction
+from prelabel.contract import Predictor as PredictorProtocol
 from prelabel.prediction import metrics
-from prelabel.prediction.cascade import ProjectPredictor
 from prelabel.prediction.fewshot import FewShotPool
 from prelabel.prediction.predictor import ProjectContext
 from prelabel.settings import Settings
@@ -30,8 +30,19 @@ from prelabel.settings import Settings
 log = logging.getLogger(__name__)
 
 
+class HandOff(Protocol):
+    """Who predicts the tasks ``/predict`` had no time for (the worker, ``jobs.handoff``)."""
+
+    def pending(self, conn: redis.Redis, project_id: str, task_ids: list[int]) -> set[int]: ...
+
+    def hand_off(self, conn: redis.Redis, settings: Settings, project_id: str, task_ids: list[int],
+                 label_config: str | None) -> list[int]: ...
+
+
 @dataclass
-class Answer:
+class PredictReply:
+    """What ``/predict`` answers (not a label answer: see ``label_config.answers`` for those)."""
+
     results: list[Any]  # one item per task: a prediction, or [] (handed off / already pending)
     pending: list[int] = field(default_factory=list)  # task ids the worker will write
 
@@ -48,18 +59,18 @@ def task_ids(tasks: list[Any]) -> list[int] | None:
 
 
 async def answer_within_deadline(
-    predictor: ProjectPredictor, tasks: list[Any], context: ProjectContext, pool: FewShotPool | None, *,
-    conn: redis.Redis, settings: Settings, project_id: str, label_config: str | None, arrived: float,
-) -> Answer | None:
+    predictor: PredictorProtocol, tasks: list[Any], context: ProjectContext, pool: FewShotPool | None, *,
+    handoff: HandOff, conn: redis.Redis, settings: Settings, project_id: str, label_config: str | None,
+    deadline: float,
+) -> PredictReply | None:
     """Predict until the deadline, hand the rest off; None when the tasks carry no ids to hand off."""
     ids = task_ids(tasks)
     if ids is None:
         return None
-    already = await run_in_threadpool(handoff.pending, conn, project_id, ids)
+    already = await asyncio.to_thread(handoff.pending, conn, project_id, ids)
     todo = [(i, task) for i, (tid, task) in enumerate(zip(ids, tasks)) if tid not in already]
-    deadline = arrived + settings.predict_timeout - settings.predict_margin
     predictions = await predictor.predict_until([task for _, task in todo], context, pool, deadline)
-    results: list[Any] = [[] for _ in tasks]
+    results: list[Prediction | list[Any]] = [[] for _ in tasks]
     late: list[int] = []
     for (index, _), prediction in zip(todo, predictions):
         if prediction is None:
@@ -67,11 +78,11 @@ async def answer_within_deadline(
         else:
             results[index] = prediction
     if late:
-        queued = await run_in_threadpool(handoff.hand_off, conn, settings, project_id, late, label_config)
+        queued = await asyncio.to_thread(handoff.hand_off, conn, settings, project_id, late, label_config)
         metrics.PREDICT_HANDOFF.inc(len(queued))
         log.info("/predict for project %s: %d of %d tasks answered in time, %d handed to the worker",
                  project_id, len(todo) - len(late), len(tasks), len(late))
-    return Answer(results, sorted(set(late) | already))
+    return PredictReply(results, sorted(set(late) | already))
 
 
 def loop_time() -> float:
