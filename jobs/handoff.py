@@ -25,6 +25,8 @@ import redis
 
 from prelabel.contract import handoff_key
 from prelabel.jobs.events import event_key
+from prelabel.jobs.preannotation import preannotate
+from prelabel.jobs.project_job import ProjectJob
 from prelabel.jobs.queue import enqueue
 from prelabel.settings import Settings
 
@@ -61,8 +63,6 @@ def hand_off(conn: redis.Redis, settings: Settings, project_id: str, task_ids: l
 
 def predict_handed_off(project_id: int, task_ids: list[int], label_config: str | None) -> dict[str, Any]:
     """The worker's job: predict the tasks and write each prediction into Label Studio (upsert)."""
-    from prelabel.jobs.handlers import ProjectJob, preannotate
-
     job = ProjectJob.open(project_id)
     counts = preannotate(job, task_ids, label_config)  # and their review and ranking, as for an import
     _expire(job.conn, project_id, task_ids)  # a failed run keeps them marked while RQ retries it

@@ -40,7 +40,11 @@ from prelabel.contract import (
     status_of,
 )
 from prelabel.jobs import handoff
+from prelabel.jobs.preannotation import LABELED_BY_A_PERSON, preannotate
+from prelabel.jobs.project_job import ProjectJob
 from prelabel.jobs.queue import PENDING, connection, enqueue
+from prelabel.jobs.refresh import queue_refresh
+from prelabel.jobs.review import queue_review
 from prelabel.jobs.worker_stats import RECONCILE_ROUNDS
 from prelabel.prediction import outcomes
 from prelabel.ranking.project import PRIORITY_FIELD
@@ -81,8 +85,6 @@ def _age(task: dict[str, Any], now: datetime | None) -> timedelta:
 
 def reconcile_project(project_id: int, scan: bool | None = None) -> dict[str, Any]:
     """Pre-annotate this project's tasks that an LLM error or a lost event left without a label."""
-    from prelabel.jobs.handlers import LABELED_BY_A_PERSON, ProjectJob, preannotate
-
     job = ProjectJob.open(project_id)
     scan_key = scanned_key(project_id)
     if scan is None:  # a full scan once per scan interval, whichever worker gets there first
@@ -136,8 +138,6 @@ def needs_ranking(task: dict[str, Any]) -> bool:
 
 def _queue_missing_aftercare(job: Any, found: dict[int, dict[str, Any]]) -> dict[str, int]:
     """Queue the review of pre-annotated tasks never reviewed, and a ranking when some task has none."""
-    from prelabel.jobs.handlers import queue_refresh, queue_review
-
     review = sorted(tid for tid, task in found.items() if needs_review(task))
     rank = sum(needs_ranking(task) for task in found.values())
     if review:

@@ -34,8 +34,9 @@ from prelabel import __version__
 from prelabel.contract import WEBHOOK_HEADER, ProjectRecord, project_key
 from prelabel.jobs import handoff
 from prelabel.jobs.aftercare import queue_aftercare
+from prelabel.jobs.dispatch import enqueue_event
 from prelabel.jobs.events import parse_event
-from prelabel.jobs.queue import connection, enqueue_event
+from prelabel.jobs.queue import connection
 from prelabel.jobs.status import QUEUE_COLLECTOR
 from prelabel.jobs.worker_stats import WORKER_COUNTERS
 from prelabel.label_config.guideline import guideline_ref
