@@ -9,7 +9,8 @@ Nothing is lost or duplicated:
 
 * each handed-off task gets a marker ``prelabel:handoff:<project>:<task>`` (SET NX): a task
   already handed off is not handed off again, and a later ``/predict`` (the user clicks
-  *Retrieve Predictions* again) answers ``[]`` for it instead of predicting it a second time;
+  *Retrieve Predictions* again) answers ``[]`` for it instead of predicting it a second time
+  (``prediction.deadline.pending`` reads the markers);
 * the job skips tasks that already have a prediction of this model and prompt, and writes with
   ``ProjectClient.upsert_prediction`` (one prediction per model family, whatever runs twice);
 * when the job is done the markers expire after ``DONE_TTL`` seconds (long enough for a
@@ -33,14 +34,6 @@ from prelabel.settings import Settings
 log = logging.getLogger(__name__)
 
 DONE_TTL = 120
-
-
-def pending(conn: redis.Redis, project_id: str, task_ids: list[int]) -> set[int]:
-    """The tasks among ``task_ids`` already handed to the worker (not finished, or just finished)."""
-    if not task_ids:
-        return set()
-    values = conn.mget([handoff_key(project_id, tid) for tid in task_ids])
-    return {tid for tid, value in zip(task_ids, values) if value is not None}
 
 
 def hand_off(conn: redis.Redis, settings: Settings, project_id: str, task_ids: list[int],

@@ -39,7 +39,6 @@ from prelabel.contract import (
     scanned_key,
     status_of,
 )
-from prelabel.jobs import handoff
 from prelabel.jobs.preannotation import LABELED_BY_A_PERSON, preannotate
 from prelabel.jobs.project_job import ProjectJob
 from prelabel.jobs.queue import PENDING, connection, enqueue
@@ -47,6 +46,7 @@ from prelabel.jobs.refresh import queue_refresh
 from prelabel.jobs.review import queue_review
 from prelabel.jobs.worker_stats import RECONCILE_ROUNDS
 from prelabel.prediction import outcomes
+from prelabel.prediction.deadline import pending
 from prelabel.ranking.project import PRIORITY_FIELD
 from prelabel.settings import Settings
 from prelabel.studio.client import human_touched
@@ -97,7 +97,7 @@ def reconcile_project(project_id: int, scan: bool | None = None) -> dict[str, An
         job.conn.srem(errored_key(project_id), *(errored - set(found)))
     aftercare = _queue_missing_aftercare(job, found) if scan else {}
     candidates = {task_id for task_id, task in found.items() if needs_preannotation(task)}
-    candidates -= handoff.pending(job.conn, str(project_id), sorted(candidates))  # the worker has them already
+    candidates -= pending(job.conn, str(project_id), sorted(candidates))  # the worker has them already
     if not candidates:
         RECONCILE_ROUNDS.labels("aftercare" if any(aftercare.values()) else "nothing").inc()
         return {"candidates": 0, **aftercare}

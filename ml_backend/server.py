@@ -31,7 +31,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from prelabel import __version__
-from prelabel.contract import WEBHOOK_HEADER, ProjectRecord, project_key
+from prelabel.contract import WEBHOOK_HEADER, ProjectRecord
 from prelabel.jobs import handoff
 from prelabel.jobs.aftercare import queue_aftercare
 from prelabel.jobs.dispatch import enqueue_event
@@ -40,27 +40,9 @@ from prelabel.jobs.queue import connection
 from prelabel.jobs.status import QUEUE_COLLECTOR
 from prelabel.jobs.worker_stats import WORKER_COUNTERS
 from prelabel.label_config.guideline import guideline_ref
-from prelabel.lru import LRU
-from prelabel.ml_backend.auth import (
-    BasicAuthMiddleware,
-    SingleAuthHeaders,
-    webhook_auth_configured,
-    webhook_caller_ok,
-)
+from prelabel.ml_backend import auth, protocol
 from prelabel.ml_backend.limits import check_config, check_guideline, check_webhook
-from prelabel.ml_backend.protocol import (
-    REJECTED,
-    PredictRequest,
-    RequestError,
-    SetupRequest,
-    error,
-    extra_params,
-    http_error,
-    project_id,
-    read_json,
-    redis_unavailable,
-    rejected,
-)
+from prelabel.ml_backend.projects import ProjectStore
 from prelabel.ml_backend.wiring import WebhookWirer
 from prelabel.prediction import metrics
 from prelabel.prediction.deadline import loop_time
@@ -82,9 +64,7 @@ class Backend:
     def __init__(self, settings: Settings, predictor: Predictor | None = None) -> None:
         self.settings = settings
         self._given = predictor  # a caller's predictor (in-process tests): used, not closed, by the server
-        # Bounded: project ids come from requests. An evicted project is read back from Redis.
-        self.projects: LRU[str, ProjectRecord] = LRU(settings.project_cache_size, settings.project_cache_bytes,
-                                                     ProjectRecord.size)
+        self.projects = ProjectStore(settings)
         self.service: PreannotationService | None = None
         self.jobs_conn: redis.Redis | None = None
         self.wirer = WebhookWirer(settings)
@@ -93,8 +73,7 @@ class Backend:
     @asynccontextmanager
     async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
         self.jobs_conn = conn = connection(self.settings)
-        async with PreannotationService.open(self.settings, conn=conn, handoff=handoff,
-                                             predictor=self._given) as service:
+        async with PreannotationService.open(self.settings, conn=conn, predictor=self._given) as service:
             self.service = service
             QUEUE_COLLECTOR.conn = SHARED_COUNTERS.conn = WORKER_COUNTERS.conn = STAGE_COLLECTOR.conn = conn
             webhook_wiring.WIRING_COLLECTOR.conn = conn
@@ -104,7 +83,7 @@ class Backend:
             gc.freeze()
             log.info("prelabel backend ready: model=%s endpoints=%d",
                      service.default.llm.model, len(self.settings.llm_base_urls))
-            if not webhook_auth_configured(self.settings):
+            if not auth.webhook_auth_configured(self.settings):
                 log.warning("webhooks are refused until PRELABEL_WEBHOOK_SECRET (or basic auth) is set")
             try:
                 yield
@@ -124,9 +103,10 @@ class Backend:
         )
 
     async def setup(self, request: Request) -> Response:
-        body = SetupRequest.model_validate(await read_json(request, self.settings.max_request_bytes))
-        pid = project_id(body.project)
-        guideline = guideline_ref(extra_params(body.extra_params).get("guideline"))
+        raw = await protocol.read_json(request, self.settings.max_request_bytes)
+        body = protocol.SetupRequest.model_validate(raw)
+        pid = protocol.project_id(body.project)
+        guideline = guideline_ref(protocol.extra_params(body.extra_params).get("guideline"))
         check_guideline(guideline, self.settings)
         assert self.service is not None
         predictor = await self.service.cascade(pid)
@@ -138,8 +118,7 @@ class Backend:
         if pid is not None:
             token = body.access_token.get_secret_value() if body.access_token else None
             record = ProjectRecord(guideline, body.hostname, token, body.schema_)
-            self.projects.put(pid, record)
-            await self._remember_project(pid, record)
+            await self.projects.remember(self.service.redis, pid, record)
             self._ensure_wired(pid, record)
             wants_examples = context is not None and self.settings.fewshot_k > 0
             if wants_examples or body.hostname:  # a refused hostname is counted and logged now, fetch or not
@@ -152,29 +131,6 @@ class Backend:
                         self._background(self.service.load_human_examples(pid, context, access))
         version = predictor.model_version(context) if context else predictor.llm.model
         return JSONResponse({"model_version": version})
-
-    async def _remember_project(self, pid: str, record: ProjectRecord) -> None:
-        """Share what /setup said with the worker (which runs this project's background jobs)."""
-        assert self.service is not None and self.service.redis is not None
-        try:
-            await self.service.redis.set(project_key(pid), record.encode(), ex=self.settings.project_ttl or None)
-        except RedisError as exc:  # /setup must still answer: interactive predictions work without it
-            log.error("project %s: could not store its settings for the worker: %s", pid, exc)
-
-    async def _project(self, pid: str | None) -> ProjectRecord | None:
-        """What /setup said about ``pid``: from memory, else (evicted, restarted) from Redis."""
-        if pid is None:
-            return None
-        record = self.projects.get(pid)
-        if record is None and self.service is not None and self.service.redis is not None:
-            try:
-                raw = await self.service.redis.get(project_key(pid))
-            except RedisError:
-                return None
-            if raw:
-                record = ProjectRecord.decode(raw)
-                self.projects.put(pid, record)
-        return record
 
     def _ensure_wired(self, pid: str, record: ProjectRecord) -> None:
         """The project's webhook wired in the background (``wiring.WebhookWirer``)."""
@@ -189,10 +145,10 @@ class Backend:
     async def project_info(self, request: Request) -> Response:
         """What the backend knows about a project (no secrets): for operators and tests."""
         try:
-            pid = project_id(request.path_params["pid"])
-        except RequestError:
+            pid = protocol.project_id(request.path_params["pid"])
+        except protocol.RequestError:
             pid = None
-        record = self.projects.get(pid) if pid else None
+        record = self.projects.memory.get(pid) if pid else None
         if pid is None or record is None:
             return JSONResponse({"error": "unknown project", "reason": "unknown_project"}, status_code=404)
         examples = await run_in_threadpool(pool_size, self.jobs_conn, pid)
@@ -201,19 +157,22 @@ class Backend:
     async def predict(self, request: Request) -> Response:
         started = time.perf_counter()
         arrived = loop_time()
-        body = PredictRequest.model_validate(await read_json(request, self.settings.max_request_bytes))
-        if len(body.tasks) > self.settings.max_tasks_per_request:
-            raise RequestError(413, "too_many_tasks",
-                               f"{len(body.tasks)} tasks > max_tasks_per_request={self.settings.max_tasks_per_request}")
-        pid = project_id(body.project)
-        record = await self._project(pid)
+        raw = await protocol.read_json(request, self.settings.max_request_bytes)
+        body = protocol.PredictRequest.model_validate(raw)
+        most = self.settings.max_tasks_per_request
+        if len(body.tasks) > most:
+            raise protocol.RequestError(413, "too_many_tasks",
+                                        f"{len(body.tasks)} tasks > max_tasks_per_request={most}")
+        pid = protocol.project_id(body.project)
+        assert self.service is not None
+        record = await self.projects.get(self.service.redis, pid)
         if pid is not None and record is not None:  # a backend restarted since /setup wires on its first request
             self._ensure_wired(pid, record)
         config = body.label_config or (record.label_config if record else None)
         if not config:
-            raise RequestError(422, "no_label_config", "no label_config in the request and no /setup for this project")
+            raise protocol.RequestError(422, "no_label_config",
+                                        "no label_config in the request and no /setup for this project")
         params = body.params or {}
-        assert self.service is not None
         guideline = await self.service.guideline(pid, requested=guideline_ref(params.get("guideline")),
                                                  configured=guideline_ref(record.guideline if record else None))
         check_guideline(guideline, self.settings)
@@ -226,14 +185,24 @@ class Backend:
                                                                         self._interactive_budget(arrived))
         elif record is not None:  # a Label Studio project: mind its deadline, review and rank what it stores
             deadline = arrived + self.settings.predict_timeout - self.settings.predict_margin
-            reply = await self.service.predict_until(batch, body.tasks, deadline, config)
+            reply = await self.service.predict_until(batch, body.tasks, deadline)
             results, pending = reply.results, reply.pending
+            if reply.late and pid is not None:
+                await self._hand_off(pid, reply.late, config, len(body.tasks))
             self._background(self._queue_aftercare(pid, body.tasks, results))
         else:
             results = await self.service.predict(batch, body.tasks)
         metrics.PREDICT_LATENCY.observe(time.perf_counter() - started)
         return Response(orjson.dumps({"results": results, "model_version": batch.model_version, "pending": pending}),
                         media_type="application/json")
+
+    async def _hand_off(self, pid: str, late: list[int], config: str, total: int) -> None:
+        """The tasks ``/predict`` had no time for, to the worker (which writes their predictions)."""
+        assert self.jobs_conn is not None  # set by the lifespan before the first request
+        queued = await run_in_threadpool(handoff.hand_off, self.jobs_conn, self.settings, pid, late, config)
+        metrics.PREDICT_HANDOFF.inc(len(queued))
+        log.info("/predict for project %s: %d of %d tasks not answered in time, handed to the worker",
+                 pid, len(late), total)
 
     async def _queue_aftercare(self, pid: str | None, tasks: list[Any], results: list[Any]) -> None:
         """Review and ranking of what ``/predict`` answered, queued after the answer went out."""
@@ -253,16 +222,16 @@ class Backend:
 
     async def webhook(self, request: Request) -> Response:
         """Authenticate, validate, queue, answer: Label Studio waits 1 s and never retries."""
-        if not webhook_caller_ok(self.settings, dict(request.scope["headers"])):
-            if not webhook_auth_configured(self.settings):
-                return error("webhook", RequestError(
+        if not auth.webhook_caller_ok(self.settings, dict(request.scope["headers"])):
+            if not auth.webhook_auth_configured(self.settings):
+                return protocol.error("webhook", protocol.RequestError(
                     401, "webhook_auth_not_configured", "set PRELABEL_WEBHOOK_SECRET to accept webhooks"))
-            response = error("webhook", RequestError(
+            response = protocol.error("webhook", protocol.RequestError(
                 401, "unauthorized", f"webhook caller not authenticated ({WEBHOOK_HEADER} or basic auth)"))
             if self.settings.basic_auth_user:
                 response.headers["WWW-Authenticate"] = 'Basic realm="prelabel"'
             return response
-        body = await read_json(request, self.settings.max_request_bytes)
+        body = await protocol.read_json(request, self.settings.max_request_bytes)
         check_webhook(body, self.settings)
         event = parse_event(body)
         if event is None:
@@ -303,9 +272,9 @@ def create_app(settings: Settings | None = None, predictor: Predictor | None = N
     tests run the whole app in-process (``TestClient(create_app(settings, predictor=...))``)."""
     settings = settings or get_settings()
     backend = Backend(settings, predictor)
-    middleware = [Middleware(SingleAuthHeaders)]
+    middleware = [Middleware(auth.SingleAuthHeaders)]
     if settings.basic_auth_user and settings.basic_auth_password:
-        middleware.append(Middleware(BasicAuthMiddleware, user=settings.basic_auth_user,
+        middleware.append(Middleware(auth.BasicAuthMiddleware, user=settings.basic_auth_user,
                                      password=settings.basic_auth_password.get_secret_value()))
     app = Starlette(
         routes=[
@@ -320,8 +289,8 @@ def create_app(settings: Settings | None = None, predictor: Predictor | None = N
         ],
         middleware=middleware,
         lifespan=backend.lifespan,
-        exception_handlers={HTTPException: http_error, RedisError: redis_unavailable,
-                            **dict.fromkeys(REJECTED, rejected)},
+        exception_handlers={HTTPException: protocol.http_error, RedisError: protocol.redis_unavailable,
+                            **dict.fromkeys(protocol.REJECTED, protocol.rejected)},
     )
     app.state.backend = backend
     return app

@@ -7,36 +7,31 @@ back), ``answer_within_deadline`` predicts until ``PRELABEL_PREDICT_TIMEOUT -
 PRELABEL_PREDICT_MARGIN`` seconds after the request arrived, then answers: the finished
 predictions, and for every other task an empty list (Label Studio accepts a *list* of
 predictions per task; an empty one stores nothing and is not an error). Those tasks are handed
-to the worker through a ``HandOff`` (``jobs.handoff`` in the backend: given by the caller, so
-prediction never imports the job queue), which writes their predictions through the SDK.
+to the worker by the caller (the backend: ``jobs.handoff``; prediction never calls the job
+queue), which writes their predictions through the SDK. The hand-off markers are read here:
+a task handed off before is answered ``[]`` again, not predicted twice.
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 import redis
 
-from prelabel.contract import Prediction
+from prelabel.contract import Prediction, handoff_key
 from prelabel.contract import Predictor as PredictorProtocol
-from prelabel.prediction import metrics
 from prelabel.prediction.fewshot import FewShotPool
 from prelabel.prediction.predictor import ProjectContext
-from prelabel.settings import Settings
-
-log = logging.getLogger(__name__)
 
 
-class HandOff(Protocol):
-    """Who predicts the tasks ``/predict`` had no time for (the worker, ``jobs.handoff``)."""
-
-    def pending(self, conn: redis.Redis, project_id: str, task_ids: list[int]) -> set[int]: ...
-
-    def hand_off(self, conn: redis.Redis, settings: Settings, project_id: str, task_ids: list[int],
-                 label_config: str | None) -> list[int]: ...
+def pending(conn: redis.Redis, project_id: str, task_ids: list[int]) -> set[int]:
+    """The tasks among ``task_ids`` already handed to the worker (not finished, or just finished)."""
+    if not task_ids:
+        return set()
+    values = conn.mget([handoff_key(project_id, tid) for tid in task_ids])
+    return {tid for tid, value in zip(task_ids, values) if value is not None}
 
 
 @dataclass
@@ -45,6 +40,7 @@ class PredictReply:
 
     results: list[Any]  # one item per task: a prediction, or [] (handed off / already pending)
     pending: list[int] = field(default_factory=list)  # task ids the worker will write
+    late: list[int] = field(default_factory=list)  # of those, the ones to hand to the worker now
 
 
 def task_ids(tasks: list[Any]) -> list[int] | None:
@@ -60,14 +56,14 @@ def task_ids(tasks: list[Any]) -> list[int] | None:
 
 async def answer_within_deadline(
     predictor: PredictorProtocol, tasks: list[Any], context: ProjectContext, pool: FewShotPool | None, *,
-    handoff: HandOff, conn: redis.Redis, settings: Settings, project_id: str, label_config: str | None,
-    deadline: float,
+    conn: redis.Redis, project_id: str, deadline: float,
 ) -> PredictReply | None:
-    """Predict until the deadline, hand the rest off; None when the tasks carry no ids to hand off."""
+    """Predict until the deadline; the rest is ``late`` (the caller hands it off); None when the
+    tasks carry no ids to hand off."""
     ids = task_ids(tasks)
     if ids is None:
         return None
-    already = await asyncio.to_thread(handoff.pending, conn, project_id, ids)
+    already = await asyncio.to_thread(pending, conn, project_id, ids)
     todo = [(i, task) for i, (tid, task) in enumerate(zip(ids, tasks)) if tid not in already]
     predictions = await predictor.predict_until([task for _, task in todo], context, pool, deadline)
     results: list[Prediction | list[Any]] = [[] for _ in tasks]
@@ -77,12 +73,7 @@ async def answer_within_deadline(
             late.append(ids[index])
         else:
             results[index] = prediction
-    if late:
-        queued = await asyncio.to_thread(handoff.hand_off, conn, settings, project_id, late, label_config)
-        metrics.PREDICT_HANDOFF.inc(len(queued))
-        log.info("/predict for project %s: %d of %d tasks answered in time, %d handed to the worker",
-                 project_id, len(todo) - len(late), len(tasks), len(late))
-    return PredictReply(results, sorted(set(late) | already))
+    return PredictReply(results, sorted(set(late) | already), late)
 
 
 def loop_time() -> float:

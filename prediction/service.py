@@ -10,7 +10,8 @@ and ``prelabel prompts eval`` all go through it, so they cannot drift apart. It 
 * the project's context (built on a thread within ``config_build_budget``) and its shared
   few-shot pool (human labels, from Redis);
 * the three ways to predict: ``predict`` (all tasks), ``predict_until`` (Label Studio's deadline:
-  the rest handed to the worker) and ``predict_interactive`` (the labeling screen's suggestions);
+  the rest returned ``late``, for the backend to hand to the worker) and ``predict_interactive``
+  (the labeling screen's suggestions);
 * recording each task's outcome (``outcomes``), except for interactive suggestions, which Label
   Studio does not store.
 """
@@ -33,7 +34,7 @@ from prelabel.label_config import guideline_store
 from prelabel.label_config.guideline import GuidelineError
 from prelabel.label_config.schema import ConfigError
 from prelabel.prediction.cascade import CalibratedCascade
-from prelabel.prediction.deadline import HandOff, PredictReply, answer_within_deadline
+from prelabel.prediction.deadline import PredictReply, answer_within_deadline
 from prelabel.prediction.fewshot import FewShotPool
 from prelabel.prediction.fewshot_store import ProjectPools, add_example
 from prelabel.prediction.interactive import predict_interactive
@@ -78,12 +79,10 @@ class Batch:
 class PreannotationService:
     """Routes, builds the context and pool, predicts and records for any caller."""
 
-    def __init__(self, settings: Settings, default: Predictor, *, conn: redis.Redis | None = None,
-                 handoff: HandOff | None = None) -> None:
+    def __init__(self, settings: Settings, default: Predictor, *, conn: redis.Redis | None = None) -> None:
         self.settings = settings
         self.default = default
-        self.conn = conn  # sync Redis: outcomes and hand-offs (None: nothing recorded, nothing handed off)
-        self.handoff = handoff
+        self.conn = conn  # sync Redis: outcomes and hand-off markers (None: nothing recorded, no deadline)
         self.router = ModelRouter(default)
         self.pools = ProjectPools()  # human-labeled few-shot examples, shared with the workers via Redis
         # Configs are parsed on their own threads: never queued behind slow Label Studio calls.
@@ -92,12 +91,12 @@ class PreannotationService:
 
     @classmethod
     @asynccontextmanager
-    async def open(cls, settings: Settings, *, conn: redis.Redis | None = None, handoff: HandOff | None = None,
+    async def open(cls, settings: Settings, *, conn: redis.Redis | None = None,
                    predictor: Predictor | None = None) -> AsyncIterator[PreannotationService]:
         """A service over ``predictor`` (used, not closed) or one it opens (and closes) itself."""
         opened = nullcontext(predictor) if predictor is not None else open_predictor(settings)
         async with opened as default:
-            service = cls(settings, default, conn=conn, handoff=handoff)
+            service = cls(settings, default, conn=conn)
             try:
                 yield service
             finally:
@@ -174,15 +173,14 @@ class PreannotationService:
             await self.record(batch.project, tasks, predictions)
         return predictions
 
-    async def predict_until(self, batch: Batch, tasks: list[Any], deadline: float,
-                            label_config: str | None) -> PredictReply:
-        """What is ready by ``deadline`` (event-loop time); the rest handed to the worker. Without a
-        hand-off (tasks without Label Studio ids, no worker) every task is predicted."""
+    async def predict_until(self, batch: Batch, tasks: list[Any], deadline: float) -> PredictReply:
+        """What is ready by ``deadline`` (event-loop time); the rest comes back ``late``, for the
+        caller to hand to the worker. Tasks that cannot be handed off (no Label Studio ids, no
+        Redis) are all predicted."""
         reply = None
-        if self.handoff is not None and self.conn is not None and batch.project is not None:
-            reply = await answer_within_deadline(
-                batch.predictor, tasks, batch.context, batch.pool, handoff=self.handoff, conn=self.conn,
-                settings=self.settings, project_id=batch.project, label_config=label_config, deadline=deadline)
+        if self.conn is not None and batch.project is not None:
+            reply = await answer_within_deadline(batch.predictor, tasks, batch.context, batch.pool, conn=self.conn,
+                                                 project_id=batch.project, deadline=deadline)
         if reply is None:
             reply = PredictReply(await batch.predictor.predict(tasks, batch.context, batch.pool))
         await self.record(batch.project, tasks, reply.results)

@@ -2,7 +2,7 @@
 worker, the deadline's hand-off, and recorded outcomes.
 
 Empty tasks need no model (they come back ``needs_human`` without an LLM call), so the service is
-exercised end to end without an LLM server; the hand-off queues a real RQ job.
+exercised end to end without an LLM server; the hand-off (the backend's part) queues a real RQ job.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import pytest
 import redis
 from rq import Queue
 
-from prelabel.contract import QUEUE_NAME, TaskStatus, handoff_key
+from prelabel.contract import QUEUE_NAME, TaskStatus
 from prelabel.jobs import handoff
 from prelabel.jobs.project_job import ProjectJob
 from prelabel.label_config import guideline_store as store
@@ -45,7 +45,7 @@ def settings_for(server) -> Settings:
 
 def run(settings: Settings, conn: redis.Redis, scenario: Any) -> Any:
     async def main() -> Any:
-        async with PreannotationService.open(settings, conn=conn, handoff=handoff) as service:
+        async with PreannotationService.open(settings, conn=conn) as service:
             return await scenario(service)
 
     return asyncio.run(main())
@@ -86,28 +86,30 @@ def test_predict_records_each_tasks_outcome(server) -> None:
 
 
 def test_tasks_past_the_deadline_go_to_the_worker_once(server) -> None:
-    """Before a deadline already past nothing (or close to nothing) finishes: the rest is handed to
-    the worker (one RQ job) and answered ``[]``; asked again, those tasks are pending and not handed
-    off a second time."""
+    """Before a deadline already past nothing (or close to nothing) finishes: the rest comes back
+    ``late`` and ``[]``; once handed to the worker (as the backend does), asking again answers
+    them ``[]`` as pending, neither predicted nor late a second time."""
     settings = settings_for(server)
+    ids = [11, 12]
 
     async def scenario(service: PreannotationService) -> tuple[Any, Any]:
         batch = await service.prepare("7", CONFIG, "search_intent")
         tasks = [{"id": 11, "data": {"text": "flights to oslo"}}, {"id": 12, "data": {"text": "weather"}}]
         past = asyncio.get_running_loop().time() - 1
-        first = await service.predict_until(batch, tasks, past, CONFIG)
-        second = await service.predict_until(batch, tasks, past, CONFIG)
+        first = await service.predict_until(batch, tasks, past)
+        handoff.hand_off(server, settings, "7", first.late, CONFIG)
+        second = await service.predict_until(batch, tasks, past)
         return first, second
 
     first, second = run(settings, server, scenario)
-    ids = [11, 12]
-    assert first.pending, "a deadline already past left no task to the worker"
+    assert first.late, "a deadline already past left no task to the worker"
+    assert first.pending == first.late  # nothing was pending before
     for reply in (first, second):  # each task: a prediction, or [] and pending (never both, never neither)
         assert [tid for tid, result in zip(ids, reply.results) if result == []] == reply.pending
-    assert set(first.pending) <= set(second.pending)  # still pending: not predicted, not handed off again
-    assert all(server.get(handoff_key(7, tid)) is not None for tid in first.pending)
-    [job] = [j for j in Queue(QUEUE_NAME, connection=server).jobs if j.args[1] == first.pending]
-    assert job.func_name == "prelabel.jobs.handoff.predict_handed_off" and job.args[0] == 7
+    assert set(first.late) <= set(second.pending) and not set(first.late) & set(second.late)
+    [job] = Queue(QUEUE_NAME, connection=server).jobs
+    assert job.func_name == "prelabel.jobs.handoff.predict_handed_off" and job.args[:2] == (7, first.late)
+    assert set(outcomes.load(server, 7)) == set(ids) - set(first.late)  # late tasks: the worker records them
 
 
 def test_tasks_without_ids_cannot_be_handed_off_and_are_all_predicted(server) -> None:
@@ -115,9 +117,7 @@ def test_tasks_without_ids_cannot_be_handed_off_and_are_all_predicted(server) ->
 
     async def scenario(service: PreannotationService) -> Any:
         batch = await service.prepare("7", CONFIG, "search_intent")
-        return await service.predict_until(batch, [{"data": {"text": ""}}], asyncio.get_running_loop().time() - 1,
-                                           CONFIG)
+        return await service.predict_until(batch, [{"data": {"text": ""}}], asyncio.get_running_loop().time() - 1)
 
     reply = run(settings, server, scenario)
-    assert reply.pending == [] and reply.results[0]["meta"]["status"] == TaskStatus.NEEDS_HUMAN
-    assert Queue(QUEUE_NAME, connection=server).jobs == []
+    assert reply.pending == reply.late == [] and reply.results[0]["meta"]["status"] == TaskStatus.NEEDS_HUMAN
