@@ -51,6 +51,9 @@ CHEAP, FALLBACK, FALLBACK_FAILED = "cheap", "fallback", "fallback_failed"
 
 
 class CalibratedCascade:
+    """One project's pre-annotator: the supervised stage, then the active model with its calibrated
+    score, then (when promoted with a cascade) the fallback model for what it was unsure of."""
+
     def __init__(self, primary: Predictor, *, project: str | None = None,
                  calibration: CalibrationMap | None = None, fallback: Predictor | None = None,
                  fallback_calibration: CalibrationMap | None = None, threshold: float | None = None,
