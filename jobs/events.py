@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from prelabel.contract import Event as Event  # re-exported: the type lives in the contract
 from prelabel.errors import PrelabelError
 
 # Events that start work; any other action Label Studio sends is acknowledged and ignored.
@@ -33,27 +33,6 @@ START_TRAINING_DEDUPE_S = 60
 
 class EventError(PrelabelError, ValueError):
     """A webhook body that cannot be a Label Studio event; answered with 400, nothing enqueued."""
-
-
-@dataclass(frozen=True)
-class Event:
-    """What a job needs from one webhook call (never the whole body: no task texts, no tokens)."""
-
-    action: str
-    project_id: int
-    key: str
-    task_ids: list[int] = field(default_factory=list)
-    annotation_ids: list[int] = field(default_factory=list)
-    label_config: str | None = None  # only in events parsed from a webhook; queued jobs carry config_hash
-    dedupe_ttl: int | None = None
-    config_hash: str | None = None  # the config stored under contract.job_config_key (jobs.queue)
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Event:
-        return cls(**data)
 
 
 def parse_event(body: Any) -> Event | None:

@@ -39,9 +39,14 @@ from prelabel.contract import (
     scanned_key,
     status_of,
 )
-from prelabel.jobs import handoff, outcomes
+from prelabel.jobs.preannotation import LABELED_BY_A_PERSON, preannotate
+from prelabel.jobs.project_job import ProjectJob
 from prelabel.jobs.queue import PENDING, connection, enqueue
+from prelabel.jobs.refresh import queue_refresh
+from prelabel.jobs.review import queue_review
 from prelabel.jobs.worker_stats import RECONCILE_ROUNDS
+from prelabel.prediction import outcomes
+from prelabel.prediction.deadline import pending
 from prelabel.ranking.project import PRIORITY_FIELD
 from prelabel.settings import Settings
 from prelabel.studio.client import human_touched
@@ -80,8 +85,6 @@ def _age(task: dict[str, Any], now: datetime | None) -> timedelta:
 
 def reconcile_project(project_id: int, scan: bool | None = None) -> dict[str, Any]:
     """Pre-annotate this project's tasks that an LLM error or a lost event left without a label."""
-    from prelabel.jobs.handlers import LABELED_BY_A_PERSON, ProjectJob, preannotate
-
     job = ProjectJob.open(project_id)
     scan_key = scanned_key(project_id)
     if scan is None:  # a full scan once per scan interval, whichever worker gets there first
@@ -94,7 +97,7 @@ def reconcile_project(project_id: int, scan: bool | None = None) -> dict[str, An
         job.conn.srem(errored_key(project_id), *(errored - set(found)))
     aftercare = _queue_missing_aftercare(job, found) if scan else {}
     candidates = {task_id for task_id, task in found.items() if needs_preannotation(task)}
-    candidates -= handoff.pending(job.conn, str(project_id), sorted(candidates))  # the worker has them already
+    candidates -= pending(job.conn, str(project_id), sorted(candidates))  # the worker has them already
     if not candidates:
         RECONCILE_ROUNDS.labels("aftercare" if any(aftercare.values()) else "nothing").inc()
         return {"candidates": 0, **aftercare}
@@ -135,8 +138,6 @@ def needs_ranking(task: dict[str, Any]) -> bool:
 
 def _queue_missing_aftercare(job: Any, found: dict[int, dict[str, Any]]) -> dict[str, int]:
     """Queue the review of pre-annotated tasks never reviewed, and a ranking when some task has none."""
-    from prelabel.jobs.handlers import queue_refresh, queue_review
-
     review = sorted(tid for tid, task in found.items() if needs_review(task))
     rank = sum(needs_ranking(task) for task in found.values())
     if review:

@@ -18,7 +18,7 @@ from typing import Any
 
 from prelabel.contract import ActiveModel, active_model_keys, parse_active_model
 from prelabel.prediction.calibration import load_calibration
-from prelabel.prediction.cascade import ProjectPredictor
+from prelabel.prediction.cascade import CalibratedCascade
 from prelabel.prediction.llm_client import LLMClient
 from prelabel.prediction.predictor import Predictor
 from prelabel.prediction.stage_router import load_stage
@@ -60,7 +60,7 @@ class ModelRouter:
             self._promoted[key] = Predictor(settings, LLMClient(settings), self.default.cache)
         return self._promoted[key]
 
-    async def for_project(self, project: str | None) -> ProjectPredictor:
+    async def for_project(self, project: str | None) -> CalibratedCascade:
         record: Mapping[str, Any] = await self.active_record(project) or {}
         primary = self._predictor(record.get("model"), record.get("base_url"), served_prompt(record))
         client = self.default.cache.client if self.default.cache is not None else None
@@ -68,12 +68,12 @@ class ModelRouter:
         stage = await load_stage(client, project)
         cascade = record.get("cascade") or {}
         if cascade.get("threshold") is None or not record.get("model"):
-            return ProjectPredictor(primary, project=project, calibration=calibration, stage=stage)
+            return CalibratedCascade(primary, project=project, calibration=calibration, stage=stage)
         fallback = self._predictor(cascade.get("fallback_model"), cascade.get("fallback_base_url"),
                                    served_prompt(cascade, "fallback_"))
         if fallback is primary:
-            return ProjectPredictor(primary, project=project, calibration=calibration, stage=stage)
-        return ProjectPredictor(primary, project=project, calibration=calibration, fallback=fallback,
+            return CalibratedCascade(primary, project=project, calibration=calibration, stage=stage)
+        return CalibratedCascade(primary, project=project, calibration=calibration, fallback=fallback,
                                 fallback_calibration=await load_calibration(client, project, fallback.llm.model),
                                 threshold=float(cascade["threshold"]), stage=stage)
 

