@@ -62,6 +62,7 @@ def test_the_walk_finds_a_loop() -> None:
 
 @pytest.mark.parametrize("package", ["prelabel.train", "prelabel.stack", "prelabel.studio", "prelabel.export",
                                      "prelabel.ranking", "prelabel.quality", "prelabel.prediction",
+                                     "prelabel.jobs", "prelabel.ml_backend",
                                      "prelabel.label_config"])
 def test_no_module_import_loop_inside_a_package(package: str) -> None:
     assert loops(module_graph(package)) == []
