@@ -163,9 +163,10 @@ def start_label_studio(
     template = os.environ.get(DATA_TEMPLATE_ENV)
     if template:
         seed_from_template(data_dir, Path(template), venv=venv, env=env, timeout=timeout)
-    command = [venv / "bin" / "label-studio", "start", "--no-browser", "--port", str(port),
-               "--internal-host", "127.0.0.1", "--host", url, "--username", username, "--password", password,
-               "--user-token", token, "--enable-legacy-api-token", "--data-dir", str(data_dir)]
+    command: list[str | os.PathLike[str]] = [
+        venv / "bin" / "label-studio", "start", "--no-browser", "--port", str(port), "--internal-host", "127.0.0.1",
+        "--host", url, "--username", username, "--password", password, "--user-token", token,
+        "--enable-legacy-api-token", "--data-dir", str(data_dir)]
     proc = ManagedProcess("label-studio", command, log_path=workdir / "label-studio.log", env=env,
                           cwd=workdir).start()
     ls = LabelStudioServer(url=url, api_key=token, username=username, password=password, data_dir=data_dir,
