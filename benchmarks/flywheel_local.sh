@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# The full local flywheel run behind the README's figures: tests/e2e/test_flywheel_local.py with
+# The local flywheel run behind the README's figures, alone: tests/e2e/test_flywheel_local.py with
 # 30 labeled queries per intent (180 -> ~139 train rows, 35 LoRA steps on CPU; ~12 min on 2 quiet
-# cores) instead of the suite's 15. Its output (accuracies, stage times) goes to
-# benchmarks/results/flywheel_local.txt; the run's flywheel.md is under the printed pytest basetemp.
+# cores; PRELABEL_FLYWHEEL_LABELED_PER_INTENT changes it). Its output (accuracies, stage times) goes
+# to benchmarks/results/flywheel_local.txt; the run's flywheel.md is printed at the end.
 #
 #   bash benchmarks/flywheel_local.sh
 set -euo pipefail
