@@ -7,7 +7,8 @@
 #   PRELABEL_TEST_WORKERS=0 bash scripts/test.sh        # one serial pytest (no pytest-xdist)
 #
 # The suite runs in PRELABEL_TEST_WORKERS (default 2) pytest-xdist workers, a test file per worker
-# at a time (--dist loadfile: a file's tests keep their order and module fixtures); each worker
+# at a time (--dist loadfile: a file's tests keep their order and module fixtures; handed out in
+# collection order, which tests/conftest.py starts with the longest files); each worker
 # starts its own Label Studio, llama.cpp server and Redis when its first test needs them, and the
 # e2e tests mostly wait on those servers, so two workers fit two cores. The JUnit report (every
 # test's duration) goes to PRELABEL_TEST_REPORT (default artifacts/test-report.xml);
@@ -28,7 +29,7 @@ WORKERS="${PRELABEL_TEST_WORKERS:-2}"
 REPORT="${PRELABEL_TEST_REPORT:-$REPO/artifacts/test-report.xml}"
 mkdir -p "$(dirname "$REPORT")"
 args=(-n "$WORKERS" --junitxml="$REPORT")
-[ "$WORKERS" != 0 ] && args+=(--dist loadfile)
+[ "$WORKERS" != 0 ] && args+=(--dist loadfile --no-loadscope-reorder)  # in collection order: longest files first (tests/conftest.py)
 echo "[test] $VENV/bin/python -m pytest ${args[*]} $*"
 set +e
 "$VENV/bin/python" -m pytest "${args[@]}" "$@"

@@ -136,6 +136,22 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
     return report
 
 
+# The longest files (minutes of CPU training or three `prelabel up`s each) start first: pytest-xdist
+# hands files out in collection order, and one of them started last would end the run alone.
+_LONGEST_FIRST = ("tests/e2e/test_flywheel_local.py", "tests/e2e/test_stack_up.py", "tests/e2e/test_review_pipeline.py")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The longest files first, then the other e2e files, then the rest (each file's order kept)."""
+
+    def rank(item: pytest.Item) -> int:
+        path = item.nodeid.split("::", 1)[0]
+        return _LONGEST_FIRST.index(path) if path in _LONGEST_FIRST else len(_LONGEST_FIRST) + (
+            0 if path.startswith("tests/e2e/") else 1)
+
+    items.sort(key=rank)
+
+
 @pytest.hookimpl(trylast=True)  # after the tmp_path plugin's, whose basetemp holds the template
 def pytest_configure(config: pytest.Config) -> None:
     """Every fresh Label Studio of this run (session server, `prelabel up` tests, each xdist worker)
