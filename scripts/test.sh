@@ -4,9 +4,18 @@
 #   bash scripts/test.sh                 # whole suite (unit + e2e against real LS / llama.cpp / Redis)
 #   bash scripts/test.sh -m "not e2e"    # any pytest arguments are passed through
 #   bash scripts/test.sh tests/test_harness_smoke.py -x
+#   PRELABEL_TEST_WORKERS=0 bash scripts/test.sh        # one serial pytest (no pytest-xdist)
+#
+# The suite runs in PRELABEL_TEST_WORKERS (default 2) pytest-xdist workers, a test file per worker
+# at a time (--dist loadfile: a file's tests keep their order and module fixtures; handed out in
+# collection order, which tests/conftest.py starts with the longest files); each worker
+# starts its own Label Studio, llama.cpp server and Redis when its first test needs them, and the
+# e2e tests mostly wait on those servers, so two workers fit two cores. The JUnit report (every
+# test's duration) goes to PRELABEL_TEST_REPORT (default artifacts/test-report.xml);
+# `python benchmarks/suite_durations.py artifacts/test-report.xml` sums it per group.
 #
 # Environment: see scripts/provision.sh (PRELABEL_CACHE, PRELABEL_EXTRAS, ...); REDIS_URL uses an
-# existing Redis instead of the embedded one.
+# existing Redis instead of the embedded one (shared by the workers: prefer the embedded ones).
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -16,9 +25,14 @@ VENV="${PRELABEL_DEV_VENV:-$CACHE/venv-dev}"
 bash "$REPO/scripts/provision.sh"
 
 cd "$REPO"
-echo "[test] $VENV/bin/python -m pytest $*"
+WORKERS="${PRELABEL_TEST_WORKERS:-2}"
+REPORT="${PRELABEL_TEST_REPORT:-$REPO/artifacts/test-report.xml}"
+mkdir -p "$(dirname "$REPORT")"
+args=(-n "$WORKERS" --junitxml="$REPORT")
+[ "$WORKERS" != 0 ] && args+=(--dist loadfile --no-loadscope-reorder)  # in collection order: longest files first (tests/conftest.py)
+echo "[test] $VENV/bin/python -m pytest ${args[*]} $*"
 set +e
-"$VENV/bin/python" -m pytest "$@"
+"$VENV/bin/python" -m pytest "${args[@]}" "$@"
 rc=$?
 set -e
 if [ "$rc" -eq 5 ]; then

@@ -21,9 +21,13 @@ Facts this module relies on (Label Studio 1.23.2):
 
 from __future__ import annotations
 
+import fcntl
 import os
 import re
 import secrets
+import shutil
+import subprocess
+import tempfile
 import threading
 from contextlib import closing
 from dataclasses import dataclass, field
@@ -36,6 +40,9 @@ from prelabel.stack.ports import free_port
 from prelabel.stack.processes import ManagedProcess, StartupError, child_env
 
 DEFAULT_START_TIMEOUT = float(os.environ.get("PRELABEL_LS_START_TIMEOUT", "240"))
+# A folder holding a migrated, user-less database that new data folders start from (the test suite sets it).
+DATA_TEMPLATE_ENV = "PRELABEL_LS_DATA_TEMPLATE"
+DATABASE = "label_studio.sqlite3"
 
 
 @dataclass
@@ -142,7 +149,9 @@ def start_label_studio(
     """Start Label Studio, wait until the API answers to the admin token, return it.
 
     ``credentials`` = (username, password, legacy token) of the admin; they are set when the
-    data directory is new, so a restart on the same ``data_dir`` must pass the same ones.
+    data directory is new, so a restart on the same ``data_dir`` must pass the same ones. A new
+    data directory starts from ``$PRELABEL_LS_DATA_TEMPLATE`` when that is set (see
+    ``seed_from_template``).
     """
     venv = require_venv(venv or ls_venv(), "Label Studio")
     workdir.mkdir(parents=True, exist_ok=True)
@@ -150,7 +159,29 @@ def start_label_studio(
     url = f"http://127.0.0.1:{port}"
     username, password, token = credentials or new_credentials()
     data_dir = data_dir or workdir / "data"
-    env = child_env(
+    env = _server_env(venv, data_dir, extra_env)
+    template = os.environ.get(DATA_TEMPLATE_ENV)
+    if template:
+        seed_from_template(data_dir, Path(template), venv=venv, env=env, timeout=timeout)
+    command: list[str | os.PathLike[str]] = [
+        venv / "bin" / "label-studio", "start", "--no-browser", "--port", str(port), "--internal-host", "127.0.0.1",
+        "--host", url, "--username", username, "--password", password, "--user-token", token,
+        "--enable-legacy-api-token", "--data-dir", str(data_dir)]
+    proc = ManagedProcess("label-studio", command, log_path=workdir / "label-studio.log", env=env,
+                          cwd=workdir).start()
+    ls = LabelStudioServer(url=url, api_key=token, username=username, password=password, data_dir=data_dir,
+                           process=proc)
+    try:
+        _await_admin(ls, proc, timeout)
+    except BaseException:
+        proc.stop()
+        raise
+    return ls
+
+
+def _server_env(venv: Path, data_dir: Path, extra_env: dict[str, str] | None) -> dict[str, str]:
+    """The environment of a Label Studio process: a private SQLite, local backends allowed, no phoning home."""
+    return child_env(
         venv,
         {
             "LABEL_STUDIO_BASE_DATA_DIR": str(data_dir),
@@ -167,57 +198,69 @@ def start_label_studio(
             **(extra_env or {}),
         },
     )
-    proc = ManagedProcess(
-        "label-studio",
-        [
-            venv / "bin" / "label-studio",
-            "start",
-            "--no-browser",
-            "--port",
-            str(port),
-            "--internal-host",
-            "127.0.0.1",
-            "--host",
-            url,
-            "--username",
-            username,
-            "--password",
-            password,
-            "--user-token",
-            token,
-            "--enable-legacy-api-token",
-            "--data-dir",
-            str(data_dir),
-        ],
-        log_path=workdir / "label-studio.log",
-        env=env,
-        cwd=workdir,
-    ).start()
-    ls = LabelStudioServer(
-        url=url,
-        api_key=token,
-        username=username,
-        password=password,
-        data_dir=data_dir,
-        process=proc,
+
+
+def _await_admin(ls: LabelStudioServer, proc: ManagedProcess, timeout: float) -> None:
+    """Wait for /health, then make sure the admin's legacy token is accepted."""
+    proc.wait_until(
+        lambda: httpx.get(f"{ls.url}/health", timeout=2).status_code == 200,
+        timeout=timeout,
+        what="serving /health",
     )
-    try:
-        proc.wait_until(
-            lambda: httpx.get(f"{url}/health", timeout=2).status_code == 200,
-            timeout=timeout,
-            what="serving /health",
-        )
+    status = ls.whoami().status_code
+    if status == 401:  # legacy tokens off for this organization: switch them on
+        enable_legacy_tokens(ls.url, ls.username, ls.password)
         status = ls.whoami().status_code
-        if status == 401:  # legacy tokens off for this organization: switch them on
-            enable_legacy_tokens(url, username, password)
-            status = ls.whoami().status_code
-        if status != 200:
-            raise proc.fail(f"admin token refused: GET /api/current-user/whoami -> {status}")
-    except BaseException:
-        proc.stop()
-        raise
-    return ls
+    if status != 200:
+        raise proc.fail(f"admin token refused: GET /api/current-user/whoami -> {status}")
 
 
-__all__ = ["LabelStudioServer", "StartupError", "enable_legacy_tokens", "login", "new_credentials",
-           "start_label_studio"]
+def seed_from_template(data_dir: Path, template: Path, *, venv: Path, env: dict[str, str],
+                       timeout: float = DEFAULT_START_TIMEOUT) -> bool:
+    """Give a new ``data_dir`` the migrated database of ``template``; True when it was copied.
+
+    A first start spends most of its time (~25 s of ~30 s on 2 cores) in Django migrations; the
+    test suite starts many fresh servers (its session server, every `prelabel up` test), so it
+    migrates one template per run and copies its database. The template holds no user and no
+    secret key (only ``label_studio.sqlite3`` is copied; Label Studio writes its own ``.env``),
+    so each server still creates its own admin with its own credentials. An existing database is
+    never replaced.
+    """
+    if (data_dir / DATABASE).exists():
+        return False
+    database = migrated_template(template, venv=venv, env=env, timeout=timeout)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(database, data_dir / DATABASE)
+    return True
+
+
+def migrated_template(template: Path, *, venv: Path, env: dict[str, str],
+                      timeout: float = DEFAULT_START_TIMEOUT) -> Path:
+    """The database of ``template`` with every migration applied and no user, made once.
+
+    ``label-studio version`` applies the migrations and exits without creating a user. Concurrent
+    callers (pytest-xdist workers) wait on a file lock; the database is moved into place only
+    when the command succeeded, so a half-migrated one is never copied.
+    """
+    database = template / DATABASE
+    template.mkdir(parents=True, exist_ok=True)
+    with open(template / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if database.exists():
+            return database
+        scratch = Path(tempfile.mkdtemp(prefix="migrating-", dir=template))
+        try:
+            run = subprocess.run([str(venv / "bin" / "label-studio"), "version", "--data-dir", str(scratch)],
+                                 env={**env, "LABEL_STUDIO_BASE_DATA_DIR": str(scratch)}, cwd=scratch,
+                                 capture_output=True, text=True, timeout=timeout, check=False)
+            if run.returncode != 0 or not (scratch / DATABASE).exists():
+                raise StartupError(f"Label Studio migrations for the data template {template} failed "
+                                   f"(exit {run.returncode}): {run.stderr[-2000:]}")
+            os.replace(scratch / DATABASE, database)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+    return database
+
+
+__all__ = ["DATA_TEMPLATE_ENV", "LabelStudioServer", "StartupError", "enable_legacy_tokens", "login",
+           "migrated_template", "new_credentials", "seed_from_template", "start_label_studio"]

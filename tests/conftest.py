@@ -19,6 +19,7 @@ Fixtures
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -133,6 +134,34 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
         for b in backends:
             report.sections.append((f"{b.process.name} log ({b.log_path})", b.log_tail(80)))
     return report
+
+
+# The longest files (minutes of CPU training or three `prelabel up`s each) start first: pytest-xdist
+# hands files out in collection order, and one of them started last would end the run alone.
+_LONGEST_FIRST = ("tests/e2e/test_flywheel_local.py", "tests/e2e/test_stack_up.py", "tests/e2e/test_review_pipeline.py")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The longest files first, then the other e2e files, then the rest (each file's order kept)."""
+
+    def rank(item: pytest.Item) -> int:
+        path = item.nodeid.split("::", 1)[0]
+        return _LONGEST_FIRST.index(path) if path in _LONGEST_FIRST else len(_LONGEST_FIRST) + (
+            0 if path.startswith("tests/e2e/") else 1)
+
+    items.sort(key=rank)
+
+
+@pytest.hookimpl(trylast=True)  # after the tmp_path plugin's, whose basetemp holds the template
+def pytest_configure(config: pytest.Config) -> None:
+    """Every fresh Label Studio of this run (session server, `prelabel up` tests, each xdist worker)
+    starts from one migrated data folder instead of running Django's migrations itself (~25 s each)."""
+    if hasattr(config, "workerinput"):  # an xdist worker: the controller set it in the environment it inherits
+        return
+    from prelabel.stack.label_studio import DATA_TEMPLATE_ENV
+
+    if DATA_TEMPLATE_ENV not in os.environ:
+        os.environ[DATA_TEMPLATE_ENV] = str(config._tmp_path_factory.getbasetemp() / "label-studio-template")
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:

@@ -492,27 +492,25 @@ def test_parse_behaviour() -> None:
 # concurrency
 # --------------------------------------------------------------------------------------------
 def test_concurrent_calls_overlap(srv: FaultServer) -> None:
-    srv.set_latency(200)
+    """The server holds every call at once (counted by the server itself, not timed by the client:
+    the wall-clock figure is benchmarks/fault_llm_concurrency.py's, a loaded machine would fail a bound).
+    The latency is long enough that a busy client still has every call sent before the first returns."""
 
-    async def go(n: int) -> float:
+    async def go(n: int) -> None:
         async with _client(srv) as client:
-            await _chat(client, "warm-up", INTENT_SCHEMA)  # connection + import warm-up
-            t0 = time.perf_counter()
             responses = await asyncio.gather(
                 *[_chat(client, f"query {i}", INTENT_SCHEMA, logprobs=True) for i in range(n)]
             )
-            elapsed = time.perf_counter() - t0
         for resp in responses:
             jsonschema.validate(json.loads(resp.choices[0].message.content), INTENT_SCHEMA)
-        return elapsed
 
-    elapsed = run(go(64))
-    assert elapsed < 0.8, f"64 concurrent calls at 200 ms took {elapsed:.3f}s"
+    srv.set_latency(1000)
+    run(go(64))
     assert srv.stats()["in_flight_max"] == 64
 
     srv.reset()
-    elapsed = run(go(300))  # "hundreds" in flight
-    assert elapsed < 3.0, f"300 concurrent calls at 200 ms took {elapsed:.3f}s"
+    srv.set_latency(2000)
+    run(go(300))  # "hundreds" in flight
     assert srv.stats()["in_flight_max"] >= 250
 
 
