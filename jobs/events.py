@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from prelabel.errors import PrelabelError
+from prelabel.studio.tenancy import stamp_of
 
 # Events that start work; any other action Label Studio sends is acknowledged and ignored.
 TASKS_CREATED = "TASKS_CREATED"
@@ -47,6 +48,13 @@ class Event:
     label_config: str | None = None  # only in events parsed from a webhook; queued jobs carry config_hash
     dedupe_ttl: int | None = None
     config_hash: str | None = None  # the config stored under contract.job_config_key (jobs.queue)
+    stamp: str | None = None  # Label Studio's "<id>.<created_at>" of the project (studio.tenancy)
+    tenant: str | None = None  # the project's Label Studio (set by the backend; None: the configured one)
+
+    @property
+    def job_id(self) -> str:
+        """The event's job id: the same event delivered twice is one job, two instances' are two."""
+        return f"event-{self.action.lower()}-{self.tenant or 'default'}-{self.project_id}-{self.key}"
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -71,6 +79,12 @@ def parse_event(body: Any) -> Event | None:
     config = project.get("label_config") if isinstance(project, dict) else None
     if config is not None and not isinstance(config, str):
         raise EventError("project.label_config must be a string")
+    event = _parse(body, action, pid, config)
+    stamp = stamp_of(pid, project.get("created_at")) if isinstance(project, dict) else None
+    return replace(event, stamp=stamp) if stamp else event
+
+
+def _parse(body: dict[str, Any], action: str, pid: int, config: str | None) -> Event:
     if action == TASKS_CREATED:
         ids = _ids(body, "tasks", "task id")
         return Event(action, pid, event_key(action, pid, ids), task_ids=ids, label_config=config)

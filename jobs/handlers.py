@@ -26,6 +26,7 @@ from prelabel.contract import (
     REVIEWER_INDEPENDENCE_KEY,
     STATUS_SEP,
     ModelVersion,
+    ProjectRef,
     ReviewStatus,
     is_review,
     new_labels_key,
@@ -49,8 +50,8 @@ from prelabel.prediction.llm_client import LLMClient
 from prelabel.prediction.model_router import ModelRouter
 from prelabel.prediction.predictor import ContextBuilder, ProjectContext, open_predictor
 from prelabel.settings import Settings, get_settings, reviewer_settings
-from prelabel.studio.access import connect
 from prelabel.studio.client import ProjectClient, human_touched
+from prelabel.studio.tenancy import access_for, as_ref
 
 log = logging.getLogger(__name__)
 
@@ -68,20 +69,28 @@ class ProjectJob:
 
     settings: Settings
     conn: redis.Redis
-    project_id: int
+    ref: ProjectRef  # the project's Redis keys (its Label Studio and id)
     record: ProjectRecord
     ls: ProjectClient
 
+    @property
+    def project_id(self) -> int:
+        """The project's id in its Label Studio."""
+        return self.ref.id
+
     @classmethod
-    def open(cls, project_id: int, settings: Settings | None = None) -> ProjectJob:
+    def open(cls, project: ProjectRef | int, settings: Settings | None = None) -> ProjectJob:
+        """``project``: a reference, or a bare id (a job queued before tenancy: the configured LS's)."""
         settings = settings or get_settings()
+        ref = as_ref(settings, project)
         conn = connection(settings)
-        record = load_project(conn, project_id)
-        active = guideline_store.active_guideline(guideline_store.active(conn, project_id))
+        record = load_project(conn, ref)
+        active = guideline_store.active_guideline(guideline_store.active(conn, ref))
         if active is not None:  # `prelabel prompts use` wins over the backend's extra params
             record = dataclasses.replace(record, guideline=active)
-        sdk = connect(settings, record.hostname, record.access_token)  # AccessRefused: the job fails, said why
-        return cls(settings, conn, project_id, record, ProjectClient(sdk, project_id, conn))
+        # never another Label Studio than the project's: AccessRefused fails the job, said why
+        sdk = access_for(settings, ref, record.hostname, record.access_token).client()
+        return cls(settings, conn, ref, record, ProjectClient(sdk, ref, conn))
 
     def context(self, label_config: str | None) -> ProjectContext:
         return ContextBuilder(self.settings).context(label_config or self.ls.label_config(), self.record.guideline)
@@ -90,7 +99,7 @@ class ProjectJob:
 # --- entry point of every webhook job --------------------------------------------------------
 def handle_event(event_data: dict[str, Any]) -> dict[str, Any]:
     event = Event.from_dict(event_data)
-    job = ProjectJob.open(event.project_id)
+    job = ProjectJob.open(ProjectRef(event.tenant, event.project_id) if event.tenant else event.project_id)
     label_config = stored_config(job.conn, event)
     if event.action == ev.TASKS_CREATED:
         return preannotate(job, event.task_ids, label_config)
@@ -101,7 +110,7 @@ def handle_event(event_data: dict[str, Any]) -> dict[str, Any]:
         forgotten = forget_deleted_labels(job, label_config)
         queue_refresh(job)
         return {"refresh": "queued", "fewshot_relearnt": forgotten}
-    return start_training(job.settings, job.conn, event.project_id)
+    return start_training(job.settings, job.conn, job.ref)
 
 
 # --- pre-annotation ----------------------------------------------------------------------------
@@ -122,11 +131,11 @@ async def _preannotate(job: ProjectJob, task_ids: list[int], label_config: str |
     results: dict[int, outcomes.Outcome] = {}
     async with open_predictor(job.settings) as default:
         router = ModelRouter(default)
-        predictor = await router.for_project(str(job.project_id))
+        predictor = await router.for_project(job.ref)
         if not label_config:
             label_config = await asyncio.to_thread(job.ls.label_config)
         ctx = predictor.context(label_config, job.record.guideline)
-        pool = await ProjectPools().pool(predictor.cache.client if predictor.cache else None, job.project_id, ctx)
+        pool = await ProjectPools().pool(predictor.cache.client if predictor.cache else None, job.ref, ctx)
         family = predictor.model_version(ctx)
         step = max(1, job.settings.llm_concurrency * 2)
         for start in range(0, len(task_ids), step):
@@ -146,7 +155,7 @@ async def _preannotate(job: ProjectJob, task_ids: list[int], label_config: str |
                 if task["id"] in late:
                     continue
                 outcome = outcomes.prediction_outcome(prediction)  # recorded first: LS keeps no reasons
-                outcomes.record(job.conn, job.project_id, {task["id"]: outcome})
+                outcomes.record(job.conn, job.ref, {task["id"]: outcome})
                 await asyncio.to_thread(job.ls.upsert_prediction, task["id"], prediction,
                                         lambda mv: mv.startswith(family))
                 status = str(outcome.status)  # the plain value: counts are logged and stored as job results
@@ -169,16 +178,16 @@ def _done(task: dict[str, Any], family: str) -> bool:
 
 # --- second-model review ---------------------------------------------------------------------
 def queue_review(job: ProjectJob, task_ids: list[int], label_config: str | None) -> None:
-    enqueue_once(job.conn, job.settings, review_tasks, job.project_id, task_ids, label_config,
-                 job_id=f"review-{job.project_id}-{ev.event_key(task_ids)}",
+    enqueue_once(job.conn, job.settings, review_tasks, job.ref, task_ids, label_config,
+                 job_id=f"review-{job.ref.slug}-{ev.event_key(task_ids)}",
                  description=f"review {len(task_ids)} tasks")
 
 
-def review_tasks(project_id: int, task_ids: list[int], label_config: str | None = None) -> dict[str, int]:
+def review_tasks(project: ProjectRef | int, task_ids: list[int], label_config: str | None = None) -> dict[str, int]:
     """Review the tasks for one slice of time (``job_slice_s``); the rest become a new job at the
     back of the queue, so a human label's webhook (queued at the front) waits one slice, not the
     whole import's review."""
-    job = ProjectJob.open(project_id)
+    job = ProjectJob.open(project)
     counts, transient, rest = asyncio.run(_review(job, task_ids, label_config))
     if rest:
         queue_review(job, rest, label_config)
@@ -361,11 +370,11 @@ def _learn(job: ProjectJob, ctx: ProjectContext, task: dict[str, Any],
     except TaskDataError:
         answer = None
     if answer is None:
-        remove_task(job.conn, job.project_id, int(task["id"]))
+        remove_task(job.conn, job.ref, int(task["id"]))
         return "removed"
     if answer == held:
         return "unchanged"
-    add_example(job.conn, job.project_id, int(task["id"]), texts, answer, job.settings.fewshot_pool_max)
+    add_example(job.conn, job.ref, int(task["id"]), texts, answer, job.settings.fewshot_pool_max)
     return "added"
 
 
@@ -376,7 +385,7 @@ def forget_deleted_labels(job: ProjectJob, label_config: str | None) -> int:
     many examples changed."""
     from prelabel.prediction.fewshot_store import pool_answers, remove_task
 
-    held = pool_answers(job.conn, job.project_id)
+    held = pool_answers(job.conn, job.ref)
     if not held:
         return 0
     ctx = job.context(label_config)
@@ -384,7 +393,7 @@ def forget_deleted_labels(job: ProjectJob, label_config: str | None) -> int:
     changed = 0
     for task_id, answer in held.items():
         if task_id not in now:  # the task itself was deleted
-            remove_task(job.conn, job.project_id, task_id)
+            remove_task(job.conn, job.ref, task_id)
             changed += 1
         else:
             changed += _learn(job, ctx, now[task_id], answer) != "unchanged"
@@ -393,25 +402,25 @@ def forget_deleted_labels(job: ProjectJob, label_config: str | None) -> int:
 
 def on_human_label(job: ProjectJob, annotation_ids: list[int]) -> dict[str, Any]:
     """Count new human labels (each annotation once, however often delivered), refresh, maybe retrain."""
-    key = new_labels_key(job.project_id)
+    key = new_labels_key(job.ref)
     new = job.conn.sadd(key, *annotation_ids)  # a set: the same annotation delivered twice counts once
     queue_refresh(job)
-    if new and note_verified_labels(job.conn, job.project_id, new):
+    if new and note_verified_labels(job.conn, job.ref, new):
         from prelabel.jobs.stage_eval import flywheel_plausible
 
-        plausible, why = flywheel_plausible(job.conn, job.project_id, job.settings.flywheel_min_growth)
+        plausible, why = flywheel_plausible(job.conn, job.ref, job.settings.flywheel_min_growth)
         if not plausible:
             return {"new_labels": new, "training": f"skipped: {why}"}
-        return {"new_labels": new, "training": start_training(job.settings, job.conn, job.project_id)}
+        return {"new_labels": new, "training": start_training(job.settings, job.conn, job.ref)}
     return {"new_labels": new}
 
 
 def queue_refresh(job: ProjectJob) -> None:
-    enqueue_once(job.conn, job.settings, refresh_project, job.project_id,
-                 job_id=f"refresh-{job.project_id}", description="refresh ranking and quality")
+    enqueue_once(job.conn, job.settings, refresh_project, job.ref,
+                 job_id=f"refresh-{job.ref.slug}", description="refresh ranking and quality")
 
 
-def refresh_project(project_id: int) -> dict[str, Any]:
+def refresh_project(project: ProjectRef | int) -> dict[str, Any]:
     """Refit and score the supervised stage, re-rank the project's queue with it, recompute
     per-class agreement, refit the score's calibration."""
     from prelabel.jobs.stage_eval import refresh_stages
@@ -419,16 +428,16 @@ def refresh_project(project_id: int) -> dict[str, Any]:
     from prelabel.quality.project import refresh_quality
     from prelabel.ranking.project import refresh_ranking
 
-    job = ProjectJob.open(project_id)
-    stages = refresh_stages(job.ls.sdk, project_id, job.conn, job.settings.stage_min_accuracy)
-    ranking = refresh_ranking(job.ls.sdk, project_id, job.conn, model=stages.ranking_model)
-    quality = refresh_quality(job.ls.sdk, project_id, job.conn)
-    calibration = refresh_calibration(job.ls.sdk, project_id, job.conn)
+    job = ProjectJob.open(project)
+    stages = refresh_stages(job.ls.sdk, job.ref, job.conn, job.settings.stage_min_accuracy)
+    ranking = refresh_ranking(job.ls.sdk, job.ref, job.conn, model=stages.ranking_model)
+    quality = refresh_quality(job.ls.sdk, job.ref, job.conn)
+    calibration = refresh_calibration(job.ls.sdk, job.ref, job.conn)
     return {"stages": stages.summary, "ranking": str(ranking), "quality": str(quality), "calibration": calibration}
 
 
 # --- training --------------------------------------------------------------------------------
-def start_training(settings: Settings, conn: redis.Redis, project_id: int) -> dict[str, Any]:
+def start_training(settings: Settings, conn: redis.Redis, project: ProjectRef) -> dict[str, Any]:
     """Queue the export -> train -> merge -> eval -> promote pipeline (status in prelabel:train:<id>)."""
-    job = enqueue_flywheel(train_queue(conn), project_id)
+    job = enqueue_flywheel(train_queue(conn), project)
     return {"flywheel": "queued", "job_id": job.id}

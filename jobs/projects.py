@@ -16,7 +16,7 @@ from typing import Any
 
 import redis
 
-from prelabel.contract import project_key
+from prelabel.contract import ProjectRef, project_key
 
 
 @dataclass(frozen=True)
@@ -37,5 +37,5 @@ class ProjectRecord:
         return cls(data.get("guideline"), data.get("hostname"), data.get("access_token"))
 
 
-def load_project(conn: redis.Redis, project_id: int) -> ProjectRecord:
-    return ProjectRecord.decode(conn.get(project_key(project_id)))
+def load_project(conn: redis.Redis, project: ProjectRef) -> ProjectRecord:
+    return ProjectRecord.decode(conn.get(project_key(project)))

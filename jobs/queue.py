@@ -50,7 +50,7 @@ def enqueue_event(conn: redis.Redis, settings: Settings, event: Event) -> Enqueu
     """
     from prelabel.jobs.handlers import handle_event
 
-    job_id = f"event-{event.action.lower()}-{event.project_id}-{event.key}"
+    job_id = event.job_id
     ttl = event.dedupe_ttl or settings.event_dedupe_ttl
     if not conn.set(event_marker_key(job_id), "1", nx=True, ex=ttl):
         return Enqueued(job_id, duplicate=True)

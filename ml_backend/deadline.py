@@ -20,6 +20,7 @@ from typing import Any
 import redis
 from starlette.concurrency import run_in_threadpool
 
+from prelabel.contract import ProjectRef
 from prelabel.jobs import handoff
 from prelabel.prediction import metrics
 from prelabel.prediction.cascade import ProjectPredictor
@@ -49,13 +50,13 @@ def task_ids(tasks: list[Any]) -> list[int] | None:
 
 async def answer_within_deadline(
     predictor: ProjectPredictor, tasks: list[Any], context: ProjectContext, pool: FewShotPool | None, *,
-    conn: redis.Redis, settings: Settings, project_id: str, label_config: str | None, arrived: float,
+    conn: redis.Redis, settings: Settings, project: ProjectRef, label_config: str | None, arrived: float,
 ) -> Answer | None:
     """Predict until the deadline, hand the rest off; None when the tasks carry no ids to hand off."""
     ids = task_ids(tasks)
     if ids is None:
         return None
-    already = await run_in_threadpool(handoff.pending, conn, project_id, ids)
+    already = await run_in_threadpool(handoff.pending, conn, project, ids)
     todo = [(i, task) for i, (tid, task) in enumerate(zip(ids, tasks)) if tid not in already]
     deadline = arrived + settings.predict_timeout - settings.predict_margin
     predictions = await predictor.predict_until([task for _, task in todo], context, pool, deadline)
@@ -67,10 +68,10 @@ async def answer_within_deadline(
         else:
             results[index] = prediction
     if late:
-        queued = await run_in_threadpool(handoff.hand_off, conn, settings, project_id, late, label_config)
+        queued = await run_in_threadpool(handoff.hand_off, conn, settings, project, late, label_config)
         metrics.PREDICT_HANDOFF.inc(len(queued))
         log.info("/predict for project %s: %d of %d tasks answered in time, %d handed to the worker",
-                 project_id, len(todo) - len(late), len(tasks), len(late))
+                 project, len(todo) - len(late), len(tasks), len(late))
     return Answer(results, sorted(set(late) | already))
 
 

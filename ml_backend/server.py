@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import dataclasses
 import gc
 import hmac
 import logging
@@ -37,13 +38,13 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from prelabel import __version__
-from prelabel.contract import WEBHOOK_HEADER, active_guideline_key, project_key
+from prelabel.contract import WEBHOOK_HEADER, ProjectRef, active_guideline_key, project_key
 from prelabel.errors import PrelabelError
 from prelabel.jobs.aftercare import queue_aftercare
-from prelabel.jobs.events import EventError, parse_event
+from prelabel.jobs.events import Event, EventError, parse_event
 from prelabel.jobs.outcomes import record_predictions
 from prelabel.jobs.projects import ProjectRecord
-from prelabel.jobs.queue import connection, enqueue_event
+from prelabel.jobs.queue import Enqueued, connection, enqueue_event
 from prelabel.jobs.status import QUEUE_COLLECTOR
 from prelabel.jobs.worker_stats import WORKER_COUNTERS
 from prelabel.label_config import guideline_store
@@ -63,7 +64,8 @@ from prelabel.prediction.stage_router import STAGE_COLLECTOR
 from prelabel.prediction.stats import SHARED_COUNTERS
 from prelabel.settings import Settings, get_settings
 from prelabel.studio import webhook_wiring
-from prelabel.studio.access import Access, AccessRefused, origin_of, resolve
+from prelabel.studio.access import Access, AccessRefused, origin_of
+from prelabel.studio.tenancy import Tenants, access_for
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +118,14 @@ class ProjectState:
         return len(self.label_config or "") + len(guideline) + len(self.hostname or "") + 256
 
 
-_PROJECT = re.compile(r"([0-9]{1,18})(?:\.[0-9]{1,20})?")
+_PROJECT = re.compile(r"([0-9]{1,18})(?:\.([0-9]{1,20}))?")
+
+
+def project_stamp(raw: str | int | None) -> str | None:
+    """Label Studio's ``"<id>.<created_at>"`` of a project (``studio.tenancy``: which instance it is
+    on), normalised; None without a timestamp. Call after ``project_id`` accepted ``raw``."""
+    match = _PROJECT.fullmatch(raw) if isinstance(raw, str) else None
+    return f"{int(match.group(1))}.{int(match.group(2))}" if match and match.group(2) else None
 
 
 def project_id(raw: str | int | None) -> str | None:
@@ -298,15 +307,16 @@ class Backend:
         self.settings = settings
         self._given = predictor  # a caller's predictor (in-process tests): used, not closed, by the server
         # Bounded: project ids come from requests. An evicted project is read back from Redis.
-        self.projects: LRU[str, ProjectState] = LRU(settings.project_cache_size, settings.project_cache_bytes,
+        self.projects: LRU[ProjectRef, ProjectState] = LRU(settings.project_cache_size, settings.project_cache_bytes,
                                                     ProjectState.size)
         self.predictor: Predictor | None = None
         self.jobs_conn: redis.Redis | None = None
         self.router: ModelRouter | None = None
         self.pools = ProjectPools()  # human-labeled few-shot examples, shared with the workers via Redis
         self._tasks: set[asyncio.Task[None]] = set()
-        self._fetching: set[str] = set()  # projects whose human examples are being fetched
-        self._wired: set[str] = set()  # projects whose webhook this process wired (or is wiring)
+        self._fetching: set[ProjectRef] = set()  # projects whose human examples are being fetched
+        self._wired: set[ProjectRef] = set()  # projects whose webhook this process wired (or is wiring)
+        self.tenants = Tenants(settings)  # which Label Studio a project stamp belongs to
         # Configs are parsed on their own threads: never queued behind slow Label Studio calls.
         self._builder = ThreadPoolExecutor(max_workers=2, thread_name_prefix="prelabel-config")
 
@@ -352,19 +362,20 @@ class Backend:
         guideline = guideline_ref(_extra_params(body.extra_params).get("guideline"))
         check_guideline(guideline, self.settings)
         assert self.router is not None
-        predictor = await self.router.for_project(pid)
-        active = await self._active_guideline(pid)
+        ref = None if pid is None else await self._setup_ref(int(pid), project_stamp(body.project), body.hostname)
+        predictor = await self.router.for_project(ref)
+        active = await self._active_guideline(ref)
         context = await self._context(predictor, body.schema_, active or guideline) if body.schema_ else None
-        if pid is not None:
+        if ref is not None:
             state = ProjectState(body.schema_, guideline, body.hostname, body.access_token)
-            self.projects.put(pid, state)
-            await self._remember_project(pid, state)
-            self._ensure_wired(pid, state)
+            self.projects.put(ref, state)
+            await self._remember_project(ref, state)
+            self._ensure_wired(ref, state)
             wants_examples = context is not None and self.settings.fewshot_k > 0
             if wants_examples or body.hostname:  # a refused hostname is counted and logged now, fetch or not
-                access = self._studio_access(pid, state)
-                if access is not None and context is not None and wants_examples and self._may_fetch(pid):
-                    self._background(self._load_human_examples(pid, state, context, access))
+                access = self._studio_access(ref, state)
+                if access is not None and context is not None and wants_examples and self._may_fetch(ref):
+                    self._background(self._load_human_examples(ref, state, context, access))
         version = predictor.model_version(context) if context else predictor.llm.model
         return JSONResponse({"model_version": version})
 
@@ -391,7 +402,28 @@ class Backend:
             log.exception("labeling config or guideline could not be used")
             raise ConfigError(f"labeling config or guideline could not be used ({type(exc).__name__})") from None
 
-    async def _active_guideline(self, pid: str | None) -> dict[str, Any] | None:
+    async def _setup_ref(self, pid: int, stamp: str | None, hostname: str | None) -> ProjectRef:
+        """The project a ``/setup`` is about (``studio.tenancy``); its stamp is remembered for
+        ``/predict`` and webhooks. Redis away: the hostname alone decides (logged)."""
+        try:
+            return await run_in_threadpool(self.tenants.at_setup, self.jobs_conn, pid, stamp, hostname)
+        except RedisError as exc:
+            log.error("project %s: its Label Studio instance not remembered (%s)", pid, type(exc).__name__)
+            return self.tenants.at_setup(None, pid, stamp, hostname)
+
+    async def _request_ref(self, raw: str | int | None) -> ProjectRef | None:
+        """The project of a ``/predict`` (or ``/projects/<id>``): the instance its stamp was set up
+        for, else the configured one. With listed instances a Redis failure is a 503 (a wrong guess
+        would mix two instances' projects); without, nothing is looked up (single-instance: as before)."""
+        pid = project_id(raw)
+        if pid is None:
+            return None
+        stamp = project_stamp(raw)
+        if not self.settings.label_studio_hosts or stamp is None:
+            return ProjectRef(self.tenants.default, int(pid))
+        return ProjectRef(await run_in_threadpool(self.tenants.lookup, self.jobs_conn, stamp), int(pid))
+
+    async def _active_guideline(self, pid: ProjectRef | None) -> dict[str, Any] | None:
         """The guideline ``prelabel prompts use`` made the project's active version (read per
         request: switching needs no restart); None when there is none or Redis does not answer."""
         if pid is None or self.predictor is None or self.predictor.cache is None:
@@ -403,7 +435,7 @@ class Backend:
             return None
         return guideline_store.active_guideline(guideline_store.decode_active(raw))
 
-    async def _remember_project(self, pid: str, state: ProjectState) -> None:
+    async def _remember_project(self, pid: ProjectRef, state: ProjectState) -> None:
         """Share what /setup said with the worker (which runs this project's background jobs)."""
         assert self.predictor is not None and self.predictor.cache is not None
         token = state.access_token.get_secret_value() if state.access_token else None
@@ -414,7 +446,7 @@ class Backend:
         except RedisError as exc:  # /setup must still answer: interactive predictions work without it
             log.error("project %s: could not store its settings for the worker: %s", pid, exc)
 
-    async def _project_state(self, pid: str | None) -> ProjectState | None:
+    async def _project_state(self, pid: ProjectRef | None) -> ProjectState | None:
         """What /setup said about ``pid``: from memory, else (evicted, restarted) from Redis."""
         if pid is None:
             return None
@@ -431,7 +463,7 @@ class Backend:
                 self.projects.put(pid, state)
         return state
 
-    def _ensure_wired(self, pid: str, state: ProjectState) -> None:
+    def _ensure_wired(self, pid: ProjectRef, state: ProjectState) -> None:
         """Make sure the project's webhook reaches ``/webhook`` with credentials (in the background:
         ``/setup`` and ``/predict`` never wait for it). Once per process and project when it
         worked; after a failure again on the next request (Label Studio repeats ``/setup``)."""
@@ -449,27 +481,27 @@ class Backend:
                                                   self.settings.basic_auth_password.get_secret_value()).decode()}
         return None
 
-    def _wiring_access(self, state: ProjectState) -> Access | None:
+    def _wiring_access(self, pid: ProjectRef, state: ProjectState) -> Access | None:
         """Label Studio where the project lives, when the backend may call it: never a fallback to
         another Label Studio than the one ``/setup`` named (its project ids are another's)."""
         try:
-            access = resolve(self.settings, state.hostname, state.access_token)
+            access = access_for(self.settings, pid, state.hostname, state.access_token)
             if state.hostname and state.hostname.strip() and origin_of(state.hostname) != origin_of(access.url):
                 return None
         except AccessRefused:
             return None
         return access
 
-    async def _wire(self, pid: str, state: ProjectState) -> None:
+    async def _wire(self, pid: ProjectRef, state: ProjectState) -> None:
         headers = self._webhook_headers()
-        access = self._wiring_access(state)
+        access = self._wiring_access(pid, state)
         if headers is None:
-            result = webhook_wiring.unwired(pid, "no_secret")
+            result = webhook_wiring.unwired(pid.id, "no_secret")
         elif access is None:
-            result = webhook_wiring.unwired(pid, "no_access", None, next(iter(headers)))
+            result = webhook_wiring.unwired(pid.id, "no_access", None, next(iter(headers)))
         else:
             result = await asyncio.to_thread(
-                lambda: webhook_wiring.wire_webhook(access.client(timeout=10), int(pid), headers))
+                lambda: webhook_wiring.wire_webhook(access.client(timeout=10), pid.id, headers))
         if result.ok:
             if result.state == "wired":
                 log.info("project %s: webhook %s now carries the backend's credentials", pid, result.webhook_id)
@@ -489,7 +521,7 @@ class Backend:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    def _may_fetch(self, pid: str) -> bool:
+    def _may_fetch(self, pid: ProjectRef) -> bool:
         """At most ``MAX_FETCHES`` example fetches at once, one per project: a flood of /setup calls
         while Label Studio is slow must not queue unbounded work (and keep evicted configs alive).
         Label Studio repeats /setup before every prediction run, so a skipped fetch comes again."""
@@ -500,21 +532,21 @@ class Backend:
         self._fetching.add(pid)
         return True
 
-    def _studio_access(self, pid: str, state: ProjectState) -> Access | None:
+    def _studio_access(self, pid: ProjectRef, state: ProjectState) -> Access | None:
         """Where this project's Label Studio may be called; None (counted, logged) when nowhere."""
         try:
-            return resolve(self.settings, state.hostname, state.access_token)
+            return access_for(self.settings, pid, state.hostname, state.access_token)
         except AccessRefused as exc:
             log.info("project %s: human-labeled examples not loaded: %s", pid, exc)
             return None
 
     async def _load_human_examples(
-        self, pid: str, state: ProjectState, context: ProjectContext, access: Access
+        self, pid: ProjectRef, state: ProjectState, context: ProjectContext, access: Access
     ) -> None:
         """Put the project's human-labeled tasks into its shared few-shot pool (best effort, logged)."""
         try:
             examples = await asyncio.to_thread(
-                lambda: fetch_labeled_examples(access.client(), pid, context.schema, self.settings.fewshot_pool_max))
+                lambda: fetch_labeled_examples(access.client(), pid.id, context.schema, self.settings.fewshot_pool_max))
             for example in examples:
                 await asyncio.to_thread(add_example, self.jobs_conn, pid, int(example.source.split(":")[1]),
                                         example.texts, example.answer, self.settings.fewshot_pool_max)
@@ -526,14 +558,15 @@ class Backend:
     async def project_info(self, request: Request) -> Response:
         """What the backend knows about a project (no secrets): for operators and tests."""
         try:
-            pid = project_id(request.path_params["pid"])
+            pid = await self._request_ref(request.path_params["pid"])
         except RequestError:
             pid = None
         state = self.projects.get(pid) if pid else None
         if pid is None or state is None:
             return JSONResponse({"error": "unknown project", "reason": "unknown_project"}, status_code=404)
         examples = await run_in_threadpool(pool_size, self.jobs_conn, pid)
-        return JSONResponse({"project": pid, "has_config": bool(state.label_config), "human_examples": examples})
+        return JSONResponse({"project": str(pid.id), "has_config": bool(state.label_config),
+                             "human_examples": examples})
 
     async def predict(self, request: Request) -> Response:
         started = time.perf_counter()
@@ -545,7 +578,7 @@ class Backend:
                 413, "too_many_tasks",
                 f"{len(body.tasks)} tasks > max_tasks_per_request={self.settings.max_tasks_per_request}",
             )
-        pid = project_id(body.project)
+        pid = await self._request_ref(body.project)
         state = await self._project_state(pid)
         if pid is not None and state is not None:  # a backend restarted since /setup wires on its first request
             self._ensure_wired(pid, state)
@@ -566,10 +599,10 @@ class Backend:
         if screen is not None:  # a suggestion Label Studio does not store: no hand-off, nothing to record
             answer = Answer(await predict_interactive(predictor, body.tasks, context, screen, pool,
                                                       self._interactive_budget(arrived)))
-        elif state is not None and self.jobs_conn is not None:  # a Label Studio project: mind its deadline
+        elif pid is not None and state is not None and self.jobs_conn is not None:  # a LS project: its deadline
             answer = await answer_within_deadline(
                 predictor, body.tasks, context, pool, conn=self.jobs_conn, settings=self.settings,
-                project_id=pid or "", label_config=config, arrived=arrived)
+                project=pid, label_config=config, arrived=arrived)
         if answer is None:
             answer = Answer(await predictor.predict(body.tasks, context, pool))
         if screen is None:
@@ -580,7 +613,7 @@ class Backend:
         return Response(orjson.dumps({"results": answer.results, "model_version": predictor.model_version(context),
                                       "pending": answer.pending}), media_type="application/json")
 
-    async def _queue_aftercare(self, pid: str | None, tasks: list[Any], results: list[Any]) -> None:
+    async def _queue_aftercare(self, pid: ProjectRef | None, tasks: list[Any], results: list[Any]) -> None:
         """Review and ranking of what ``/predict`` answered, queued after the answer went out."""
         try:
             queued = await asyncio.to_thread(queue_aftercare, self.jobs_conn, self.settings, pid, tasks, results)
@@ -615,7 +648,7 @@ class Backend:
             return JSONResponse({"status": "ignored"})
         assert self.jobs_conn is not None  # set by the lifespan before the first request
         try:
-            queued = await run_in_threadpool(enqueue_event, self.jobs_conn, self.settings, event)
+            queued = await run_in_threadpool(self._enqueue_event, event)
         except RedisError as exc:
             metrics.WEBHOOK_EVENTS.labels("queue_unavailable").inc()
             log.error("webhook %s for project %s not queued: %s", event.action, event.project_id, exc)
@@ -623,6 +656,13 @@ class Backend:
         metrics.WEBHOOK_EVENTS.labels(event.action if not queued.duplicate else "duplicate").inc()
         return JSONResponse({"status": "duplicate" if queued.duplicate else "queued", "job_id": queued.job_id,
                              "action": event.action})
+
+    def _enqueue_event(self, event: Event) -> Enqueued:
+        """Queue the event as its project's (its instance: the stamp of its project's ``created_at``)."""
+        assert self.jobs_conn is not None  # set by the lifespan before the first request
+        lookup = self.settings.label_studio_hosts and event.stamp is not None
+        tenant = self.tenants.lookup(self.jobs_conn, event.stamp) if lookup else self.tenants.default
+        return enqueue_event(self.jobs_conn, self.settings, dataclasses.replace(event, tenant=tenant))
 
     async def metrics(self, request: Request) -> Response:
         """The metrics, gathered on a thread: the queue collectors ask Redis, which may be stalled

@@ -29,7 +29,15 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from prelabel.contract import CASCADE_STATS_KEY, ModelVersion, TaskStatus, cascade_model, status_of, with_status
+from prelabel.contract import (
+    CASCADE_STATS_KEY,
+    ModelVersion,
+    ProjectRef,
+    TaskStatus,
+    cascade_model,
+    status_of,
+    with_status,
+)
 from prelabel.prediction.calibration import CalibrationMap, calibrate
 from prelabel.prediction.fewshot import FewShotPool
 from prelabel.prediction.predictor import Predictor, ProjectContext, gather_until
@@ -43,7 +51,7 @@ CHEAP, FALLBACK, FALLBACK_FAILED = "cheap", "fallback", "fallback_failed"
 
 
 class ProjectPredictor:
-    def __init__(self, primary: Predictor, *, project: str | None = None,
+    def __init__(self, primary: Predictor, *, project: ProjectRef | None = None,
                  calibration: CalibrationMap | None = None, fallback: Predictor | None = None,
                  fallback_calibration: CalibrationMap | None = None, threshold: float | None = None,
                  stage: SupervisedStage | None = None) -> None:

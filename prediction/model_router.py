@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from prelabel.contract import active_model_keys
+from prelabel.contract import ProjectRef, active_model_keys
 from prelabel.prediction.calibration import load_calibration
 from prelabel.prediction.cascade import ProjectPredictor
 from prelabel.prediction.llm_client import LLMClient
@@ -35,7 +35,7 @@ class ModelRouter:
         self.default = default
         self._promoted: dict[tuple[str, str, tuple], Predictor] = {}
 
-    async def active_record(self, project: str | None) -> dict[str, Any] | None:
+    async def active_record(self, project: ProjectRef | None) -> dict[str, Any] | None:
         if self.default.cache is None:
             return None
         for key in active_model_keys(project):  # the record's format: prelabel.train.promote
@@ -60,7 +60,7 @@ class ModelRouter:
             self._promoted[key] = Predictor(settings, LLMClient(settings), self.default.cache)
         return self._promoted[key]
 
-    async def for_project(self, project: str | None) -> ProjectPredictor:
+    async def for_project(self, project: ProjectRef | None) -> ProjectPredictor:
         record = await self.active_record(project) or {}
         primary = self._predictor(record.get("model"), record.get("base_url"), served_prompt(record))
         client = self.default.cache.client if self.default.cache is not None else None

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from label_studio_sdk.client import LabelStudio
 
+from prelabel.contract import ProjectRef
 from prelabel.studio.task_fields import write_fields
 
 if TYPE_CHECKING:
@@ -36,9 +37,10 @@ def human_touched(task: dict[str, Any]) -> bool:
 class ProjectClient:
     """One Label Studio project as the jobs see it."""
 
-    def __init__(self, sdk: LabelStudio, project_id: int, conn: redis.Redis | None = None) -> None:
+    def __init__(self, sdk: LabelStudio, project: ProjectRef, conn: redis.Redis | None = None) -> None:
         self.sdk = sdk  # from prelabel.studio.access.connect: allowed origin, no redirects
-        self.project_id = project_id
+        self.project = project  # its Redis keys
+        self.project_id = project.id  # its Label Studio id
         self.conn = conn  # the task-field writers' lock (studio.task_fields)
 
     def label_config(self) -> str:
@@ -90,7 +92,7 @@ class ProjectClient:
     def set_fields(self, task: dict[str, Any], fields: dict[str, Any]) -> bool:
         """Set ``fields`` in the task's data as Label Studio has it now (``studio.task_fields``:
         re-read, merged, read back), so other jobs' fields survive; True when it changed."""
-        data = write_fields(self.sdk, self.project_id, int(task["id"]), fields, self.conn)
+        data = write_fields(self.sdk, self.project, int(task["id"]), fields, self.conn)
         if data is None:
             return False
         task["data"] = data

@@ -29,7 +29,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from prelabel.contract import TRAIN_DECISIONS_KEY, active_model_key, active_model_keys
+from prelabel.contract import TRAIN_DECISIONS_KEY, ProjectRef, active_model_key, active_model_keys
 from prelabel.train.config import PromotionPolicy
 from prelabel.train.evaluate import Item, read_predictions
 from prelabel.train.report import task_metrics
@@ -37,7 +37,7 @@ from prelabel.train.report import task_metrics
 DECISIONS_KEPT = 1000
 
 
-def active_model(client: Any, project: str | None = None) -> dict[str, Any] | None:
+def active_model(client: Any, project: ProjectRef | None = None) -> dict[str, Any] | None:
     """The model the backend should use for ``project``: its own record, else the global one."""
     for key in active_model_keys(project):
         raw = client.get(key)
@@ -144,7 +144,7 @@ def _strip(report: dict[str, Any]) -> dict[str, Any]:
 
 def apply_decision(
     decision: dict[str, Any], *, client: Any, data_dir: Path, model: str, base_url: str,
-    model_path: str | None = None, project: str | None = None,
+    model_path: str | None = None, project: ProjectRef | None = None,
     current: dict[str, Any] | None = None, extra: dict[str, Any] | None = None,
 ) -> dict[str, Any] | None:
     """Log ``decision``; when it promotes, write the active model record (plus ``extra``, e.g. the
@@ -163,7 +163,7 @@ def apply_decision(
             "base_url": base_url,
             **served_prompt(decision["reports"]["candidate"]),
             "model_path": model_path,
-            "project": project,
+            "project": str(project) if project else None,
             "report": decision["candidate"]["_path"],
             "primary_metric": decision["primary_metric"],
             "primary_value": decision["candidate"]["primary_value"],
@@ -175,7 +175,7 @@ def apply_decision(
             **(extra or {}),
         }
         client.set(active_model_key(project), json.dumps(record))
-    entry = {**decision, "project": project, "active_record": record}
+    entry = {**decision, "project": str(project) if project else None, "active_record": record}
     line = json.dumps(entry, ensure_ascii=False)
     log_path = Path(data_dir) / "train" / "decisions.jsonl"
     log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -186,7 +186,7 @@ def apply_decision(
     return record
 
 
-def current_model(client: Any, settings: Any, project: str | None = None) -> dict[str, Any]:
+def current_model(client: Any, settings: Any, project: ProjectRef | None = None) -> dict[str, Any]:
     """What pre-annotates today: the active record, else the backend's configured LLM."""
     record = active_model(client, project)
     if record:
