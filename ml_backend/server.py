@@ -51,6 +51,7 @@ from prelabel.label_config import guideline_store
 from prelabel.label_config.guideline import GuidelineError, guideline_ref
 from prelabel.label_config.schema import ConfigError
 from prelabel.lru import LRU, Once
+from prelabel.migrate import migrate_tenancy
 from prelabel.ml_backend.deadline import Answer, answer_within_deadline, loop_time
 from prelabel.ml_backend.limits import LimitError, check_config, check_guideline, check_webhook
 from prelabel.prediction import metrics
@@ -327,6 +328,7 @@ class Backend:
             self.predictor = predictor
             self.router = ModelRouter(predictor)
             self.jobs_conn = connection(self.settings)
+            await self._migrate(self.jobs_conn)
             QUEUE_COLLECTOR.conn = SHARED_COUNTERS.conn = WORKER_COUNTERS.conn = STAGE_COLLECTOR.conn = self.jobs_conn
             webhook_wiring.WIRING_COLLECTOR.conn = self.jobs_conn
             # Everything loaded so far lives as long as the server: keep it out of the GC's
@@ -345,6 +347,14 @@ class Backend:
                 webhook_wiring.WIRING_COLLECTOR.conn = None
                 self.jobs_conn.close()
                 await self.router.aclose()
+
+    async def _migrate(self, conn: redis.Redis) -> None:
+        """Keys of an older version moved before the first request reads them (``prelabel.migrate``);
+        Redis away at start: logged, the worker (or ``prelabel migrate``) does it later."""
+        try:
+            await asyncio.to_thread(migrate_tenancy, conn, self.settings)
+        except RedisError as exc:
+            log.error("Redis keys of an older version not migrated (%s): run `prelabel migrate`", type(exc).__name__)
 
     @property
     def _webhook_auth_configured(self) -> bool:

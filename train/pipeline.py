@@ -88,11 +88,17 @@ def export_dataset(project: ProjectRef, out_dir: Path, options: dict[str, Any], 
     """The project's human-verified tasks as a dataset folder (``prelabel export`` with ``options``),
     from the project's own Label Studio (its ``/setup`` record names a listed one; else the configured)."""
     from prelabel.export.pipeline import export_project
+    from prelabel.export.source import SourceError
     from prelabel.jobs.projects import load_project
+    from prelabel.studio.access import AccessRefused
     from prelabel.studio.tenancy import access_for
 
     record = load_project(client, project) if client is not None else None
-    access = access_for(settings, project, record.hostname if record else None, record.access_token if record else None)
+    try:
+        access = access_for(settings, project, record.hostname if record else None,
+                            record.access_token if record else None)
+    except AccessRefused as exc:
+        raise SourceError(str(exc)) from None
     return Path(export_project(str(project.id), out_dir=out_dir, ls_url=access.url,
                                ls_token=access.token.get_secret_value(), **options))
 

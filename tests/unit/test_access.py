@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from pydantic import SecretStr
 
+from prelabel.contract import ProjectRef, tenant_slug
 from prelabel.settings import Settings
 from prelabel.studio.access import REFUSED, AccessRefused, for_operator, origin_of, resolve
 from tests.support.hostile import Listener
@@ -95,10 +96,13 @@ def test_the_webhook_is_wired_only_where_the_project_lives() -> None:
 
     backend = Backend(settings(label_studio_hosts=["https://other.example"]))
     token = SecretStr("their-token")
-    assert backend._wiring_access(ProjectState(None, None, LS + "/", None)).source == "configured"
-    assert backend._wiring_access(ProjectState(None, None, "https://other.example", token)).source == "listed"
-    assert backend._wiring_access(ProjectState(None, None, "http://evil.example:8080", token)) is None
-    assert backend._wiring_access(ProjectState(None, None, "https://other.example", None)) is None  # no token
+    ours, theirs = ProjectRef(backend.tenants.default, 5), ProjectRef(tenant_slug("https://other.example"), 5)
+    assert backend._wiring_access(ours, ProjectState(None, None, LS + "/", None)).source == "configured"
+    assert backend._wiring_access(theirs, ProjectState(None, None, "https://other.example", token)).source == "listed"
+    assert backend._wiring_access(ours, ProjectState(None, None, "http://evil.example:8080", token)) is None
+    assert backend._wiring_access(theirs, ProjectState(None, None, "https://other.example", None)) is None  # no token
+    # a listed instance's project whose record lost its hostname: never the configured Label Studio
+    assert backend._wiring_access(theirs, ProjectState(None, None, None, None)) is None
     assert backend._webhook_headers() is None  # neither a secret nor basic auth: nothing to add
     with_secret = Backend(settings(webhook_secret=SecretStr("s3cret-x")))
     assert with_secret._webhook_headers() == {"X-Prelabel-Secret": "s3cret-x"}

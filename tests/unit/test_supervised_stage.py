@@ -21,7 +21,7 @@ import pytest
 import redis as redis_lib
 import redis.asyncio as aioredis
 
-from prelabel.contract import stage_answers_key, stage_scores_key
+from prelabel.contract import ProjectRef, stage_answers_key, stage_scores_key, tenant_slug
 from prelabel.jobs.stage_eval import flywheel_plausible, refresh_from_tasks
 from prelabel.prediction.predictor import ContextBuilder
 from prelabel.prediction.stage_router import (
@@ -42,7 +42,7 @@ from tests.support.intent_data import LABELS, queries
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = (ROOT / "label_config/templates/search_intent.xml").read_text()
-PROJECT = "5"
+PROJECT = ProjectRef(tenant_slug("http://ls.example"), 5)
 
 
 @pytest.fixture()
