@@ -17,9 +17,9 @@ from prelabel.train.data import load_manifest
 from prelabel.train.evaluate import INVALID, EvalRun, Item, field_scores, parse
 from prelabel.train.promote import active_model, apply_decision, decide
 from prelabel.train.report import task_metrics, write_report
+from tests.support.flywheel_data import spam_dataset, write_dataset
 
 P3 = ProjectRef(tenant_slug("http://ls.example"), 3)
-from tests.support.flywheel_data import spam_dataset, write_dataset
 
 
 @pytest.fixture()
@@ -254,7 +254,7 @@ def test_promotion_record_prompts_the_model_as_it_was_evaluated(tmp_path: Path, 
     previous = {"model": "big", "base_url": "http://big:1/v1", "prompt_style": "full", "fewshot_k": 3}
     policy = PromotionPolicy(margin=0.05, max_class_drop=0.5, cascade_threshold=0.8)
     record = apply_decision(decide(good, bad, policy), client=client, data_dir=settings.data_dir, model="tuned",
-                            base_url="http://vllm:8000/v1", project=ProjectRef(tenant_slug("http://ls.example"), 6), current=previous)
+                            base_url="http://vllm:8000/v1", project=ProjectRef(P3.tenant, 6), current=previous)
     assert record is not None and (record["prompt_style"], record["fewshot_k"]) == ("compact", 0)
     assert (record["cascade"]["fallback_prompt_style"], record["cascade"]["fallback_fewshot_k"]) == ("full", 3)
     # through the backend engine the report names the prompt itself; an explicit choice wins
@@ -264,7 +264,7 @@ def test_promotion_record_prompts_the_model_as_it_was_evaluated(tmp_path: Path, 
                           "dataset": {"prompt_style": "compact"}}) == {"prompt_style": "full", "fewshot_k": 2}
     again = apply_decision(decide(good, bad, PromotionPolicy(margin=0.05, max_class_drop=0.5)), client=client,
                            data_dir=settings.data_dir, model="tuned", base_url="http://vllm:8000/v1",
-                           project=ProjectRef(tenant_slug("http://ls.example"), 6), extra={"prompt_style": "full"})
+                           project=ProjectRef(P3.tenant, 6), extra={"prompt_style": "full"})
     assert again is not None and again["prompt_style"] == "full"
 
 
