@@ -686,7 +686,7 @@ class Backend:
         if self.jobs_conn is not None:
             try:
                 found = await run_in_threadpool(webhook_wiring.load_all, self.jobs_conn)
-                webhooks = {pid: asdict(state) for pid, state in found.items()}
+                webhooks = {self.tenants.shown(key): asdict(state) for key, state in found.items()}
             except RedisError:
                 webhooks = {}
         return JSONResponse({"llm": [client.load_snapshot() for client in metrics.LOAD_COLLECTOR.clients],

@@ -82,9 +82,10 @@ def stamp_of(project_id: int, created_at: Any) -> str | None:
     if not isinstance(created_at, str) or not created_at:
         return None
     try:
-        return f"{project_id}.{int(datetime.fromisoformat(created_at).timestamp())}"
+        seconds = int(datetime.fromisoformat(created_at).timestamp())
     except (ValueError, OverflowError, OSError):  # not a date, or one out of the platform's range
         return None
+    return f"{project_id}.{seconds}" if seconds >= 0 else None  # /setup's stamps are digits only
 
 
 class Tenants:
@@ -131,6 +132,14 @@ class Tenants:
             if found is not None:
                 self._known.put(stamp, found)
         return found or self.default
+
+    def shown(self, key: str) -> str:
+        """A project as operators read it: ``4711`` on the configured Label Studio, ``4711@<tenant>``
+        on another (``key``: ``str(ProjectRef)``; anything else as it is)."""
+        ref = ProjectRef.parse(key)
+        if ref is None:
+            return key
+        return str(ref.id) if ref.tenant == self.default else f"{ref.id}@{ref.tenant}"
 
     def _store(self, conn: redis.Redis | None, stamp: str, tenant: str) -> None:
         self._known.put(stamp, tenant)
