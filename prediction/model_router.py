@@ -1,6 +1,6 @@
 """Which model pre-annotates a project: the configured one, unless a better one was promoted.
 
-Promotion (``prelabel train promote``) writes ``prelabel:active_model:<project>`` (or the global
+Promotion (``prelabel train promote``) writes ``prelabel:active_model:<tenant>:<project>`` (or the global
 ``prelabel:active_model``) in Redis; from the next request on, that project's tasks go to the
 promoted model and its predictions carry its name in ``model_version``. When the record carries
 a ``cascade`` (threshold, fallback model and URL), the promoted model answers first and the

@@ -9,7 +9,7 @@ with llama.cpp, evaluates both models through the backend and hands the promoted
 
 ``run_flywheel(project_id)`` is the RQ job function (Label Studio's START_TRAINING event, or
 ``note_verified_labels`` reaching ``PRELABEL_TRAIN_MIN_NEW_LABELS``). Its progress is visible in
-the Redis hash ``prelabel:train:<project>`` (``state``, ``stage``, ``run_id``, ``started``,
+the Redis hash ``prelabel:train:<tenant>:<project>`` (``state``, ``stage``, ``run_id``, ``started``,
 ``finished``, ``error``, ``<stage>_started`` / ``<stage>_finished``, ``decision``) and in the RQ
 job's ``meta``. One run per project at a time (a Redis lock); a second trigger while one runs
 is recorded as skipped.

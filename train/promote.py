@@ -7,7 +7,7 @@ to ``<data_dir>/train/decisions.jsonl`` and to the Redis list ``prelabel:train:d
 
 Promotion writes the *active model record* that the backend reads to choose its model:
 
-* ``prelabel:active_model:<project>`` (or ``prelabel:active_model`` without a project): JSON with
+* ``prelabel:active_model:<tenant>:<project>`` (or ``prelabel:active_model`` without a project): JSON with
   ``model`` (the served model name; predictions' ``model_version`` becomes ``<model>@<prompt>``),
   ``base_url``, ``prompt_style`` and ``fewshot_k`` (how the backend prompts it: as it was evaluated,
   see ``served_prompt``), ``model_path``, ``report``, ``promoted_at``, ``decision_id``, ``previous``
