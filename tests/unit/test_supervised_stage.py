@@ -262,8 +262,10 @@ def test_the_router_gives_every_project_predictor_its_routed_stage(redis_url):
     async def go():
         async with open_predictor(Settings(redis_url=redis_url)) as default:
             router = ModelRouter(default)
-            mine, other = await router.for_project(PROJECT), await router.for_project("999")
-            return mine.stage, other.stage
+            # another project, and the same id on another Label Studio: neither has the stage
+            mine, other = await router.for_project(PROJECT), await router.for_project(ProjectRef(PROJECT.tenant, 999))
+            twin = await router.for_project(ProjectRef(tenant_slug("http://other.example"), PROJECT.id))
+            return mine.stage, other.stage or twin.stage
 
     mine, other = asyncio.run(go())
     assert mine is not None and mine.version == refresh.stage.version
