@@ -107,6 +107,8 @@ class Tenants:
         A named host that is not listed (or not a URL) is served by the configured Label Studio
         (``studio.access``), so it is the configured tenant; without a hostname the stamp decides.
         """
+        if not self.settings.label_studio_hosts:  # one Label Studio: nothing to tell apart, nothing looked up
+            return ProjectRef(self.default, project_id)
         named = tenant_of_host(self.settings, hostname)
         if named is None and hostname and hostname.strip():
             named = self.default
