@@ -42,13 +42,13 @@ def _choice(prediction: dict[str, Any]) -> str | None:
 
 async def measure(rows: list[dict[str, Any]], reviews: int, cascade_tasks: int, workdir: Path) -> dict[str, Any]:
     from prelabel.contract import ReviewStatus
-    from prelabel.jobs.review import proposed_answer, review_one
-    from prelabel.prediction.cascade import ProjectPredictor
+    from prelabel.prediction.cascade import CalibratedCascade
     from prelabel.prediction.llm_client import LLMClient
     from prelabel.prediction.model_identity import compare, identify
     from prelabel.prediction.near_duplicates import predict_with_reuse
     from prelabel.prediction.predictor import Predictor, open_predictor
-    from prelabel.quality.calibration import Pairs, calibration_report, fit_map
+    from prelabel.prediction.review import proposed_answer, review_one
+    from prelabel.quality.calibration_fit import Pairs, calibration_report, fit_map
     from prelabel.ranking.priority import rank
     from prelabel.ranking.signals import TaskSignals
     from prelabel.settings import Settings
@@ -130,7 +130,7 @@ async def measure(rows: list[dict[str, Any]], reviews: int, cascade_tasks: int, 
                                                             "llm_base_urls": [other.base_url]})
             fallback = Predictor(fallback_settings, LLMClient(fallback_settings), predictor.cache)
             threshold = 0.5
-            cascade = ProjectPredictor(cheap, project="bench", calibration=cmap, fallback=fallback,
+            cascade = CalibratedCascade(cheap, project="bench", calibration=cmap, fallback=fallback,
                                        threshold=threshold)
             sample = tasks[:cascade_tasks]
             routed = await cascade.predict(sample, ctx)

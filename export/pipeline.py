@@ -233,115 +233,163 @@ def _winner(text: _Text, verify: VerifyOptions) -> str | None:
 
 def _write(tasks: Iterable[dict[str, Any]], mapper: Mapper, options: ExportOptions, tmp: Path,
            project: dict[str, Any], progress: Callable[[int], None] | None) -> dict[str, Any]:
-    state = _Pass()
-    counts = state.counts
-    pii_found: Counter[str] = Counter()
-    per_annotator: Counter[Any] = Counter()
-    per_user: Counter[Any] = Counter()
-    annotators: set[str] = set()
-    versions: Counter[str] = Counter()
-    deduper = Deduper(options.near_threshold, options.prefix_chars, keep_near=options.keep_near_duplicates)
-    splitter = Splitter(options.ratios, options.seed)
+    """Both passes (``_FirstPass`` over the tasks, then ``_second_pass``); the manifest."""
     stage = tmp / ".stage"
     stage.mkdir()
-    files = {split: (stage / f"{split}.jsonl").open("w", encoding="utf-8") for split in SPLITS}
-    lineage = {split: (stage / f"{split}.lineage.jsonl").open("w", encoding="utf-8") for split in SPLITS}
-    user_key = options.user_field
+    first = _FirstPass(mapper, options, project.get("id"), stage)
     try:
         for task in tasks:
-            counts["tasks"] += 1
             if progress:
                 progress(1)
-            for prediction in task.get("predictions") or []:
-                versions[str(prediction.get("model_version") or "")] += 1
-            if (task.get("data") or {}).get(REFERENCE_FIELD) and not options.include_reference:
-                counts["reference_task"] += 1  # the operator's answer key for screening, not a training label
-                continue
-            verified, why = verified_label(task, options.verify)
-            if verified is None:
-                counts[why] += 1
-                continue
-            record, why = mapper.checked_record(task, verified.result)
-            if record is None:
-                counts[why] += 1
-                continue
-            if not record.input.strip():
-                counts["empty_text"] += 1
-                continue
-            if len(record.input) + len(record.output) > options.max_chars:
-                counts["too_long"] += 1
-                continue
-            if options.pii != "keep":
-                record, found = clean_record(mapper, record)
-                if found:
-                    pii_found.update(found)
-                    if options.pii == "drop":
-                        counts["pii_dropped"] += 1
-                        continue
-                    counts["pii_redacted"] += 1
-            annotator = verified.annotators[0] if verified.annotators else None
-            if options.max_per_annotator and per_annotator[annotator] >= options.max_per_annotator:
-                counts["over_annotator_cap"] += 1
-                continue
-            data = task.get("data") or {}
-            user = data.get(user_key) if user_key else None
-            if user_key and user is None:
-                counts["no_user_field"] += 1
-            elif options.max_per_user and per_user[user] >= options.max_per_user:
-                counts["over_user_cap"] += 1
-                continue
-            text_key, output_key = content_hash(record.input), hashlib.sha256(record.output.encode()).hexdigest()
-            seen = state.by_text.get(text_key)
-            agreeing, voters = _votes(verified)
-            if seen is not None and mapper.task_type != "generation":  # one label per text (demonstrations: many)
-                seen.votes[output_key] += agreeing
-                seen.voters += voters
-                if output_key == seen.output or output_key in seen.others:
-                    counts["exact_duplicate"] += 1
-                    continue
-            held = seen if seen is not None and mapper.task_type != "generation" else None
-            duplicate, near_group = (None, text_key) if held is not None else \
-                deduper.check(str(record.task_id), f"{record.input}\n{record.output}")
-            if duplicate:
-                counts[duplicate] += 1
-                continue
-            per_annotator[annotator] += 1
-            if user is not None:
-                per_user[user] += 1
-            annotators.update(_hash_id(project.get("id"), a) for a in verified.annotators)
-            group = _group(options.group_by or "task", annotator, near_group, data, record.task_id)
-            stratum = json.dumps(record.label) if record.label is not None else "all"
-            split = seen.split if seen is not None else splitter.assign(stratum, group)  # a text stays in one split
-            rows = _rows(mapper, record, options.format)
-            trace = {"task_id": record.task_id, "label": record.label,
-                     "annotators": sorted(_hash_id(project.get("id"), a) for a in verified.annotators),
-                     "user": None if user is None else _hash_id(project.get("id"), f"user:{user}"),
-                     "pre_annotation": pre_annotation(task), "synthetic": False, "_text": text_key}
-            if held is not None:  # a conflicting label: held until every task is read
-                held.others[output_key] = ([json.dumps(row, ensure_ascii=False) + "\n" for row in rows],
-                                              [json.dumps(trace, ensure_ascii=False) + "\n"] * len(rows),
-                                              record.label)
-                continue
-            if seen is None:
-                state.by_text[text_key] = _Text(split, output_key, record.label, Counter({output_key: agreeing}),
-                                                voters)
-            for row in rows:
-                files[split].write(json.dumps(row, ensure_ascii=False) + "\n")
-                lineage[split].write(json.dumps(trace, ensure_ascii=False) + "\n")
-            counts["written_tasks"] += 1
-            for label in ([record.label] if isinstance(record.label, str) else record.label or []):
-                state.labels[split][label] += 1
-            if mapper.task_type == "classification" and options.augment_below:
-                state.texts.add(normalise(record.input))  # no variant may equal a val/test text
-                klass = record.label
-                if not isinstance(klass, str):  # Mapper._record gives every classification record its class
-                    raise RuntimeError(f"task {record.task_id}: a classification record without its class (a bug)")
-                if split == "train" and len(state.sources[klass]) < options.augment_below:
-                    state.sources[klass].append((record.task_id, record.input))
+            first.add(task)
     finally:
-        for handle in [*files.values(), *lineage.values()]:
+        first.close()
+    return _second_pass(first, tmp, project)
+
+
+class _FirstPass:
+    """One pass over the tasks: each verified, cleaned, capped and deduplicated record written to
+    its split's staging file; every task left out is counted under its reason (``counts``)."""
+
+    def __init__(self, mapper: Mapper, options: ExportOptions, project_id: Any, stage: Path) -> None:
+        self.mapper, self.options, self.project_id, self.stage = mapper, options, project_id, stage
+        self.state = _Pass()
+        self.counts = self.state.counts
+        self.pii_found: Counter[str] = Counter()
+        self.per_annotator: Counter[Any] = Counter()
+        self.per_user: Counter[Any] = Counter()
+        self.annotators: set[str] = set()
+        self.versions: Counter[str] = Counter()
+        self.deduper = Deduper(options.near_threshold, options.prefix_chars, keep_near=options.keep_near_duplicates)
+        self.splitter = Splitter(options.ratios, options.seed)
+        self.files = {split: (stage / f"{split}.jsonl").open("w", encoding="utf-8") for split in SPLITS}
+        self.lineage = {split: (stage / f"{split}.lineage.jsonl").open("w", encoding="utf-8") for split in SPLITS}
+
+    def close(self) -> None:
+        for handle in [*self.files.values(), *self.lineage.values()]:
             handle.close()
-    decisions = _resolve(state, options.verify, mapper.task_type)
+
+    def add(self, task: dict[str, Any]) -> None:
+        self.counts["tasks"] += 1
+        for prediction in task.get("predictions") or []:
+            self.versions[str(prediction.get("model_version") or "")] += 1
+        admitted = self._admit(task)
+        if admitted is None:
+            return
+        record, verified = admitted
+        owners = self._owners(task, verified)
+        if owners is not None:
+            self._place(task, record, verified, *owners)
+
+    def _admit(self, task: dict[str, Any]) -> tuple[Record, Verified] | None:
+        """The task's record when its label is verified, mappable, not empty, not too long, and its
+        PII handled as ``options.pii`` says; else None, the reason counted."""
+        options, counts = self.options, self.counts
+        if (task.get("data") or {}).get(REFERENCE_FIELD) and not options.include_reference:
+            counts["reference_task"] += 1  # the operator's answer key for screening, not a training label
+            return None
+        verified, why = verified_label(task, options.verify)
+        if verified is None:
+            counts[why] += 1
+            return None
+        record, why = self.mapper.checked_record(task, verified.result)
+        if record is None:
+            counts[why] += 1
+            return None
+        if not record.input.strip():
+            counts["empty_text"] += 1
+            return None
+        if len(record.input) + len(record.output) > options.max_chars:
+            counts["too_long"] += 1
+            return None
+        if options.pii != "keep":
+            record, found = clean_record(self.mapper, record)
+            if found:
+                self.pii_found.update(found)
+                if options.pii == "drop":
+                    counts["pii_dropped"] += 1
+                    return None
+                counts["pii_redacted"] += 1
+        return record, verified
+
+    def _owners(self, task: dict[str, Any], verified: Verified) -> tuple[Any, Any] | None:
+        """(annotator, user) of a record within the per-annotator and per-user caps; None over one."""
+        options = self.options
+        annotator = verified.annotators[0] if verified.annotators else None
+        if options.max_per_annotator and self.per_annotator[annotator] >= options.max_per_annotator:
+            self.counts["over_annotator_cap"] += 1
+            return None
+        user_key = options.user_field
+        user = (task.get("data") or {}).get(user_key) if user_key else None
+        if user_key and user is None:
+            self.counts["no_user_field"] += 1
+        elif options.max_per_user and self.per_user[user] >= options.max_per_user:
+            self.counts["over_user_cap"] += 1
+            return None
+        return annotator, user
+
+    def _place(self, task: dict[str, Any], record: Record, verified: Verified, annotator: Any, user: Any) -> None:
+        """Deduplicate the record and write it to its split (a text stays in one), or hold another
+        label for a text already written until every task is read (``_resolve`` picks one)."""
+        state, mapper = self.state, self.mapper
+        text_key, output_key = content_hash(record.input), hashlib.sha256(record.output.encode()).hexdigest()
+        seen = state.by_text.get(text_key)
+        agreeing, voters = _votes(verified)
+        if seen is not None and mapper.task_type != "generation":  # one label per text (demonstrations: many)
+            seen.votes[output_key] += agreeing
+            seen.voters += voters
+            if output_key == seen.output or output_key in seen.others:
+                self.counts["exact_duplicate"] += 1
+                return
+        held = seen if seen is not None and mapper.task_type != "generation" else None
+        duplicate, near_group = (None, text_key) if held is not None else \
+            self.deduper.check(str(record.task_id), f"{record.input}\n{record.output}")
+        if duplicate:
+            self.counts[duplicate] += 1
+            return
+        self.per_annotator[annotator] += 1
+        if user is not None:
+            self.per_user[user] += 1
+        self.annotators.update(_hash_id(self.project_id, a) for a in verified.annotators)
+        data = task.get("data") or {}
+        group = _group(self.options.group_by or "task", annotator, near_group, data, record.task_id)
+        stratum = json.dumps(record.label) if record.label is not None else "all"
+        split = seen.split if seen is not None else self.splitter.assign(stratum, group)
+        rows = _rows(mapper, record, self.options.format)
+        trace = {"task_id": record.task_id, "label": record.label,
+                 "annotators": sorted(_hash_id(self.project_id, a) for a in verified.annotators),
+                 "user": None if user is None else _hash_id(self.project_id, f"user:{user}"),
+                 "pre_annotation": pre_annotation(task), "synthetic": False, "_text": text_key}
+        if held is not None:  # a conflicting label: held until every task is read
+            held.others[output_key] = ([json.dumps(row, ensure_ascii=False) + "\n" for row in rows],
+                                       [json.dumps(trace, ensure_ascii=False) + "\n"] * len(rows),
+                                       record.label)
+            return
+        if seen is None:
+            state.by_text[text_key] = _Text(split, output_key, record.label, Counter({output_key: agreeing}), voters)
+        self._emit(split, record, rows, trace)
+
+    def _emit(self, split: str, record: Record, rows: list[dict[str, Any]], trace: dict[str, Any]) -> None:
+        """Write the record's rows and lineage; note its labels and, for augmentation, its text."""
+        state = self.state
+        for row in rows:
+            self.files[split].write(json.dumps(row, ensure_ascii=False) + "\n")
+            self.lineage[split].write(json.dumps(trace, ensure_ascii=False) + "\n")
+        self.counts["written_tasks"] += 1
+        for label in ([record.label] if isinstance(record.label, str) else record.label or []):
+            state.labels[split][label] += 1
+        if self.mapper.task_type == "classification" and self.options.augment_below:
+            state.texts.add(normalise(record.input))  # no variant may equal a val/test text
+            klass = record.label
+            if not isinstance(klass, str):  # Mapper._record gives every classification record its class
+                raise RuntimeError(f"task {record.task_id}: a classification record without its class (a bug)")
+            if split == "train" and len(state.sources[klass]) < self.options.augment_below:
+                state.sources[klass].append((record.task_id, record.input))
+
+
+def _rare_classes(state: _Pass, mapper: Mapper, options: ExportOptions) -> tuple[Counter[str], dict[str, int],
+                                                                                  list[str]]:
+    """(kept rows per label, the labels under ``min_per_class`` with their count, those dropped)."""
     totals: Counter[str] = Counter()
     for split in SPLITS:
         totals.update(state.labels[split])
@@ -349,13 +397,22 @@ def _write(tasks: Iterable[dict[str, Any]], mapper: Mapper, options: ExportOptio
     if mapper.labels:
         rare.update({label: 0 for label in mapper.labels if label not in totals})
     dropped = sorted(rare) if options.rare_classes == "drop" and mapper.task_type == "classification" else []
-    rows_per_split = _finish(stage, tmp, set(dropped), state, decisions)
+    return totals, rare, dropped
+
+
+def _second_pass(first: _FirstPass, tmp: Path, project: dict[str, Any]) -> dict[str, Any]:
+    """Resolve held labels, drop rare classes, add synthetic examples, move the files into ``tmp``;
+    the manifest of the whole export."""
+    state, mapper, options, counts = first.state, first.mapper, first.options, first.counts
+    decisions = _resolve(state, options.verify, mapper.task_type)
+    totals, rare, dropped = _rare_classes(state, mapper, options)
+    rows_per_split = _finish(first.stage, tmp, set(dropped), state, decisions)
     synthetic = _augment(mapper, options, tmp, state, set(dropped)) if options.augment_below else Counter()
     rows_per_split["train"] += sum(synthetic.values())
     counts["written_rows"] = sum(rows_per_split.values())
     if synthetic:
         counts["synthetic"] = sum(synthetic.values())
-    shutil.rmtree(stage)
+    shutil.rmtree(first.stage)
     labels = [label for label in mapper.labels if label not in dropped] if dropped else mapper.labels
     return {
         "format": options.format,
@@ -370,7 +427,7 @@ def _write(tasks: Iterable[dict[str, Any]], mapper: Mapper, options: ExportOptio
         "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(options).items() if k != "verify"}
         | {"verify": asdict(options.verify)},
         "counts": dict(counts),
-        "pii_found": dict(pii_found),
+        "pii_found": dict(first.pii_found),
         "rare_classes": rare,
         "dropped_classes": {label: totals.get(label, 0) for label in dropped},
         "splits": {split: {"path": f"{split}.jsonl", "count": rows_per_split[split],
@@ -379,8 +436,8 @@ def _write(tasks: Iterable[dict[str, Any]], mapper: Mapper, options: ExportOptio
                                "synthetic_distribution": dict(synthetic)} if split == "train" and synthetic else {})}
                    for split in SPLITS},
         "lineage": LINEAGE,
-        "annotators": sorted(annotators),
-        "pre_annotation_model_versions": dict(versions),
+        "annotators": sorted(first.annotators),
+        "pre_annotation_model_versions": dict(first.versions),
     }
 
 

@@ -1,7 +1,7 @@
 """Every prediction gets the same after-care: a review and a place in the ranking.
 
 A task pre-annotated from a ``TASKS_CREATED`` event is reviewed and ranked by the job that wrote
-its prediction (``handlers.preannotate``). A task can also get its prediction from ``/predict``:
+its prediction (``preannotation.preannotate``). A task can also get its prediction from ``/predict``:
 tasks imported before the model was connected (no event for them ever comes), *Retrieve
 Predictions* in the Data Manager, Label Studio asking when a task is opened. Label Studio stores
 those predictions itself, after ``/predict`` answered, so the backend queues their after-care
@@ -9,7 +9,7 @@ here, a few seconds later, without holding the answer:
 
 * once per task and prediction version (``aftercare_key``, SET NX): Label Studio asking again
   for the same prediction queues nothing; a task reached by both paths is reviewed once per
-  version anyway (``handlers._review_task`` skips a prediction already reviewed);
+  version anyway (``review._review_task`` skips a prediction already reviewed);
 * the job reviews the tasks whose prediction Label Studio has stored by then (the review job
   ranks the project when it is done) and looks again, later, for the others, a few times;
 * interactive calls (the labeling screen's suggestions, which Label Studio does not store) never
@@ -25,7 +25,9 @@ import redis
 
 from prelabel.contract import ProjectRef, aftercare_key, is_own_preannotation, is_review
 from prelabel.jobs.events import event_key
+from prelabel.jobs.project_job import ProjectJob
 from prelabel.jobs.queue import enqueue
+from prelabel.jobs.review import queue_review
 from prelabel.settings import Settings
 from prelabel.studio.client import human_touched
 
@@ -73,8 +75,6 @@ def has_own_preannotation(task: dict[str, Any]) -> bool:
 
 def aftercare(project: ProjectRef | int, task_ids: list[int], attempt: int = 1) -> dict[str, int]:
     """The worker's job: review (then rank) the tasks whose prediction Label Studio stored."""
-    from prelabel.jobs.handlers import ProjectJob, queue_review
-
     job = ProjectJob.open(project)
     tasks = list(job.ls.tasks(task_ids))
     stored = sorted(t["id"] for t in tasks if not human_touched(t) and has_own_preannotation(t))

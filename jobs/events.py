@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import replace
 from typing import Any
 
+from prelabel.contract import Event as Event  # re-exported: the type lives in the contract
 from prelabel.errors import PrelabelError
 from prelabel.studio.tenancy import stamp_of
 
@@ -34,34 +35,6 @@ START_TRAINING_DEDUPE_S = 60
 
 class EventError(PrelabelError, ValueError):
     """A webhook body that cannot be a Label Studio event; answered with 400, nothing enqueued."""
-
-
-@dataclass(frozen=True)
-class Event:
-    """What a job needs from one webhook call (never the whole body: no task texts, no tokens)."""
-
-    action: str
-    project_id: int
-    key: str
-    task_ids: list[int] = field(default_factory=list)
-    annotation_ids: list[int] = field(default_factory=list)
-    label_config: str | None = None  # only in events parsed from a webhook; queued jobs carry config_hash
-    dedupe_ttl: int | None = None
-    config_hash: str | None = None  # the config stored under contract.job_config_key (jobs.queue)
-    stamp: str | None = None  # Label Studio's "<id>.<created_at>" of the project (studio.tenancy)
-    tenant: str | None = None  # the project's Label Studio (set by the backend; None: the configured one)
-
-    @property
-    def job_id(self) -> str:
-        """The event's job id: the same event delivered twice is one job, two instances' are two."""
-        return f"event-{self.action.lower()}-{self.tenant or 'default'}-{self.project_id}-{self.key}"
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Event:
-        return cls(**data)
 
 
 def parse_event(body: Any) -> Event | None:

@@ -9,7 +9,8 @@ Nothing is lost or duplicated:
 
 * each handed-off task gets a marker ``prelabel:handoff:<project>:<task>`` (SET NX): a task
   already handed off is not handed off again, and a later ``/predict`` (the user clicks
-  *Retrieve Predictions* again) answers ``[]`` for it instead of predicting it a second time;
+  *Retrieve Predictions* again) answers ``[]`` for it instead of predicting it a second time
+  (``prediction.deadline.pending`` reads the markers);
 * the job skips tasks that already have a prediction of this model and prompt, and writes with
   ``ProjectClient.upsert_prediction`` (one prediction per model family, whatever runs twice);
 * when the job is done the markers expire after ``DONE_TTL`` seconds (long enough for a
@@ -25,20 +26,14 @@ import redis
 
 from prelabel.contract import ProjectRef, handoff_key
 from prelabel.jobs.events import event_key
+from prelabel.jobs.preannotation import preannotate
+from prelabel.jobs.project_job import ProjectJob
 from prelabel.jobs.queue import enqueue
 from prelabel.settings import Settings
 
 log = logging.getLogger(__name__)
 
 DONE_TTL = 120
-
-
-def pending(conn: redis.Redis, project: ProjectRef, task_ids: list[int]) -> set[int]:
-    """The tasks among ``task_ids`` already handed to the worker (not finished, or just finished)."""
-    if not task_ids:
-        return set()
-    values = conn.mget([handoff_key(project, tid) for tid in task_ids])
-    return {tid for tid, value in zip(task_ids, values) if value is not None}
 
 
 def hand_off(conn: redis.Redis, settings: Settings, project: ProjectRef, task_ids: list[int],
@@ -61,8 +56,6 @@ def hand_off(conn: redis.Redis, settings: Settings, project: ProjectRef, task_id
 
 def predict_handed_off(project: ProjectRef | int, task_ids: list[int], label_config: str | None) -> dict[str, Any]:
     """The worker's job: predict the tasks and write each prediction into Label Studio (upsert)."""
-    from prelabel.jobs.handlers import ProjectJob, preannotate
-
     job = ProjectJob.open(project)
     counts = preannotate(job, task_ids, label_config)  # and their review and ranking, as for an import
     _expire(job.conn, job.ref, task_ids)  # a failed run keeps them marked while RQ retries it

@@ -7,9 +7,7 @@ crashed job up again re-runs it from the start).
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable
-from dataclasses import dataclass, replace
 from datetime import timedelta
 from typing import Any
 
@@ -17,8 +15,7 @@ import redis
 from rq import Queue, Retry
 from rq.job import Job, JobStatus
 
-from prelabel.contract import QUEUE_NAME, TRAIN_QUEUE_NAME, event_marker_key, job_config_key
-from prelabel.jobs.events import HUMAN, Event
+from prelabel.contract import QUEUE_NAME, TRAIN_QUEUE_NAME
 from prelabel.redis_conn import connection as connection  # re-exported: the queue's callers take it from here
 from prelabel.settings import Settings
 
@@ -33,52 +30,6 @@ def job_queue(conn: redis.Redis, name: str = QUEUE_NAME) -> Queue:
 def train_queue(conn: redis.Redis) -> Queue:
     """The flywheel's queue (``TRAIN_QUEUE_NAME``): consumed by workers that can train."""
     return job_queue(conn, TRAIN_QUEUE_NAME)
-
-
-@dataclass(frozen=True)
-class Enqueued:
-    job_id: str
-    duplicate: bool
-
-
-def enqueue_event(conn: redis.Redis, settings: Settings, event: Event) -> Enqueued:
-    """Queue the job for an event unless the same event was delivered before.
-
-    The dedupe marker is set atomically (SET NX) *before* the job exists, so two deliveries
-    racing each other still create one job; if queueing fails the marker is removed again so a
-    later delivery is not lost.
-    """
-    from prelabel.jobs.handlers import handle_event
-
-    job_id = event.job_id
-    ttl = event.dedupe_ttl or settings.event_dedupe_ttl
-    if not conn.set(event_marker_key(job_id), "1", nx=True, ex=ttl):
-        return Enqueued(job_id, duplicate=True)
-    try:
-        enqueue(conn, settings, handle_event, _by_reference(conn, settings, event).as_dict(), job_id=job_id,
-                description=f"{event.action} project {event.project_id}", at_front=event.action in HUMAN)
-    except Exception:
-        conn.delete(event_marker_key(job_id))
-        raise
-    return Enqueued(job_id, duplicate=False)
-
-
-def _by_reference(conn: redis.Redis, settings: Settings, event: Event) -> Event:
-    """The event with its labeling config replaced by the config's hash (stored once, with a TTL)."""
-    if not event.label_config:
-        return event
-    digest = hashlib.sha256(event.label_config.encode("utf-8", "surrogatepass")).hexdigest()[:32]
-    conn.set(job_config_key(digest), event.label_config, ex=settings.job_config_ttl)
-    return replace(event, label_config=None, config_hash=digest)
-
-
-def stored_config(conn: redis.Redis, event: Event) -> str | None:
-    """The labeling config a queued event refers to; None (the worker asks Label Studio) when it
-    carried none or its copy expired."""
-    if event.label_config or not event.config_hash:
-        return event.label_config
-    raw = conn.get(job_config_key(event.config_hash))
-    return raw.decode("utf-8", "surrogatepass") if isinstance(raw, bytes) else raw
 
 
 def enqueue(

@@ -40,9 +40,14 @@ from prelabel.contract import (
     scanned_key,
     status_of,
 )
-from prelabel.jobs import handoff, outcomes
+from prelabel.jobs.preannotation import LABELED_BY_A_PERSON, preannotate
+from prelabel.jobs.project_job import ProjectJob
 from prelabel.jobs.queue import PENDING, connection, enqueue
+from prelabel.jobs.refresh import queue_refresh
+from prelabel.jobs.review import queue_review
 from prelabel.jobs.worker_stats import RECONCILE_ROUNDS
+from prelabel.prediction import outcomes
+from prelabel.prediction.deadline import pending
 from prelabel.ranking.project import PRIORITY_FIELD
 from prelabel.settings import Settings
 from prelabel.studio.client import human_touched
@@ -81,8 +86,6 @@ def _age(task: dict[str, Any], now: datetime | None) -> timedelta:
 
 def reconcile_project(project: ProjectRef | int, scan: bool | None = None) -> dict[str, Any]:
     """Pre-annotate this project's tasks that an LLM error or a lost event left without a label."""
-    from prelabel.jobs.handlers import LABELED_BY_A_PERSON, ProjectJob, preannotate
-
     job = ProjectJob.open(project)
     project_id = job.project_id
     scan_key = scanned_key(job.ref)
@@ -96,7 +99,7 @@ def reconcile_project(project: ProjectRef | int, scan: bool | None = None) -> di
         job.conn.srem(errored_key(job.ref), *(errored - set(found)))
     aftercare = _queue_missing_aftercare(job, found) if scan else {}
     candidates = {task_id for task_id, task in found.items() if needs_preannotation(task)}
-    candidates -= handoff.pending(job.conn, job.ref, sorted(candidates))  # the worker has them already
+    candidates -= pending(job.conn, job.ref, sorted(candidates))  # the worker has them already
     if not candidates:
         RECONCILE_ROUNDS.labels("aftercare" if any(aftercare.values()) else "nothing").inc()
         return {"candidates": 0, **aftercare}
@@ -137,8 +140,6 @@ def needs_ranking(task: dict[str, Any]) -> bool:
 
 def _queue_missing_aftercare(job: Any, found: dict[int, dict[str, Any]]) -> dict[str, int]:
     """Queue the review of pre-annotated tasks never reviewed, and a ranking when some task has none."""
-    from prelabel.jobs.handlers import queue_refresh, queue_review
-
     review = sorted(tid for tid, task in found.items() if needs_review(task))
     rank = sum(needs_ranking(task) for task in found.values())
     if review:

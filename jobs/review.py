@@ -1,169 +1,146 @@
-"""Second-model review: a different model judges each pre-annotation.
+"""The second-model review job: a different model judges each pre-annotation, in time slices.
 
-The reviewer sees the same guideline and input as the pre-annotator, plus the proposed answer,
-and returns a verdict, a rationale of at most 50 characters and, when it disagrees, its own
-answer. That answer goes through the same validation as any prediction: a correction that is not
-valid for the config is never written as a label (the task becomes ``needs_human``).
-
-Statuses: ``passed`` (reviewer agrees), ``rejected`` (reviewer disagrees and gave a valid
-correction), ``needs_human`` (no usable verdict or correction, or nothing to review),
-``review_error`` (the reviewer could not be reached; the job retries later).
+The review itself (prompt, verdict, correction) is prediction logic (``prediction.review``);
+this job reads the pre-annotations from Label Studio, writes each review back as a prediction
+and the ``prelabel_review`` field, and re-ranks the project when a slice is done.
 """
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass, field
+import asyncio
+import logging
+import time
 from typing import Any
 
-from prelabel.contract import ReviewStatus
-from prelabel.label_config.answers import CheckedAnswer, answer_from_regions, check_answer, feedback, parse_answer
-from prelabel.label_config.controls import AnswerError
-from prelabel.prediction.confidence import answer_confidences, locate
-from prelabel.prediction.distribution import answer_label_probs, distribution_score, position_distribution
-from prelabel.prediction.llm_client import Completion, LLMClient, LLMError
+from prelabel.contract import (
+    REVIEW_FIELD,
+    REVIEW_STATS_KEY,
+    STATUS_SEP,
+    ModelVersion,
+    ProjectRef,
+    ReviewStatus,
+    is_review,
+    stamp_of,
+    status_of,
+)
+from prelabel.errors import PrelabelError
+from prelabel.jobs import events as ev
+from prelabel.jobs.project_job import ProjectJob
+from prelabel.jobs.queue import enqueue_once
+from prelabel.jobs.refresh import queue_refresh
+from prelabel.jobs.reviewer_independence import check_reviewer, reviewer_independence
+from prelabel.label_config.schema import TaskDataError
+from prelabel.prediction.llm_client import LLMClient
 from prelabel.prediction.predictor import ProjectContext
+from prelabel.prediction.review import Review, proposed_answer, review_one, review_prediction
+from prelabel.settings import reviewer_settings
 
-RATIONALE_MAX = 50
-
-REVIEW_INSTRUCTIONS = """You are the reviewer: a second, independent annotator checking another model's \
-annotation of the input against the guideline below.
-Answer with one JSON object and nothing else:
-- "verdict": "correct" if the proposed annotation follows the guideline, else "incorrect".
-- "rationale": why, in at most 50 characters.
-- "corrected": only when the verdict is "incorrect": the right annotation, in exactly the answer \
-format the guideline's output section describes.
-
-The guideline given to the annotator:
-"""
+log = logging.getLogger(__name__)
 
 
-@dataclass
-class Review:
-    status: str
-    rationale: str = ""
-    verdict: str | None = None
-    corrected: CheckedAnswer | None = None
-    errors: list[str] = field(default_factory=list)
-    model: str | None = None
-    # The reviewer's own confidence, from its token logprobs (None: the server gave none).
-    confidence: float | None = None
-    verdict_probs: dict[str, float] | None = None
-    corrected_scores: dict[str, float] = field(default_factory=dict)  # per control of the correction
-    corrected_label_probs: dict[str, dict[str, float]] = field(default_factory=dict)
+class ReviewRetry(PrelabelError, RuntimeError):
+    """Some reviews failed for a transient reason; raising makes RQ retry the job later."""
 
 
-def review_schema(ctx: ProjectContext) -> dict[str, Any]:
-    """JSON schema of the reviewer's answer (guided decoding where the server supports it)."""
-    return {
-        "type": "object",
-        "properties": {
-            "verdict": {"type": "string", "enum": ["correct", "incorrect"]},
-            "rationale": {"type": "string", "maxLength": RATIONALE_MAX},
-            "corrected": ctx.schema.json_schema(),
-        },
-        "required": ["verdict", "rationale"],
-        "additionalProperties": False,
-    }
+def queue_review(job: ProjectJob, task_ids: list[int], label_config: str | None) -> None:
+    enqueue_once(job.conn, job.settings, review_tasks, job.ref, task_ids, label_config,
+                 job_id=f"review-{job.ref.slug}-{ev.event_key(task_ids)}",
+                 description=f"review {len(task_ids)} tasks")
 
 
-def review_messages(ctx: ProjectContext, texts: dict[str, str], proposed: dict[str, Any]) -> list[dict[str, str]]:
-    user = (
-        ctx.prompt.render_input(texts)
-        + "\n\n# Proposed annotation\n" + json.dumps(proposed, ensure_ascii=False)
-    )
-    return [
-        {"role": "system", "content": REVIEW_INSTRUCTIONS + ctx.prompt.system},
-        {"role": "user", "content": user},
-    ]
+def review_tasks(project: ProjectRef | int, task_ids: list[int], label_config: str | None = None) -> dict[str, int]:
+    """Review the tasks for one slice of time (``job_slice_s``); the rest become a new job at the
+    back of the queue, so a human label's webhook (queued at the front) waits one slice, not the
+    whole import's review."""
+    job = ProjectJob.open(project)
+    counts, transient, rest = asyncio.run(_review(job, task_ids, label_config))
+    if rest:
+        queue_review(job, rest, label_config)
+    queue_refresh(job)
+    if transient:
+        raise ReviewRetry(f"{len(transient)} review(s) failed for a transient reason: tasks {transient[:10]}")
+    return counts
 
 
-def proposed_answer(ctx: ProjectContext, regions: list[dict[str, Any]]) -> dict[str, Any]:
-    """The pre-annotation's answer, rebuilt from its stored regions (controls without one left out)."""
-    return answer_from_regions(ctx.schema, regions, complete=False) or {}
+async def _review(job: ProjectJob, task_ids: list[int], label_config: str | None
+                  ) -> tuple[dict[str, int], list[int], list[int]]:
+    """(counts by status, tasks whose review failed for a transient reason, tasks not reached).
+
+    Tasks go out in waves as wide as the reviewer's current adaptive limit (no task waits long
+    for a permit); after a wave that ends past the slice, the rest is left for the next job."""
+    check_reviewer(job.settings)
+    independence = await asyncio.to_thread(reviewer_independence, job.settings, job.conn)
+    ctx = await asyncio.to_thread(job.context, label_config)
+    llm = LLMClient(reviewer_settings(job.settings))
+    counts: dict[str, int] = {}
+    transient: list[int] = []
+    try:
+        async def one(task_id: int) -> None:
+            status = await _review_task(job, llm, ctx, task_id, independence["verdict"])
+            counts[str(status)] = counts.get(str(status), 0) + 1  # the plain value, also in the log line
+            if status == ReviewStatus.REVIEW_ERROR:
+                transient.append(task_id)
+
+        ends = time.monotonic() + job.settings.job_slice_s
+        rest = list(task_ids)
+        while rest and (len(rest) == len(task_ids) or time.monotonic() < ends):
+            width = llm.capacity()
+            wave, rest = rest[:width], rest[width:]
+            await asyncio.gather(*(one(tid) for tid in wave))
+    finally:
+        await llm.aclose()
+    log.info("project %s: reviewed %d tasks: %s%s", job.project_id, len(task_ids) - len(rest), counts,
+             f"; {len(rest)} left for the next job" if rest else "")
+    return counts, sorted(transient), rest
 
 
-def judge(ctx: ProjectContext, content: str, texts: dict[str, str], proposed: dict[str, Any]) -> Review:
-    """Turn one reviewer answer into a Review; raises AnswerError when the answer is unusable."""
-    data, _ = parse_answer(content)
-    verdict = data.get("verdict")
-    if verdict not in ("correct", "incorrect"):
-        raise AnswerError("verdict", "label_not_in_set", f"verdict must be 'correct' or 'incorrect', got {verdict!r}")
-    rationale = str(data.get("rationale") or "").strip()[:RATIONALE_MAX]
-    if verdict == "correct":
-        return Review(ReviewStatus.PASSED, rationale, verdict)
-    corrected = data.get("corrected")
-    if not isinstance(corrected, dict) or not corrected:
-        raise AnswerError("corrected", "empty", "verdict is 'incorrect' but no 'corrected' annotation was given")
-    checked = check_answer(ctx.schema, ctx.guideline.constraints, corrected, texts)
-    if checked.errors:
-        first = next(iter(checked.errors.values()))
-        raise AnswerError("corrected", first.reason, "corrected: " + "; ".join(str(e) for e in checked.errors.values()))
-    if checked.answer == proposed:
-        # "Incorrect" with the very same answer is no disagreement we can act on.
-        return Review(ReviewStatus.NEEDS_HUMAN, rationale, verdict, errors=["correction equals the proposal"])
-    return Review(ReviewStatus.REJECTED, rationale, verdict, corrected=checked)
+async def _review_task(job: ProjectJob, llm: LLMClient, ctx: ProjectContext, task_id: int,
+                       independence: str = "unknown") -> str:
+    predictions = await asyncio.to_thread(job.ls.predictions, task_id)
+    pre = _latest(p for p in predictions if not is_review(p.get("model_version") or ""))
+    if pre is None:
+        return "no_pre_annotation"
+    family = ModelVersion(llm.model, ctx.prompt.version, review=True).family
+    done = _latest(p for p in predictions if (p.get("model_version") or "").startswith(family))
+    if done is not None and _reviewed(done) == (pre["id"], pre.get("model_version")) \
+            and status_of(done["model_version"]) != ReviewStatus.REVIEW_ERROR:
+        return "already_reviewed"
+    threshold = job.settings.review_below
+    if threshold is not None and (pre.get("score") or 0.0) >= threshold:
+        return "skipped_confident"
 
-
-async def review_one(
-    llm: LLMClient, ctx: ProjectContext, texts: dict[str, str], proposed: dict[str, Any]
-) -> Review:
-    """Ask the reviewer, with one corrective retry on an unusable answer (like pre-annotation)."""
-    messages = review_messages(ctx, texts, proposed)
-    errors: list[str] = []
-    for _ in range(2):
+    task = await asyncio.to_thread(job.ls.task, task_id)
+    regions = [r for r in pre.get("result") or [] if isinstance(r, dict)]
+    if STATUS_SEP in (pre.get("model_version") or "") or not regions:
+        review = Review(ReviewStatus.NEEDS_HUMAN, "pre-annotation incomplete", model=llm.model)
+    else:
         try:
-            completion = await llm.complete(messages, review_schema(ctx))
-        except LLMError as exc:
-            return Review(ReviewStatus.REVIEW_ERROR, errors=[f"{exc.kind}: {exc}"], model=llm.model)
-        try:
-            review = judge(ctx, completion.content, texts, proposed)
-            review.model = llm.model
-            add_confidence(ctx, completion, review)
-            return review
-        except AnswerError as exc:
-            errors.append(str(exc))
-            messages = messages + [
-                {"role": "assistant", "content": completion.content},
-                {"role": "user", "content": feedback([exc])},
-            ]
-    return Review(ReviewStatus.NEEDS_HUMAN, errors=errors, model=llm.model)
+            texts = ctx.schema.object_texts(task.get("data") or {})
+        except TaskDataError as exc:
+            review = Review(ReviewStatus.NEEDS_HUMAN, "task data unusable", errors=[str(exc)], model=llm.model)
+        else:
+            review = await review_one(llm, ctx, texts, proposed_answer(ctx, regions))
+    prediction = review_prediction(family, pre, review, independence)
+    outcome = await asyncio.to_thread(job.ls.upsert_prediction, task_id, prediction,
+                                      lambda mv: mv.startswith(family))
+    await asyncio.to_thread(job.ls.set_fields, task, {REVIEW_FIELD: review.status})
+    if outcome != "unchanged":
+        job.conn.hincrby(REVIEW_STATS_KEY, review.status, 1)
+    if review.errors:
+        log.info("task %s: review %s: %s", task_id, review.status, "; ".join(review.errors)[:300])
+    return review.status
 
 
-VERDICTS = ("correct", "incorrect")
+def _latest(predictions: Any) -> dict[str, Any] | None:
+    items = list(predictions)
+    return max(items, key=lambda p: p["id"]) if items else None
 
 
-def add_confidence(ctx: ProjectContext, completion: Completion, review: Review) -> None:
-    """The reviewer's confidence in what it said, from its own token alternatives.
-
-    The verdict's probability is read like a label distribution over ("correct", "incorrect")
-    (``distribution.position_distribution``). A passed review's confidence is P(correct). A
-    rejection is only as sure as its weakest part: min(P(incorrect), the correction's per-control
-    scores, each from its label distribution where it has one, else its tokens' logprobs). Left
-    None when the server returned no logprobs: the caller says so instead of inventing a number.
-    """
-    _, start = parse_answer(completion.content)
-    located = locate(completion.content, start, completion.tokens)
-    if located is None:
-        return
-    tokens, spans = located
-    span = spans.get(("verdict",))
-    if span is None or review.verdict not in VERDICTS:
-        return
-    review.verdict_probs = position_distribution(VERDICTS, review.verdict, span, tokens)
-    if review.verdict_probs is None:
-        return
-    sure = review.verdict_probs[review.verdict]
-    if review.corrected is not None:
-        answer, root = review.corrected.answer, ("corrected",)
-        scores = answer_confidences(completion.content, start, completion.tokens, ctx.schema.fields, answer, root) or {}
-        review.corrected_label_probs = answer_label_probs(completion.content, start, completion.tokens,
-                                                          ctx.schema.fields, answer, root)
-        for control in ctx.schema.fields:
-            probs = review.corrected_label_probs.get(control.name)
-            score = distribution_score(control, answer.get(control.name), probs) if probs else None
-            if score is not None:
-                scores[control.name] = round(score, 6)
-        review.corrected_scores = {k: v for k, v in scores.items() if k in review.corrected.regions}
-        sure = min([sure, *review.corrected_scores.values()])
-    review.confidence = round(sure, 6)
+def _reviewed(prediction: dict[str, Any]) -> tuple[int, str | None] | None:
+    """(id, model_version) of the pre-annotation a review judged: the pre-annotation is updated in
+    place when a task is pre-annotated again, so its id alone does not say it is the same one."""
+    for region in prediction.get("result") or []:
+        review = stamp_of(region).get("review") or {}
+        if "reviewed" in review:
+            return review["reviewed"], review.get("reviewed_model_version")
+    return None

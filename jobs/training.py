@@ -12,10 +12,12 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
+import redis
 from rq import Queue
 
 from prelabel.contract import ProjectRef, train_label_count_key, train_status_key
-from prelabel.settings import get_settings
+from prelabel.jobs.queue import train_queue
+from prelabel.settings import Settings, get_settings
 
 FLYWHEEL_JOB = "prelabel.train.pipeline.run_flywheel"
 FLYWHEEL_TIMEOUT = 24 * 3600  # export + LoRA training + merge + evaluation of two models
@@ -40,3 +42,9 @@ def note_verified_labels(client: Any, project: ProjectRef, count: int = 1,
         return False
     client.decrby(key, total)
     return True
+
+
+def start_training(settings: Settings, conn: redis.Redis, project: ProjectRef) -> dict[str, Any]:
+    """Queue the export -> train -> merge -> eval -> promote pipeline (status in prelabel:train:<id>)."""
+    job = enqueue_flywheel(train_queue(conn), project)
+    return {"flywheel": "queued", "job_id": job.id}

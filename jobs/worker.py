@@ -21,9 +21,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
-import os
 import socket
-from pathlib import Path
 
 import redis
 from rq import Queue, SimpleWorker
@@ -38,34 +36,18 @@ from prelabel.jobs.queue import connection, job_queue
 from prelabel.jobs.reconcile import ReconcileTicker
 from prelabel.jobs.worker_stats import JOBS, Flusher
 from prelabel.migrate import migrate_tenancy
+from prelabel.pids import pid_alive
 from prelabel.redis_conn import embedded_redis_stopped_on_exit
 from prelabel.settings import Settings
 
 log = logging.getLogger(__name__)
 
 
-def _alive(pid: int | None) -> bool:
-    """Whether a process of this host is running (a zombie, dead but not yet reaped, is not)."""
-    if not pid:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return True  # no procfs: trust the signal check
-    return stat.rsplit(")", 1)[-1].split()[0] != "Z"
-
-
 def _holder_is_dead(conn: redis.Redis, worker_name: str) -> bool:
     worker = Worker.find_by_key(Worker.redis_worker_namespace_prefix + worker_name, connection=conn)
     if worker is None:
         return True  # its registration expired: no heartbeat for a while
-    return worker.hostname == socket.gethostname() and not _alive(worker.pid)
+    return worker.hostname == socket.gethostname() and not pid_alive(worker.pid)
 
 
 def release_dead_scheduler_lock(conn: redis.Redis) -> bool:
@@ -83,7 +65,7 @@ def release_dead_scheduler_lock(conn: redis.Redis) -> bool:
     host = as_text(info.get(b"hostname") or b"")
     pid = int(info.get(b"pid") or 0)
     # Delete only if it is still that holder's lock (a live scheduler may have taken it since).
-    if host == socket.gethostname() and pid and not _alive(pid) and conn.eval(_DELETE_IF_EQUAL, 1, lock_key, holder):
+    if host == socket.gethostname() and pid and not pid_alive(pid) and conn.eval(_DELETE_IF_EQUAL, 1, lock_key, holder):
         log.warning("released the scheduler lock of a dead scheduler (pid %d)", pid)
         return True
     return False

@@ -15,7 +15,7 @@ from typing import Any
 import orjson
 import redis.asyncio as aioredis
 
-from prelabel.contract import prediction_cache_key
+from prelabel.contract import Prediction, prediction_cache_key
 from prelabel.prediction import metrics
 
 CACHE_FORMAT = "v1"
@@ -31,10 +31,10 @@ class PredictionCache:
         self.client = client
         self.ttl = ttl
 
-    async def get(self, key: str) -> dict[str, Any] | None:
+    async def get(self, key: str) -> Prediction | None:
         raw = await self.client.get(key)
         metrics.CACHE.labels("hit" if raw is not None else "miss").inc()
         return orjson.loads(raw) if raw is not None else None
 
-    async def set(self, key: str, prediction: dict[str, Any]) -> None:
+    async def set(self, key: str, prediction: Prediction) -> None:
         await self.client.set(key, orjson.dumps(prediction), ex=self.ttl or None)

@@ -2,7 +2,7 @@
 
 A raw score (the label's probability under the model, see ``distribution.py``) is a ranking
 signal, not a probability: small models are over- or under-confident. Once humans have labeled
-some of a project's tasks, ``prelabel.quality.calibration`` fits a monotone map on (raw score,
+some of a project's tasks, ``prelabel.quality.calibration_fit`` fits a monotone map on (raw score,
 was the pre-annotation right) pairs and stores it in Redis under
 ``prelabel:calibration:<project>:<model>``. Predictions of that model for that project then
 carry the calibrated ``score``; the raw one stays in ``raw_score`` and ``calibration`` names the
@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from prelabel.contract import ProjectRef, calibration_key
+from prelabel.contract import Prediction, ProjectRef, calibration_key
 
 UNCALIBRATED = "uncalibrated"
 _EPS = 1e-6
@@ -72,7 +72,7 @@ async def load_calibration(client: Any, project: ProjectRef | None, model: str) 
     return CalibrationMap.decode(raw) if raw else None
 
 
-def calibrate(prediction: dict[str, Any], cmap: CalibrationMap | None) -> dict[str, Any]:
+def calibrate(prediction: Prediction, cmap: CalibrationMap | None) -> Prediction:
     """Replace a prediction's score by the calibrated one (in place; returns it).
 
     Only predictions with regions and a logprob-based score are mapped: the 0.5 fallback of a
@@ -86,11 +86,11 @@ def calibrate(prediction: dict[str, Any], cmap: CalibrationMap | None) -> dict[s
     prediction["score"] = score
     provenance.update(raw_score=raw, calibration=cmap.id, calibrated_score=score)
     for region in prediction["result"]:
-        region.setdefault("prelabel", {}).update(raw_score=raw, calibration=cmap.id)
+        region.setdefault("prelabel", {}).update({"raw_score": raw, "calibration": cmap.id})
     return prediction
 
 
-def is_calibrated(prediction: dict[str, Any]) -> bool:
+def is_calibrated(prediction: Prediction) -> bool:
     return prediction.get("meta", {}).get("provenance", {}).get("calibration", UNCALIBRATED) != UNCALIBRATED
 
 

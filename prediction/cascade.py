@@ -1,7 +1,7 @@
 """One project's pre-annotator: the active model, its calibrated score, the cost cascade.
 
 ``ModelRouter.for_project`` hands ``/predict``, ``/setup`` and the worker's batch job a
-``ProjectPredictor``. It asks the active model, replaces each score by the project's calibrated
+``CalibratedCascade``. It asks the active model, replaces each score by the project's calibrated
 one (``calibration.py``), and, when the active model record carries a cascade (``prelabel train
 promote`` with a cascade threshold), sends the tasks the cheap model was not sure about to the
 fallback model:
@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 from prelabel.contract import (
     CASCADE_STATS_KEY,
     ModelVersion,
+    Prediction,
     ProjectRef,
     TaskStatus,
     cascade_model,
@@ -41,8 +42,8 @@ from prelabel.contract import (
 from prelabel.prediction.calibration import CalibrationMap, calibrate
 from prelabel.prediction.fewshot import FewShotPool
 from prelabel.prediction.predictor import Predictor, ProjectContext, gather_until
+from prelabel.prediction.shared_counters import count
 from prelabel.prediction.stage_router import supervised_first
-from prelabel.prediction.stats import count
 
 if TYPE_CHECKING:
     from prelabel.prediction.supervised import SupervisedStage
@@ -50,7 +51,10 @@ if TYPE_CHECKING:
 CHEAP, FALLBACK, FALLBACK_FAILED = "cheap", "fallback", "fallback_failed"
 
 
-class ProjectPredictor:
+class CalibratedCascade:
+    """One project's pre-annotator: the supervised stage, then the active model with its calibrated
+    score, then (when promoted with a cascade) the fallback model for what it was unsure of."""
+
     def __init__(self, primary: Predictor, *, project: ProjectRef | None = None,
                  calibration: CalibrationMap | None = None, fallback: Predictor | None = None,
                  fallback_calibration: CalibrationMap | None = None, threshold: float | None = None,
@@ -87,13 +91,13 @@ class ProjectPredictor:
             return self.primary.model_version(ctx)
         return ModelVersion(cascade_model(self.primary.llm.model, self.fallback.llm.model), ctx.prompt.version).family
 
-    def timed_out(self, ctx: ProjectContext, reason: str, message: str, started: float) -> dict[str, Any]:
+    def timed_out(self, ctx: ProjectContext, reason: str, message: str, started: float) -> Prediction:
         prediction = self.primary.timed_out(ctx, reason, message, started)
         prediction["model_version"] = self.model_version(ctx) + "#error"  # the cascade's family
         return prediction
 
     async def predict(self, tasks: list[Any], ctx: ProjectContext, pool: FewShotPool | None = None
-                      ) -> list[dict[str, Any]]:
+                      ) -> list[Prediction]:
         threshold = self.settings.near_duplicate_threshold
         if threshold is not None and len(tasks) > 1:
             from prelabel.prediction.near_duplicates import predict_with_reuse
@@ -102,20 +106,20 @@ class ProjectPredictor:
         return await self._predict(tasks, ctx, pool)
 
     async def predict_until(self, tasks: list[Any], ctx: ProjectContext, pool: FewShotPool | None,
-                            deadline: float) -> list[dict[str, Any] | None]:
+                            deadline: float) -> list[Prediction | None]:
         """``predict`` task by task until ``deadline``: the whole route (cheap model, then the
         fallback when needed) must finish in time; the unfinished tasks come back as None."""
         answers = await gather_until([self._predict([task], ctx, pool) for task in tasks], deadline)
         return [answer[0] if answer else None for answer in answers]
 
     async def _predict(self, tasks: list[Any], ctx: ProjectContext, pool: FewShotPool | None
-                       ) -> list[dict[str, Any]]:
+                       ) -> list[Prediction]:
         """The supervised stage's sure answers, the models' for the rest (``stage_router``)."""
         return await supervised_first(self.stage, tasks, ctx, self.model_version(ctx),
                                       lambda rest: self._ask_models(rest, ctx, pool), self._client, self.project)
 
     async def _ask_models(self, tasks: list[Any], ctx: ProjectContext, pool: FewShotPool | None
-                          ) -> list[dict[str, Any]]:
+                          ) -> list[Prediction]:
         results = [calibrate(p, self.calibration) for p in await self.primary.predict(tasks, ctx, pool)]
         if self.fallback is None:
             return results
@@ -152,6 +156,6 @@ class ProjectPredictor:
     def _client(self):
         return self.cache.client if self.cache is not None else None
 
-    def _confident(self, prediction: dict[str, Any]) -> bool:
+    def _confident(self, prediction: Prediction) -> bool:
         assert self.threshold is not None
         return prediction["meta"]["status"] == TaskStatus.OK and float(prediction["score"]) >= self.threshold

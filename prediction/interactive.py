@@ -34,10 +34,11 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from prelabel.contract import Prediction
 from prelabel.label_config.controls import AnswerError, ControlField, LabelsField, TextAreaField
 from prelabel.label_config.schema import OutputSchema, TaskDataError
 from prelabel.prediction import metrics
-from prelabel.prediction.cascade import ProjectPredictor
+from prelabel.prediction.cascade import CalibratedCascade
 from prelabel.prediction.fewshot import FewShotPool
 from prelabel.prediction.predictor import Predictor, ProjectContext
 from prelabel.prediction.prompt import Prompt
@@ -401,18 +402,18 @@ def read_context(raw: Any, schema: OutputSchema, task: Any) -> Interaction:
 
 
 async def predict_interactive(
-    predictor: Predictor | ProjectPredictor, tasks: list[Any], ctx: ProjectContext, raw_context: Any,
+    predictor: Predictor | CalibratedCascade, tasks: list[Any], ctx: ProjectContext, raw_context: Any,
     pool: FewShotPool | None, budget_s: float,
-) -> list[dict[str, Any]]:
+) -> list[Prediction]:
     """Predictions for tasks opened in the labeling screen, shaped by the screen's context."""
     return list(await asyncio.gather(*(
         _predict_one(predictor, task, ctx, raw_context, pool, budget_s) for task in tasks)))
 
 
 async def _predict_one(
-    predictor: Predictor | ProjectPredictor, task: Any, ctx: ProjectContext, raw_context: Any, pool: FewShotPool | None,
-    budget_s: float,
-) -> dict[str, Any]:
+    predictor: Predictor | CalibratedCascade, task: Any, ctx: ProjectContext, raw_context: Any,
+    pool: FewShotPool | None, budget_s: float,
+) -> Prediction:
     started = time.perf_counter()
     try:
         interaction = read_context(raw_context, ctx.schema, task)
@@ -433,8 +434,8 @@ async def _predict_one(
     return _stamped(prediction, ctx, derived, interaction)
 
 
-def _stamped(prediction: dict[str, Any], base: ProjectContext, derived: ProjectContext,
-             interaction: Interaction) -> dict[str, Any]:
+def _stamped(prediction: Prediction, base: ProjectContext, derived: ProjectContext,
+             interaction: Interaction) -> Prediction:
     """The prediction under the project's own prompt version (Label Studio groups by it), marked
     interactive with the context it used; the score leaves out the controls the annotator set."""
     old, new = derived.prompt.version, base.prompt.version
@@ -443,7 +444,7 @@ def _stamped(prediction: dict[str, Any], base: ProjectContext, derived: ProjectC
     record.update(prompt_version=new, interactive=True, interactive_prompt_version=old,
                   context=interaction.summary())
     for region in prediction["result"]:
-        region.setdefault("prelabel", {}).update(prompt_version=new, interactive=True)
+        region.setdefault("prelabel", {}).update({"prompt_version": new, "interactive": True})
     scores = {name: score for name, score in (record.get("control_scores") or {}).items()
               if name not in interaction.given}
     if prediction["result"] and scores:

@@ -1,5 +1,7 @@
-"""Prometheus metrics of the backend. Every failure kind has its own label value so an operator
-can see *why* tasks went to humans, not just how many did."""
+"""Prometheus metrics of this process (the backend's; a worker's reach its ``/metrics`` via ``jobs.worker_stats``).
+Every failure kind has its own label value so an operator can see *why* tasks went to humans, not
+just how many did. Counts that the backend and the workers add to together live in Redis instead:
+``shared_counters.py``."""
 
 from __future__ import annotations
 

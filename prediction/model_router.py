@@ -13,18 +13,18 @@ restart of the backend or the workers.
 
 from __future__ import annotations
 
-import json
+from collections.abc import Mapping
 from typing import Any
 
-from prelabel.contract import ProjectRef, active_model_keys
+from prelabel.contract import ActiveModel, ProjectRef, active_model_keys, parse_active_model
 from prelabel.prediction.calibration import load_calibration
-from prelabel.prediction.cascade import ProjectPredictor
+from prelabel.prediction.cascade import CalibratedCascade
 from prelabel.prediction.llm_client import LLMClient
 from prelabel.prediction.predictor import Predictor
 from prelabel.prediction.stage_router import load_stage
 
 
-def served_prompt(record: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+def served_prompt(record: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     """How a promoted model is prompted: ``prompt_style`` and ``fewshot_k`` of its record (the
     cascade's fallback: ``fallback_prompt_style``, ``fallback_fewshot_k``); absent = the settings'."""
     return {key: record[prefix + key] for key in ("fewshot_k", "prompt_style") if record.get(prefix + key) is not None}
@@ -35,13 +35,13 @@ class ModelRouter:
         self.default = default
         self._promoted: dict[tuple[str, str, tuple], Predictor] = {}
 
-    async def active_record(self, project: ProjectRef | None) -> dict[str, Any] | None:
+    async def active_record(self, project: ProjectRef | None) -> ActiveModel | None:
         if self.default.cache is None:
             return None
-        for key in active_model_keys(project):  # the record's format: prelabel.train.promote
+        for key in active_model_keys(project):  # written by prelabel.train.promote
             raw = await self.default.cache.client.get(key)
             if raw:
-                return json.loads(raw)
+                return parse_active_model(raw)
         return None
 
     def _predictor(self, model: str | None, base_url: str | None,
@@ -60,20 +60,20 @@ class ModelRouter:
             self._promoted[key] = Predictor(settings, LLMClient(settings), self.default.cache)
         return self._promoted[key]
 
-    async def for_project(self, project: ProjectRef | None) -> ProjectPredictor:
-        record = await self.active_record(project) or {}
+    async def for_project(self, project: ProjectRef | None) -> CalibratedCascade:
+        record: Mapping[str, Any] = await self.active_record(project) or {}
         primary = self._predictor(record.get("model"), record.get("base_url"), served_prompt(record))
         client = self.default.cache.client if self.default.cache is not None else None
         calibration = await load_calibration(client, project, primary.llm.model)
         stage = await load_stage(client, project)
         cascade = record.get("cascade") or {}
         if cascade.get("threshold") is None or not record.get("model"):
-            return ProjectPredictor(primary, project=project, calibration=calibration, stage=stage)
+            return CalibratedCascade(primary, project=project, calibration=calibration, stage=stage)
         fallback = self._predictor(cascade.get("fallback_model"), cascade.get("fallback_base_url"),
                                    served_prompt(cascade, "fallback_"))
         if fallback is primary:
-            return ProjectPredictor(primary, project=project, calibration=calibration, stage=stage)
-        return ProjectPredictor(primary, project=project, calibration=calibration, fallback=fallback,
+            return CalibratedCascade(primary, project=project, calibration=calibration, stage=stage)
+        return CalibratedCascade(primary, project=project, calibration=calibration, fallback=fallback,
                                 fallback_calibration=await load_calibration(client, project, fallback.llm.model),
                                 threshold=float(cascade["threshold"]), stage=stage)
 

@@ -20,17 +20,17 @@ from typing import Any
 
 from datasketch import MinHash, MinHashLSH
 
-from prelabel.contract import REUSE_STATS_KEY, TaskStatus, stamp_of
+from prelabel.contract import REUSE_STATS_KEY, Prediction, TaskStatus, stamp_of
 from prelabel.label_config.answers import check_answer
 from prelabel.label_config.schema import TaskDataError
 from prelabel.prediction.fewshot import FewShotPool
 from prelabel.prediction.predictor import ProjectContext
-from prelabel.prediction.stats import count
+from prelabel.prediction.shared_counters import count
 from prelabel.text import normalise
 
 NUM_PERM = 128
 GRAM = 4
-Predict = Callable[[list[Any], ProjectContext, FewShotPool | None], Awaitable[list[dict[str, Any]]]]
+Predict = Callable[[list[Any], ProjectContext, FewShotPool | None], Awaitable[list[Prediction]]]
 
 
 def shingles(text: str) -> set[str]:
@@ -67,8 +67,8 @@ def group(texts: list[str | None], threshold: float) -> list[tuple[int, float]]:
     return out
 
 
-def reused_prediction(ctx: ProjectContext, task: Any, rep_id: Any, rep: dict[str, Any],
-                      similarity: float) -> dict[str, Any] | None:
+def reused_prediction(ctx: ProjectContext, task: Any, rep_id: Any, rep: Prediction,
+                      similarity: float) -> Prediction | None:
     """The representative's answer as this task's prediction, or None when it does not hold here."""
     if rep["meta"]["status"] != TaskStatus.OK or not rep["result"] or not isinstance(task, dict):
         return None
@@ -77,29 +77,31 @@ def reused_prediction(ctx: ProjectContext, task: Any, rep_id: Any, rep: dict[str
     except TaskDataError:
         return None
     answer = {}
+    rep_regions: list[Any] = rep["result"]
     for control in ctx.schema.fields:
-        value = control.from_regions([r for r in rep["result"] if r.get("from_name") == control.name])
+        value = control.from_regions([r for r in rep_regions if r.get("from_name") == control.name])
         if value is not None:
             answer[control.name] = value
     checked = check_answer(ctx.schema, ctx.guideline.constraints, answer, texts)
     if checked.errors:
         return None
     prediction = copy.deepcopy(rep)
-    stamps = {r.get("from_name"): r for r in rep["result"]}
-    prediction["result"] = []
+    stamps: dict[str, Any] = {r.get("from_name"): r for r in rep_regions}
+    result: list[Any] = []
+    prediction["result"] = result
     for control in ctx.schema.fields:
         source = stamps.get(control.name, {})
         for region in checked.regions.get(control.name, []):
             stamp = {**stamp_of(source), "reused_from": rep_id, "cached": False}
             extra = {"score": source["score"]} if "score" in source else {}
-            prediction["result"].append({**region, **extra, "prelabel": stamp})
+            result.append({**region, **extra, "prelabel": stamp})
     prediction["meta"]["provenance"].update(reused_from=rep_id, similarity=similarity, llm_calls=0,
                                             llm_attempts=0, usage={}, cached=False)
     return prediction
 
 
 async def predict_with_reuse(predict: Predict, tasks: list[Any], ctx: ProjectContext, pool: FewShotPool | None,
-                             threshold: float, cache: Any = None) -> list[dict[str, Any]]:
+                             threshold: float, cache: Any = None) -> list[Prediction]:
     texts: list[str | None] = []
     for task in tasks:
         try:
@@ -110,7 +112,7 @@ async def predict_with_reuse(predict: Predict, tasks: list[Any], ctx: ProjectCon
     groups = group(texts, threshold)
     reps = sorted({rep for rep, _ in groups})
     answers = dict(zip(reps, await predict([tasks[i] for i in reps], ctx, pool)))
-    results: list[dict[str, Any] | None] = [answers.get(i) for i in range(len(tasks))]
+    results: list[Prediction | None] = [answers.get(i) for i in range(len(tasks))]
     alone = []
     for i, (rep, similarity) in enumerate(groups):
         if rep == i:

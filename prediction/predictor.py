@@ -21,7 +21,7 @@ from typing import Any, TypeVar, cast
 
 from redis.exceptions import RedisError
 
-from prelabel.contract import REGION_PROVENANCE, ModelVersion, TaskStatus, stamp_of, with_status
+from prelabel.contract import REGION_PROVENANCE, ModelVersion, Prediction, TaskStatus, stamp_of, with_status
 from prelabel.label_config.answers import (
     CheckedAnswer,
     RegionLimits,
@@ -283,7 +283,7 @@ class Predictor:
     # --- prediction ----------------------------------------------------------------------
     async def predict(
         self, tasks: list[dict[str, Any]], context: ProjectContext, pool: FewShotPool | None = None
-    ) -> list[dict[str, Any]]:
+    ) -> list[Prediction]:
         """Predictions for ``tasks`` in order; tasks run concurrently (bounded by the LLM client).
 
         ``pool`` replaces the context's few-shot pool (a project's own, with its human labels).
@@ -293,7 +293,7 @@ class Predictor:
 
     async def predict_until(
         self, tasks: list[Any], context: ProjectContext, pool: FewShotPool | None, deadline: float
-    ) -> list[dict[str, Any] | None]:
+    ) -> list[Prediction | None]:
         """Like ``predict``, but stops at ``deadline`` (event-loop time): tasks not finished by
         then are cancelled (their LLM calls too) and come back as ``None``."""
         await self._store_version(context)
@@ -314,7 +314,7 @@ class Predictor:
 
     async def _predict_isolated(
         self, task: Any, ctx: ProjectContext, pool: FewShotPool | None
-    ) -> dict[str, Any]:
+    ) -> Prediction:
         """``predict_task``, but an unexpected failure costs this task only, never the batch."""
         started = time.perf_counter()
         try:
@@ -329,23 +329,11 @@ class Predictor:
 
     async def predict_task(
         self, task: dict[str, Any], ctx: ProjectContext, pool: FewShotPool | None = None
-    ) -> dict[str, Any]:
+    ) -> Prediction:
         started = time.perf_counter()
-        try:
-            texts = ctx.schema.object_texts(task.get("data") if isinstance(task, dict) else None)
-        except TaskDataError as exc:
-            return self._no_prediction(ctx, "bad_task_data", str(exc), started)
-        problem = ctx.guideline.input_problem(task["data"], ctx.schema)
-        if problem:
-            return self._no_prediction(ctx, "bad_task_data", problem, started)
-        if not any(text.strip() for text in texts.values()):
-            return self._no_prediction(ctx, "empty_input", "task text is empty", started)
-        size = sum(len(text) for text in texts.values())
-        if size > self.settings.max_text_chars:
-            return self._no_prediction(
-                ctx, "text_too_long", f"{size} characters > max_text_chars={self.settings.max_text_chars}", started
-            )
-
+        texts = self._texts(task, ctx)
+        if isinstance(texts, tuple):  # the input itself is unusable: no LLM call
+            return self._no_prediction(ctx, *texts, started)
         pool = pool or ctx.pool
         examples = pool.select(texts, self.settings.fewshot_k, exclude=f"task:{task.get('id')}")
         candidates = ctx.candidates(texts, pool)
@@ -356,15 +344,9 @@ class Predictor:
             occurrence=self.settings.span_occurrence, **({"candidates": candidates} if candidates else {}),
             **({"window": window} if window else {}),
         )
-        if self.cache is not None:
-            cached = await self.cache.get(key)
-            if cached is not None:
-                cached["meta"]["provenance"].update(cached=True, time=_now(), latency_ms=_ms(started))
-                for region in cached["result"]:
-                    region["prelabel"].update(cached=True, time=cached["meta"]["provenance"]["time"])
-                metrics.TASKS.labels(cached["meta"]["status"], "hit").inc()
-                return cached
-
+        cached = await self._cached(key, started)
+        if cached is not None:
+            return cached
         answer_tokens = answer_budget(ctx.schema, texts, self.llm.max_tokens, candidates)
         fitted = await self._fit(ctx, texts, examples, answer_tokens, candidates, pool)
         if isinstance(fitted, TooLong):
@@ -378,6 +360,41 @@ class Predictor:
             metrics.NEEDS_HUMAN.labels(f"llm_{exc.kind}").inc()
             return self._prediction(ctx, [], 0.0, TaskStatus.ERROR, {"llm": f"{exc.kind}: {exc}"}, started,
                                     provenance={"llm_error": exc.kind})
+        prediction = self._answered(ctx, outcome, attempts, fitted, candidates, started)
+        if prediction["meta"]["status"] == TaskStatus.OK and self.cache is not None:
+            await self.cache.set(key, prediction)
+        return prediction
+
+    def _texts(self, task: Any, ctx: ProjectContext) -> dict[str, str] | tuple[str, str]:
+        """The task's texts per object, or (reason, message) when there is nothing to ask the model
+        (unusable data, a guideline input rule, an empty or too long text)."""
+        try:
+            texts = ctx.schema.object_texts(task.get("data") if isinstance(task, dict) else None)
+        except TaskDataError as exc:
+            return "bad_task_data", str(exc)
+        problem = ctx.guideline.input_problem(task["data"], ctx.schema)
+        if problem:
+            return "bad_task_data", problem
+        if not any(text.strip() for text in texts.values()):
+            return "empty_input", "task text is empty"
+        size = sum(len(text) for text in texts.values())
+        if size > self.settings.max_text_chars:
+            return "text_too_long", f"{size} characters > max_text_chars={self.settings.max_text_chars}"
+        return texts
+
+    async def _cached(self, key: str, started: float) -> Prediction | None:
+        """The cached prediction for ``key``, stamped as a cache hit now."""
+        cached = await self.cache.get(key) if self.cache is not None else None
+        if cached is not None:
+            cached["meta"]["provenance"].update(cached=True, time=_now(), latency_ms=_ms(started))
+            for region in cached["result"]:
+                region["prelabel"].update({"cached": True, "time": cached["meta"]["provenance"]["time"]})
+            metrics.TASKS.labels(cached["meta"]["status"], "hit").inc()
+        return cached
+
+    def _answered(self, ctx: ProjectContext, outcome: _Outcome, attempts: list[_Attempt], fitted: Fitted,
+                  candidates: dict[str, list[str]], started: float) -> Prediction:
+        """The prediction of what the model answered: its status, score and provenance."""
         completion = attempts[-1].completion
         status = TaskStatus.OK if not outcome.errors else TaskStatus.NEEDS_HUMAN
         for error in outcome.errors.values():
@@ -411,8 +428,6 @@ class Predictor:
         metrics.TASKS.labels(status, "miss").inc()
         if status != TaskStatus.OK:  # what the model said, for debugging (never cached: failures are not)
             prediction["meta"]["raw_output"] = [a.completion.content[:RAW_OUTPUT_CHARS] for a in attempts]
-        if status == TaskStatus.OK and self.cache is not None:
-            await self.cache.set(key, prediction)
         return prediction
 
     async def _fit(
@@ -464,12 +479,12 @@ class Predictor:
         return _Attempt(completion, checked, confidences, label_probs, span_scores)
 
     # --- output --------------------------------------------------------------------------
-    def _no_prediction(self, ctx: ProjectContext, reason: str, message: str, started: float) -> dict[str, Any]:
+    def _no_prediction(self, ctx: ProjectContext, reason: str, message: str, started: float) -> Prediction:
         metrics.NEEDS_HUMAN.labels(reason).inc()
         metrics.TASKS.labels(TaskStatus.NEEDS_HUMAN, "none").inc()
         return self._prediction(ctx, [], 0.0, TaskStatus.NEEDS_HUMAN, {"task": f"{reason}: {message}"}, started)
 
-    def timed_out(self, ctx: ProjectContext, reason: str, message: str, started: float) -> dict[str, Any]:
+    def timed_out(self, ctx: ProjectContext, reason: str, message: str, started: float) -> Prediction:
         """The error answer of a task whose caller stopped waiting (counted as ``reason``)."""
         metrics.TASKS.labels(TaskStatus.ERROR, "miss").inc()
         metrics.NEEDS_HUMAN.labels(reason).inc()
@@ -479,7 +494,7 @@ class Predictor:
     def _prediction(
         self, ctx: ProjectContext, regions: list[dict[str, Any]], score: float, status: str,
         errors: dict[str, str], started: float, provenance: dict[str, Any] | None = None,
-    ) -> dict[str, Any]:
+    ) -> Prediction:
         """A Label Studio prediction.
 
         Label Studio stores only ``result``, ``score`` and ``model_version`` of a prediction
@@ -500,8 +515,9 @@ class Predictor:
             **(provenance or {}),
         }
         stamp = {key: record.get(key) for key in REGION_PROVENANCE} | {"status": status}
+        result: list[Any] = [{**region, "prelabel": {**stamp_of(region), **stamp}} for region in regions]
         return {
-            "result": [{**region, "prelabel": {**stamp_of(region), **stamp}} for region in regions],
+            "result": result,
             "score": round(score, 6),
             "model_version": with_status(self.model_version(ctx), status),
             "meta": {

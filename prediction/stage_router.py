@@ -29,6 +29,7 @@ from redis.exceptions import RedisError
 
 from prelabel.contract import (
     STAGE_ANSWERS_PATTERN,
+    Prediction,
     ProjectRef,
     TaskStatus,
     as_text,
@@ -41,7 +42,7 @@ from prelabel.label_config.controls import ChoicesField
 from prelabel.label_config.schema import TaskDataError
 from prelabel.lru import LRU
 from prelabel.prediction.predictor import ProjectContext
-from prelabel.prediction.stats import count
+from prelabel.prediction.shared_counters import count
 
 if TYPE_CHECKING:  # the stage's code (scikit-learn) loads with the first stage, not with the backend
     from prelabel.prediction.supervised import SupervisedStage
@@ -88,7 +89,7 @@ def _answerable(stage: SupervisedStage, ctx: ProjectContext) -> list[ChoicesFiel
 
 
 def confident_answers(stage: SupervisedStage, tasks: list[Any], ctx: ProjectContext, family: str
-                      ) -> dict[int, dict[str, Any]]:
+                      ) -> dict[int, Prediction]:
     """Index -> the stage's prediction, for the tasks it is sure of (all controls at threshold)."""
     fields = _answerable(stage, ctx)
     if fields is None or not tasks:
@@ -103,7 +104,7 @@ def confident_answers(stage: SupervisedStage, tasks: list[Any], ctx: ProjectCont
     order = list(texts)
     per_control = {f.name: stage.models[f.name].answers([texts[i][f.object_name] for i in order])
                    for f in fields} if order else {}
-    out: dict[int, dict[str, Any]] = {}
+    out: dict[int, Prediction] = {}
     for row, i in enumerate(order):
         answers = {f.name: per_control[f.name][row] for f in fields}
         if all(conf >= float(stage.thresholds[name] or 1.0) for name, (_, conf) in answers.items()):
@@ -113,7 +114,7 @@ def confident_answers(stage: SupervisedStage, tasks: list[Any], ctx: ProjectCont
 
 def _prediction(stage: SupervisedStage, ctx: ProjectContext, family: str, fields: list[ChoicesField],
                 texts: dict[str, str], answers: dict[str, tuple[list[str], float]], started: float
-                ) -> dict[str, Any]:
+                ) -> Prediction:
     score = min(conf for _, conf in answers.values())
     now = datetime.now(UTC).isoformat(timespec="seconds")
     record = {
@@ -129,7 +130,7 @@ def _prediction(stage: SupervisedStage, ctx: ProjectContext, family: str, fields
     stamp = {"model": stage.version, "stage": SUPERVISED, "prompt_version": ctx.prompt.version,
              "config_hash": ctx.schema.config_hash, "time": now, "cached": False, "score_source": SUPERVISED,
              "raw_score": round(score, 6), "calibration": "held_out_threshold", "status": TaskStatus.OK}
-    regions = []
+    regions: list[Any] = []
     for f in fields:
         chosen, conf = answers[f.name]
         value: Any = chosen if f.multiple else chosen[0]
@@ -140,8 +141,8 @@ def _prediction(stage: SupervisedStage, ctx: ProjectContext, family: str, fields
 
 
 async def supervised_first(stage: SupervisedStage | None, tasks: list[Any], ctx: ProjectContext, family: str,
-                           ask: Callable[[list[Any]], Awaitable[list[dict[str, Any]]]], client: Any,
-                           project: ProjectRef | None) -> list[dict[str, Any]]:
+                           ask: Callable[[list[Any]], Awaitable[list[Prediction]]], client: Any,
+                           project: ProjectRef | None) -> list[Prediction]:
     """The stage's confident answers, and ``ask``'s (the models behind it) for the rest, in order."""
     answered = confident_answers(stage, tasks, ctx, family) if stage is not None else {}
     rest = [i for i in range(len(tasks)) if i not in answered]

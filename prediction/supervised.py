@@ -2,7 +2,7 @@
 
 For a ``Choices`` control a TF-IDF of word (1-2) and character (2-4, within words) n-grams and a
 logistic regression beat a small LLM after a few dozen labels and answer in milliseconds. One
-model per control; single choice is the ranking's ``RefreshModel`` (the same model refreshes the
+model per control; single choice is the ranking's ``FallbackClassifier`` (the same model refreshes the
 queue's priorities, see ``ranking.priority.rank``), multiple choice one binary model per label.
 
 A stage is only as good as its threshold: ``calibrate_threshold`` picks, on held-out human labels
@@ -25,7 +25,7 @@ from sklearn.multiclass import OneVsRestClassifier
 from sklearn.pipeline import FeatureUnion
 from sklearn.preprocessing import MultiLabelBinarizer
 
-from prelabel.ranking.refresh_model import RefreshModel
+from prelabel.ranking.fallback_classifier import FallbackClassifier
 
 MIN_TRAIN_LABELS = 10  # fewer: no stage (a linear model on a handful of texts is noise)
 MIN_SUPPORT = 10  # held-out answers a threshold must cover to be trusted
@@ -49,7 +49,7 @@ class ControlModel:
     labels: list[str]
     multiple: bool
     vectorizer: FeatureUnion
-    model: Any  # RefreshModel (single choice) or OneVsRestClassifier (multiple choice)
+    model: Any  # FallbackClassifier (single choice) or OneVsRestClassifier (multiple choice)
     binarizer: MultiLabelBinarizer | None = None
 
     @classmethod
@@ -64,7 +64,7 @@ class ControlModel:
         vectorizer = featurizer()
         features = vectorizer.fit_transform([t for t, _ in pairs])
         if not multiple:
-            single = RefreshModel(labels, seed, c=10.0, solver="lbfgs").fit(features, [y[0] for _, y in pairs])
+            single = FallbackClassifier(labels, seed, c=10.0, solver="lbfgs").fit(features, [y[0] for _, y in pairs])
             return cls(control, list(labels), False, vectorizer, single) if single.fitted else None
         binarizer = MultiLabelBinarizer(classes=list(labels))
         matrix = binarizer.fit_transform([y for _, y in pairs])

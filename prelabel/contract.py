@@ -11,10 +11,11 @@ round-trips them. (The same idea as rq's ``JobStatus`` and key templates.)
 from __future__ import annotations
 
 import hashlib
+import json
 import re
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from enum import StrEnum
-from typing import Any, Literal, NamedTuple, NotRequired, TypedDict
+from typing import Any, Literal, NamedTuple, NotRequired, Protocol, TypedDict
 
 # --- queue -------------------------------------------------------------------------------------
 QUEUE_NAME = "prelabel"  # the RQ queue the backend, the CLI and Label Studio events feed and the worker consumes
@@ -409,6 +410,7 @@ class RegionStamp(TypedDict, total=False):
     label_probs_kind: str  # "distribution" (single choice) | "inclusion" (multiple choice)
     route: str  # cascade: "cheap" | "fallback" | "fallback_failed"
     reused_from: int  # near-duplicate reuse: the task whose answer this is
+    interactive: bool  # a suggestion for the labeling screen (shaped by its context)
     review: ReviewStamp
 
 
@@ -451,3 +453,161 @@ def stamp_of(region: Any) -> RegionStamp:
     """A region's stamp, or an empty one (a region of another backend, a human's region)."""
     stamp = region.get(STAMP) if isinstance(region, dict) else None
     return stamp if isinstance(stamp, dict) else {}  # type: ignore[return-value]
+
+
+# --- the active-model record ---------------------------------------------------------------------
+# Written by promotion (prelabel.train.promote.apply_decision) under active_model_key; read by the
+# backend's model router (which model pre-annotates a project), `prelabel up` (serves a promoted GGUF
+# and points base_url at it), `prelabel train status` and `prompts eval`.
+
+
+class CascadeFallback(TypedDict):
+    """The cost cascade of a promotion: tasks under ``threshold`` go to the previous model."""
+
+    threshold: float
+    fallback_model: str | None
+    fallback_base_url: str | None
+    fallback_prompt_style: str | None
+    fallback_fewshot_k: int | None
+
+
+class ActiveModel(TypedDict):
+    """The model that pre-annotates a project (or every project: the global record).
+
+    Only ``model`` and ``base_url`` are always there (``current_model`` falls back to the configured
+    LLM with just these); a promotion writes the rest. Predictions' ``model_version`` becomes
+    ``<model>@<prompt>``; ``prompt_style``/``fewshot_k`` say how the model is prompted (as it was
+    evaluated).
+    """
+
+    model: str
+    base_url: str
+    prompt_style: NotRequired[str | None]
+    fewshot_k: NotRequired[int | None]
+    model_path: NotRequired[str | None]
+    project: NotRequired[str | None]
+    report: NotRequired[str]  # path of the candidate's evaluation report
+    primary_metric: NotRequired[str]
+    primary_value: NotRequired[float]
+    test_sha256: NotRequired[str]
+    promoted_at: NotRequired[str]  # ISO 8601, UTC
+    decision_id: NotRequired[str]
+    cascade: NotRequired[CascadeFallback | None]
+    previous: NotRequired[dict[str, Any] | None]  # the record it replaced, without that one's own `previous`
+    gguf: NotRequired[str]  # a locally served model: the file `prelabel up` serves (prelabel.train.local_serving)
+    served_by: NotRequired[str]  # who serves it: "llama.cpp" (`prelabel up`), "vllm-lora"
+
+
+def as_active_model(value: Any) -> ActiveModel:
+    """``value`` checked as an active-model record: a mapping with a string ``model`` and ``base_url``
+    (ValueError otherwise; a record no reader could route to is refused, not half-used)."""
+    if not isinstance(value, dict):
+        raise ValueError(f"an active-model record is a JSON object, not {type(value).__name__}")
+    missing = [k for k in ("model", "base_url") if not isinstance(value.get(k), str) or not value[k]]
+    if missing:
+        raise ValueError(f"an active-model record needs {' and '.join(missing)} (a non-empty string)")
+    return value  # type: ignore[return-value]
+
+
+def active_model_json(record: ActiveModel) -> str:
+    """The record as stored under ``active_model_key``."""
+    return json.dumps(as_active_model(record))
+
+
+def parse_active_model(raw: str | bytes) -> ActiveModel:
+    """The stored record (``active_model_json``); ValueError when it is not one."""
+    return as_active_model(json.loads(raw))
+
+
+class Predictor(Protocol):
+    """What pre-annotates tasks: the plain LLM predictor, the calibrated cascade and the service's
+    callers all speak this (``ctx`` is a ``prediction.predictor.ProjectContext``, ``pool`` a
+    ``FewShotPool``; typed loosely here so the contract imports no subsystem)."""
+
+    async def predict(self, tasks: list[Any], ctx: Any, pool: Any = None) -> list[Prediction]: ...
+
+    async def predict_until(self, tasks: list[Any], ctx: Any, pool: Any, deadline: float
+                            ) -> list[Prediction | None]: ...
+
+    def model_version(self, ctx: Any) -> str: ...
+
+
+@dataclass(frozen=True)
+class ProjectRecord:
+    """What ``/setup`` told the backend about a project, shared with the worker under ``project_key``.
+
+    ``label_config`` is kept in the backend's memory only (Label Studio sends it with every
+    request; the worker asks Label Studio); the token is never in a repr, a log or a job argument.
+    """
+
+    guideline: str | dict | None = None
+    hostname: str | None = None
+    access_token: str | None = None
+    label_config: str | None = None
+
+    def __repr__(self) -> str:  # the token must not reach logs through a repr
+        return f"ProjectRecord(guideline={self.guideline!r}, hostname={self.hostname!r})"
+
+    def encode(self) -> str:
+        return json.dumps({"guideline": self.guideline, "hostname": self.hostname, "access_token": self.access_token})
+
+    @classmethod
+    def decode(cls, raw: bytes | str | None) -> ProjectRecord:
+        data: dict[str, Any] = json.loads(raw) if raw else {}
+        return cls(data.get("guideline"), data.get("hostname"), data.get("access_token"))
+
+    def size(self) -> int:
+        """Roughly the bytes it holds (the backend's project cache is sized in bytes: a config may be 1 MB)."""
+        guideline = json.dumps(self.guideline) if self.guideline else ""
+        return len(self.label_config or "") + len(guideline) + len(self.hostname or "") + 256
+
+
+@dataclass(frozen=True)
+class Event:
+    """What a job needs from one Label Studio webhook call (never the whole body: no task texts, no
+    tokens); ``key`` makes the same event delivered twice one job (``jobs.events.parse_event``)."""
+
+    action: str
+    project_id: int
+    key: str
+    task_ids: list[int] = field(default_factory=list)
+    annotation_ids: list[int] = field(default_factory=list)
+    label_config: str | None = None  # only in events parsed from a webhook; queued jobs carry config_hash
+    dedupe_ttl: int | None = None
+    config_hash: str | None = None  # the config stored under job_config_key (jobs.queue)
+    stamp: str | None = None  # Label Studio's "<id>.<created_at>" of the project (studio.tenancy)
+    tenant: str | None = None  # the project's Label Studio (set by the backend; None: the configured one)
+
+    @property
+    def job_id(self) -> str:
+        """The event's job id: the same event delivered twice is one job, two instances' are two."""
+        return f"event-{self.action.lower()}-{self.tenant or 'default'}-{self.project_id}-{self.key}"
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Event:
+        return cls(**data)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """One task's pre-annotation (stored under ``outcome_key``): its status, why (when not ok) and
+    whether it has valid regions."""
+
+    status: str
+    reason: str | None = None
+    labeled: bool = False
+
+    def encode(self) -> str:
+        return ":".join(p for p in (self.status, self.reason, "labeled" if self.labeled else "") if p)
+
+    @classmethod
+    def decode(cls, raw: bytes | str) -> Outcome:
+        text = as_text(raw)
+        parts = text.split(":")
+        labeled = parts[-1] == "labeled"
+        if labeled:
+            parts = parts[:-1]
+        return cls(parts[0], ":".join(parts[1:]) or None, labeled or parts[0] == TaskStatus.OK)

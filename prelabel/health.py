@@ -37,7 +37,7 @@ def worker_healthy() -> int:
     import redis
     from rq.worker import Worker
 
-    from prelabel.jobs.worker import _alive
+    from prelabel.pids import pid_alive
 
     url = os.environ.get("REDIS_URL") or os.environ.get("PRELABEL_REDIS_URL")
     if not url:
@@ -46,7 +46,7 @@ def worker_healthy() -> int:
     host = socket.gethostname()
     try:
         conn = redis.Redis.from_url(url, socket_timeout=3, socket_connect_timeout=3)
-        mine = [w for w in Worker.all(connection=conn) if w.hostname == host and _alive(w.pid)]
+        mine = [w for w in Worker.all(connection=conn) if w.hostname == host and pid_alive(w.pid)]
     except (redis.RedisError, OSError) as exc:
         print(f"unhealthy: Redis: {type(exc).__name__}", file=sys.stderr)
         return 1

@@ -23,8 +23,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from prelabel.contract import TaskStatus
-from prelabel.jobs.outcomes import Tally, prediction_outcome
+from prelabel.contract import Prediction, TaskStatus
+from prelabel.prediction.outcomes import Tally, prediction_outcome
 from prelabel.settings import Settings, get_settings
 
 console = Console(stderr=True)
@@ -60,7 +60,7 @@ class Summary:
         self.tally = Tally()
         self.labels: dict[str, Counter[str]] = {name: Counter() for name in label_controls}
 
-    def add(self, prediction: dict[str, Any]) -> None:
+    def add(self, prediction: Prediction) -> None:
         self.tally.add(prediction_outcome(prediction))
         for region in prediction.get("result") or []:
             counts = self.labels.get(region.get("from_name"))
@@ -146,14 +146,14 @@ def predict(
 
 
 async def _predict_offline(settings: Settings, label_config: str, guideline: str | None, tasks: list[dict[str, Any]],
-                           summary: Summary, every: int) -> list[dict[str, Any]]:
-    from prelabel.prediction.predictor import open_predictor
+                           summary: Summary, every: int) -> list[Prediction]:
+    from prelabel.prediction.service import PreannotationService
 
-    results: list[dict[str, Any]] = []
-    async with open_predictor(settings) as predictor:
-        context = predictor.context(label_config, guideline, allow_path=True)
+    results: list[Prediction] = []
+    async with PreannotationService.open(settings) as service:
+        batch = await service.prepare(None, label_config, guideline, allow_path=True, routed=False)
         for chunk in _chunks(tasks, max(1, settings.llm_concurrency * 2)):
-            for prediction in await predictor.predict(chunk, context):
+            for prediction in await service.predict(batch, chunk):
                 results.append(prediction)
                 summary.add(prediction)
                 if summary.total % every == 0 or summary.total == len(tasks):

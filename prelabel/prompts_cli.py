@@ -87,12 +87,14 @@ def current_version(settings: Settings, conn: redis.Redis, project: int) -> Any:
     else the config's matching template) and the promoted model (else the configured one)."""
     from prelabel.jobs.projects import load_project
     from prelabel.label_config import guideline_store as store
+    from prelabel.prediction.service import choose_guideline
     from prelabel.train.promote import active_model
     from prelabel.train.prompt_eval import Version
 
     ref = configured(settings, project)
-    guideline = store.active_guideline(store.active(conn, ref)) or load_project(conn, ref).guideline
-    promoted = active_model(conn, ref) or {}
+    guideline = choose_guideline(None, store.active_guideline(store.active(conn, ref)),
+                                 load_project(conn, ref).guideline)
+    promoted: dict[str, Any] = dict(active_model(conn, ref) or {})
     model = promoted.get("model") or settings.llm_model
     urls = [promoted["base_url"]] if promoted.get("model") and promoted.get("base_url") else settings.llm_base_urls
     return Version("current", guideline, model, urls)

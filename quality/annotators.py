@@ -32,7 +32,7 @@ from typing import Any
 
 from prelabel.contract import REFERENCE_FIELD
 from prelabel.label_config.schema import OutputSchema
-from prelabel.quality.calibration import canonical_answer
+from prelabel.quality.calibration_fit import canonical_answer
 
 
 def annotator_of(annotation: dict[str, Any]) -> str:

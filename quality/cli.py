@@ -83,7 +83,7 @@ def _learning_curve(project: int, out: Path) -> None:
 
 
 def _calibration(project: int, out: Path, method: str, store: bool) -> None:
-    from prelabel.quality.calibration import project_calibration, reliability_png, store_maps
+    from prelabel.quality.calibration_fit import project_calibration, reliability_png, store_maps
 
     if method not in ("auto", "platt", "isotonic"):
         raise typer.BadParameter("--calibration must be auto, platt or isotonic")

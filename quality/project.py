@@ -12,7 +12,7 @@ from prelabel.contract import ProjectRef, quality_key
 from prelabel.quality.agreement import AgreementReport, agreement
 from prelabel.quality.spotcheck import Sample, sample
 from prelabel.ranking.project import project_signals
-from prelabel.studio.task_fields import write_fields
+from prelabel.studio.task_fields import update_task_fields
 
 SPOTCHECK_FIELD = "prelabel_spotcheck"
 
@@ -36,6 +36,7 @@ def spotcheck_project(client: Any, project: ProjectRef, n: int = 150, abnormal_s
     signals, _, tasks = project_signals(client, project.id)
     chosen = sample(signals, n, abnormal_share, seed)
     batch = time.strftime("spot-%Y%m%d-%H%M%S", time.gmtime())
+    by_id = {t["id"]: t for t in tasks}
     for task_id in chosen.ids:
-        write_fields(client, project, task_id, {SPOTCHECK_FIELD: batch}, conn)
+        update_task_fields(client, project, by_id[task_id], {SPOTCHECK_FIELD: batch}, conn)
     return batch, chosen

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from prelabel.ranking.diversity import TextIndex, diversify
-from prelabel.ranking.refresh_model import RefreshModel
+from prelabel.ranking.fallback_classifier import FallbackClassifier
 from prelabel.ranking.signals import ABNORMAL_REVIEW, TaskSignals
 from prelabel.ranking.uncertainty import Measure, inclusion_uncertainty, uncertainty
 
@@ -61,7 +61,7 @@ def rank(signals: Sequence[TaskSignals], labels: Sequence[str], measure: Measure
         todo = np.flatnonzero(~labeled)
         probs = _refresh_probs(signals, labels, index, labeled, todo, seed, model)
         if probs is not None:
-            unc[todo], source[todo] = uncertainty(probs, measure), "refresh_model"
+            unc[todo], source[todo] = uncertainty(probs, measure), "fallback_classifier"
             best = probs.argmax(axis=1)
             predicted = np.array([signals[i].predicted for i in todo], dtype=object)
             confident_other = (probs.max(axis=1) >= CONFIDENT) & (predicted != None)  # noqa: E711
@@ -83,10 +83,10 @@ def rank(signals: Sequence[TaskSignals], labels: Sequence[str], measure: Measure
 def _refresh_probs(signals: Sequence[TaskSignals], labels: list[str], index: TextIndex, labeled: np.ndarray,
                    todo: np.ndarray, seed: int, model: Callable[[Sequence[str]], np.ndarray] | None
                    ) -> np.ndarray | None:
-    """The unlabeled tasks' label probabilities: the supervised stage's, else a refresh model's."""
+    """The unlabeled tasks' label probabilities: the supervised stage's, else the fallback classifier's."""
     if model is not None:
         return np.asarray(model([signals[i].text for i in todo])) if len(todo) else np.zeros((0, len(labels)))
     classified = np.array([s.human is not None for s in signals], dtype=bool)  # labeled with a class
     classes = [s.human for s in signals if s.human is not None]
-    refresh = RefreshModel(labels, seed).fit(index.features[classified], classes)
-    return refresh.predict_proba(index.features[todo]) if refresh.fitted else None
+    fallback = FallbackClassifier(labels, seed).fit(index.features[classified], classes)
+    return fallback.predict_proba(index.features[todo]) if fallback.fitted else None

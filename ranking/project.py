@@ -18,7 +18,7 @@ from prelabel.ranking.diversity import TextIndex
 from prelabel.ranking.priority import rank
 from prelabel.ranking.signals import TaskSignals, task_signals
 from prelabel.studio.client import plain
-from prelabel.studio.task_fields import write_fields
+from prelabel.studio.task_fields import update_task_fields
 
 if TYPE_CHECKING:
     import redis
@@ -108,8 +108,9 @@ def refresh_ranking(client: Any, project: ProjectRef, conn: redis.Redis | None =
             if s.labeled:
                 continue
             value = round(float(value), 4)
-            if (by_id[task_id].get("data") or {}).get(PRIORITY_FIELD) != value and \
-                    write_fields(client, project, task_id, {PRIORITY_FIELD: value}, conn) is not None:
+            task = by_id[task_id]
+            if (task.get("data") or {}).get(PRIORITY_FIELD) != value and \
+                    update_task_fields(client, project, task, {PRIORITY_FIELD: value}, conn):
                 written += 1
     view_id = ensure_priority_view(client, project.id)
     return RankingResult(len(signals), written, sum(not s.labeled for s in signals), view_id)

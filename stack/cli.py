@@ -49,9 +49,9 @@ def status(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) ->
     state = stack_status(get_settings())
     if state.get("backend_health"):
         from prelabel.stack.llm_load import fetch_llm_load
-        from prelabel.stack.up import StackRecord, record_path
+        from prelabel.stack.record import load_record
 
-        auth = StackRecord.load(record_path(get_settings())).backend_auth()
+        auth = load_record(get_settings()).backend_auth()
         state["llm_load"] = fetch_llm_load(state["backend"], auth)
     if state["running"]:
         state["stages"] = _stages()

@@ -11,7 +11,6 @@ missing piece is reported with the command that provides it.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import secrets
 import signal
@@ -19,16 +18,17 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NotRequired, TypedDict
 
 import httpx
 
-from prelabel.errors import UserError
-from prelabel.jobs.outcomes import Tally
+from prelabel.pids import pid_alive
+from prelabel.prediction.outcomes import Tally
 from prelabel.settings import Settings
 from prelabel.stack.llm_smoke import NotReady, check_completion
+from prelabel.stack.record import StackError, StackRecord, load_record, record_path, stack_dir
 
 if TYPE_CHECKING:
     from prelabel.stack.label_studio import LabelStudioServer
@@ -41,75 +41,10 @@ SAMPLE_TITLE = "Search intent (prelabel sample)"
 LOCAL_MODEL = "smollm2"
 
 
-class StackError(UserError, RuntimeError):
-    """A clear, user-facing reason why the stack cannot start or stopped (no traceback needed)."""
-
-
 class ChildDied(StackError):
     """A process the stack started has died: named, with how it ended and its log."""
 
     exit_code = 1
-
-
-@dataclass
-class StackRecord:
-    """What ``up`` leaves in ``<data>/stack/stack.json`` (0600: it holds the local admin login)."""
-
-    pid: int = 0
-    ls_port: int = 8080
-    backend_port: int = 9090
-    llm_port: int = 8000
-    ls_credentials: list[str] = field(default_factory=list)  # username, password, legacy token
-    webhook_secret: str = ""
-    basic_auth: list[str] = field(default_factory=list)
-    project_id: int | None = None
-    children: dict[str, int] = field(default_factory=dict)
-    llm_base_url: str = ""
-    models: dict[str, dict] = field(default_factory=dict)  # project -> promoted model served by this up
-
-    @classmethod
-    def load(cls, path: Path) -> StackRecord:
-        return cls(**json.loads(path.read_text())) if path.exists() else cls()
-
-    def ls_login(self) -> tuple[str, str, str] | None:
-        """Label Studio's admin (username, password, legacy token); None before the first ``up``."""
-        if not self.ls_credentials:
-            return None
-        if len(self.ls_credentials) != 3:
-            raise StackError(f"stack.json: ls_credentials must be [username, password, token], "
-                             f"not {len(self.ls_credentials)} values")
-        username, password, token = self.ls_credentials
-        return username, password, token
-
-    def backend_auth(self) -> tuple[str, str] | None:
-        """The backend's basic-auth login (user, password); None before the first ``up``."""
-        if not self.basic_auth:
-            return None
-        if len(self.basic_auth) != 2:
-            raise StackError(f"stack.json: basic_auth must be [user, password], not {len(self.basic_auth)} values")
-        user, password = self.basic_auth
-        return user, password
-
-    def save(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(asdict(self), indent=2))
-        tmp.chmod(0o600)
-        tmp.replace(path)
-
-
-def stack_dir(settings: Settings) -> Path:
-    return Path(settings.data_dir) / "stack"
-
-
-def record_path(settings: Settings) -> Path:
-    return stack_dir(settings) / "stack.json"
-
-
-def pid_alive(pid: int) -> bool:
-    from prelabel.jobs.worker import _alive
-
-    return _alive(pid)
 
 
 def _port_free(port: int) -> bool:
@@ -138,7 +73,7 @@ def preflight(settings: Settings, record: StackRecord, external_llm: str | None)
     from prelabel.stack.llm_server import find_gguf
     from prelabel.stack.locations import llama_venv, ls_venv, require_venv
 
-    if record.pid and pid_alive(record.pid):
+    if record.running():
         raise StackError(f"the stack is already running (pid {record.pid}); `prelabel status` or `prelabel down`")
     stop_leftovers(record)  # a previous `up` killed (SIGKILL, a crash) left its processes running
     ports = {"Label Studio": record.ls_port, "backend": record.backend_port}
@@ -175,24 +110,15 @@ def run_up(settings: Settings, *, ls_port: int, backend_port: int, llm_port: int
            stop_event: threading.Event | None = None) -> int:
     """Start everything, set up the sample project, wait for Ctrl-C/SIGTERM, stop everything."""
     from prelabel.redis_conn import embedded_pid, redis_url, stop_embedded
-    from prelabel.stack.label_studio import new_credentials, start_label_studio
-    from prelabel.stack.llm_server import start_llm_server
-    from prelabel.stack.processes import ManagedProcess, child_env, started, stop_all
+    from prelabel.stack.label_studio import start_label_studio
+    from prelabel.stack.processes import child_env, started, stop_all
 
     path = record_path(settings)
     record = StackRecord.load(path)
     record.ls_port, record.backend_port, record.llm_port = ls_port, backend_port, llm_port
     external_llm = os.environ.get("OPENAI_BASE_URL") or os.environ.get("PRELABEL_LLM_BASE_URLS")
     preflight(settings, record, external_llm)
-
-    login = record.ls_login() or new_credentials()
-    basic_auth = record.backend_auth() or ("prelabel", secrets.token_hex(12))
-    record.ls_credentials = list(login)
-    record.webhook_secret = record.webhook_secret or secrets.token_hex(16)
-    record.basic_auth = list(basic_auth)
-    record.pid = os.getpid()
-    record.children = {}
-    record.save(path)
+    login, basic_auth = _claim(record, path)
     root = stack_dir(settings)
     stop = stop_event or threading.Event()
     previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
@@ -204,57 +130,34 @@ def run_up(settings: Settings, *, ls_port: int, backend_port: int, llm_port: int
             record.children["redis"] = redis_pid
             record.save(path)
         children: dict[str, ManagedProcess] = {}
-        context_window: dict[str, str] = {}  # llama-cpp-python does not report its window: we know it
-        if external_llm:
-            llm_url, model, structured = external_llm, settings.llm_model, settings.structured_output
-        else:  # first: a model that cannot answer is reported in seconds, not after Label Studio's start
-            llm = start_llm_server(root / "llm", port=llm_port)
-            _adopt(children, record, "llm", started(llm.process, "the LLM server"))
-            llm_url, model, structured = llm.base_url, LOCAL_MODEL, "json_object"
-            context_window = {"PRELABEL_LLM_CONTEXT_WINDOW": str(llm.context_window)}
+        # first: a model that cannot answer is reported in seconds, not after Label Studio's start
+        llm = _pick_llm(settings, root, llm_port, external_llm, children, record)
         promoted = serve_promoted(redis, root, say, children, record)  # before anything routes to a record
         ls = start_label_studio(root / "label-studio", port=ls_port, credentials=login,
                                 data_dir=root / "label-studio" / "data")
         _adopt(children, record, "label-studio", started(ls.process, "Label Studio"))
-        record.llm_base_url = llm_url
-        reviewer: dict[str, str | None] = {"PRELABEL_REVIEWER_MODEL": settings.reviewer_model or f"{model}-reviewer"}
-        if not external_llm and not (settings.reviewer_model or settings.reviewer_base_urls):
-            local = start_local_reviewer(root, say)
-            if local is not None:
-                _adopt(children, record, "reviewer", started(local.process, "the local reviewer"))
-                reviewer = {"PRELABEL_REVIEWER_MODEL": local.model, "PRELABEL_REVIEWER_BASE_URLS": local.base_url}
+        record.llm_base_url = llm.url
         backend_url = f"http://127.0.0.1:{backend_port}"
         env = child_env(None, {
-            "REDIS_URL": redis, "OPENAI_BASE_URL": llm_url, "PRELABEL_LLM_MODEL": model,
-            "PRELABEL_STRUCTURED_OUTPUT": structured, **reviewer, **context_window,
+            "REDIS_URL": redis, "OPENAI_BASE_URL": llm.url, "PRELABEL_LLM_MODEL": llm.model,
+            "PRELABEL_STRUCTURED_OUTPUT": llm.structured, **llm.env,
+            **_reviewer_env(settings, root, say, llm.model, not external_llm, children, record),
             "PRELABEL_WEBHOOK_SECRET": record.webhook_secret,
             "PRELABEL_BASIC_AUTH_USER": basic_auth[0], "PRELABEL_BASIC_AUTH_PASSWORD": basic_auth[1],
             "LABEL_STUDIO_URL": ls.url, "LABEL_STUDIO_API_KEY": ls.api_key,
             "PRELABEL_DATA_DIR": str(settings.data_dir),
         })
-        prelabel = str(Path(sys.executable).with_name("prelabel"))
-        backend = ManagedProcess("backend", [prelabel, "serve", "--host", "127.0.0.1", "--port", str(backend_port)],
-                                 log_path=root / "logs" / "backend.log", env=env, cwd=root).start()
-        worker = ManagedProcess("worker", [prelabel, "worker"], log_path=root / "logs" / "worker.log", env=env,
-                                cwd=root).start()
-        _adopt(children, record, "backend", backend)
-        _adopt(children, record, "worker", worker)
+        backend = _start_backend_and_worker(env, root, backend_port, children, record)
         record.save(path)
         backend.wait_until(lambda: httpx.get(backend_url + "/health", timeout=2,
                                              auth=basic_auth).status_code == 200,
                            timeout=60, what="answering /health")
-
-        def watch() -> None:
-            """Every process the stack started, for its whole life: a death ends `up` with one line."""
-            for name, proc in children.items():
-                if not proc.alive():
-                    raise ChildDied(f"{name} died ({proc.exit_text()}); log: {proc.log_path}")
-
+        watch = _watcher(children)
         record.project_id = sample_project(ls, backend_url, record, template, say)
         record.save(path)
         progress = PreannotationProgress(ls, record.project_id, redis)
         tally = progress.wait(wait_predictions, stop, watch)
-        say(progress.line(tally, llm_url))
+        say(progress.line(tally, llm.url))
         say(f"Label Studio: {ls.url}/projects/{record.project_id}/data  (login {ls.username} / {ls.password})")
         say(f"backend: {backend_url} (metrics: {backend_url}/metrics); worker log: {root / 'logs' / 'worker.log'}")
         say("Ctrl-C (or `prelabel down`) stops everything; data stays in " + str(settings.data_dir))
@@ -266,7 +169,7 @@ def run_up(settings: Settings, *, ls_port: int, backend_port: int, llm_port: int
             if progress.due():
                 changed = progress.update()
                 if changed is not None:
-                    say(progress.line(changed, llm_url))
+                    say(progress.line(changed, llm.url))
         return 0
     finally:
         say("stopping ...")
@@ -278,10 +181,91 @@ def run_up(settings: Settings, *, ls_port: int, backend_port: int, llm_port: int
         record.save(path)
 
 
+def _claim(record: StackRecord, path: Path) -> tuple[tuple[str, str, str], tuple[str, str]]:
+    """Record this ``up`` as the running one, with the logins of the last ``up`` (new ones on the
+    first): Label Studio's admin and the backend's basic auth."""
+    from prelabel.stack.label_studio import new_credentials
+
+    login = record.ls_login() or new_credentials()
+    basic_auth = record.backend_auth() or ("prelabel", secrets.token_hex(12))
+    record.ls_credentials = list(login)
+    record.webhook_secret = record.webhook_secret or secrets.token_hex(16)
+    record.basic_auth = list(basic_auth)
+    record.pid = os.getpid()
+    record.children = {}
+    record.save(path)
+    return login, basic_auth
+
+
+@dataclass(frozen=True)
+class _LLM:
+    """The pre-annotator the backend and worker are told to use."""
+
+    url: str
+    model: str
+    structured: str
+    env: dict[str, str]  # more settings for the children (the local server's context window)
+
+
+def _pick_llm(settings: Settings, root: Path, port: int, external: str | None,
+              children: dict[str, ManagedProcess], record: StackRecord) -> _LLM:
+    """The external LLM (``OPENAI_BASE_URL``) as configured, else the local llama.cpp server, started
+    here and judged ready by a real answer."""
+    from prelabel.stack.llm_server import start_llm_server
+    from prelabel.stack.processes import started
+
+    if external:
+        return _LLM(external, settings.llm_model, settings.structured_output, {})
+    llm = start_llm_server(root / "llm", port=port)
+    _adopt(children, record, "llm", started(llm.process, "the LLM server"))
+    # llama-cpp-python does not report its window: we know it
+    return _LLM(llm.base_url, LOCAL_MODEL, "json_object", {"PRELABEL_LLM_CONTEXT_WINDOW": str(llm.context_window)})
+
+
+def _reviewer_env(settings: Settings, root: Path, say: Callable[[str], None], model: str, local_llm: bool,
+                  children: dict[str, ManagedProcess], record: StackRecord) -> dict[str, str | None]:
+    """The reviewer settings of the children: the configured reviewer, else (local stack) the second
+    local model when one is provisioned, else the pre-annotator's model with a reviewer prompt."""
+    from prelabel.stack.processes import started
+
+    reviewer: dict[str, str | None] = {"PRELABEL_REVIEWER_MODEL": settings.reviewer_model or f"{model}-reviewer"}
+    if local_llm and not (settings.reviewer_model or settings.reviewer_base_urls):
+        local = start_local_reviewer(root, say)
+        if local is not None:
+            _adopt(children, record, "reviewer", started(local.process, "the local reviewer"))
+            reviewer = {"PRELABEL_REVIEWER_MODEL": local.model, "PRELABEL_REVIEWER_BASE_URLS": local.base_url}
+    return reviewer
+
+
+def _start_backend_and_worker(env: dict[str, str], root: Path, port: int, children: dict[str, ManagedProcess],
+                              record: StackRecord) -> ManagedProcess:
+    """``prelabel serve`` and ``prelabel worker`` with ``env``, logging under ``<root>/logs``; the backend."""
+    from prelabel.stack.processes import ManagedProcess
+
+    prelabel = str(Path(sys.executable).with_name("prelabel"))
+    backend = ManagedProcess("backend", [prelabel, "serve", "--host", "127.0.0.1", "--port", str(port)],
+                             log_path=root / "logs" / "backend.log", env=env, cwd=root).start()
+    worker = ManagedProcess("worker", [prelabel, "worker"], log_path=root / "logs" / "worker.log", env=env,
+                            cwd=root).start()
+    _adopt(children, record, "backend", backend)
+    _adopt(children, record, "worker", worker)
+    return backend
+
+
+def _watcher(children: dict[str, ManagedProcess]) -> Callable[[], None]:
+    def watch() -> None:
+        """Every process the stack started, for its whole life: a death ends `up` with one line."""
+        for name, proc in children.items():
+            if not proc.alive():
+                raise ChildDied(f"{name} died ({proc.exit_text()}); log: {proc.log_path}")
+
+    return watch
+
+
 def stop_leftovers(record: StackRecord) -> list[int]:
     """Kill what a dead ``up`` left running (its children's process groups, the embedded Redis);
     the pids it killed. Only when ``up`` itself is gone: a live one stops its own processes."""
-    if record.pid and pid_alive(record.pid):
+    if record.running():
         return []
     killed = []
     for pid in record.children.values():
@@ -395,7 +379,7 @@ class PreannotationProgress:
 
     def tally(self) -> Tally:
         from prelabel.contract import ProjectRef, tenant_slug
-        from prelabel.jobs.outcomes import load, preannotation_tally
+        from prelabel.prediction.outcomes import load, preannotation_tally
         from prelabel.studio.access import origin_of
 
         # the stack's backend and worker have this Label Studio as LABEL_STUDIO_URL: its tenant
@@ -440,8 +424,8 @@ class PreannotationProgress:
 
 
 def run_down(settings: Settings, say: Callable[[str], None], timeout: float = 60.0) -> int:
-    record = StackRecord.load(record_path(settings))
-    if not record.pid or not pid_alive(record.pid):
+    record = load_record(settings)
+    if not record.running():
         say("the stack is not running")
         stop_leftovers(record)
         return 0
@@ -466,8 +450,8 @@ def stack_settings(settings: Settings) -> Settings:
     the same already."""
     from pydantic import SecretStr
 
-    record = StackRecord.load(record_path(settings))
-    if not (record.pid and pid_alive(record.pid)):
+    record = load_record(settings)
+    if not record.running():
         return settings
     update: dict[str, Any] = {}
     if not settings.label_studio_url:
@@ -514,8 +498,8 @@ def _answers_health(url: str, auth: tuple[str, str] | None) -> bool:
 
 
 def stack_status(settings: Settings) -> StackStatus:
-    record = StackRecord.load(record_path(settings))
-    running = bool(record.pid and pid_alive(record.pid))
+    record = load_record(settings)
+    running = record.running()
     status: StackStatus = {
         "running": running, "pid": record.pid or None, "data_dir": str(settings.data_dir),
         "project_id": record.project_id,

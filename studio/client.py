@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING, Any
 
 from label_studio_sdk.client import LabelStudio
 
-from prelabel.contract import ProjectRef
-from prelabel.studio.task_fields import write_fields
+from prelabel.contract import Prediction, ProjectRef
+from prelabel.studio.task_fields import update_task_fields
 
 if TYPE_CHECKING:
     import redis
@@ -69,7 +69,7 @@ class ProjectClient:
         return [plain(p) for p in self.sdk.predictions.list(task=task_id)]
 
     def upsert_prediction(
-        self, task_id: int, prediction: dict[str, Any], same_family: Callable[[str], bool]
+        self, task_id: int, prediction: Prediction | dict[str, Any], same_family: Callable[[str], bool]
     ) -> str:
         """Create the prediction, or update the task's existing one of the same family.
 
@@ -90,10 +90,5 @@ class ProjectClient:
         return "updated"
 
     def set_fields(self, task: dict[str, Any], fields: dict[str, Any]) -> bool:
-        """Set ``fields`` in the task's data as Label Studio has it now (``studio.task_fields``:
-        re-read, merged, read back), so other jobs' fields survive; True when it changed."""
-        data = write_fields(self.sdk, self.project, int(task["id"]), fields, self.conn)
-        if data is None:
-            return False
-        task["data"] = data
-        return True
+        """``studio.task_fields.update_task_fields`` for this project, under this client's lock."""
+        return update_task_fields(self.sdk, self.project, task, fields, self.conn)

@@ -52,12 +52,24 @@ def current_data(sdk: Any, project_id: int, task_id: int) -> dict[str, Any]:
     raise KeyError(f"task {task_id} is not in project {project_id}")
 
 
-def write_fields(sdk: Any, project: ProjectRef, task_id: int, fields: dict[str, Any],
-                 conn: redis.Redis | None = None) -> dict[str, Any] | None:
-    """Set ``fields`` in the task's data, keeping every other key as it is now.
+def update_task_fields(sdk: Any, project: ProjectRef, task: dict[str, Any], fields: dict[str, Any],
+                       conn: redis.Redis | None = None) -> bool:
+    """Set ``fields`` in the task's data, keeping every other key as it is now; True when it changed.
 
-    Returns the task's data after the write, or None when the fields already had these values.
+    The one way prelabel writes a task's data (review status, priority, spot-check batch): the
+    data the caller read earlier (``task["data"]``) is never written back, and on a change it
+    is replaced by the data after the write, so the caller's copy stays current.
     """
+    data = _write_fields(sdk, project, int(task["id"]), fields, conn)
+    if data is None:
+        return False
+    task["data"] = data
+    return True
+
+
+def _write_fields(sdk: Any, project: ProjectRef, task_id: int, fields: dict[str, Any],
+                  conn: redis.Redis | None) -> dict[str, Any] | None:
+    """The task's data after setting ``fields`` in it, or None when they already had these values."""
     for _ in range(ATTEMPTS):
         with _lock(project, conn):
             data = current_data(sdk, project.id, task_id)

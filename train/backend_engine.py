@@ -17,10 +17,10 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from prelabel.contract import TaskStatus
+from prelabel.contract import Prediction, TaskStatus
 from prelabel.settings import Settings, get_settings
 from prelabel.train.data import Manifest, Record
-from prelabel.train.engines import AnswerFormat, EngineError, Generation
+from prelabel.train.engine_types import AnswerFormat, EngineError, Generation
 
 
 class BackendEngine:
@@ -69,7 +69,7 @@ class BackendEngine:
         try:
             ctx = predictor.context(config, None if guideline in (None, "default") else guideline)
             with _progress(self.console, f"eval {self.model}", len(records)) as advance:
-                async def one(index: int, record: Record) -> dict[str, Any]:
+                async def one(index: int, record: Record) -> Prediction:
                     [prediction] = await predictor.predict([{"id": index, "data": record.data}], ctx)
                     advance()
                     return prediction
@@ -84,8 +84,9 @@ class BackendEngine:
                 raise EngineError(f"{self.describe()['endpoint']}: the backend got no answer from the model: "
                                   + "; ".join(meta["errors"].values()))
             answer = {}
+            regions: list[Any] = prediction["result"]
             for control in ctx.schema.fields:
-                value = control.from_regions([r for r in prediction["result"] if r.get("from_name") == control.name])
+                value = control.from_regions([r for r in regions if r.get("from_name") == control.name])
                 if value is not None:
                     answer[control.name] = value
             usage = meta["provenance"].get("usage") or {}

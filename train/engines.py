@@ -1,5 +1,6 @@
 """Inference engines for evaluation: vLLM (GPU, offline batch), any OpenAI-compatible endpoint,
-and transformers (the CPU fallback). All take the same chat messages and answer greedily.
+and transformers (the CPU fallback). All take the same chat messages and answer greedily; ``make_engine``
+also builds the ``backend`` engine (``train/backend_engine.py``), which pre-annotates task data instead.
 
 * ``vllm``: guided decoding to the label set (``choice``) or a JSON schema, prefix caching (the
   instruction is shared by every test item). Imported lazily: it is the ``gpu`` extra.
@@ -19,47 +20,14 @@ import logging
 import math
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
-from prelabel.errors import UserError
 from prelabel.logs import redact
+from prelabel.train.backend_engine import BackendEngine
+from prelabel.train.engine_types import AnswerFormat, Engine, EngineError, Generation
 
 log = logging.getLogger(__name__)
-
-
-class EngineError(UserError, RuntimeError):
-    """The engine could not run (missing package, no GPU, unreachable server)."""
-
-
-@dataclass(frozen=True)
-class AnswerFormat:
-    """What a valid answer looks like: one of ``choices``, or JSON matching ``json_schema``."""
-
-    choices: tuple[str, ...] | None = None
-    json_schema: dict[str, Any] | None = None
-
-
-@dataclass
-class Generation:
-    text: str
-    latency_s: float
-    prompt_tokens: int | None = None
-    completion_tokens: int | None = None
-    confidence: float | None = None
-
-
-class Engine(Protocol):
-    name: str
-    model: str
-    latency_mode: str  # "per_request" or "batch" (each item gets its batch's wall time)
-
-    def generate(self, conversations: list[list[dict[str, str]]], fmt: AnswerFormat | None) -> list[Generation]: ...
-
-    def describe(self) -> dict[str, Any]: ...
-
-    def close(self) -> None: ...
 
 
 def _probability(logprobs: list[float]) -> float | None:
@@ -298,7 +266,5 @@ def make_engine(
     if engine == "backend":
         if not base_url:
             raise EngineError("engine backend needs --base-url (the server the backend would call)")
-        from prelabel.train.backend_engine import BackendEngine
-
         return BackendEngine(model, base_url=base_url, concurrency=concurrency)
     raise EngineError(f"unknown engine {engine!r} (vllm, openai, transformers, backend)")

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from prelabel.train.data import Manifest, Record, answer_value, json_answers, load_manifest, read_split, sha256_file
-from prelabel.train.engines import AnswerFormat, Engine
+from prelabel.train.engine_types import AnswerFormat, Engine
 
 INVALID = "<invalid>"
 

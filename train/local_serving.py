@@ -10,10 +10,11 @@ over, so the backend never routes to a stopped server while the stack runs.
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any
+
+from prelabel.contract import parse_active_model
 
 # The active model record's fields for a locally served model (besides model/base_url/...).
 SERVED_BY = "llama.cpp"
@@ -45,9 +46,9 @@ def wait_for_takeover(client: Any, key: str, candidate_url: str, stack_running: 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         raw = client.get(key)
-        record = json.loads(raw) if raw else {}
-        if record.get("base_url") and record["base_url"] != candidate_url:
-            return str(record["base_url"])
+        record = parse_active_model(raw) if raw else None
+        if record is not None and record["base_url"] != candidate_url:
+            return record["base_url"]
         time.sleep(1.0)
     return None
 

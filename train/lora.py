@@ -217,69 +217,19 @@ def train(
     write_llamafactory_run(prepared)  # the same run, repeatable with llamafactory-cli
     started = time.time()
 
-    import torch
-    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
-    from transformers import (
-        DataCollatorForSeq2Seq,
-        PrinterCallback,
-        Trainer,
-        TrainingArguments,
-        set_seed,
-    )
+    from transformers import DataCollatorForSeq2Seq, PrinterCallback, Trainer, set_seed
 
     set_seed(config.seed)
     tokenizer = load_tokenizer(prepared.ref, config.template)
     tokenizer.padding_side = "right"
     train_set = _tokenized(prepared.dataset.splits["train"][: config.max_samples], tokenizer, config.cutoff_len)
     val_set = _tokenized(prepared.dataset.splits["val"][: config.max_eval_samples], tokenizer, config.cutoff_len)
-    load_dtype = "fp32" if prepared.precision == "fp32" else prepared.precision
-    model = load_model(prepared.ref, load_dtype, config.quantization_bit)
-    if config.quantization_bit:
-        model = prepare_model_for_kbit_training(model)
-    target = "all-linear" if config.lora_target == ["all"] else config.lora_target
-    model = get_peft_model(model, LoraConfig(
-        r=config.lora_rank, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
-        target_modules=target, task_type="CAUSAL_LM",
-    ))
-    trainable, total = model.get_nb_trainable_parameters()
-    log.info("LoRA: %s trainable of %s parameters (%.3f%%)", trainable, total, 100 * trainable / total)
-
     metric = prepared.metric
     best_key = "eval_loss" if metric == "loss" else f"eval_{SELECTION}"
     reporter = _Reporter(out / LOG_NAME, console)
-    args = TrainingArguments(
-        output_dir=str(out),
-        learning_rate=config.learning_rate,
-        num_train_epochs=config.num_train_epochs,
-        max_steps=config.max_steps,
-        lr_scheduler_type=config.lr_scheduler_type,
-        lr_scheduler_kwargs=config.lr_scheduler_kwargs,
-        warmup_steps=config.warmup_ratio,  # a float in [0, 1) is a ratio of the total steps
-        per_device_train_batch_size=config.per_device_train_batch_size,
-        per_device_eval_batch_size=config.per_device_eval_batch_size,
-        gradient_accumulation_steps=config.gradient_accumulation_steps,
-        bf16=prepared.precision == "bf16",
-        fp16=prepared.precision == "fp16",
-        use_cpu=not torch.cuda.is_available(),
-        logging_steps=config.logging_steps,
-        eval_strategy="steps",
-        eval_steps=config.eval_steps,
-        eval_on_start=prepared.resume is None,
-        save_strategy="steps",
-        save_steps=config.save_steps,
-        save_total_limit=config.save_total_limit,
-        load_best_model_at_end=True,
-        metric_for_best_model=best_key,
-        greater_is_better=metric != "loss",
-        optim="adamw_torch",
-        seed=config.seed,
-        report_to="none",
-        disable_tqdm=True,
-        dataloader_num_workers=0,
-    )
     trainer = Trainer(
-        model=model,
-        args=args,
+        model=_lora_model(prepared, config),
+        args=_training_arguments(config, prepared, out, best_key),
         train_dataset=train_set,
         eval_dataset=val_set,
         data_collator=DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=IGNORE_INDEX, padding=True),
@@ -302,19 +252,7 @@ def train(
     history = _read_log(out / LOG_NAME)
     initial = next((e for e in history if e.get("step") == 0 and "eval_loss" in e), {})
     record = {
-        "kind": "prelabel.lora",
-        "time": datetime.now(UTC).isoformat(timespec="seconds"),
-        "base_model": str(prepared.ref.path),
-        "base_dir": str(prepared.ref.directory),
-        "gguf_file": prepared.ref.gguf_file,
-        "template": config.template,
-        "dataset_dir": str(Path(config.dataset_dir).resolve()),
-        "manifest_sha256": prepared.dataset.manifest.sha256,
-        "task_type": prepared.dataset.manifest.task_type,
-        "labels": prepared.dataset.manifest.labels,
-        "train_sha256": prepared.dataset.split_sha256("train"),
-        "config": config.model_dump(mode="json"),
-        "precision": prepared.precision,
+        **_adapter_provenance(config, prepared),
         "metric_for_best_model": metric,
         "selection": best_key,
         "best_checkpoint": trainer.state.best_model_checkpoint,
@@ -330,6 +268,81 @@ def train(
     return TrainResult(adapter_dir, record["best_checkpoint"], record["best_metric"], metric,
                        record["initial_eval"], record["final_eval"], record["global_step"], prepared.resume,
                        record)
+
+
+def _lora_model(prepared: Prepared, config: TrainConfig) -> Any:
+    """The base model (quantized when ``quantization_bit`` says so) with fresh LoRA adapters."""
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+    load_dtype = "fp32" if prepared.precision == "fp32" else prepared.precision
+    model = load_model(prepared.ref, load_dtype, config.quantization_bit)
+    if config.quantization_bit:
+        model = prepare_model_for_kbit_training(model)
+    target = "all-linear" if config.lora_target == ["all"] else config.lora_target
+    model = get_peft_model(model, LoraConfig(
+        r=config.lora_rank, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
+        target_modules=target, task_type="CAUSAL_LM",
+    ))
+    trainable, total = model.get_nb_trainable_parameters()
+    log.info("LoRA: %s trainable of %s parameters (%.3f%%)", trainable, total, 100 * trainable / total)
+    return model
+
+
+def _training_arguments(config: TrainConfig, prepared: Prepared, out: Path, best_key: str) -> Any:
+    """The Trainer's arguments: the config's schedule, evaluation and checkpoints every few steps,
+    the best checkpoint (by ``best_key``) loaded at the end."""
+    import torch
+    from transformers import TrainingArguments
+
+    return TrainingArguments(
+        output_dir=str(out),
+        learning_rate=config.learning_rate,
+        num_train_epochs=config.num_train_epochs,
+        max_steps=config.max_steps,
+        lr_scheduler_type=config.lr_scheduler_type,
+        lr_scheduler_kwargs=config.lr_scheduler_kwargs,
+        warmup_steps=config.warmup_ratio,  # a float in [0, 1) is a ratio of the total steps
+        per_device_train_batch_size=config.per_device_train_batch_size,
+        per_device_eval_batch_size=config.per_device_eval_batch_size,
+        gradient_accumulation_steps=config.gradient_accumulation_steps,
+        bf16=prepared.precision == "bf16",
+        fp16=prepared.precision == "fp16",
+        use_cpu=not torch.cuda.is_available(),
+        logging_steps=config.logging_steps,
+        eval_strategy="steps",
+        eval_steps=config.eval_steps,
+        eval_on_start=prepared.resume is None,
+        save_strategy="steps",
+        save_steps=config.save_steps,
+        save_total_limit=config.save_total_limit,
+        load_best_model_at_end=True,
+        metric_for_best_model=best_key,
+        greater_is_better=prepared.metric != "loss",
+        optim="adamw_torch",
+        seed=config.seed,
+        report_to="none",
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+    )
+
+
+def _adapter_provenance(config: TrainConfig, prepared: Prepared) -> dict[str, Any]:
+    """What the adapter was trained from: base model, dataset (by hash), configuration."""
+    return {
+        "kind": "prelabel.lora",
+        "time": datetime.now(UTC).isoformat(timespec="seconds"),
+        "base_model": str(prepared.ref.path),
+        "base_dir": str(prepared.ref.directory),
+        "gguf_file": prepared.ref.gguf_file,
+        "template": config.template,
+        "dataset_dir": str(Path(config.dataset_dir).resolve()),
+        "manifest_sha256": prepared.dataset.manifest.sha256,
+        "task_type": prepared.dataset.manifest.task_type,
+        "labels": prepared.dataset.manifest.labels,
+        "train_sha256": prepared.dataset.split_sha256("train"),
+        "config": config.model_dump(mode="json"),
+        "precision": prepared.precision,
+    }
 
 
 def _tokenized(records: list[Any], tokenizer: Any, cutoff_len: int) -> list[dict[str, list[int]]]:

@@ -25,10 +25,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from prelabel.contract import ProjectRef, active_model_key, train_lock_key, train_status_key
+from prelabel.contract import ActiveModel, ProjectRef, active_model_key, train_lock_key, train_status_key
 from prelabel.errors import UserError
 from prelabel.jobs.training import FLYWHEEL_TIMEOUT
 from prelabel.settings import Settings, get_settings
+from prelabel.stack.record import stack_running
 from prelabel.train.models import MissingExtraError, require_train_extra
 
 log = logging.getLogger(__name__)
@@ -236,7 +237,7 @@ def _serve_locally(project: ProjectRef, run_id: str, run_dir: Path, status: Stat
         if result["promoted"]:
             with status.step("handover"):
                 served = wait_for_takeover(client, active_model_key(project), server.base_url,
-                                           _stack_running(settings))
+                                           stack_running(settings))
                 result["served_at"] = served
     finally:
         server.process.stop()
@@ -269,7 +270,7 @@ def _serve_adapter(project: ProjectRef, run_id: str, run_dir: Path, status: Stat
 
 
 def _evaluate_served(project: ProjectRef, run_dir: Path, status: Status, client: Any, settings: Settings, config: Any,
-                     data: Path, model_name: str, base_url: str) -> tuple[dict[str, Any], dict[str, Any],
+                     data: Path, model_name: str, base_url: str) -> tuple[dict[str, Any], ActiveModel,
                                                                            dict[str, Any]]:
     """The candidate served at ``base_url`` and the current pre-annotator, both through the backend
     on the same test split: the candidate with the prompt it was trained on and no few-shot turns,
@@ -293,7 +294,7 @@ def _evaluate_served(project: ProjectRef, run_dir: Path, status: Status, client:
 
 def _promote(project: ProjectRef, run_id: str, run_dir: Path, status: Status, client: Any, settings: Settings,
              config: Any, merged_dir: Path, model_name: str, candidate: dict[str, Any], current_report: dict[str, Any],
-             current: dict[str, Any], base_url: str, extra: dict[str, Any]) -> dict[str, Any]:
+             current: ActiveModel, base_url: str, extra: dict[str, Any]) -> dict[str, Any]:
     from prelabel.train.promote import apply_decision, decide
 
     with status.step("promote"):
@@ -306,7 +307,7 @@ def _promote(project: ProjectRef, run_id: str, run_dir: Path, status: Status, cl
             "candidate_report": candidate["_path"], "current_report": current_report["_path"]}
 
 
-def _current_engine(current: dict[str, Any], settings: Settings, data: Path, options: dict[str, Any],
+def _current_engine(current: ActiveModel, settings: Settings, data: Path, options: dict[str, Any],
                     console: Any | None = None) -> Any:
     """The current pre-annotator through the backend when the dataset allows it (an export), else
     its bare endpoint (hand-made datasets without task data)."""
@@ -339,13 +340,6 @@ def _local_gguf() -> Path | None:
     except FileNotFoundError:
         return None
     return path if path.is_file() else None
-
-
-def _stack_running(settings: Settings) -> bool:
-    from prelabel.stack.up import StackRecord, pid_alive, record_path
-
-    record = StackRecord.load(record_path(settings))
-    return bool(record.pid and pid_alive(record.pid))
 
 
 def _evaluate(engine: Any, data: Path, folder: Path, label: str, max_samples: int | None) -> dict[str, Any]:

@@ -29,7 +29,17 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from prelabel.contract import TRAIN_DECISIONS_KEY, ProjectRef, active_model_key, active_model_keys
+from prelabel.contract import (
+    TRAIN_DECISIONS_KEY,
+    ActiveModel,
+    CascadeFallback,
+    ProjectRef,
+    active_model_json,
+    active_model_key,
+    active_model_keys,
+    as_active_model,
+    parse_active_model,
+)
 from prelabel.train.config import PromotionPolicy
 from prelabel.train.evaluate import Item, read_predictions
 from prelabel.train.report import task_metrics
@@ -37,12 +47,12 @@ from prelabel.train.report import task_metrics
 DECISIONS_KEPT = 1000
 
 
-def active_model(client: Any, project: ProjectRef | None = None) -> dict[str, Any] | None:
+def active_model(client: Any, project: ProjectRef | None = None) -> ActiveModel | None:
     """The model the backend should use for ``project``: its own record, else the global one."""
     for key in active_model_keys(project):
         raw = client.get(key)
         if raw:
-            return json.loads(raw)
+            return parse_active_model(raw)
     return None
 
 
@@ -145,20 +155,20 @@ def _strip(report: dict[str, Any]) -> dict[str, Any]:
 def apply_decision(
     decision: dict[str, Any], *, client: Any, data_dir: Path, model: str, base_url: str,
     model_path: str | None = None, project: ProjectRef | None = None,
-    current: dict[str, Any] | None = None, extra: dict[str, Any] | None = None,
-) -> dict[str, Any] | None:
+    current: ActiveModel | None = None, extra: dict[str, Any] | None = None,
+) -> ActiveModel | None:
     """Log ``decision``; when it promotes, write the active model record (plus ``extra``, e.g. the
     GGUF that ``prelabel up`` serves). Returns the record."""
     record = None
     if decision["promote"]:
         previous = active_model(client, project) if current is None else current
-        cascade = None
+        cascade: CascadeFallback | None = None
         if decision.get("cascade") and previous:
             cascade = {"threshold": decision["cascade"]["threshold"], "fallback_model": previous.get("model"),
                        "fallback_base_url": previous.get("base_url"),
                        "fallback_prompt_style": previous.get("prompt_style"),
                        "fallback_fewshot_k": previous.get("fewshot_k")}
-        record = {
+        record = as_active_model({
             "model": model,
             "base_url": base_url,
             **served_prompt(decision["reports"]["candidate"]),
@@ -173,8 +183,8 @@ def apply_decision(
             "cascade": cascade,
             "previous": {k: v for k, v in (previous or {}).items() if k != "previous"} or None,
             **(extra or {}),
-        }
-        client.set(active_model_key(project), json.dumps(record))
+        })
+        client.set(active_model_key(project), active_model_json(record))
     entry = {**decision, "project": str(project) if project else None, "active_record": record}
     line = json.dumps(entry, ensure_ascii=False)
     log_path = Path(data_dir) / "train" / "decisions.jsonl"
@@ -186,7 +196,7 @@ def apply_decision(
     return record
 
 
-def current_model(client: Any, settings: Any, project: ProjectRef | None = None) -> dict[str, Any]:
+def current_model(client: Any, settings: Any, project: ProjectRef | None = None) -> ActiveModel:
     """What pre-annotates today: the active record, else the backend's configured LLM."""
     record = active_model(client, project)
     if record:

@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from prelabel.contract import Prediction
 from prelabel.export.verify import VerifyOptions, verified_label
 from prelabel.label_config.answers import answer_from_regions
 from prelabel.label_config.controls import (
@@ -38,7 +39,8 @@ from prelabel.label_config.schema import OutputSchema, TaskDataError
 from prelabel.prediction.llm_client import LLMClient
 from prelabel.prediction.predictor import Predictor, ProjectContext
 from prelabel.prediction.prompt import Example
-from prelabel.quality.calibration import ece
+from prelabel.prediction.service import PreannotationService
+from prelabel.quality.calibration_fit import ece
 from prelabel.settings import Settings
 from prelabel.train.evaluate import Item
 from prelabel.train.report import plot_confusion, task_metrics
@@ -76,7 +78,7 @@ class Case:
 class VersionRun:
     version: Version
     ctx: ProjectContext
-    predictions: list[dict[str, Any]]
+    predictions: list[Prediction]
     wall_s: float
 
     @property
@@ -135,27 +137,28 @@ async def run_version(
     vsettings = settings.model_copy(update={"llm_model": version.model, "llm_base_urls": version.base_urls})
     llm = LLMClient(vsettings)
     try:
-        predictor = Predictor(vsettings, llm, cache=None)
-        ctx = predictor.context(label_config, version.guideline, allow_path=True)
-        pool = ctx.pool_with(human_examples(cases, ctx.schema)) if settings.fewshot_k > 0 else None
-        started = time.perf_counter()
+        async with PreannotationService.open(vsettings, predictor=Predictor(vsettings, llm, cache=None)) as service:
+            batch = await service.prepare(None, label_config, version.guideline, allow_path=True, routed=False)
+            ctx = batch.context
+            batch.pool = ctx.pool_with(human_examples(cases, ctx.schema)) if settings.fewshot_k > 0 else None
+            started = time.perf_counter()
 
-        async def one(case: Case) -> dict[str, Any]:
-            [prediction] = await predictor.predict([{"id": case.task_id, "data": case.data}], ctx, pool)
-            if progress:
-                progress(1)
-            return prediction
+            async def one(case: Case) -> Prediction:
+                [prediction] = await service.predict(batch, [{"id": case.task_id, "data": case.data}])
+                if progress:
+                    progress(1)
+                return prediction
 
-        predictions = list(await asyncio.gather(*(one(case) for case in cases)))
-        return VersionRun(version, ctx, predictions, time.perf_counter() - started)
+            predictions = list(await asyncio.gather(*(one(case) for case in cases)))
+            return VersionRun(version, ctx, predictions, time.perf_counter() - started)
     finally:
         await llm.aclose()
 
 
 # --- scoring -----------------------------------------------------------------------------------
-def predicted_values(schema: OutputSchema, prediction: dict[str, Any]) -> dict[str, Any]:
+def predicted_values(schema: OutputSchema, prediction: Prediction) -> dict[str, Any]:
     """Each control's value in a prediction (None where it gave none: invalid or left for a human)."""
-    result = prediction.get("result") or []
+    result: list[Any] = prediction.get("result") or []
     return {control.name: control.from_regions(result) for control in schema.fields}
 
 
@@ -174,14 +177,14 @@ def _as_set(value: Any) -> set[str]:
     return {json.dumps(v, sort_keys=True) for v in value or []}
 
 
-def _invalid(prediction: dict[str, Any]) -> bool:
+def _invalid(prediction: Prediction) -> bool:
     """The model's answer failed validation for some control (after the corrective retry)."""
     errors = (prediction.get("meta") or {}).get("errors") or {}
     return any(str(message).split(":", 1)[0].strip() in REASONS for name, message in errors.items() if name != "task")
 
 
 def expected_calibration_error(confidences: list[float], correct: list[bool], bins: int = ECE_BINS) -> float | None:
-    """ECE over equal-width bins (``quality.calibration.ece``); None without any answer."""
+    """ECE over equal-width bins (``quality.calibration_fit.ece``); None without any answer."""
     if not confidences:
         return None
     return ece(np.clip(np.asarray(confidences, dtype=float), 0.0, 1.0), np.asarray(correct, dtype=float), bins)
@@ -206,7 +209,7 @@ def _span_metrics(control: LabelsField, humans: list[Any], predicted: list[Any])
 
 
 def control_metrics(control: ControlField, cases: list[Case], values: list[dict[str, Any]],
-                    predictions: list[dict[str, Any]]) -> dict[str, Any]:
+                    predictions: list[Prediction]) -> dict[str, Any]:
     """Accuracy / macro-F1 / per-class F1 (and the confusion matrix) of one control."""
     humans = [case.human.get(control.name) for case in cases]
     guesses = [value.get(control.name) for value in values]

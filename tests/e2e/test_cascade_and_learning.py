@@ -142,7 +142,7 @@ def test_calibration_map_and_new_few_shot_examples_apply_without_restart(backend
 def test_reviewer_on_the_same_weights_is_reported_whatever_its_name(llm_server, second_llm, redis_url):
     """Two servers (or one) with the same GGUF under other names: the check asks the servers."""
     from prelabel.contract import REVIEWER_INDEPENDENCE_KEY as INDEPENDENCE_KEY
-    from prelabel.jobs.handlers import reviewer_independence
+    from prelabel.jobs.reviewer_independence import reviewer_independence
     from prelabel.prediction.model_identity import SAME, compare, identify
     from prelabel.settings import Settings
 

@@ -22,6 +22,7 @@ import pytest
 from label_studio_sdk.client import LabelStudio
 
 from prelabel.jobs.reconcile import is_own_preannotation
+from prelabel.pids import pid_alive as _alive
 from prelabel.stack.ports import free_port
 from prelabel.stack.processes import ManagedProcess, child_env
 from tests.harness import dev_bin
@@ -74,12 +75,6 @@ def up(tmp_path: Path) -> Iterator[Up]:
     stack.cli("down")
     if stack.proc is not None:
         stack.proc.stop()
-
-
-def _alive(pid: int) -> bool:
-    from prelabel.jobs.worker import _alive as alive
-
-    return alive(pid)
 
 
 @pytest.mark.timeout(1200)  # three `up`s: the first, one on the same data, one after a SIGKILL of `up`

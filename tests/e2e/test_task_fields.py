@@ -17,8 +17,9 @@ from pathlib import Path
 import pytest
 import redis as redis_lib
 
-from prelabel.jobs.handlers import ProjectJob, forget_deleted_labels, learn_examples
-from prelabel.jobs.projects import ProjectRecord
+from prelabel.contract import ProjectRecord
+from prelabel.jobs.learning import forget_deleted_labels, learn_examples
+from prelabel.jobs.project_job import ProjectJob
 from prelabel.prediction.fewshot_store import pool_answers
 from prelabel.quality.project import spotcheck_project
 from prelabel.ranking.project import PRIORITY_FIELD, refresh_ranking

@@ -25,7 +25,7 @@ from prelabel.prediction.calibration import is_calibrated
 from prelabel.prediction.llm_client import LLMClient
 from prelabel.prediction.model_router import ModelRouter
 from prelabel.prediction.predictor import Predictor
-from prelabel.quality.calibration import calibration_pairs, calibration_report, store_maps
+from prelabel.quality.calibration_fit import calibration_pairs, calibration_report, store_maps
 from prelabel.redis_conn import async_client
 from prelabel.settings import Settings
 from tests.support.fault_llm import FaultServer, running_fault_server

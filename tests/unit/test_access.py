@@ -8,6 +8,7 @@ from pydantic import SecretStr
 from prelabel.contract import ProjectRef, tenant_slug
 from prelabel.settings import Settings
 from prelabel.studio.access import REFUSED, AccessRefused, for_operator, origin_of, resolve
+from prelabel.studio.tenancy import configured
 from tests.support.hostile import Listener
 
 LS = "http://ls.internal:8080"
@@ -92,17 +93,18 @@ def test_the_webhook_is_wired_only_where_the_project_lives() -> None:
     """The backend edits a project's webhook only on the Label Studio ``/setup`` named, when that is
     the configured one or a listed one: a hostname outside the allow-list gets no fallback to the
     configured Label Studio (its project ids are another server's)."""
-    from prelabel.ml_backend.server import Backend, ProjectState
+    from prelabel.contract import ProjectRecord
+    from prelabel.ml_backend.auth import webhook_headers
+    from prelabel.ml_backend.wiring import WebhookWirer
 
-    backend = Backend(settings(label_studio_hosts=["https://other.example"]))
-    token = SecretStr("their-token")
-    ours, theirs = ProjectRef(backend.tenants.default, 5), ProjectRef(tenant_slug("https://other.example"), 5)
-    assert backend._wiring_access(ours, ProjectState(None, None, LS + "/", None)).source == "configured"
-    assert backend._wiring_access(theirs, ProjectState(None, None, "https://other.example", token)).source == "listed"
-    assert backend._wiring_access(ours, ProjectState(None, None, "http://evil.example:8080", token)) is None
-    assert backend._wiring_access(theirs, ProjectState(None, None, "https://other.example", None)) is None  # no token
+    wirer = WebhookWirer(settings(label_studio_hosts=["https://other.example"]))
+    token = "their-token"
+    ours, theirs = configured(wirer.settings, 5), ProjectRef(tenant_slug("https://other.example"), 5)
+    assert wirer.access(ours, ProjectRecord(None, LS + "/", None)).source == "configured"
+    assert wirer.access(theirs, ProjectRecord(None, "https://other.example", token)).source == "listed"
+    assert wirer.access(ours, ProjectRecord(None, "http://evil.example:8080", token)) is None
+    assert wirer.access(theirs, ProjectRecord(None, "https://other.example", None)) is None  # no token
     # a listed instance's project whose record lost its hostname: never the configured Label Studio
-    assert backend._wiring_access(theirs, ProjectState(None, None, None, None)) is None
-    assert backend._webhook_headers() is None  # neither a secret nor basic auth: nothing to add
-    with_secret = Backend(settings(webhook_secret=SecretStr("s3cret-x")))
-    assert with_secret._webhook_headers() == {"X-Prelabel-Secret": "s3cret-x"}
+    assert wirer.access(theirs, ProjectRecord(None, None, None)) is None
+    assert webhook_headers(wirer.settings) is None  # neither a secret nor basic auth: nothing to add
+    assert webhook_headers(settings(webhook_secret=SecretStr("s3cret-x"))) == {"X-Prelabel-Secret": "s3cret-x"}

@@ -7,7 +7,7 @@ import pytest
 
 from prelabel.label_config.schema import build_schema
 from prelabel.prediction.calibration import UNCALIBRATED, CalibrationMap, calibrate, is_calibrated
-from prelabel.quality.calibration import (
+from prelabel.quality.calibration_fit import (
     MIN_PAIRS,
     Pairs,
     calibration_pairs,

@@ -20,11 +20,12 @@ from prelabel.label_config.schema import ConfigError as LabelConfigError
 from prelabel.label_config.schema import TaskDataError
 from prelabel.prediction.llm_client import LLMError
 from prelabel.stack.processes import StartupError
-from prelabel.stack.up import ChildDied, StackError
+from prelabel.stack.record import StackError
+from prelabel.stack.up import ChildDied
 from prelabel.studio.access import AccessRefused
 from prelabel.train.config import ConfigError as TrainConfigError
 from prelabel.train.data import DatasetError
-from prelabel.train.engines import EngineError
+from prelabel.train.engine_types import EngineError
 from prelabel.train.merge import MergeError
 from prelabel.train.models import ModelError
 from prelabel.train.pipeline import FlywheelError

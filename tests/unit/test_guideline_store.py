@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from prelabel.jobs.handlers import ProjectJob
+from prelabel.jobs.project_job import ProjectJob
 from prelabel.label_config import guideline_store as store
 from prelabel.label_config.guideline import load_guideline
 from prelabel.prediction.cache import PredictionCache

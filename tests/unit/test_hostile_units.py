@@ -19,7 +19,7 @@ from prelabel.label_config.guideline import GuidelineError, guideline_ref
 from prelabel.label_config.schema import ConfigError, build_schema, metric_tag
 from prelabel.logs import PlainFormatter, escape_controls
 from prelabel.lru import LRU, Once
-from prelabel.ml_backend.server import RequestError, project_id
+from prelabel.ml_backend.protocol import RequestError, project_id
 from prelabel.prediction.llm_client import LLMClient, LLMError
 from prelabel.prediction.predictor import ContextBuilder
 from prelabel.settings import Settings

@@ -209,7 +209,7 @@ def test_timed_out_answer_is_an_error_under_the_cascade_family():
     groups the project's predictions by (the cascade's ``cheap>fallback@prompt`` too)."""
     from types import SimpleNamespace
 
-    from prelabel.prediction.cascade import ProjectPredictor
+    from prelabel.prediction.cascade import CalibratedCascade
 
     def predictor(model: str) -> Predictor:
         made = Predictor(Settings(), LLMClient(Settings()), cache=None)
@@ -222,6 +222,6 @@ def test_timed_out_answer_is_an_error_under_the_cascade_family():
     assert single["model_version"] == f"cheap@{ctx.prompt.version}#error"
     assert single["meta"]["status"] == "error" and single["result"] == []
     assert single["meta"]["errors"] == {"task": "interactive_timeout: no answer within 1.0 s"}
-    cascade = ProjectPredictor(cheap, fallback=predictor("big"), threshold=0.5)
+    cascade = CalibratedCascade(cheap, fallback=predictor("big"), threshold=0.5)
     assert cascade.timed_out(ctx, "interactive_timeout", "x", 0.0)["model_version"] == \
         f"cheap>big@{ctx.prompt.version}#error"

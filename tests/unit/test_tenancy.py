@@ -22,8 +22,8 @@ from prelabel.contract import (
     ProjectRef,
     tenant_slug,
 )
+from prelabel.jobs.dispatch import enqueue_event
 from prelabel.jobs.events import parse_event
-from prelabel.jobs.queue import enqueue_event
 from prelabel.migrate import migrate_tenancy
 from prelabel.settings import Settings
 from prelabel.studio.access import REFUSED, AccessRefused

@@ -315,7 +315,7 @@ def test_training_runs_go_to_the_training_queue(settings: Settings, client) -> N
     from rq import Queue
 
     from prelabel.contract import QUEUE_NAME, TRAIN_QUEUE_NAME, WORKER_QUEUES
-    from prelabel.jobs.handlers import start_training
+    from prelabel.jobs.training import start_training
 
     queued = start_training(settings, client, 17)
     assert Queue(TRAIN_QUEUE_NAME, connection=client).job_ids == [queued["job_id"]]

@@ -1,4 +1,4 @@
-"""A light classifier trained on the project's human labels, for tasks without logprobs.
+"""The ranking's fallback classifier: trained on the project's human labels, for tasks without logprobs.
 
 When the LLM server returns no logprobs (or a task has no pre-annotation yet) there is no
 label distribution to measure uncertainty on. Logistic regression on the hashed text features
@@ -17,7 +17,7 @@ from sklearn.linear_model import LogisticRegression
 MIN_LABELS = 4
 
 
-class RefreshModel:
+class FallbackClassifier:
     """``fit`` on (features, label), ``predict_proba`` over ``labels`` (columns in that order)."""
 
     def __init__(self, labels: Sequence[str], seed: int = 0, c: float = 4.0, solver: str = "saga") -> None:
@@ -27,7 +27,7 @@ class RefreshModel:
         self.solver = solver  # saga for the huge hashed space; lbfgs converges faster on a fitted vocabulary
         self.model: LogisticRegression | None = None
 
-    def fit(self, features: sp.spmatrix, targets: Sequence[str | None]) -> RefreshModel:
+    def fit(self, features: sp.spmatrix, targets: Sequence[str | None]) -> FallbackClassifier:
         keep = np.array([y in self.labels for y in targets], dtype=bool)
         y = np.array([t for t in targets if t in self.labels], dtype=object)
         if keep.sum() < MIN_LABELS or len(set(y)) < 2:

@@ -7,34 +7,40 @@ back), ``answer_within_deadline`` predicts until ``PRELABEL_PREDICT_TIMEOUT -
 PRELABEL_PREDICT_MARGIN`` seconds after the request arrived, then answers: the finished
 predictions, and for every other task an empty list (Label Studio accepts a *list* of
 predictions per task; an empty one stores nothing and is not an error). Those tasks are handed
-to the worker (``jobs.handoff``), which writes their predictions through the SDK.
+to the worker by the caller (the backend: ``jobs.handoff``; prediction never calls the job
+queue), which writes their predictions through the SDK. The hand-off markers are read here:
+a task handed off before is answered ``[]`` again, not predicted twice.
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
 from dataclasses import dataclass, field
 from typing import Any
 
 import redis
-from starlette.concurrency import run_in_threadpool
 
-from prelabel.contract import ProjectRef
-from prelabel.jobs import handoff
-from prelabel.prediction import metrics
-from prelabel.prediction.cascade import ProjectPredictor
+from prelabel.contract import Prediction, ProjectRef, handoff_key
+from prelabel.contract import Predictor as PredictorProtocol
 from prelabel.prediction.fewshot import FewShotPool
 from prelabel.prediction.predictor import ProjectContext
-from prelabel.settings import Settings
 
-log = logging.getLogger(__name__)
+
+def pending(conn: redis.Redis, project: ProjectRef, task_ids: list[int]) -> set[int]:
+    """The tasks among ``task_ids`` already handed to the worker (not finished, or just finished)."""
+    if not task_ids:
+        return set()
+    values = conn.mget([handoff_key(project, tid) for tid in task_ids])
+    return {tid for tid, value in zip(task_ids, values) if value is not None}
 
 
 @dataclass
-class Answer:
+class PredictReply:
+    """What ``/predict`` answers (not a label answer: see ``label_config.answers`` for those)."""
+
     results: list[Any]  # one item per task: a prediction, or [] (handed off / already pending)
     pending: list[int] = field(default_factory=list)  # task ids the worker will write
+    late: list[int] = field(default_factory=list)  # of those, the ones to hand to the worker now
 
 
 def task_ids(tasks: list[Any]) -> list[int] | None:
@@ -49,30 +55,25 @@ def task_ids(tasks: list[Any]) -> list[int] | None:
 
 
 async def answer_within_deadline(
-    predictor: ProjectPredictor, tasks: list[Any], context: ProjectContext, pool: FewShotPool | None, *,
-    conn: redis.Redis, settings: Settings, project: ProjectRef, label_config: str | None, arrived: float,
-) -> Answer | None:
-    """Predict until the deadline, hand the rest off; None when the tasks carry no ids to hand off."""
+    predictor: PredictorProtocol, tasks: list[Any], context: ProjectContext, pool: FewShotPool | None, *,
+    conn: redis.Redis, project: ProjectRef, deadline: float,
+) -> PredictReply | None:
+    """Predict until the deadline; the rest is ``late`` (the caller hands it off); None when the
+    tasks carry no ids to hand off."""
     ids = task_ids(tasks)
     if ids is None:
         return None
-    already = await run_in_threadpool(handoff.pending, conn, project, ids)
+    already = await asyncio.to_thread(pending, conn, project, ids)
     todo = [(i, task) for i, (tid, task) in enumerate(zip(ids, tasks)) if tid not in already]
-    deadline = arrived + settings.predict_timeout - settings.predict_margin
     predictions = await predictor.predict_until([task for _, task in todo], context, pool, deadline)
-    results: list[Any] = [[] for _ in tasks]
+    results: list[Prediction | list[Any]] = [[] for _ in tasks]
     late: list[int] = []
     for (index, _), prediction in zip(todo, predictions):
         if prediction is None:
             late.append(ids[index])
         else:
             results[index] = prediction
-    if late:
-        queued = await run_in_threadpool(handoff.hand_off, conn, settings, project, late, label_config)
-        metrics.PREDICT_HANDOFF.inc(len(queued))
-        log.info("/predict for project %s: %d of %d tasks answered in time, %d handed to the worker",
-                 project, len(todo) - len(late), len(tasks), len(late))
-    return Answer(results, sorted(set(late) | already))
+    return PredictReply(results, sorted(set(late) | already), late)
 
 
 def loop_time() -> float:

@@ -23,9 +23,10 @@ import redis
 
 from prelabel.contract import (
     ModelVersion,
+    Outcome,
+    Prediction,
     ProjectRef,
     TaskStatus,
-    as_text,
     errored_key,
     is_own_preannotation,
     outcome_key,
@@ -35,28 +36,7 @@ from prelabel.studio.client import plain
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class Outcome:
-    """One task's pre-annotation: its status, why (when not ok) and whether it has valid regions."""
-
-    status: str
-    reason: str | None = None
-    labeled: bool = False
-
-    def encode(self) -> str:
-        return ":".join(p for p in (self.status, self.reason, "labeled" if self.labeled else "") if p)
-
-    @classmethod
-    def decode(cls, raw: bytes | str) -> Outcome:
-        text = as_text(raw)
-        parts = text.split(":")
-        labeled = parts[-1] == "labeled"
-        if labeled:
-            parts = parts[:-1]
-        return cls(parts[0], ":".join(parts[1:]) or None, labeled or parts[0] == TaskStatus.OK)
-
-
-def prediction_outcome(prediction: dict[str, Any]) -> Outcome:
+def prediction_outcome(prediction: Prediction | dict[str, Any]) -> Outcome:
     """The outcome of a prediction as the predictor returns it (with ``meta``)."""
     meta = prediction.get("meta") or {}
     status = meta.get("status") or TaskStatus.OK
