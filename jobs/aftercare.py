@@ -23,7 +23,7 @@ from typing import Any
 
 import redis
 
-from prelabel.contract import aftercare_key, is_own_preannotation, is_review
+from prelabel.contract import ProjectRef, aftercare_key, is_own_preannotation, is_review
 from prelabel.jobs.events import event_key
 from prelabel.jobs.project_job import ProjectJob
 from prelabel.jobs.queue import enqueue
@@ -38,11 +38,11 @@ ATTEMPTS = 4  # looks for a prediction not stored yet, DELAY_S * attempt apart
 MARKER_TTL = 7 * 24 * 3600
 
 
-def queue_aftercare(conn: redis.Redis | None, settings: Settings, project: str | None, tasks: list[Any],
+def queue_aftercare(conn: redis.Redis | None, settings: Settings, project: ProjectRef | None, tasks: list[Any],
                     predictions: list[Any]) -> list[int]:
     """Queue the review and ranking of the tasks ``/predict`` answered with a prediction that Label
     Studio stores; returns the task ids queued now (not those queued before for this version)."""
-    if conn is None or not project or not project.isdigit():
+    if conn is None or project is None:
         return []
     fresh: dict[int, str] = {}  # task id -> the prediction version marked now
     for task, prediction in zip(tasks, predictions):
@@ -54,16 +54,16 @@ def queue_aftercare(conn: redis.Redis | None, settings: Settings, project: str |
             fresh[task["id"]] = version
     if fresh:
         try:
-            _enqueue(conn, settings, int(project), sorted(fresh), 1)
+            _enqueue(conn, settings, project, sorted(fresh), 1)
         except Exception:  # not queued: a later /predict of the same version must try again
             conn.delete(*[aftercare_key(project, tid, version) for tid, version in fresh.items()])
             raise
     return sorted(fresh)
 
 
-def _enqueue(conn: redis.Redis, settings: Settings, project_id: int, task_ids: list[int], attempt: int) -> None:
-    enqueue(conn, settings, aftercare, project_id, task_ids, attempt,
-            job_id=f"aftercare-{project_id}-{event_key(task_ids)}-{attempt}",
+def _enqueue(conn: redis.Redis, settings: Settings, project: ProjectRef, task_ids: list[int], attempt: int) -> None:
+    enqueue(conn, settings, aftercare, project, task_ids, attempt,
+            job_id=f"aftercare-{project.slug}-{event_key(task_ids)}-{attempt}",
             description=f"review and rank {len(task_ids)} tasks predicted through /predict",
             delay=DELAY_S * attempt)
 
@@ -73,17 +73,17 @@ def has_own_preannotation(task: dict[str, Any]) -> bool:
                for p in task.get("predictions") or [])
 
 
-def aftercare(project_id: int, task_ids: list[int], attempt: int = 1) -> dict[str, int]:
+def aftercare(project: ProjectRef | int, task_ids: list[int], attempt: int = 1) -> dict[str, int]:
     """The worker's job: review (then rank) the tasks whose prediction Label Studio stored."""
-    job = ProjectJob.open(project_id)
+    job = ProjectJob.open(project)
     tasks = list(job.ls.tasks(task_ids))
     stored = sorted(t["id"] for t in tasks if not human_touched(t) and has_own_preannotation(t))
     missing = sorted(t["id"] for t in tasks if not human_touched(t) and not has_own_preannotation(t))
     if stored:
         queue_review(job, stored, None)
     if missing and attempt < ATTEMPTS:
-        _enqueue(job.conn, job.settings, project_id, missing, attempt + 1)
+        _enqueue(job.conn, job.settings, job.ref, missing, attempt + 1)
     elif missing:
         log.info("project %s: %d task(s) answered by /predict have no stored prediction; the reconcile scan "
-                 "looks again", project_id, len(missing))
+                 "looks again", job.ref, len(missing))
     return {"review_queued": len(stored), "not_stored_yet": len(missing)}

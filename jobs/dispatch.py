@@ -17,7 +17,7 @@ from typing import Any
 
 import redis
 
-from prelabel.contract import Event, event_marker_key, job_config_key
+from prelabel.contract import Event, ProjectRef, event_marker_key, job_config_key
 from prelabel.jobs import events as ev
 from prelabel.jobs.learning import forget_deleted_labels, learn_examples, on_human_label
 from prelabel.jobs.preannotation import preannotate
@@ -41,7 +41,7 @@ def enqueue_event(conn: redis.Redis, settings: Settings, event: Event) -> Enqueu
     racing each other still create one job; if queueing fails the marker is removed again so a
     later delivery is not lost.
     """
-    job_id = f"event-{event.action.lower()}-{event.project_id}-{event.key}"
+    job_id = event.job_id
     ttl = event.dedupe_ttl or settings.event_dedupe_ttl
     if not conn.set(event_marker_key(job_id), "1", nx=True, ex=ttl):
         return Enqueued(job_id, duplicate=True)
@@ -75,7 +75,7 @@ def stored_config(conn: redis.Redis, event: Event) -> str | None:
 def handle_event(event_data: dict[str, Any]) -> dict[str, Any]:
     """The worker's job for one queued event (``enqueue_event``)."""
     event = Event.from_dict(event_data)
-    job = ProjectJob.open(event.project_id)
+    job = ProjectJob.open(ProjectRef(event.tenant, event.project_id) if event.tenant else event.project_id)
     label_config = stored_config(job.conn, event)
     if event.action == ev.TASKS_CREATED:
         return preannotate(job, event.task_ids, label_config)
@@ -86,4 +86,4 @@ def handle_event(event_data: dict[str, Any]) -> dict[str, Any]:
         forgotten = forget_deleted_labels(job, label_config)
         queue_refresh(job)
         return {"refresh": "queued", "fewshot_relearnt": forgotten}
-    return start_training(job.settings, job.conn, event.project_id)
+    return start_training(job.settings, job.conn, job.ref)

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import replace
 from typing import Any
 
 from prelabel.contract import Event as Event  # re-exported: the type lives in the contract
 from prelabel.errors import PrelabelError
+from prelabel.studio.tenancy import stamp_of
 
 # Events that start work; any other action Label Studio sends is acknowledged and ignored.
 TASKS_CREATED = "TASKS_CREATED"
@@ -50,6 +52,12 @@ def parse_event(body: Any) -> Event | None:
     config = project.get("label_config") if isinstance(project, dict) else None
     if config is not None and not isinstance(config, str):
         raise EventError("project.label_config must be a string")
+    event = _parse(body, action, pid, config)
+    stamp = stamp_of(pid, project.get("created_at")) if isinstance(project, dict) else None
+    return replace(event, stamp=stamp) if stamp else event
+
+
+def _parse(body: dict[str, Any], action: str, pid: int, config: str | None) -> Event:
     if action == TASKS_CREATED:
         ids = _ids(body, "tasks", "task id")
         return Event(action, pid, event_key(action, pid, ids), task_ids=ids, label_config=config)

@@ -24,7 +24,7 @@ from typing import Any
 
 import redis
 
-from prelabel.contract import handoff_key
+from prelabel.contract import ProjectRef, handoff_key
 from prelabel.jobs.events import event_key
 from prelabel.jobs.preannotation import preannotate
 from prelabel.jobs.project_job import ProjectJob
@@ -36,34 +36,34 @@ log = logging.getLogger(__name__)
 DONE_TTL = 120
 
 
-def hand_off(conn: redis.Redis, settings: Settings, project_id: str, task_ids: list[int],
+def hand_off(conn: redis.Redis, settings: Settings, project: ProjectRef, task_ids: list[int],
              label_config: str | None) -> list[int]:
     """Mark and queue the tasks not handed off yet; returns the ones queued now."""
     ttl = settings.job_timeout * (settings.job_retries + 1) + 3600
-    job_id = f"handoff-{project_id}-{event_key(sorted(task_ids))}"
-    fresh = [tid for tid in task_ids if conn.set(handoff_key(project_id, tid), job_id, nx=True, ex=ttl)]
+    job_id = f"handoff-{project.slug}-{event_key(sorted(task_ids))}"
+    fresh = [tid for tid in task_ids if conn.set(handoff_key(project, tid), job_id, nx=True, ex=ttl)]
     if not fresh:
         return []
     try:
-        enqueue(conn, settings, predict_handed_off, int(project_id), fresh, label_config, job_id=job_id,
-                description=f"predict {len(fresh)} tasks /predict had no time for (project {project_id})")
+        enqueue(conn, settings, predict_handed_off, project, fresh, label_config, job_id=job_id,
+                description=f"predict {len(fresh)} tasks /predict had no time for (project {project})")
     except Exception:
-        conn.delete(*[handoff_key(project_id, tid) for tid in fresh])
+        conn.delete(*[handoff_key(project, tid) for tid in fresh])
         raise
-    log.info("project %s: %d tasks handed to the worker (job %s)", project_id, len(fresh), job_id)
+    log.info("project %s: %d tasks handed to the worker (job %s)", project, len(fresh), job_id)
     return fresh
 
 
-def predict_handed_off(project_id: int, task_ids: list[int], label_config: str | None) -> dict[str, Any]:
+def predict_handed_off(project: ProjectRef | int, task_ids: list[int], label_config: str | None) -> dict[str, Any]:
     """The worker's job: predict the tasks and write each prediction into Label Studio (upsert)."""
-    job = ProjectJob.open(project_id)
+    job = ProjectJob.open(project)
     counts = preannotate(job, task_ids, label_config)  # and their review and ranking, as for an import
-    _expire(job.conn, project_id, task_ids)  # a failed run keeps them marked while RQ retries it
+    _expire(job.conn, job.ref, task_ids)  # a failed run keeps them marked while RQ retries it
     return counts
 
 
-def _expire(conn: redis.Redis, project_id: int, task_ids: list[int]) -> None:
+def _expire(conn: redis.Redis, project: ProjectRef, task_ids: list[int]) -> None:
     pipe = conn.pipeline()
     for tid in task_ids:
-        pipe.expire(handoff_key(project_id, tid), DONE_TTL)
+        pipe.expire(handoff_key(project, tid), DONE_TTL)
     pipe.execute()

@@ -39,11 +39,11 @@ def _learn(job: ProjectJob, ctx: ProjectContext, task: dict[str, Any],
     except TaskDataError:
         answer = None
     if answer is None:
-        remove_task(job.conn, job.project_id, int(task["id"]))
+        remove_task(job.conn, job.ref, int(task["id"]))
         return "removed"
     if answer == held:
         return "unchanged"
-    add_example(job.conn, job.project_id, int(task["id"]), texts, answer, job.settings.fewshot_pool_max)
+    add_example(job.conn, job.ref, int(task["id"]), texts, answer, job.settings.fewshot_pool_max)
     return "added"
 
 
@@ -52,7 +52,7 @@ def forget_deleted_labels(job: ProjectJob, label_config: str | None) -> int:
     read again (one Data Manager list) and each one's example follows what a human answered now,
     so a deleted label leaves the pool (or gives way to another annotator's answer). Returns how
     many examples changed."""
-    held = pool_answers(job.conn, job.project_id)
+    held = pool_answers(job.conn, job.ref)
     if not held:
         return 0
     ctx = job.context(label_config)
@@ -60,7 +60,7 @@ def forget_deleted_labels(job: ProjectJob, label_config: str | None) -> int:
     changed = 0
     for task_id, answer in held.items():
         if task_id not in now:  # the task itself was deleted
-            remove_task(job.conn, job.project_id, task_id)
+            remove_task(job.conn, job.ref, task_id)
             changed += 1
         else:
             changed += _learn(job, ctx, now[task_id], answer) != "unchanged"
@@ -69,12 +69,12 @@ def forget_deleted_labels(job: ProjectJob, label_config: str | None) -> int:
 
 def on_human_label(job: ProjectJob, annotation_ids: list[int]) -> dict[str, Any]:
     """Count new human labels (each annotation once, however often delivered), refresh, maybe retrain."""
-    key = new_labels_key(job.project_id)
+    key = new_labels_key(job.ref)
     new = job.conn.sadd(key, *annotation_ids)  # a set: the same annotation delivered twice counts once
     queue_refresh(job)
-    if new and note_verified_labels(job.conn, job.project_id, new):
-        plausible, why = flywheel_plausible(job.conn, job.project_id, job.settings.flywheel_min_growth)
+    if new and note_verified_labels(job.conn, job.ref, new):
+        plausible, why = flywheel_plausible(job.conn, job.ref, job.settings.flywheel_min_growth)
         if not plausible:
             return {"new_labels": new, "training": f"skipped: {why}"}
-        return {"new_labels": new, "training": start_training(job.settings, job.conn, job.project_id)}
+        return {"new_labels": new, "training": start_training(job.settings, job.conn, job.ref)}
     return {"new_labels": new}

@@ -42,7 +42,7 @@ async def _preannotate(job: ProjectJob, task_ids: list[int], label_config: str |
     async with PreannotationService.open(job.settings, conn=job.conn) as service:
         if not label_config:
             label_config = await asyncio.to_thread(job.ls.label_config)
-        batch = await service.prepare(str(job.project_id), label_config, job.record.guideline)
+        batch = await service.prepare(job.ref, label_config, job.record.guideline)
         family = batch.model_version
         step = max(1, job.settings.llm_concurrency * 2)
         for start in range(0, len(task_ids), step):
@@ -62,7 +62,7 @@ async def _preannotate(job: ProjectJob, task_ids: list[int], label_config: str |
                 if task["id"] in late:
                     continue
                 outcome = outcomes.prediction_outcome(prediction)  # recorded first: LS keeps no reasons
-                outcomes.record(job.conn, job.project_id, {task["id"]: outcome})
+                outcomes.record(job.conn, job.ref, {task["id"]: outcome})
                 await asyncio.to_thread(job.ls.upsert_prediction, task["id"], prediction,
                                         lambda mv: mv.startswith(family))
                 status = str(outcome.status)  # the plain value: counts are logged and stored as job results

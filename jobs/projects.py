@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import redis
 
-from prelabel.contract import ProjectRecord, project_key
+from prelabel.contract import ProjectRecord, ProjectRef, project_key
 
 
-def load_project(conn: redis.Redis, project_id: int) -> ProjectRecord:
-    return ProjectRecord.decode(conn.get(project_key(project_id)))
+def load_project(conn: redis.Redis, project: ProjectRef) -> ProjectRecord:
+    return ProjectRecord.decode(conn.get(project_key(project)))

@@ -31,11 +31,12 @@ from rq.job import Job, JobStatus
 from prelabel.contract import (
     PROJECT_KEY_PATTERN,
     REVIEW_FIELD,
+    ProjectRef,
     TaskStatus,
     errored_key,
     is_own_preannotation,
     is_review,
-    project_id_of_key,
+    project_of_key,
     scanned_key,
     status_of,
 )
@@ -83,21 +84,22 @@ def _age(task: dict[str, Any], now: datetime | None) -> timedelta:
     return (now or datetime.now(UTC)) - created
 
 
-def reconcile_project(project_id: int, scan: bool | None = None) -> dict[str, Any]:
+def reconcile_project(project: ProjectRef | int, scan: bool | None = None) -> dict[str, Any]:
     """Pre-annotate this project's tasks that an LLM error or a lost event left without a label."""
-    job = ProjectJob.open(project_id)
-    scan_key = scanned_key(project_id)
+    job = ProjectJob.open(project)
+    project_id = job.project_id
+    scan_key = scanned_key(job.ref)
     if scan is None:  # a full scan once per scan interval, whichever worker gets there first
         scan = bool(job.conn.set(scan_key, "1", nx=True, ex=job.settings.reconcile_scan_interval))
     found = {t["id"]: t for t in job.ls.tasks()} if scan else {}
-    errored = set(outcomes.errored_tasks(job.conn, project_id))
+    errored = set(outcomes.errored_tasks(job.conn, job.ref))
     if errored - set(found):  # as Label Studio has them now: a human may have labeled one since
         found |= {t["id"]: t for t in job.ls.tasks(sorted(errored - set(found)))}
     if errored - set(found):  # deleted tasks
-        job.conn.srem(errored_key(project_id), *(errored - set(found)))
+        job.conn.srem(errored_key(job.ref), *(errored - set(found)))
     aftercare = _queue_missing_aftercare(job, found) if scan else {}
     candidates = {task_id for task_id, task in found.items() if needs_preannotation(task)}
-    candidates -= pending(job.conn, str(project_id), sorted(candidates))  # the worker has them already
+    candidates -= pending(job.conn, job.ref, sorted(candidates))  # the worker has them already
     if not candidates:
         RECONCILE_ROUNDS.labels("aftercare" if any(aftercare.values()) else "nothing").inc()
         return {"candidates": 0, **aftercare}
@@ -150,26 +152,26 @@ def _queue_missing_aftercare(job: Any, found: dict[int, dict[str, Any]]) -> dict
     return {"review_queued": len(review), "unranked": rank}
 
 
-def known_projects(conn: redis.Redis) -> list[int]:
+def known_projects(conn: redis.Redis) -> list[ProjectRef]:
     """Projects the backend was set up for (their records hold how to reach Label Studio)."""
-    ids = []
+    refs = []
     for key in conn.scan_iter(match=PROJECT_KEY_PATTERN, count=500):
-        project_id = project_id_of_key(key)
-        if project_id is not None:
-            ids.append(project_id)
-    return sorted(ids)
+        project = project_of_key(key)
+        if project is not None:
+            refs.append(project)
+    return sorted(refs)
 
 
-def queue_reconcile(conn: redis.Redis, settings: Settings, project_id: int, scan: bool | None = None) -> bool:
+def queue_reconcile(conn: redis.Redis, settings: Settings, project: ProjectRef, scan: bool | None = None) -> bool:
     """Queue the project's reconcile job unless one is waiting or running (``scan``: force or skip
     the full scan; None: once per scan interval)."""
-    job_id = f"reconcile-{project_id}"
+    job_id = f"reconcile-{project.slug}"
     existing = Job.fetch_many([job_id], connection=conn)[0]
     if existing is not None:
         if existing.get_status(refresh=False) in PENDING | {JobStatus.STARTED}:
             return False
         existing.delete()
-    enqueue(conn, settings, reconcile_project, project_id, scan, job_id=job_id,
+    enqueue(conn, settings, reconcile_project, project, scan, job_id=job_id,
             description="reconcile pre-annotations")
     return True
 
@@ -196,8 +198,8 @@ class ReconcileTicker:
         try:
             while True:
                 try:
-                    for project_id in known_projects(conn):
-                        queue_reconcile(conn, self.settings, project_id, scan)
+                    for project in known_projects(conn):
+                        queue_reconcile(conn, self.settings, project, scan)
                     scan = None
                 except redis.RedisError as exc:  # Redis restarting: try again next tick
                     log.warning("reconcile: Redis unavailable (%s)", type(exc).__name__)

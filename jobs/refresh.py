@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from prelabel.contract import ProjectRef
 from prelabel.jobs.project_job import ProjectJob
 from prelabel.jobs.queue import enqueue_once
 from prelabel.jobs.stage_eval import refresh_stages
@@ -15,16 +16,16 @@ from prelabel.ranking.project import refresh_ranking
 
 
 def queue_refresh(job: ProjectJob) -> None:
-    enqueue_once(job.conn, job.settings, refresh_project, job.project_id,
-                 job_id=f"refresh-{job.project_id}", description="refresh ranking and quality")
+    enqueue_once(job.conn, job.settings, refresh_project, job.ref,
+                 job_id=f"refresh-{job.ref.slug}", description="refresh ranking and quality")
 
 
-def refresh_project(project_id: int) -> dict[str, Any]:
+def refresh_project(project: ProjectRef | int) -> dict[str, Any]:
     """Refit and score the supervised stage, re-rank the project's queue with it, recompute
     per-class agreement, refit the score's calibration."""
-    job = ProjectJob.open(project_id)
-    stages = refresh_stages(job.ls.sdk, project_id, job.conn, job.settings.stage_min_accuracy)
-    ranking = refresh_ranking(job.ls.sdk, project_id, job.conn, model=stages.ranking_model)
-    quality = refresh_quality(job.ls.sdk, project_id, job.conn)
-    calibration = refresh_calibration(job.ls.sdk, project_id, job.conn)
+    job = ProjectJob.open(project)
+    stages = refresh_stages(job.ls.sdk, job.ref, job.conn, job.settings.stage_min_accuracy)
+    ranking = refresh_ranking(job.ls.sdk, job.ref, job.conn, model=stages.ranking_model)
+    quality = refresh_quality(job.ls.sdk, job.ref, job.conn)
+    calibration = refresh_calibration(job.ls.sdk, job.ref, job.conn)
     return {"stages": stages.summary, "ranking": str(ranking), "quality": str(quality), "calibration": calibration}

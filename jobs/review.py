@@ -17,6 +17,7 @@ from prelabel.contract import (
     REVIEW_STATS_KEY,
     STATUS_SEP,
     ModelVersion,
+    ProjectRef,
     ReviewStatus,
     is_review,
     stamp_of,
@@ -42,16 +43,16 @@ class ReviewRetry(PrelabelError, RuntimeError):
 
 
 def queue_review(job: ProjectJob, task_ids: list[int], label_config: str | None) -> None:
-    enqueue_once(job.conn, job.settings, review_tasks, job.project_id, task_ids, label_config,
-                 job_id=f"review-{job.project_id}-{ev.event_key(task_ids)}",
+    enqueue_once(job.conn, job.settings, review_tasks, job.ref, task_ids, label_config,
+                 job_id=f"review-{job.ref.slug}-{ev.event_key(task_ids)}",
                  description=f"review {len(task_ids)} tasks")
 
 
-def review_tasks(project_id: int, task_ids: list[int], label_config: str | None = None) -> dict[str, int]:
+def review_tasks(project: ProjectRef | int, task_ids: list[int], label_config: str | None = None) -> dict[str, int]:
     """Review the tasks for one slice of time (``job_slice_s``); the rest become a new job at the
     back of the queue, so a human label's webhook (queued at the front) waits one slice, not the
     whole import's review."""
-    job = ProjectJob.open(project_id)
+    job = ProjectJob.open(project)
     counts, transient, rest = asyncio.run(_review(job, task_ids, label_config))
     if rest:
         queue_review(job, rest, label_config)

@@ -28,6 +28,7 @@ import redis
 
 from prelabel.contract import (
     ModelVersion,
+    ProjectRef,
     as_text,
     is_own_preannotation,
     stage_curve_key,
@@ -164,14 +165,14 @@ def evaluate_control(control: ChoicesField, items: list[Labeled], target: float
     return final, report
 
 
-def refresh_stages(client: Any, project_id: int, conn: redis.Redis, floor: float) -> StageRefresh:
+def refresh_stages(client: Any, project: ProjectRef, conn: redis.Redis, floor: float) -> StageRefresh:
     """Measure every stage on the project's labels and publish the supervised stage (see module doc)."""
-    config = plain(client.projects.get(id=project_id))["label_config"]
-    tasks = [plain(t) for t in client.tasks.list(project=project_id, fields="all")]
-    return refresh_from_tasks(config, tasks, project_id, conn, floor)
+    config = plain(client.projects.get(id=project.id))["label_config"]
+    tasks = [plain(t) for t in client.tasks.list(project=project.id, fields="all")]
+    return refresh_from_tasks(config, tasks, project, conn, floor)
 
 
-def refresh_from_tasks(config: str, tasks: list[dict[str, Any]], project_id: int | str, conn: redis.Redis,
+def refresh_from_tasks(config: str, tasks: list[dict[str, Any]], project: ProjectRef, conn: redis.Redis,
                        floor: float) -> StageRefresh:
     schema = build_schema(config)
     controls = [f for f in schema.fields if isinstance(f, ChoicesField)]
@@ -194,7 +195,7 @@ def refresh_from_tasks(config: str, tasks: list[dict[str, Any]], project_id: int
               "routing": (f"{SUPERVISED} above its held-out threshold, then the LLM" if routed
                           else "LLM only (no supervised threshold reaches the target on held-out labels)"),
               "version": stage.version if stage is not None else None}
-    _publish(conn, project_id, stage, scores)
+    _publish(conn, project, stage, scores)
     first = controls[0].name if controls else None
     return StageRefresh(scores, stage, first, {"labels": n_labels, "routing": scores["routing"]})
 
@@ -210,38 +211,38 @@ def _summary(reports: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return out
 
 
-def _publish(conn: redis.Redis, project_id: int | str, stage: SupervisedStage | None, scores: dict[str, Any]) -> None:
-    key = supervised_stage_key(project_id)
+def _publish(conn: redis.Redis, project: ProjectRef, stage: SupervisedStage | None, scores: dict[str, Any]) -> None:
+    key = supervised_stage_key(project)
     if stage is None:
         conn.delete(key)
     else:  # blob first, version last: a reader never pairs a new version with an old blob
         conn.hset(key, "blob", stage.dumps())
         conn.hset(key, "version", stage.version)
-    conn.set(stage_scores_key(project_id), json.dumps(scores))
+    conn.set(stage_scores_key(project), json.dumps(scores))
     points = [json.dumps({"labels": scores["labels"], "stage": name, "accuracy": measured["accuracy"],
                           "time": scores["time"]}) for name, measured in scores["stages"].items()]
     if points:
-        conn.rpush(stage_curve_key(project_id), *points)
-        conn.ltrim(stage_curve_key(project_id), -CURVE_POINTS, -1)
+        conn.rpush(stage_curve_key(project), *points)
+        conn.ltrim(stage_curve_key(project), -CURVE_POINTS, -1)
 
 
 FLYWHEEL_CEILING = 0.98  # a best stage this accurate on held-out labels leaves a fine-tune little to gain
 
 
-def flywheel_plausible(conn: redis.Redis, project_id: int | str, growth: float) -> tuple[bool, str]:
+def flywheel_plausible(conn: redis.Redis, project: ProjectRef, growth: float) -> tuple[bool, str]:
     """Whether a fine-tuning run can plausibly beat the project's best stage now: its labels grew
     by ``growth`` since the last run, and the best stage is not already at the ceiling."""
-    raw = conn.get(stage_scores_key(project_id))
+    raw = conn.get(stage_scores_key(project))
     if not raw:
         return True, "no stage measured yet"
     scores = json.loads(raw)
     labels = int(scores.get("labels") or 0)
     best = max((s["accuracy"] for s in scores.get("stages", {}).values() if s.get("n", 0) >= MIN_SUPPORT),
                default=0.0)
-    last = int(as_text(conn.hget(train_status_key(project_id), "labels") or b"0"))
+    last = int(as_text(conn.hget(train_status_key(project), "labels") or b"0"))
     if best >= FLYWHEEL_CEILING:
         return False, f"best stage already {best:.0%} on held-out labels"
     if last and labels < growth * last:
         return False, f"{labels} labels, fewer than {growth:g} x {last} at the last run"
-    conn.hset(train_status_key(project_id), "labels", labels)
+    conn.hset(train_status_key(project), "labels", labels)
     return True, f"{labels} labels (last run {last or 'none'}), best stage {best:.0%}"

@@ -35,6 +35,7 @@ from prelabel.contract import QUEUE_NAME, WORKER_QUEUES, as_text
 from prelabel.jobs.queue import connection, job_queue
 from prelabel.jobs.reconcile import ReconcileTicker
 from prelabel.jobs.worker_stats import JOBS, Flusher
+from prelabel.migrate import migrate_tenancy
 from prelabel.pids import pid_alive
 from prelabel.redis_conn import embedded_redis_stopped_on_exit
 from prelabel.settings import Settings
@@ -125,6 +126,7 @@ def run_worker(settings: Settings, burst: bool = False, maintenance_interval: in
         # the reconcile ticker re-queues pre-annotation work: only for workers of the main queue
         ticker = None if burst or QUEUE_NAME not in queues else ReconcileTicker(settings)
         try:
+            migrate_tenancy(conn, settings)  # keys of an older version, before any job reads them
             requeue_orphans(conn, queues)
             release_dead_scheduler_lock(conn)
             if ticker:

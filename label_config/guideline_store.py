@@ -29,7 +29,14 @@ from typing import Any
 
 import redis
 
-from prelabel.contract import active_guideline_key, guideline_history_key, guideline_key, prompt_key, prompt_scores_key
+from prelabel.contract import (
+    ProjectRef,
+    active_guideline_key,
+    guideline_history_key,
+    guideline_key,
+    prompt_key,
+    prompt_scores_key,
+)
 from prelabel.errors import UserError
 from prelabel.label_config.guideline import Guideline, GuidelineError, parse_guideline
 
@@ -89,11 +96,11 @@ def active_guideline(record: dict[str, Any] | None) -> dict[str, Any] | None:
     return record["guideline"] if record else None
 
 
-def active(conn: redis.Redis, project: int | str) -> dict[str, Any] | None:
+def active(conn: redis.Redis, project: ProjectRef) -> dict[str, Any] | None:
     return decode_active(conn.get(active_guideline_key(project)))
 
 
-def activate(conn: redis.Redis, project: int | str, guideline: Guideline, *, source: str,
+def activate(conn: redis.Redis, project: ProjectRef, guideline: Guideline, *, source: str,
              prompt_version: str) -> dict[str, Any]:
     """Make ``guideline`` the project's active version and append it to the history."""
     if not isinstance(guideline, Guideline):
@@ -109,15 +116,15 @@ def activate(conn: redis.Redis, project: int | str, guideline: Guideline, *, sou
     return record
 
 
-def history(conn: redis.Redis, project: int | str) -> list[dict[str, Any]]:
+def history(conn: redis.Redis, project: ProjectRef) -> list[dict[str, Any]]:
     return [json.loads(item) for item in conn.lrange(guideline_history_key(project), 0, -1)]
 
 
 # --- evaluation scores ---------------------------------------------------------------------------
-def record_scores(conn: redis.Redis, project: int | str, model_version: str, summary: dict[str, Any]) -> None:
+def record_scores(conn: redis.Redis, project: ProjectRef, model_version: str, summary: dict[str, Any]) -> None:
     conn.hset(prompt_scores_key(project), model_version, json.dumps(summary, ensure_ascii=False))
 
 
-def scores(conn: redis.Redis, project: int | str) -> dict[str, dict[str, Any]]:
+def scores(conn: redis.Redis, project: ProjectRef) -> dict[str, dict[str, Any]]:
     raw = conn.hgetall(prompt_scores_key(project))
     return {(k.decode() if isinstance(k, bytes) else k): json.loads(v) for k, v in raw.items()}

@@ -11,7 +11,7 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
-from prelabel.contract import ProjectRecord, project_key
+from prelabel.contract import ProjectRecord, ProjectRef, project_key
 from prelabel.lru import LRU
 from prelabel.settings import Settings
 
@@ -21,10 +21,10 @@ log = logging.getLogger(__name__)
 class ProjectStore:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.memory: LRU[str, ProjectRecord] = LRU(settings.project_cache_size, settings.project_cache_bytes,
+        self.memory: LRU[ProjectRef, ProjectRecord] = LRU(settings.project_cache_size, settings.project_cache_bytes,
                                                    ProjectRecord.size)
 
-    async def remember(self, client: Any, pid: str, record: ProjectRecord) -> None:
+    async def remember(self, client: Any, pid: ProjectRef, record: ProjectRecord) -> None:
         """Keep ``record`` and share it with the worker (which runs this project's background jobs)."""
         self.memory.put(pid, record)
         try:
@@ -32,7 +32,7 @@ class ProjectStore:
         except RedisError as exc:  # /setup must still answer: interactive predictions work without it
             log.error("project %s: could not store its settings for the worker: %s", pid, exc)
 
-    async def get(self, client: Any, pid: str | None) -> ProjectRecord | None:
+    async def get(self, client: Any, pid: ProjectRef | None) -> ProjectRecord | None:
         """What /setup said about ``pid``: from memory, else (evicted, restarted) from Redis."""
         if pid is None:
             return None

@@ -60,7 +60,14 @@ class PredictRequest(BaseModel):
     params: dict[str, Any] | None = None
 
 
-_PROJECT = re.compile(r"([0-9]{1,18})(?:\.[0-9]{1,20})?")
+_PROJECT = re.compile(r"([0-9]{1,18})(?:\.([0-9]{1,20}))?")
+
+
+def project_stamp(raw: str | int | None) -> str | None:
+    """Label Studio's ``"<id>.<created_at>"`` of a project (``studio.tenancy``: which instance it is
+    on), normalised; None without a timestamp. Call after ``project_id`` accepted ``raw``."""
+    match = _PROJECT.fullmatch(raw) if isinstance(raw, str) else None
+    return f"{int(match.group(1))}.{int(match.group(2))}" if match and match.group(2) else None
 
 
 def project_id(raw: str | int | None) -> str | None:

@@ -10,6 +10,7 @@ pre-annotation service (``prediction.service``), webhook events by the worker (`
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import gc
 import logging
 import time
@@ -31,15 +32,16 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from prelabel import __version__
-from prelabel.contract import WEBHOOK_HEADER, ProjectRecord
+from prelabel.contract import WEBHOOK_HEADER, Event, ProjectRecord, ProjectRef
 from prelabel.jobs import handoff
 from prelabel.jobs.aftercare import queue_aftercare
-from prelabel.jobs.dispatch import enqueue_event
+from prelabel.jobs.dispatch import Enqueued, enqueue_event
 from prelabel.jobs.events import parse_event
 from prelabel.jobs.queue import connection
 from prelabel.jobs.status import QUEUE_COLLECTOR
 from prelabel.jobs.worker_stats import WORKER_COUNTERS
 from prelabel.label_config.guideline import guideline_ref
+from prelabel.migrate import migrate_tenancy
 from prelabel.ml_backend import auth, protocol
 from prelabel.ml_backend.limits import check_config, check_guideline, check_webhook
 from prelabel.ml_backend.projects import ProjectStore
@@ -53,7 +55,8 @@ from prelabel.prediction.shared_counters import SHARED_COUNTERS
 from prelabel.prediction.stage_router import STAGE_COLLECTOR
 from prelabel.settings import Settings, get_settings
 from prelabel.studio import webhook_wiring
-from prelabel.studio.access import AccessRefused, resolve
+from prelabel.studio.access import AccessRefused
+from prelabel.studio.tenancy import Tenants, access_for
 
 log = logging.getLogger(__name__)
 
@@ -68,11 +71,13 @@ class Backend:
         self.service: PreannotationService | None = None
         self.jobs_conn: redis.Redis | None = None
         self.wirer = WebhookWirer(settings)
+        self.tenants = Tenants(settings)  # which Label Studio a project stamp belongs to
         self._tasks: set[asyncio.Task[None]] = set()
 
     @asynccontextmanager
     async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
         self.jobs_conn = conn = connection(self.settings)
+        await self._migrate(conn)
         async with PreannotationService.open(self.settings, conn=conn, predictor=self._given) as service:
             self.service = service
             QUEUE_COLLECTOR.conn = SHARED_COUNTERS.conn = WORKER_COUNTERS.conn = STAGE_COLLECTOR.conn = conn
@@ -92,6 +97,14 @@ class Backend:
                 webhook_wiring.WIRING_COLLECTOR.conn = None
                 conn.close()
 
+    async def _migrate(self, conn: redis.Redis) -> None:
+        """Keys of an older version moved before the first request reads them (``prelabel.migrate``);
+        Redis away at start: logged, the worker (or ``prelabel migrate``) does it later."""
+        try:
+            await asyncio.to_thread(migrate_tenancy, conn, self.settings)
+        except RedisError as exc:
+            log.error("Redis keys of an older version not migrated (%s): run `prelabel migrate`", type(exc).__name__)
+
     @property
     def predictor(self) -> Predictor | None:
         """The default predictor the service routes from (in-process tests check it)."""
@@ -105,10 +118,12 @@ class Backend:
     async def setup(self, request: Request) -> Response:
         raw = await protocol.read_json(request, self.settings.max_request_bytes)
         body = protocol.SetupRequest.model_validate(raw)
-        pid = protocol.project_id(body.project)
+        raw_pid = protocol.project_id(body.project)
         guideline = guideline_ref(protocol.extra_params(body.extra_params).get("guideline"))
         check_guideline(guideline, self.settings)
         assert self.service is not None
+        pid = None if raw_pid is None else await self._setup_ref(int(raw_pid), protocol.project_stamp(body.project),
+                                                                 body.hostname)
         predictor = await self.service.cascade(pid)
         context = None
         if body.schema_:
@@ -123,7 +138,7 @@ class Backend:
             wants_examples = context is not None and self.settings.fewshot_k > 0
             if wants_examples or body.hostname:  # a refused hostname is counted and logged now, fetch or not
                 try:
-                    access = resolve(self.settings, record.hostname, record.access_token)
+                    access = access_for(self.settings, pid, record.hostname, record.access_token)
                 except AccessRefused as exc:
                     log.info("project %s: human-labeled examples not loaded: %s", pid, exc)
                 else:
@@ -132,10 +147,31 @@ class Backend:
         version = predictor.model_version(context) if context else predictor.llm.model
         return JSONResponse({"model_version": version})
 
-    def _ensure_wired(self, pid: str, record: ProjectRecord) -> None:
+    def _ensure_wired(self, pid: ProjectRef, record: ProjectRecord) -> None:
         """The project's webhook wired in the background (``wiring.WebhookWirer``)."""
         if self.jobs_conn is not None and self.wirer.claim(pid):
             self._background(self.wirer.wire(self.jobs_conn, pid, record))
+
+    async def _setup_ref(self, pid: int, stamp: str | None, hostname: str | None) -> ProjectRef:
+        """The project a ``/setup`` is about (``studio.tenancy``); its stamp is remembered for
+        ``/predict`` and webhooks. Redis away: the hostname alone decides (logged)."""
+        try:
+            return await run_in_threadpool(self.tenants.at_setup, self.jobs_conn, pid, stamp, hostname)
+        except RedisError as exc:
+            log.error("project %s: its Label Studio instance not remembered (%s)", pid, type(exc).__name__)
+            return self.tenants.at_setup(None, pid, stamp, hostname)
+
+    async def _request_ref(self, raw: str | int | None) -> ProjectRef | None:
+        """The project of a ``/predict`` (or ``/projects/<id>``): the instance its stamp was set up
+        for, else the configured one. With listed instances a Redis failure is a 503 (a wrong guess
+        would mix two instances' projects); without, nothing is looked up (single-instance: as before)."""
+        pid = protocol.project_id(raw)
+        if pid is None:
+            return None
+        stamp = protocol.project_stamp(raw)
+        if not self.settings.label_studio_hosts or stamp is None:
+            return ProjectRef(self.tenants.default, int(pid))
+        return ProjectRef(await run_in_threadpool(self.tenants.lookup, self.jobs_conn, stamp), int(pid))
 
     def _background(self, coroutine: Any) -> None:
         task = asyncio.get_running_loop().create_task(coroutine)
@@ -145,14 +181,15 @@ class Backend:
     async def project_info(self, request: Request) -> Response:
         """What the backend knows about a project (no secrets): for operators and tests."""
         try:
-            pid = protocol.project_id(request.path_params["pid"])
+            pid = await self._request_ref(request.path_params["pid"])
         except protocol.RequestError:
             pid = None
         record = self.projects.memory.get(pid) if pid else None
         if pid is None or record is None:
             return JSONResponse({"error": "unknown project", "reason": "unknown_project"}, status_code=404)
         examples = await run_in_threadpool(pool_size, self.jobs_conn, pid)
-        return JSONResponse({"project": pid, "has_config": bool(record.label_config), "human_examples": examples})
+        return JSONResponse({"project": str(pid.id), "has_config": bool(record.label_config),
+                             "human_examples": examples})
 
     async def predict(self, request: Request) -> Response:
         started = time.perf_counter()
@@ -163,7 +200,7 @@ class Backend:
         if len(body.tasks) > most:
             raise protocol.RequestError(413, "too_many_tasks",
                                         f"{len(body.tasks)} tasks > max_tasks_per_request={most}")
-        pid = protocol.project_id(body.project)
+        pid = await self._request_ref(body.project)
         assert self.service is not None
         record = await self.projects.get(self.service.redis, pid)
         if pid is not None and record is not None:  # a backend restarted since /setup wires on its first request
@@ -196,7 +233,7 @@ class Backend:
         return Response(orjson.dumps({"results": results, "model_version": batch.model_version, "pending": pending}),
                         media_type="application/json")
 
-    async def _hand_off(self, pid: str, late: list[int], config: str, total: int) -> None:
+    async def _hand_off(self, pid: ProjectRef, late: list[int], config: str, total: int) -> None:
         """The tasks ``/predict`` had no time for, to the worker (which writes their predictions)."""
         assert self.jobs_conn is not None  # set by the lifespan before the first request
         queued = await run_in_threadpool(handoff.hand_off, self.jobs_conn, self.settings, pid, late, config)
@@ -204,7 +241,7 @@ class Backend:
         log.info("/predict for project %s: %d of %d tasks not answered in time, handed to the worker",
                  pid, len(late), total)
 
-    async def _queue_aftercare(self, pid: str | None, tasks: list[Any], results: list[Any]) -> None:
+    async def _queue_aftercare(self, pid: ProjectRef | None, tasks: list[Any], results: list[Any]) -> None:
         """Review and ranking of what ``/predict`` answered, queued after the answer went out."""
         try:
             queued = await asyncio.to_thread(queue_aftercare, self.jobs_conn, self.settings, pid, tasks, results)
@@ -239,7 +276,7 @@ class Backend:
             return JSONResponse({"status": "ignored"})
         assert self.jobs_conn is not None  # set by the lifespan before the first request
         try:
-            queued = await run_in_threadpool(enqueue_event, self.jobs_conn, self.settings, event)
+            queued = await run_in_threadpool(self._enqueue_event, event)
         except RedisError as exc:
             metrics.WEBHOOK_EVENTS.labels("queue_unavailable").inc()
             log.error("webhook %s for project %s not queued: %s", event.action, event.project_id, exc)
@@ -247,6 +284,13 @@ class Backend:
         metrics.WEBHOOK_EVENTS.labels(event.action if not queued.duplicate else "duplicate").inc()
         return JSONResponse({"status": "duplicate" if queued.duplicate else "queued", "job_id": queued.job_id,
                              "action": event.action})
+
+    def _enqueue_event(self, event: Event) -> Enqueued:
+        """Queue the event as its project's (its instance: the stamp of its project's ``created_at``)."""
+        assert self.jobs_conn is not None  # set by the lifespan before the first request
+        lookup = self.settings.label_studio_hosts and event.stamp is not None
+        tenant = self.tenants.lookup(self.jobs_conn, event.stamp) if lookup else self.tenants.default
+        return enqueue_event(self.jobs_conn, self.settings, dataclasses.replace(event, tenant=tenant))
 
     async def metrics(self, request: Request) -> Response:
         """The metrics, gathered on a thread: the queue collectors ask Redis, which may be stalled
@@ -260,7 +304,7 @@ class Backend:
         if self.jobs_conn is not None:
             try:
                 found = await run_in_threadpool(webhook_wiring.load_all, self.jobs_conn)
-                webhooks = {pid: asdict(state) for pid, state in found.items()}
+                webhooks = {self.tenants.shown(key): asdict(state) for key, state in found.items()}
             except RedisError:
                 webhooks = {}
         return JSONResponse({"llm": [client.load_snapshot() for client in metrics.LOAD_COLLECTOR.clients],

@@ -13,12 +13,13 @@ import logging
 import redis
 from redis.exceptions import RedisError
 
-from prelabel.contract import ProjectRecord
+from prelabel.contract import ProjectRecord, ProjectRef
 from prelabel.lru import Once
 from prelabel.ml_backend.auth import webhook_headers
 from prelabel.settings import Settings
 from prelabel.studio import webhook_wiring
-from prelabel.studio.access import Access, AccessRefused, origin_of, resolve
+from prelabel.studio.access import Access, AccessRefused, origin_of
+from prelabel.studio.tenancy import access_for
 
 log = logging.getLogger(__name__)
 
@@ -28,9 +29,9 @@ _unwired_logged = Once(1024)  # (project, reason) whose "webhook not wired" warn
 class WebhookWirer:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self._wired: set[str] = set()  # projects whose webhook this process wired (or is wiring)
+        self._wired: set[ProjectRef] = set()  # projects whose webhook this process wired (or is wiring)
 
-    def claim(self, pid: str) -> bool:
+    def claim(self, pid: ProjectRef) -> bool:
         """True when ``pid`` needs wiring now (claimed before the task starts: concurrent requests
         wire once)."""
         if pid in self._wired:
@@ -38,27 +39,27 @@ class WebhookWirer:
         self._wired.add(pid)
         return True
 
-    def access(self, record: ProjectRecord) -> Access | None:
+    def access(self, pid: ProjectRef, record: ProjectRecord) -> Access | None:
         """Label Studio where the project lives, when the backend may call it: never a fallback to
         another Label Studio than the one ``/setup`` named (its project ids are another's)."""
         try:
-            access = resolve(self.settings, record.hostname, record.access_token)
+            access = access_for(self.settings, pid, record.hostname, record.access_token)
             if record.hostname and record.hostname.strip() and origin_of(record.hostname) != origin_of(access.url):
                 return None
         except AccessRefused:
             return None
         return access
 
-    async def wire(self, conn: redis.Redis, pid: str, record: ProjectRecord) -> None:
+    async def wire(self, conn: redis.Redis, pid: ProjectRef, record: ProjectRecord) -> None:
         headers = webhook_headers(self.settings)
-        access = self.access(record)
+        access = self.access(pid, record)
         if headers is None:
-            result = webhook_wiring.unwired(pid, "no_secret")
+            result = webhook_wiring.unwired(pid.id, "no_secret")
         elif access is None:
-            result = webhook_wiring.unwired(pid, "no_access", None, next(iter(headers)))
+            result = webhook_wiring.unwired(pid.id, "no_access", None, next(iter(headers)))
         else:
             result = await asyncio.to_thread(
-                lambda: webhook_wiring.wire_webhook(access.client(timeout=10), int(pid), headers))
+                lambda: webhook_wiring.wire_webhook(access.client(timeout=10), pid.id, headers))
         if result.ok:
             if result.state == "wired":
                 log.info("project %s: webhook %s now carries the backend's credentials", pid, result.webhook_id)

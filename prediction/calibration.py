@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from prelabel.contract import Prediction, calibration_key
+from prelabel.contract import Prediction, ProjectRef, calibration_key
 
 UNCALIBRATED = "uncalibrated"
 _EPS = 1e-6
@@ -64,9 +64,9 @@ class CalibrationMap:
         return cls(**json.loads(raw))
 
 
-async def load_calibration(client: Any, project: str | None, model: str) -> CalibrationMap | None:
+async def load_calibration(client: Any, project: ProjectRef | None, model: str) -> CalibrationMap | None:
     """The project's map for ``model`` (one Redis GET per request: a refit applies at once)."""
-    if client is None or not project:
+    if client is None or project is None:
         return None
     raw = await client.get(calibration_key(project, model))
     return CalibrationMap.decode(raw) if raw else None

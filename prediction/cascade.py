@@ -33,6 +33,7 @@ from prelabel.contract import (
     CASCADE_STATS_KEY,
     ModelVersion,
     Prediction,
+    ProjectRef,
     TaskStatus,
     cascade_model,
     status_of,
@@ -54,7 +55,7 @@ class CalibratedCascade:
     """One project's pre-annotator: the supervised stage, then the active model with its calibrated
     score, then (when promoted with a cascade) the fallback model for what it was unsure of."""
 
-    def __init__(self, primary: Predictor, *, project: str | None = None,
+    def __init__(self, primary: Predictor, *, project: ProjectRef | None = None,
                  calibration: CalibrationMap | None = None, fallback: Predictor | None = None,
                  fallback_calibration: CalibrationMap | None = None, threshold: float | None = None,
                  stage: SupervisedStage | None = None) -> None:

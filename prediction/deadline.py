@@ -20,17 +20,17 @@ from typing import Any
 
 import redis
 
-from prelabel.contract import Prediction, handoff_key
+from prelabel.contract import Prediction, ProjectRef, handoff_key
 from prelabel.contract import Predictor as PredictorProtocol
 from prelabel.prediction.fewshot import FewShotPool
 from prelabel.prediction.predictor import ProjectContext
 
 
-def pending(conn: redis.Redis, project_id: str, task_ids: list[int]) -> set[int]:
+def pending(conn: redis.Redis, project: ProjectRef, task_ids: list[int]) -> set[int]:
     """The tasks among ``task_ids`` already handed to the worker (not finished, or just finished)."""
     if not task_ids:
         return set()
-    values = conn.mget([handoff_key(project_id, tid) for tid in task_ids])
+    values = conn.mget([handoff_key(project, tid) for tid in task_ids])
     return {tid for tid, value in zip(task_ids, values) if value is not None}
 
 
@@ -56,14 +56,14 @@ def task_ids(tasks: list[Any]) -> list[int] | None:
 
 async def answer_within_deadline(
     predictor: PredictorProtocol, tasks: list[Any], context: ProjectContext, pool: FewShotPool | None, *,
-    conn: redis.Redis, project_id: str, deadline: float,
+    conn: redis.Redis, project: ProjectRef, deadline: float,
 ) -> PredictReply | None:
     """Predict until the deadline; the rest is ``late`` (the caller hands it off); None when the
     tasks carry no ids to hand off."""
     ids = task_ids(tasks)
     if ids is None:
         return None
-    already = await asyncio.to_thread(pending, conn, project_id, ids)
+    already = await asyncio.to_thread(pending, conn, project, ids)
     todo = [(i, task) for i, (tid, task) in enumerate(zip(ids, tasks)) if tid not in already]
     predictions = await predictor.predict_until([task for _, task in todo], context, pool, deadline)
     results: list[Prediction | list[Any]] = [[] for _ in tasks]

@@ -25,7 +25,7 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
-from prelabel.contract import fewshot_keys
+from prelabel.contract import ProjectRef, fewshot_keys
 from prelabel.prediction.fewshot import FewShotPool
 from prelabel.prediction.predictor import ProjectContext
 from prelabel.prediction.prompt import Example
@@ -37,7 +37,7 @@ def _digest(texts: dict[str, str]) -> str:
     return hashlib.sha256(normalise("\n".join(texts.values())).encode()).hexdigest()[:24]
 
 
-def add_example(conn: Any, project: str | int, task_id: int, texts: dict[str, str], answer: dict[str, Any],
+def add_example(conn: Any, project: ProjectRef, task_id: int, texts: dict[str, str], answer: dict[str, Any],
                 limit: int) -> None:
     """Put (or replace) a task's human answer into the project's pool (sync Redis client)."""
     pool, order, tasks, version = fewshot_keys(project)
@@ -61,7 +61,7 @@ def add_example(conn: Any, project: str | int, task_id: int, texts: dict[str, st
         pipe.execute()
 
 
-def remove_task(conn: Any, project: str | int, task_id: int) -> None:
+def remove_task(conn: Any, project: ProjectRef, task_id: int) -> None:
     """The task has no human answer any more: its example leaves the pool."""
     _, _, tasks, version = fewshot_keys(project)
     old = conn.hget(tasks, task_id)
@@ -74,7 +74,7 @@ def remove_task(conn: Any, project: str | int, task_id: int) -> None:
     pipe.execute()
 
 
-def pool_answers(conn: Any, project: str | int) -> dict[int, dict[str, Any]]:
+def pool_answers(conn: Any, project: ProjectRef) -> dict[int, dict[str, Any]]:
     """The pool's tasks and the human answer each one holds there."""
     keys = fewshot_keys(project)
     out: dict[int, dict[str, Any]] = {}
@@ -85,7 +85,7 @@ def pool_answers(conn: Any, project: str | int) -> dict[int, dict[str, Any]]:
     return out
 
 
-def _drop(conn: Any, pipe: Any, project: str | int, digest: str, task_id: int) -> None:
+def _drop(conn: Any, pipe: Any, project: ProjectRef, digest: str, task_id: int) -> None:
     """Queue the removal of ``digest``'s example if it is still this task's (a newer task with the
     same text may have taken it over)."""
     pool, order, _, _ = fewshot_keys(project)
@@ -95,7 +95,7 @@ def _drop(conn: Any, pipe: Any, project: str | int, digest: str, task_id: int) -
         pipe.zrem(order, digest)
 
 
-def pool_size(conn: Any, project: str | int) -> int:
+def pool_size(conn: Any, project: ProjectRef) -> int:
     return int(conn.hlen(fewshot_keys(project).pool))
 
 
@@ -103,10 +103,10 @@ class ProjectPools:
     """Per-process cache of built pools, keyed by project and config, rebuilt on a new version."""
 
     def __init__(self, max_projects: int = 64) -> None:
-        self._pools: OrderedDict[tuple[str, str], tuple[bytes | None, FewShotPool]] = OrderedDict()
+        self._pools: OrderedDict[tuple[ProjectRef, str], tuple[bytes | None, FewShotPool]] = OrderedDict()
         self.max_projects = max_projects
 
-    async def pool(self, client: Any, project: str | int | None, ctx: ProjectContext) -> FewShotPool | None:
+    async def pool(self, client: Any, project: ProjectRef | None, ctx: ProjectContext) -> FewShotPool | None:
         """The context's pool plus the project's human examples (None: no project, or none yet)."""
         if client is None or project is None:
             return None
@@ -118,7 +118,7 @@ class ProjectPools:
             return None
         if version is None:
             return None
-        key = (str(project), ctx.schema.config_hash)
+        key = (project, ctx.schema.config_hash)
         cached = self._pools.get(key)
         if cached is not None and cached[0] == version:
             self._pools.move_to_end(key)

@@ -1,6 +1,6 @@
 """Which model pre-annotates a project: the configured one, unless a better one was promoted.
 
-Promotion (``prelabel train promote``) writes ``prelabel:active_model:<project>`` (or the global
+Promotion (``prelabel train promote``) writes ``prelabel:active_model:<tenant>:<project>`` (or the global
 ``prelabel:active_model``) in Redis; from the next request on, that project's tasks go to the
 promoted model and its predictions carry its name in ``model_version``. When the record carries
 a ``cascade`` (threshold, fallback model and URL), the promoted model answers first and the
@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from prelabel.contract import ActiveModel, active_model_keys, parse_active_model
+from prelabel.contract import ActiveModel, ProjectRef, active_model_keys, parse_active_model
 from prelabel.prediction.calibration import load_calibration
 from prelabel.prediction.cascade import CalibratedCascade
 from prelabel.prediction.llm_client import LLMClient
@@ -35,7 +35,7 @@ class ModelRouter:
         self.default = default
         self._promoted: dict[tuple[str, str, tuple], Predictor] = {}
 
-    async def active_record(self, project: str | None) -> ActiveModel | None:
+    async def active_record(self, project: ProjectRef | None) -> ActiveModel | None:
         if self.default.cache is None:
             return None
         for key in active_model_keys(project):  # written by prelabel.train.promote
@@ -60,7 +60,7 @@ class ModelRouter:
             self._promoted[key] = Predictor(settings, LLMClient(settings), self.default.cache)
         return self._promoted[key]
 
-    async def for_project(self, project: str | None) -> CalibratedCascade:
+    async def for_project(self, project: ProjectRef | None) -> CalibratedCascade:
         record: Mapping[str, Any] = await self.active_record(project) or {}
         primary = self._predictor(record.get("model"), record.get("base_url"), served_prompt(record))
         client = self.default.cache.client if self.default.cache is not None else None

@@ -25,6 +25,7 @@ from prelabel.contract import (
     ModelVersion,
     Outcome,
     Prediction,
+    ProjectRef,
     TaskStatus,
     errored_key,
     is_own_preannotation,
@@ -57,43 +58,43 @@ def _first_reason(errors: Any) -> str | None:
     return reasons.most_common(1)[0][0]
 
 
-def record(conn: redis.Redis, project_id: int, outcomes: dict[int, Outcome]) -> None:
+def record(conn: redis.Redis, project: ProjectRef, outcomes: dict[int, Outcome]) -> None:
     """Remember the latest outcome of these tasks, and which of them an LLM error left unlabeled."""
     if not outcomes:
         return
     pipe = conn.pipeline()
-    pipe.hset(outcome_key(project_id), mapping={str(t): o.encode() for t, o in outcomes.items()})
+    pipe.hset(outcome_key(project), mapping={str(t): o.encode() for t, o in outcomes.items()})
     errored = [t for t, o in outcomes.items() if o.status == TaskStatus.ERROR]
     healed = [t for t, o in outcomes.items() if o.status != TaskStatus.ERROR]
     if errored:
-        pipe.sadd(errored_key(project_id), *errored)
+        pipe.sadd(errored_key(project), *errored)
     if healed:
-        pipe.srem(errored_key(project_id), *healed)
+        pipe.srem(errored_key(project), *healed)
     pipe.execute()
 
 
-def record_predictions(conn: redis.Redis | None, project: str | None, tasks: list[Any],
+def record_predictions(conn: redis.Redis | None, project: ProjectRef | None, tasks: list[Any],
                        predictions: list[Any]) -> None:
     """``record`` for what ``/predict`` returned (Label Studio stores those predictions itself):
     tasks with an integer id in a project with a numeric id; others are not Label Studio's. A task
     answered ``[]`` (handed to the worker at the deadline) gets its outcome from the worker."""
-    if conn is None or not project or not project.isdigit():
+    if conn is None or project is None:
         return
     found = {task["id"]: prediction_outcome(prediction) for task, prediction in zip(tasks, predictions)
              if isinstance(task, dict) and isinstance(task.get("id"), int) and isinstance(prediction, dict)}
     try:
-        record(conn, int(project), found)
+        record(conn, project, found)
     except redis.RedisError as exc:  # the answer to Label Studio matters more than the record
         log.warning("outcomes of project %s not recorded: %s", project, type(exc).__name__)
 
 
-def load(conn: redis.Redis, project_id: int) -> dict[int, Outcome]:
-    raw = conn.hgetall(outcome_key(project_id))
+def load(conn: redis.Redis, project: ProjectRef) -> dict[int, Outcome]:
+    raw = conn.hgetall(outcome_key(project))
     return {int(k): Outcome.decode(v) for k, v in raw.items()}
 
 
-def errored_tasks(conn: redis.Redis, project_id: int) -> list[int]:
-    return sorted(int(t) for t in conn.smembers(errored_key(project_id)))
+def errored_tasks(conn: redis.Redis, project: ProjectRef) -> list[int]:
+    return sorted(int(t) for t in conn.smembers(errored_key(project)))
 
 
 @dataclass

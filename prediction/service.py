@@ -29,7 +29,7 @@ from typing import Any
 import redis
 from redis.exceptions import RedisError
 
-from prelabel.contract import Prediction, active_guideline_key
+from prelabel.contract import Prediction, ProjectRef, active_guideline_key
 from prelabel.label_config import guideline_store
 from prelabel.label_config.guideline import GuidelineError
 from prelabel.label_config.schema import ConfigError
@@ -66,7 +66,7 @@ def choose_guideline(requested: Guideline, active: Guideline, configured: Guidel
 class Batch:
     """What one batch of a project's tasks is predicted with."""
 
-    project: str | None
+    project: ProjectRef | None
     predictor: CalibratedCascade | Predictor  # the routed cascade; the plain predictor when not routed
     context: ProjectContext
     pool: FewShotPool | None
@@ -87,7 +87,7 @@ class PreannotationService:
         self.pools = ProjectPools()  # human-labeled few-shot examples, shared with the workers via Redis
         # Configs are parsed on their own threads: never queued behind slow Label Studio calls.
         self._builder = ThreadPoolExecutor(max_workers=2, thread_name_prefix="prelabel-config")
-        self._fetching: set[str] = set()  # projects whose human examples are being fetched
+        self._fetching: set[ProjectRef] = set()  # projects whose human examples are being fetched
 
     @classmethod
     @asynccontextmanager
@@ -112,7 +112,7 @@ class PreannotationService:
         return self.default.cache.client if self.default.cache is not None else None
 
     # --- what a batch is predicted with ----------------------------------------------------
-    async def active_guideline(self, project: str | None) -> dict[str, Any] | None:
+    async def active_guideline(self, project: ProjectRef | None) -> dict[str, Any] | None:
         """The project's active guideline version, read per call; None when there is none or Redis
         does not answer (then the configured one is used, logged)."""
         if project is None or self.redis is None:
@@ -125,11 +125,11 @@ class PreannotationService:
             return None
         return guideline_store.active_guideline(guideline_store.decode_active(raw))
 
-    async def guideline(self, project: str | None, requested: Guideline = None,
+    async def guideline(self, project: ProjectRef | None, requested: Guideline = None,
                         configured: Guideline = None) -> Guideline:
         return choose_guideline(requested, await self.active_guideline(project), configured)
 
-    async def cascade(self, project: str | None) -> CalibratedCascade:
+    async def cascade(self, project: ProjectRef | None) -> CalibratedCascade:
         return await self.router.for_project(project)
 
     async def context(self, predictor: CalibratedCascade | Predictor, label_config: str, guideline: Guideline, *,
@@ -154,7 +154,7 @@ class PreannotationService:
             log.exception("labeling config or guideline could not be used")
             raise ConfigError(f"labeling config or guideline could not be used ({type(exc).__name__})") from None
 
-    async def prepare(self, project: str | None, label_config: str, guideline: Guideline, *,
+    async def prepare(self, project: ProjectRef | None, label_config: str, guideline: Guideline, *,
                       allow_path: bool = False, routed: bool = True) -> Batch:
         """The project's routed predictor, context and few-shot pool. ``routed=False``: the
         configured model as it is, no promoted model, calibration or stage (``prelabel predict``
@@ -180,7 +180,7 @@ class PreannotationService:
         reply = None
         if self.conn is not None and batch.project is not None:
             reply = await answer_within_deadline(batch.predictor, tasks, batch.context, batch.pool, conn=self.conn,
-                                                 project_id=batch.project, deadline=deadline)
+                                                 project=batch.project, deadline=deadline)
         if reply is None:
             reply = PredictReply(await batch.predictor.predict(tasks, batch.context, batch.pool))
         await self.record(batch.project, tasks, reply.results)
@@ -192,13 +192,13 @@ class PreannotationService:
         Studio does not store them)."""
         return await predict_interactive(batch.predictor, tasks, batch.context, screen, batch.pool, budget_s)
 
-    async def record(self, project: str | None, tasks: list[Any], predictions: list[Any]) -> None:
+    async def record(self, project: ProjectRef | None, tasks: list[Any], predictions: list[Any]) -> None:
         """Each task's outcome (why it was left for a human, when it was), best effort."""
         if self.conn is not None:
             await asyncio.to_thread(record_predictions, self.conn, project, tasks, predictions)
 
     # --- the few-shot pool's human examples --------------------------------------------------
-    def may_fetch(self, project: str) -> bool:
+    def may_fetch(self, project: ProjectRef) -> bool:
         """At most ``MAX_FETCHES`` example fetches at once, one per project: a flood of /setup calls
         while Label Studio is slow must not queue unbounded work (and keep evicted configs alive).
         Label Studio repeats /setup before every prediction run, so a skipped fetch comes again.
@@ -210,11 +210,11 @@ class PreannotationService:
         self._fetching.add(project)
         return True
 
-    async def load_human_examples(self, project: str, context: ProjectContext, access: Access) -> None:
+    async def load_human_examples(self, project: ProjectRef, context: ProjectContext, access: Access) -> None:
         """Put the project's human-labeled tasks into its shared few-shot pool (best effort, logged)."""
         try:
             examples = await asyncio.to_thread(lambda: fetch_labeled_examples(
-                access.client(), project, context.schema, self.settings.fewshot_pool_max))
+                access.client(), project.id, context.schema, self.settings.fewshot_pool_max))
             for example in examples:
                 await asyncio.to_thread(add_example, self.conn, project, int(example.source.split(":")[1]),
                                         example.texts, example.answer, self.settings.fewshot_pool_max)

@@ -30,6 +30,7 @@ from redis.exceptions import RedisError
 from prelabel.contract import (
     STAGE_ANSWERS_PATTERN,
     Prediction,
+    ProjectRef,
     TaskStatus,
     as_text,
     stage_answers_key,
@@ -47,13 +48,14 @@ if TYPE_CHECKING:  # the stage's code (scikit-learn) loads with the first stage,
     from prelabel.prediction.supervised import SupervisedStage
 
 SUPERVISED, LLM = "supervised", "llm"
+LABELS = ["project", "tenant", "stage"]  # tenant: the Label Studio instance (contract.ProjectRef)
 _STAGES: LRU[str, SupervisedStage] = LRU(64)  # version -> unpickled stage, per process
 
 
-async def load_stage(client: Any, project: str | None) -> SupervisedStage | None:
+async def load_stage(client: Any, project: ProjectRef | None) -> SupervisedStage | None:
     """The project's routed supervised stage, or None (no project, none fitted, none routed,
     Redis unreachable: the LLM answers everything, nothing is lost)."""
-    if client is None or not project:
+    if client is None or project is None:
         return None
     key = supervised_stage_key(project)
     try:
@@ -140,13 +142,13 @@ def _prediction(stage: SupervisedStage, ctx: ProjectContext, family: str, fields
 
 async def supervised_first(stage: SupervisedStage | None, tasks: list[Any], ctx: ProjectContext, family: str,
                            ask: Callable[[list[Any]], Awaitable[list[Prediction]]], client: Any,
-                           project: str | None) -> list[Prediction]:
+                           project: ProjectRef | None) -> list[Prediction]:
     """The stage's confident answers, and ``ask``'s (the models behind it) for the rest, in order."""
     answered = confident_answers(stage, tasks, ctx, family) if stage is not None else {}
     rest = [i for i in range(len(tasks)) if i not in answered]
     asked = await ask([tasks[i] for i in rest]) if rest else []
     results = dict(answered) | dict(zip(rest, asked))
-    if project:
+    if project is not None:
         await count(client, stage_answers_key(project), SUPERVISED, len(answered))
         await count(client, stage_answers_key(project), LLM, len(rest))
     return [results[i] for i in range(len(tasks))]
@@ -161,9 +163,9 @@ class StageCollector:
 
     def describe(self) -> Iterator[Metric]:
         yield CounterMetricFamily("prelabel_stage_answers", "Tasks answered per project and stage.",
-                                  labels=["project", "stage"])
+                                  labels=LABELS)
         yield GaugeMetricFamily("prelabel_stage_accuracy", "Stage accuracy on the project's held-out labels.",
-                                labels=["project", "stage"])
+                                labels=LABELS)
 
     def collect(self) -> Iterator[Metric]:
         if self.conn is None:
@@ -174,37 +176,38 @@ class StageCollector:
         except RedisError:
             return
         answers = CounterMetricFamily("prelabel_stage_answers", "Tasks answered per project and stage.",
-                                      labels=["project", "stage"])
+                                      labels=LABELS)
         accuracy = GaugeMetricFamily("prelabel_stage_accuracy", "Stage accuracy on the project's held-out labels.",
-                                     labels=["project", "stage"])
+                                     labels=LABELS)
         for project, counts in sorted(shares.items()):
             for stage, n in sorted(counts.items()):
-                answers.add_metric([project, stage], n)
+                answers.add_metric([str(project.id), project.tenant, stage], n)
             for stage, measured in sorted((scores.get(project) or {}).get("stages", {}).items()):
                 if measured.get("accuracy") is not None:
-                    accuracy.add_metric([project, stage], measured["accuracy"])
+                    accuracy.add_metric([str(project.id), project.tenant, stage], measured["accuracy"])
         yield answers
         yield accuracy
 
 
-def project_shares(conn: Any) -> dict[str, dict[str, int]]:
+def project_shares(conn: Any) -> dict[ProjectRef, dict[str, int]]:
     """Project -> stage -> tasks answered (sync Redis)."""
     out = {}
     for key in conn.scan_iter(match=STAGE_ANSWERS_PATTERN):
-        project = as_text(key).rsplit(":", 1)[1]
-        out[project] = {as_text(k): int(v) for k, v in conn.hgetall(key).items()}
+        project = ProjectRef.parse(as_text(key).removeprefix(STAGE_ANSWERS_PATTERN[:-1]))
+        if project is not None:  # a key of the format before tenancy (``prelabel migrate`` moves it)
+            out[project] = {as_text(k): int(v) for k, v in conn.hgetall(key).items()}
     return out
 
 
-def project_scores(conn: Any, project: str | int) -> dict[str, Any] | None:
+def project_scores(conn: Any, project: ProjectRef) -> dict[str, Any] | None:
     raw = conn.get(stage_scores_key(project))
     return json.loads(raw) if raw else None
 
 
-def learning_curve(conn: Any, project_id: int | str) -> dict[str, list[tuple[int, float]]]:
+def learning_curve(conn: Any, project: ProjectRef) -> dict[str, list[tuple[int, float]]]:
     """Stage -> [(labels, held-out accuracy)], from every refresh of the worker so far."""
     out: dict[str, list[tuple[int, float]]] = {}
-    for raw in conn.lrange(stage_curve_key(project_id), 0, -1):
+    for raw in conn.lrange(stage_curve_key(project), 0, -1):
         point = json.loads(raw)
         out.setdefault(point["stage"], []).append((int(point["labels"]), float(point["accuracy"])))
     return out
@@ -224,7 +227,7 @@ def stage_report(conn: Any) -> dict[str, dict[str, Any]]:
             key = SUPERVISED if name == SUPERVISED else LLM if name.startswith(LLM) else name
             entry = stages.setdefault(key, {"answered": 0, "share": 0.0, "accuracy": {}})
             entry["accuracy"][name] = m.get("accuracy")
-        report[project] = {"labels": scores.get("labels"), "routing": scores.get("routing"), "stages": stages}
+        report[str(project)] = {"labels": scores.get("labels"), "routing": scores.get("routing"), "stages": stages}
     return report
 
 

@@ -106,6 +106,29 @@ def serve(
         )
 
 
+@app.command()
+def migrate(
+    force: bool = typer.Option(False, "--force", help="Look again even when a run is marked done (keys an older "
+                                                      "process wrote since, or ones left by a conflict)."),
+) -> None:
+    """Move what older versions stored in Redis to today's key formats (the backend and the worker do
+    it at start; safe to run twice). Tenancy: keys with a bare project id become the configured Label
+    Studio's (LABEL_STUDIO_URL), e.g. prelabel:outcome:4711 -> prelabel:outcome:<tenant>:4711."""
+    from dataclasses import asdict
+
+    from prelabel.migrate import migrate_tenancy
+    from prelabel.redis_conn import connection
+
+    settings = get_settings()
+    with embedded_redis_stopped_on_exit():
+        conn = connection(settings)
+        try:
+            report = migrate_tenancy(conn, settings, force=force)
+        finally:
+            conn.close()
+    typer.echo(json.dumps({"tenancy": asdict(report)}, indent=2))
+
+
 @config_app.command("check")
 def config_check(
     config: Path = typer.Argument(..., exists=True, help="Labeling config XML file."),

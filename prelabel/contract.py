@@ -10,6 +10,7 @@ round-trips them. (The same idea as rq's ``JobStatus`` and key templates.)
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from dataclasses import asdict, dataclass, field
@@ -35,21 +36,67 @@ CASCADE_STATS_KEY = PREFIX + "stats:cascade"  # hash route (cheap | fallback | f
 REUSE_STATS_KEY = PREFIX + "stats:near_duplicates"  # hash outcome (reused | revalidated_individually) -> count
 REVIEW_STATS_KEY = PREFIX + "stats:review"  # hash review status -> count
 REVIEWER_INDEPENDENCE_KEY = PREFIX + "reviewer:independence"  # JSON: the last reviewer-vs-pre-annotator check
-WEBHOOK_WIRING_KEY = PREFIX + "webhook_wiring"  # hash project id -> JSON WiringState (backend wires its webhook)
+WEBHOOK_WIRING_KEY = PREFIX + "webhook_wiring"  # hash str(ProjectRef) -> JSON WiringState (backend wires its webhook)
+TENANT_STAMPS_KEY = PREFIX + "tenant:stamps"  # hash "<id>.<created_at>" -> tenant of a project of a listed LS
+MIGRATIONS_KEY = PREFIX + "migrations"  # hash migration name -> JSON of its run (prelabel.migrate)
 WORKER_STATS_KEY = PREFIX + "stats:worker"  # hash "<metric>|<label=value,...>" -> count, added by workers
 EVENT_PREFIX = PREFIX + "event:"  # + job id: the exactly-once marker of a webhook event
 PROJECT_KEY_PATTERN = PREFIX + "project:*"  # SCAN pattern of project_key
 ACTIVE_MODEL_PATTERN = ACTIVE_MODEL_KEY + "*"  # SCAN pattern of every active-model record
 
 
-def project_key(project_id: int | str) -> str:
+@dataclass(frozen=True, order=True)
+class ProjectRef:
+    """A project as prelabel keys it: the Label Studio it lives on (``tenant``) plus its id there.
+
+    Why not the id alone: every Label Studio numbers its projects from 1, so two instances that
+    call the same backend both have a project 4711. Keyed by the id alone they would share one
+    record (host, token), one few-shot pool, one outcome table. The tenant is ``tenant_slug`` of the
+    instance's normalised origin (``prelabel.studio.tenancy`` picks it per request); ``id`` stays
+    the plain int Label Studio's API takes.
+    """
+
+    tenant: str
+    id: int
+
+    def __post_init__(self) -> None:
+        if not _TENANT.fullmatch(self.tenant) or isinstance(self.id, bool) or not isinstance(self.id, int):
+            raise ValueError(f"not a project reference: tenant={self.tenant!r} id={self.id!r}")
+
+    def __str__(self) -> str:
+        """The key segment (``<tenant>:<id>``) every project-scoped Redis key embeds."""
+        return f"{self.tenant}:{self.id}"
+
+    @property
+    def slug(self) -> str:
+        """``<tenant>-<id>``: the form for RQ job ids (letters, digits, ``-`` and ``_`` only)."""
+        return f"{self.tenant}-{self.id}"
+
+    @classmethod
+    def parse(cls, text: bytes | str) -> ProjectRef | None:
+        """The reference in ``str(ref)`` form, or None for anything else."""
+        tenant, _, pid = as_text(text).partition(":")
+        return cls(tenant, int(pid)) if _TENANT.fullmatch(tenant) and pid.isdigit() else None
+
+
+TENANT_PREFIX = "ls"
+_TENANT = re.compile(TENANT_PREFIX + r"[0-9a-f]{10}")
+
+
+def tenant_slug(origin: str) -> str:
+    """A short stable name of a Label Studio origin (``scheme://host[:port]``, normalised by the
+    caller): safe in Redis keys and job ids, and no host name in plain sight in Redis."""
+    return TENANT_PREFIX + hashlib.sha256(origin.encode()).hexdigest()[:10]
+
+
+def project_key(project: ProjectRef) -> str:
     """JSON ``ProjectRecord`` (guideline, Label Studio host and token) that ``/setup`` stores."""
-    return f"{PREFIX}project:{project_id}"
+    return f"{PREFIX}project:{project}"
 
 
-def task_fields_lock_key(project_id: int | str) -> str:
+def task_fields_lock_key(project: ProjectRef) -> str:
     """Redis lock held while a task's ``prelabel_*`` fields are read, merged and written back."""
-    return f"{PREFIX}task_fields:{project_id}:lock"
+    return f"{PREFIX}task_fields:{project}:lock"
 
 
 def as_text(value: bytes | str) -> str:
@@ -57,40 +104,40 @@ def as_text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
-def project_id_of_key(key: bytes | str) -> int | None:
-    """The project id of a ``project_key``, or None for any other key the pattern may match."""
-    head, _, tail = as_text(key).rpartition(":")
-    return int(tail) if head == f"{PREFIX}project" and tail.isdigit() else None
+def project_of_key(key: bytes | str) -> ProjectRef | None:
+    """The project of a ``project_key``, or None for any other key the pattern may match."""
+    head, _, tail = as_text(key).partition(":project:")
+    return ProjectRef.parse(tail) if head + ":" == PREFIX else None
 
 
-def outcome_key(project_id: int | str) -> str:
+def outcome_key(project: ProjectRef) -> str:
     """Hash task id -> encoded ``Outcome`` of the task's latest pre-annotation."""
-    return f"{PREFIX}outcome:{project_id}"
+    return f"{PREFIX}outcome:{project}"
 
 
-def errored_key(project_id: int | str) -> str:
+def errored_key(project: ProjectRef) -> str:
     """Set of task ids whose latest pre-annotation failed for an LLM error (reconcile retries them)."""
-    return f"{PREFIX}errored:{project_id}"
+    return f"{PREFIX}errored:{project}"
 
 
-def new_labels_key(project_id: int | str) -> str:
+def new_labels_key(project: ProjectRef) -> str:
     """Set of the annotation ids already counted (a label delivered twice counts once)."""
-    return f"{PREFIX}new_labels:{project_id}"
+    return f"{PREFIX}new_labels:{project}"
 
 
-def scanned_key(project_id: int | str) -> str:
+def scanned_key(project: ProjectRef) -> str:
     """Marker (with a TTL) of the reconcile job's last full scan of a project."""
-    return f"{PREFIX}reconcile:scanned:{project_id}"
+    return f"{PREFIX}reconcile:scanned:{project}"
 
 
-def handoff_key(project_id: int | str, task_id: int | str) -> str:
+def handoff_key(project: ProjectRef, task_id: int | str) -> str:
     """SET NX marker of a task the backend handed to the worker after its deadline."""
-    return f"{PREFIX}handoff:{project_id}:{task_id}"
+    return f"{PREFIX}handoff:{project}:{task_id}"
 
 
-def aftercare_key(project_id: int | str, task_id: int | str, model_version: str) -> str:
+def aftercare_key(project: ProjectRef, task_id: int | str, model_version: str) -> str:
     """SET NX marker: the review and ranking of this task's prediction version were queued once."""
-    return f"{PREFIX}aftercare:{project_id}:{task_id}:{model_version}"
+    return f"{PREFIX}aftercare:{project}:{task_id}:{model_version}"
 
 
 def event_marker_key(job_id: str) -> str:
@@ -98,37 +145,37 @@ def event_marker_key(job_id: str) -> str:
     return EVENT_PREFIX + job_id
 
 
-def calibration_key(project: int | str, model: str) -> str:
+def calibration_key(project: ProjectRef, model: str) -> str:
     """JSON calibration map of one model's scores in one project."""
     return f"{PREFIX}calibration:{project}:{model}"
 
 
-def quality_key(project_id: int | str) -> str:
+def quality_key(project: ProjectRef) -> str:
     """JSON per-class agreement of a project, recomputed after human labels."""
-    return f"{PREFIX}quality:{project_id}"
+    return f"{PREFIX}quality:{project}"
 
 
-def train_status_key(project_id: int | str) -> str:
+def train_status_key(project: ProjectRef) -> str:
     """Hash with the state of a project's training pipeline."""
-    return f"{PREFIX}train:{project_id}"
+    return f"{PREFIX}train:{project}"
 
 
-def train_lock_key(project_id: int | str) -> str:
+def train_lock_key(project: ProjectRef) -> str:
     """One training run per project: SET NX of the run id."""
-    return train_status_key(project_id) + ":lock"
+    return train_status_key(project) + ":lock"
 
 
-def train_label_count_key(project_id: int | str) -> str:
+def train_label_count_key(project: ProjectRef) -> str:
     """Counter of human labels since the last training run was started."""
-    return train_status_key(project_id) + ":new_labels"
+    return train_status_key(project) + ":new_labels"
 
 
-def active_model_key(project: int | str | None = None) -> str:
+def active_model_key(project: ProjectRef | None = None) -> str:
     """The promoted model of a project, or the global one without a project."""
     return f"{ACTIVE_MODEL_KEY}:{project}" if project else ACTIVE_MODEL_KEY
 
 
-def active_model_keys(project: int | str | None = None) -> list[str]:
+def active_model_keys(project: ProjectRef | None = None) -> list[str]:
     """Where to look for a project's promoted model, in order: its own record, then the global one."""
     return ([active_model_key(project)] if project else []) + [ACTIVE_MODEL_KEY]
 
@@ -154,17 +201,17 @@ def prompt_key(version: str) -> str:
     return f"{PREFIX}prompt:{version}"
 
 
-def active_guideline_key(project: int | str) -> str:
+def active_guideline_key(project: ProjectRef) -> str:
     """JSON of the guideline ``prelabel prompts use`` made a project's active one."""
     return f"{PREFIX}guideline:active:{project}"
 
 
-def guideline_history_key(project: int | str) -> str:
+def guideline_history_key(project: ProjectRef) -> str:
     """List of a project's guideline activations, oldest first."""
     return f"{PREFIX}guideline:history:{project}"
 
 
-def prompt_scores_key(project: int | str) -> str:
+def prompt_scores_key(project: ProjectRef) -> str:
     """Hash model_version -> JSON evaluation summary of that prompt version on the project."""
     return f"{PREFIX}prompt:scores:{project}"
 
@@ -178,22 +225,22 @@ class FewShotKeys(NamedTuple):
     version: str  # counter, bumped on every change (readers reload when it moves)
 
 
-def supervised_stage_key(project: int | str) -> str:
+def supervised_stage_key(project: ProjectRef) -> str:
     """The project's fitted supervised stage (a pickled ``prediction.supervised.SupervisedStage``)."""
     return f"{PREFIX}stage:supervised:{project}"
 
 
-def stage_scores_key(project: int | str) -> str:
+def stage_scores_key(project: ProjectRef) -> str:
     """JSON: each stage's accuracy on the project's rolling held-out slice, and the routing it chose."""
     return f"{PREFIX}stage:scores:{project}"
 
 
-def stage_curve_key(project: int | str) -> str:
+def stage_curve_key(project: ProjectRef) -> str:
     """List of JSON points (labels, stage, held-out accuracy), oldest first: the learning curve."""
     return f"{PREFIX}stage:curve:{project}"
 
 
-def stage_answers_key(project: int | str) -> str:
+def stage_answers_key(project: ProjectRef) -> str:
     """Hash stage (supervised | llm) -> tasks it answered for the project (backend and workers)."""
     return f"{PREFIX}stats:stage:{project}"
 
@@ -201,9 +248,31 @@ def stage_answers_key(project: int | str) -> str:
 STAGE_ANSWERS_PATTERN = PREFIX + "stats:stage:*"  # SCAN pattern of stage_answers_key
 
 
-def fewshot_keys(project: int | str) -> FewShotKeys:
+def fewshot_keys(project: ProjectRef) -> FewShotKeys:
     base = f"{PREFIX}fewshot:{project}"
     return FewShotKeys(base, f"{base}:order", f"{base}:tasks", f"{base}:version")
+
+
+# --- keys written before tenancy ---------------------------------------------------------------
+# The project-scoped key families (what follows PREFIX, up to the project). Before projects carried
+# their Label Studio, these keys held a bare id (``prelabel:outcome:4711``); such a key belongs to
+# the configured Label Studio, and ``legacy_key_target`` names where it moves (``prelabel migrate``).
+PROJECT_FAMILIES = ("project", "task_fields", "outcome", "errored", "new_labels", "reconcile:scanned", "handoff",
+                    "aftercare", "calibration", "quality", "train", "active_model", "guideline:active",
+                    "guideline:history", "prompt:scores", "fewshot", "stage:supervised", "stage:scores",
+                    "stage:curve", "stats:stage")
+_LEGACY_KEY = re.compile(rf"{re.escape(PREFIX)}({'|'.join(map(re.escape, PROJECT_FAMILIES))}):([0-9]+)((?::.*)?)",
+                         re.DOTALL)
+
+
+def legacy_key_target(key: bytes | str, tenant: str) -> str | None:
+    """Where a key with a bare project id moves (the project of ``tenant``); None for any other key
+    (a key already in the tenant format never matches: a tenant is not all digits)."""
+    match = _LEGACY_KEY.fullmatch(as_text(key))
+    if match is None:
+        return None
+    family, pid, rest = match.groups()
+    return f"{PREFIX}{family}:{ProjectRef(tenant, int(pid))}{rest}"
 
 
 # --- statuses ----------------------------------------------------------------------------------
@@ -506,6 +575,13 @@ class Event:
     label_config: str | None = None  # only in events parsed from a webhook; queued jobs carry config_hash
     dedupe_ttl: int | None = None
     config_hash: str | None = None  # the config stored under job_config_key (jobs.queue)
+    stamp: str | None = None  # Label Studio's "<id>.<created_at>" of the project (studio.tenancy)
+    tenant: str | None = None  # the project's Label Studio (set by the backend; None: the configured one)
+
+    @property
+    def job_id(self) -> str:
+        """The event's job id: the same event delivered twice is one job, two instances' are two."""
+        return f"event-{self.action.lower()}-{self.tenant or 'default'}-{self.project_id}-{self.key}"
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)

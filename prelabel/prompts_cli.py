@@ -28,6 +28,7 @@ from rich.table import Table
 
 from prelabel.errors import UserError
 from prelabel.settings import Settings, get_settings
+from prelabel.studio.tenancy import configured
 
 app = typer.Typer(help="Guideline versions: evaluate on human-verified tasks, activate, list, resolve.",
                   no_args_is_help=True)
@@ -90,9 +91,10 @@ def current_version(settings: Settings, conn: redis.Redis, project: int) -> Any:
     from prelabel.train.promote import active_model
     from prelabel.train.prompt_eval import Version
 
-    guideline = choose_guideline(None, store.active_guideline(store.active(conn, project)),
-                                 load_project(conn, project).guideline)
-    promoted: dict[str, Any] = dict(active_model(conn, str(project)) or {})
+    ref = configured(settings, project)
+    guideline = choose_guideline(None, store.active_guideline(store.active(conn, ref)),
+                                 load_project(conn, ref).guideline)
+    promoted: dict[str, Any] = dict(active_model(conn, ref) or {})
     model = promoted.get("model") or settings.llm_model
     urls = [promoted["base_url"]] if promoted.get("model") and promoted.get("base_url") else settings.llm_base_urls
     return Version("current", guideline, model, urls)
@@ -161,7 +163,7 @@ def evaluate(
     for run in runs:  # both versions resolvable and their scores listed by `prompts history`
         conn.mset(run.ctx.version_writes())
         side = report[run.version.label]
-        store.record_scores(conn, project, run.model_version, {
+        store.record_scores(conn, configured(settings, project), run.model_version, {
             key: side[key] for key in ("exact_match", "macro_f1", "invalid_rate", "needs_human_rate", "ece", "n")
         } | {"at": meta["time"], "report": str(files["json"].resolve())})
     out_console.print(comparison_table(report))
@@ -204,9 +206,10 @@ def use(
     config = _project_config(_label_studio(settings), project)
     chosen = resolve_guideline(guideline, conn, settings)
     ctx = ContextBuilder(settings).context(config, chosen)
-    before = store.active(conn, project)
+    before = store.active(conn, configured(settings, project))
     conn.mset(ctx.version_writes())
-    store.activate(conn, project, parse_guideline(chosen), source=guideline, prompt_version=ctx.prompt.version)
+    store.activate(conn, configured(settings, project), parse_guideline(chosen), source=guideline,
+                   prompt_version=ctx.prompt.version)
     was = f" (was {before['name']} {before['prompt_version']})" if before else ""
     out_console.print(f"project {project}: active guideline {ctx.guideline.name} {ctx.guideline.hash}, prompt version "
                       f"{ctx.prompt.version}{was}; new predictions: model_version <model>@{ctx.prompt.version}")
@@ -219,8 +222,9 @@ def history(project: int = typer.Option(..., "--project", "-p", help="Label Stud
     from prelabel.train.prompt_eval import fmt
 
     conn = _redis(get_settings())
-    entries, scored = store.history(conn, project), store.scores(conn, project)
-    active = store.active(conn, project)
+    ref = configured(get_settings(), project)
+    entries, scored = store.history(conn, ref), store.scores(conn, ref)
+    active = store.active(conn, ref)
     if not entries and not scored:
         raise _fail(f"project {project} has no guideline versions yet (`prelabel prompts use` / `prompts eval`)", 1)
     by_prompt = {key.rpartition("@")[2]: value for key, value in sorted(scored.items(), key=lambda kv: kv[1]["at"])}

@@ -21,7 +21,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from prelabel.contract import STATUS_SEP, ModelVersion, calibration_key, is_review, stamp_of
+from prelabel.contract import STATUS_SEP, ModelVersion, ProjectRef, calibration_key, is_review, stamp_of
 from prelabel.label_config.answers import answer_from_regions
 from prelabel.label_config.schema import OutputSchema, build_schema
 from prelabel.prediction.calibration import CalibrationMap, logit
@@ -224,11 +224,11 @@ def project_calibration(client: Any, project_id: int, method: Method = "auto") -
     return [calibration_report(pairs, method) for pairs in calibration_pairs(tasks, schema).values()]
 
 
-def store_maps(conn: Any, project_id: int, reports: list[CalibrationReport]) -> list[str]:
+def store_maps(conn: Any, project: ProjectRef, reports: list[CalibrationReport]) -> list[str]:
     """Write each fitted map where the backend reads it; a model without one loses a stale map."""
     written = []
     for report in reports:
-        key = calibration_key(project_id, report.model)
+        key = calibration_key(project, report.model)
         if report.cmap is not None:
             conn.set(key, report.cmap.encode())
             written.append(report.cmap.id)
@@ -237,10 +237,10 @@ def store_maps(conn: Any, project_id: int, reports: list[CalibrationReport]) -> 
     return written
 
 
-def refresh_calibration(client: Any, project_id: int, conn: Any) -> str:
+def refresh_calibration(client: Any, project: ProjectRef, conn: Any) -> str:
     """Refit after new human labels (worker's refresh job)."""
-    reports = project_calibration(client, project_id)
-    store_maps(conn, project_id, reports)
+    reports = project_calibration(client, project.id)
+    store_maps(conn, project, reports)
     return "; ".join(f"{r.model}: {r.status} (n={r.n})" for r in reports) or "no human-labeled pre-annotations"
 
 

@@ -11,6 +11,7 @@ from rich.table import Table
 
 from prelabel.errors import UserError
 from prelabel.settings import get_settings
+from prelabel.studio.tenancy import configured
 
 console = Console()
 
@@ -68,7 +69,7 @@ def _learning_curve(project: int, out: Path) -> None:
     from prelabel.redis_conn import connection
 
     try:
-        curve = learning_curve(connection(get_settings()), project)
+        curve = learning_curve(connection(get_settings()), configured(get_settings(), project))
     except RedisError as exc:
         console.print(f"learning curve: Redis unreachable ({type(exc).__name__})")
         return
@@ -105,7 +106,7 @@ def _calibration(project: int, out: Path, method: str, store: bool) -> None:
     if store:
         from prelabel.redis_conn import connection
 
-        ids = store_maps(connection(get_settings()), project, reports)
+        ids = store_maps(connection(get_settings()), configured(get_settings(), project), reports)
         console.print(f"calibration maps stored: {', '.join(ids) or 'none'}")
     (out / "calibration.json").write_text(json.dumps({"models": [r.as_dict() for r in reports]}, indent=2))
 
@@ -129,7 +130,8 @@ def spotcheck(
     from prelabel.redis_conn import connection
 
     # the workers' lock on task fields, so a review or ranking job running now keeps its fields
-    batch, chosen = spotcheck_project(_client(), project, n, abnormal_share, seed, connection(get_settings()))
+    batch, chosen = spotcheck_project(_client(), configured(get_settings(), project), n, abnormal_share, seed,
+                                      connection(get_settings()))
     console.print(f"tagged {len(chosen.ids)} tasks as {batch}: " +
                   ", ".join(f"{k} {v}" for k, v in sorted(chosen.counts().items())))
     console.print(f"filter the Data Manager on data.prelabel_spotcheck = {batch}")

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from prelabel.contract import ProjectRef
 from prelabel.label_config.schema import build_schema
 from prelabel.ranking.diversity import TextIndex
 from prelabel.ranking.priority import rank
@@ -77,31 +78,31 @@ def ensure_priority_view(client: Any, project_id: int) -> int:
     return int(plain(view)["id"])
 
 
-_INDEXES: dict[int, tuple[int, TextIndex]] = {}
+_INDEXES: dict[ProjectRef, tuple[int, TextIndex]] = {}
 
 
-def cached_index(project_id: int, signals: list[TaskSignals]) -> TextIndex:
+def cached_index(project: ProjectRef, signals: list[TaskSignals]) -> TextIndex:
     """The project's TextIndex, rebuilt only when its tasks or their texts changed.
 
     The worker process runs one refresh after another for the same project; the texts rarely
     change between two of them, the labels and reviews do.
     """
     key = hash(tuple((s.id, s.text) for s in signals))
-    cached = _INDEXES.get(project_id)
+    cached = _INDEXES.get(project)
     if cached is None or cached[0] != key:
         cached = (key, TextIndex.build([s.text for s in signals]))
-        _INDEXES[project_id] = cached
+        _INDEXES[project] = cached
     return cached[1]
 
 
-def refresh_ranking(client: Any, project_id: int, conn: redis.Redis | None = None,
+def refresh_ranking(client: Any, project: ProjectRef, conn: redis.Redis | None = None,
                     model: Callable[[Sequence[str]], np.ndarray] | None = None) -> RankingResult:
     """``conn`` guards the task-field writes; ``model``: the project's supervised stage for its
     first Choices control, when fitted."""
-    signals, labels, tasks = project_signals(client, project_id)
+    signals, labels, tasks = project_signals(client, project.id)
     written = 0
     if signals:
-        ranking = rank(signals, labels, index=cached_index(project_id, signals), model=model)
+        ranking = rank(signals, labels, index=cached_index(project, signals), model=model)
         by_id = {t["id"]: t for t in tasks}
         for task_id, value, s in zip(ranking.ids, ranking.priority, signals):
             if s.labeled:
@@ -109,9 +110,9 @@ def refresh_ranking(client: Any, project_id: int, conn: redis.Redis | None = Non
             value = round(float(value), 4)
             task = by_id[task_id]
             if (task.get("data") or {}).get(PRIORITY_FIELD) != value and \
-                    update_task_fields(client, project_id, task, {PRIORITY_FIELD: value}, conn):
+                    update_task_fields(client, project, task, {PRIORITY_FIELD: value}, conn):
                 written += 1
-    view_id = ensure_priority_view(client, project_id)
+    view_id = ensure_priority_view(client, project.id)
     return RankingResult(len(signals), written, sum(not s.labeled for s in signals), view_id)
 
 

@@ -1,7 +1,7 @@
 """Promoted fine-tuned models on the local stack: one llama.cpp server per promoted GGUF.
 
 ``prelabel up`` calls ``PromotedModels.sync`` before the backend starts and every few seconds
-after: each active model record (``prelabel:active_model:<project>``, or the global one) that
+after: each active model record (``prelabel:active_model:<tenant>:<project>``, or the global one) that
 names a ``gguf`` (written by ``prelabel train flywheel`` on the local stack) gets a llama.cpp
 server for that file, judged ready only by a real JSON + logprobs answer, and the record's
 ``base_url`` is rewritten to it. Ports change between runs, so the record always points at the

@@ -378,9 +378,13 @@ class PreannotationProgress:
         self._next = 0.0
 
     def tally(self) -> Tally:
+        from prelabel.contract import ProjectRef, tenant_slug
         from prelabel.prediction.outcomes import load, preannotation_tally
+        from prelabel.studio.access import origin_of
 
-        return preannotation_tally(self.ls.sdk(), self.project_id, lambda: load(self.conn, self.project_id))
+        # the stack's backend and worker have this Label Studio as LABEL_STUDIO_URL: its tenant
+        project = ProjectRef(tenant_slug(str(origin_of(self.ls.url))), self.project_id)
+        return preannotation_tally(self.ls.sdk(), self.project_id, lambda: load(self.conn, project))
 
     def wait(self, timeout: float, stop: threading.Event, watch: Callable[[], None]) -> Tally:
         """Until every task has an outcome (valid, or failed with a reason), or ``timeout``."""

@@ -38,12 +38,12 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-Reason = Literal["host_not_allowed", "bad_url", "no_token", "not_configured"]
+Reason = Literal["host_not_allowed", "bad_url", "no_token", "not_configured", "other_instance"]
 REFUSED = Counter(
     "prelabel_label_studio_refused_total",
     "Label Studio calls refused before any connection: a hostname outside the configured origins "
     "(host_not_allowed), an unusable URL (bad_url), no token for the host (no_token), no Label Studio "
-    "configured (not_configured).",
+    "configured (not_configured), a project of another Label Studio than the one reachable (other_instance).",
     ["reason"],
 )
 _DEFAULT_PORTS = {"http": 80, "https": 443}
@@ -117,7 +117,7 @@ def resolve(settings: Settings, hostname: str | None = None, token: str | Secret
         else:
             if wanted == configured:
                 return _configured_access(settings, key or own)
-            if wanted in _listed(settings):
+            if wanted in listed_origins(settings):
                 if own is None:
                     _refused("no_token", hostname)
                     raise AccessRefused("no_token", f"no token of its own for Label Studio at {wanted}")
@@ -161,7 +161,7 @@ def _configured_access(settings: Settings, token: SecretStr | None) -> Access:
     return Access(str(settings.label_studio_url).rstrip("/"), token, "configured")
 
 
-def _listed(settings: Settings) -> set[Origin]:
+def listed_origins(settings: Settings) -> set[Origin]:
     origins = set()
     for entry in settings.label_studio_hosts:
         try:

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from label_studio_sdk.client import LabelStudio
 
-from prelabel.contract import Prediction
+from prelabel.contract import Prediction, ProjectRef
 from prelabel.studio.task_fields import update_task_fields
 
 if TYPE_CHECKING:
@@ -37,9 +37,10 @@ def human_touched(task: dict[str, Any]) -> bool:
 class ProjectClient:
     """One Label Studio project as the jobs see it."""
 
-    def __init__(self, sdk: LabelStudio, project_id: int, conn: redis.Redis | None = None) -> None:
+    def __init__(self, sdk: LabelStudio, project: ProjectRef, conn: redis.Redis | None = None) -> None:
         self.sdk = sdk  # from prelabel.studio.access.connect: allowed origin, no redirects
-        self.project_id = project_id
+        self.project = project  # its Redis keys
+        self.project_id = project.id  # its Label Studio id
         self.conn = conn  # the task-field writers' lock (studio.task_fields)
 
     def label_config(self) -> str:
@@ -90,4 +91,4 @@ class ProjectClient:
 
     def set_fields(self, task: dict[str, Any], fields: dict[str, Any]) -> bool:
         """``studio.task_fields.update_task_fields`` for this project, under this client's lock."""
-        return update_task_fields(self.sdk, self.project_id, task, fields, self.conn)
+        return update_task_fields(self.sdk, self.project, task, fields, self.conn)

@@ -19,7 +19,7 @@ import threading
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any
 
-from prelabel.contract import task_fields_lock_key
+from prelabel.contract import ProjectRef, task_fields_lock_key
 from prelabel.errors import PrelabelError
 
 if TYPE_CHECKING:
@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 
 ATTEMPTS = 5
 LOCK_TIMEOUT_S = 30  # a crashed writer's lock expires
-_LOCKS: dict[int, threading.Lock] = {}
+_LOCKS: dict[ProjectRef, threading.Lock] = {}
 _LOCKS_GUARD = threading.Lock()
 
 
@@ -35,11 +35,11 @@ class TaskFieldsLost(PrelabelError, RuntimeError):
     """Our fields were replaced again and again by a writer that does not take the lock."""
 
 
-def _lock(project_id: int, conn: redis.Redis | None) -> AbstractContextManager[Any]:
+def _lock(project: ProjectRef, conn: redis.Redis | None) -> AbstractContextManager[Any]:
     if conn is not None:
-        return conn.lock(task_fields_lock_key(project_id), timeout=LOCK_TIMEOUT_S, blocking_timeout=LOCK_TIMEOUT_S)
+        return conn.lock(task_fields_lock_key(project), timeout=LOCK_TIMEOUT_S, blocking_timeout=LOCK_TIMEOUT_S)
     with _LOCKS_GUARD:
-        return _LOCKS.setdefault(project_id, threading.Lock())
+        return _LOCKS.setdefault(project, threading.Lock())
 
 
 def current_data(sdk: Any, project_id: int, task_id: int) -> dict[str, Any]:
@@ -52,7 +52,7 @@ def current_data(sdk: Any, project_id: int, task_id: int) -> dict[str, Any]:
     raise KeyError(f"task {task_id} is not in project {project_id}")
 
 
-def update_task_fields(sdk: Any, project_id: int, task: dict[str, Any], fields: dict[str, Any],
+def update_task_fields(sdk: Any, project: ProjectRef, task: dict[str, Any], fields: dict[str, Any],
                        conn: redis.Redis | None = None) -> bool:
     """Set ``fields`` in the task's data, keeping every other key as it is now; True when it changed.
 
@@ -60,23 +60,23 @@ def update_task_fields(sdk: Any, project_id: int, task: dict[str, Any], fields: 
     data the caller read earlier (``task["data"]``) is never written back, and on a change it
     is replaced by the data after the write, so the caller's copy stays current.
     """
-    data = _write_fields(sdk, project_id, int(task["id"]), fields, conn)
+    data = _write_fields(sdk, project, int(task["id"]), fields, conn)
     if data is None:
         return False
     task["data"] = data
     return True
 
 
-def _write_fields(sdk: Any, project_id: int, task_id: int, fields: dict[str, Any],
+def _write_fields(sdk: Any, project: ProjectRef, task_id: int, fields: dict[str, Any],
                   conn: redis.Redis | None) -> dict[str, Any] | None:
     """The task's data after setting ``fields`` in it, or None when they already had these values."""
     for _ in range(ATTEMPTS):
-        with _lock(project_id, conn):
-            data = current_data(sdk, project_id, task_id)
+        with _lock(project, conn):
+            data = current_data(sdk, project.id, task_id)
             if all(data.get(k) == v for k, v in fields.items()):
                 return None
             sdk.tasks.update(id=str(task_id), data={**data, **fields})
-            after = current_data(sdk, project_id, task_id)
+            after = current_data(sdk, project.id, task_id)
         if all(after.get(k) == v for k, v in fields.items()):
             return after
     raise TaskFieldsLost(f"task {task_id}: {', '.join(fields)} replaced {ATTEMPTS} times by another writer")

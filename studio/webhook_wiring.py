@@ -32,12 +32,13 @@ import redis
 from prometheus_client.core import REGISTRY, GaugeMetricFamily, Metric
 from redis.exceptions import RedisError
 
-from prelabel.contract import WEBHOOK_HEADER, WEBHOOK_WIRING_KEY, as_text
+from prelabel.contract import WEBHOOK_HEADER, WEBHOOK_WIRING_KEY, ProjectRef, as_text
 from prelabel.studio.client import plain
 
 State = Literal["wired", "already_wired", "unwired"]
 Reason = Literal["no_secret", "no_access", "no_permission", "no_ml_backend", "several_ml_backends", "error"]
 METRIC = "prelabel_project_webhook"
+LABELS = ["project", "tenant", "state", "reason", "step"]  # tenant: the project's Label Studio (contract.ProjectRef)
 METRIC_DOC = ("1 per project the backend was set up for, by the state of its webhook to /webhook (wired, "
               "already_wired, unwired); an unwired one names the reason and the manual step.")
 
@@ -112,12 +113,12 @@ def wire_webhook(sdk: Any, project_id: int, headers: dict[str, str]) -> WiringSt
         return unwired(project_id, "error", None, header)
 
 
-def record(conn: redis.Redis, project_id: int | str, state: WiringState) -> None:
-    conn.hset(WEBHOOK_WIRING_KEY, str(project_id), state.encode())
+def record(conn: redis.Redis, project: ProjectRef, state: WiringState) -> None:
+    conn.hset(WEBHOOK_WIRING_KEY, str(project), state.encode())
 
 
 def load_all(conn: redis.Redis) -> dict[str, WiringState]:
-    """Every project's wiring state, by project id."""
+    """Every project's wiring state, by ``str(ProjectRef)``."""
     return {as_text(k): WiringState.decode(v) for k, v in conn.hgetall(WEBHOOK_WIRING_KEY).items()}
 
 
@@ -127,7 +128,7 @@ class WiringCollector:
     conn: Any = None
 
     def describe(self) -> Iterator[Metric]:
-        yield GaugeMetricFamily(METRIC, METRIC_DOC, labels=["project", "state", "reason", "step"])
+        yield GaugeMetricFamily(METRIC, METRIC_DOC, labels=LABELS)
 
     def collect(self) -> Iterator[Metric]:
         if self.conn is None:
@@ -136,9 +137,11 @@ class WiringCollector:
             states = load_all(self.conn)
         except RedisError:
             return
-        family = GaugeMetricFamily(METRIC, METRIC_DOC, labels=["project", "state", "reason", "step"])
-        for project, state in sorted(states.items()):
-            family.add_metric([project, state.state, state.reason or "", state.step or ""], 1)
+        family = GaugeMetricFamily(METRIC, METRIC_DOC, labels=LABELS)
+        for key, state in sorted(states.items()):
+            ref = ProjectRef.parse(key)  # None: an entry of the format before tenancy (prelabel migrate)
+            project, tenant = (str(ref.id), ref.tenant) if ref else (key, "")
+            family.add_metric([project, tenant, state.state, state.reason or "", state.step or ""], 1)
         yield family
 
 

@@ -145,10 +145,13 @@ def promote_command(
     except (OSError, ValueError, KeyError) as exc:
         raise UserError(f"cannot compare the reports: {exc}") from None
     if not dry_run:
+        from prelabel.studio.tenancy import configured
+
         client = _redis()
+        ref = configured(get_settings(), project) if project else None
         apply_decision(decision, client=client, data_dir=get_settings().data_dir, model=model,
-                       base_url=base_url, model_path=model_path, project=project,
-                       current=current_model(client, get_settings(), project), extra=served)
+                       base_url=base_url, model_path=model_path, project=ref,
+                       current=current_model(client, get_settings(), ref), extra=served)
     verdict = "[green]PROMOTED[/green]" if decision["promote"] else "[yellow]kept the current model[/yellow]"
     console.print(f"{verdict}: " + "; ".join(decision["reasons"]) + (" (dry run)" if dry_run else ""))
     typer.echo(json.dumps({k: decision[k] for k in ("id", "promote", "reasons", "delta", "class_deltas",
@@ -186,9 +189,10 @@ def flywheel_command(
     if enqueue:
         from prelabel.jobs.queue import train_queue
         from prelabel.jobs.training import enqueue_flywheel
+        from prelabel.studio.tenancy import configured
 
         queue = train_queue(_redis())  # consumed by `prelabel worker` (default queues) or a trainer
-        job = enqueue_flywheel(queue, project, **kwargs)
+        job = enqueue_flywheel(queue, configured(get_settings(), project), **kwargs)
         console.print(f"queued job {job.id} on '{queue.name}' (run by `prelabel worker`)")
         return
 
@@ -219,9 +223,12 @@ def gguf_command(
 @app.command("status")
 def status_command(project: str = typer.Argument(..., help="Label Studio project id.")) -> None:
     """Show the flywheel status of a project and its active model record."""
+    from prelabel.settings import get_settings
+    from prelabel.studio.tenancy import configured
     from prelabel.train.pipeline import read_status
     from prelabel.train.promote import active_model
 
     client = _redis()
-    typer.echo(json.dumps({"status": read_status(client, project), "active_model": active_model(client, project)},
+    ref = configured(get_settings(), project)
+    typer.echo(json.dumps({"status": read_status(client, ref), "active_model": active_model(client, ref)},
                           indent=2))

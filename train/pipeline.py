@@ -9,7 +9,7 @@ with llama.cpp, evaluates both models through the backend and hands the promoted
 
 ``run_flywheel(project_id)`` is the RQ job function (Label Studio's START_TRAINING event, or
 ``note_verified_labels`` reaching ``PRELABEL_TRAIN_MIN_NEW_LABELS``). Its progress is visible in
-the Redis hash ``prelabel:train:<project>`` (``state``, ``stage``, ``run_id``, ``started``,
+the Redis hash ``prelabel:train:<tenant>:<project>`` (``state``, ``stage``, ``run_id``, ``started``,
 ``finished``, ``error``, ``<stage>_started`` / ``<stage>_finished``, ``decision``) and in the RQ
 job's ``meta``. One run per project at a time (a Redis lock); a second trigger while one runs
 is recorded as skipped.
@@ -25,7 +25,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from prelabel.contract import ActiveModel, active_model_key, train_lock_key, train_status_key
+from prelabel.contract import ActiveModel, ProjectRef, active_model_key, train_lock_key, train_status_key
 from prelabel.errors import UserError
 from prelabel.jobs.training import FLYWHEEL_TIMEOUT
 from prelabel.settings import Settings, get_settings
@@ -48,9 +48,9 @@ def _now() -> str:
 class Status:
     """The run's status hash (and the RQ job's meta when running under RQ)."""
 
-    def __init__(self, client: Any, project_id: str, console: Any | None = None) -> None:
+    def __init__(self, client: Any, project: ProjectRef, console: Any | None = None) -> None:
         self.client = client
-        self.key = train_status_key(project_id)
+        self.key = train_status_key(project)
         self.stage: str | None = None
         self.console = console  # the CLI's: one line per stage
 
@@ -75,8 +75,8 @@ class Status:
         self.set(**{f"{stage}_finished": _now()})
 
 
-def read_status(client: Any, project_id: str) -> dict[str, str]:
-    raw = client.hgetall(train_status_key(project_id))
+def read_status(client: Any, project: ProjectRef) -> dict[str, str]:
+    raw = client.hgetall(train_status_key(project))
     return {_text(k): _text(v) for k, v in raw.items()}
 
 
@@ -84,34 +84,46 @@ def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-def export_dataset(project_id: str, out_dir: Path, options: dict[str, Any], settings: Settings) -> Path:
-    """The project's human-verified tasks as a dataset folder (``prelabel export`` with ``options``)."""
+def export_dataset(project: ProjectRef, out_dir: Path, options: dict[str, Any], settings: Settings,
+                   client: Any = None) -> Path:
+    """The project's human-verified tasks as a dataset folder (``prelabel export`` with ``options``),
+    from the project's own Label Studio (its ``/setup`` record names a listed one; else the configured)."""
     from prelabel.export.pipeline import export_project
+    from prelabel.export.source import SourceError
+    from prelabel.jobs.projects import load_project
+    from prelabel.studio.access import AccessRefused
+    from prelabel.studio.tenancy import access_for
 
-    token = settings.label_studio_api_key.get_secret_value() if settings.label_studio_api_key else None
-    return Path(export_project(project_id, out_dir=out_dir, ls_url=settings.label_studio_url, ls_token=token,
-                               **options))
+    record = load_project(client, project) if client is not None else None
+    try:
+        access = access_for(settings, project, record.hostname if record else None,
+                            record.access_token if record else None)
+    except AccessRefused as exc:
+        raise SourceError(str(exc)) from None
+    return Path(export_project(str(project.id), out_dir=out_dir, ls_url=access.url,
+                               ls_token=access.token.get_secret_value(), **options))
 
 
-def project_guideline(client: Any, project_id: str) -> str | dict | None:
+def project_guideline(client: Any, project: ProjectRef) -> str | dict | None:
     """The guideline the backend prompts this project with (learned at ``/setup``), so the export
     renders the same prompt; None (the config's matching template) when the backend has not seen it."""
     from prelabel.jobs.projects import load_project
 
-    return load_project(client, int(project_id)).guideline if project_id.isdigit() else None
+    return load_project(client, project).guideline
 
 
 def run_flywheel(
-    project_id: str | int, *, config_path: str | None = None, dataset_dir: str | None = None,
+    project_id: ProjectRef | str | int, *, config_path: str | None = None, dataset_dir: str | None = None,
     run_id: str | None = None, settings: Settings | None = None, console: Any | None = None,
 ) -> dict[str, Any]:
     """Export, train, merge, evaluate against the current pre-annotator, promote if better."""
     import redis
 
     from prelabel.redis_conn import redis_url
+    from prelabel.studio.tenancy import as_ref
 
     settings = settings or get_settings()
-    project = str(project_id)
+    project = as_ref(settings, project_id)  # a bare id (CLI, a job queued before tenancy): the configured LS
     run_id = run_id or datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
     client = redis.Redis.from_url(redis_url(settings))
     status = Status(client, project, console)
@@ -120,7 +132,7 @@ def run_flywheel(
         status.set(last_skipped=_now())
         return {"state": "skipped", "reason": "a flywheel run for this project is already in progress"}
     client.delete(status.key)
-    run_dir = Path(settings.data_dir) / "train" / project / run_id
+    run_dir = Path(settings.data_dir) / "train" / str(project.id) / run_id
     status.set(state="running", run_id=run_id, run_dir=str(run_dir), started=_now())
     try:
         require_train_extra()
@@ -141,7 +153,7 @@ def run_flywheel(
     return result
 
 
-def _run(project: str, run_dir: Path, status: Status, client: Any, settings: Settings,
+def _run(project: ProjectRef, run_dir: Path, status: Status, client: Any, settings: Settings,
          config_path: str | None, dataset_dir: str | None, run_id: str, console: Any | None) -> dict[str, Any]:
     from prelabel.train.config import ConfigError, FlywheelConfig, load_yaml, local_flywheel_config
     from prelabel.train.lora import prepare, train
@@ -158,7 +170,8 @@ def _run(project: str, run_dir: Path, status: Status, client: Any, settings: Set
             raise ConfigError("no flywheel config: set PRELABEL_TRAIN_CONFIG or pass config_path")
     with status.step("export"):
         options = {"guideline": project_guideline(client, project), **config.export}
-        data = Path(dataset_dir) if dataset_dir else export_dataset(project, run_dir / "dataset", options, settings)
+        data = Path(dataset_dir) if dataset_dir else export_dataset(project, run_dir / "dataset", options, settings,
+                                                                    client)
         status.set(dataset_dir=str(data))
     config = _with_schedule(config, data, explicit=bool(path), status=status, console=console)
     train_config = config.train_config(data, run_dir / "lora")
@@ -166,7 +179,7 @@ def _run(project: str, run_dir: Path, status: Status, client: Any, settings: Set
     with status.step("train"):
         trained = train(train_config, console=console)
         status.set(best_metric=trained.best_metric, metric=trained.metric)
-    model_name = config.serve.model_name or f"prelabel-{project}-{run_id}".lower()
+    model_name = config.serve.model_name or f"prelabel-{project.id}-{run_id}".lower()
     if config.serve.base_url is not None and config.serve.adapter_dir is not None:
         return _serve_adapter(project, run_id, run_dir, status, client, settings, config, data,
                               Path(trained.adapter_dir), model_name)
@@ -204,7 +217,7 @@ def _with_schedule(config: Any, data: Path, explicit: bool, status: Status, cons
     return config.model_copy(update={"train": scheduled(config.train, schedule, explicit)})
 
 
-def _serve_locally(project: str, run_id: str, run_dir: Path, status: Status, client: Any, settings: Settings,
+def _serve_locally(project: ProjectRef, run_id: str, run_dir: Path, status: Status, client: Any, settings: Settings,
                    config: Any, data: Path, merged_dir: Path, model_name: str, trained: Any) -> dict[str, Any]:
     """GGUF -> llama.cpp server -> both models through the backend -> promote -> hand over to ``up``."""
     from prelabel.train.gguf import convert
@@ -233,13 +246,13 @@ def _serve_locally(project: str, run_id: str, run_dir: Path, status: Status, cli
                                            f"-> {trained.best_metric} (validation, best checkpoint)",
              "GGUF": f"{gguf.path} ({gguf.outtype}, {gguf.size_bytes / 1e6:.0f} MB)",
              "served": result.get("served_at") or ("by `prelabel up` when it starts" if result["promoted"] else "-")}
-    report = markdown_report({**result, "project": project}, timings, candidate, current_report, extra)
+    report = markdown_report({**result, "project": str(project)}, timings, candidate, current_report, extra)
     (run_dir / "flywheel.md").write_text(report, encoding="utf-8")
     result["report"] = str(run_dir / "flywheel.md")
     return result
 
 
-def _serve_adapter(project: str, run_id: str, run_dir: Path, status: Status, client: Any, settings: Settings,
+def _serve_adapter(project: ProjectRef, run_id: str, run_dir: Path, status: Status, client: Any, settings: Settings,
                    config: Any, data: Path, adapter_dir: Path, model_name: str) -> dict[str, Any]:
     """Adapter -> vLLM's resolver folder (served on ``serve.base_url`` under ``model_name``) -> both
     models through the backend there -> promote (``prelabel.train.adapter_serving``)."""
@@ -256,7 +269,7 @@ def _serve_adapter(project: str, run_id: str, run_dir: Path, status: Status, cli
                     current_report, current, base_url, {"adapter": str(served), "served_by": SERVED_BY})
 
 
-def _evaluate_served(project: str, run_dir: Path, status: Status, client: Any, settings: Settings, config: Any,
+def _evaluate_served(project: ProjectRef, run_dir: Path, status: Status, client: Any, settings: Settings, config: Any,
                      data: Path, model_name: str, base_url: str) -> tuple[dict[str, Any], ActiveModel,
                                                                            dict[str, Any]]:
     """The candidate served at ``base_url`` and the current pre-annotator, both through the backend
@@ -279,8 +292,8 @@ def _evaluate_served(project: str, run_dir: Path, status: Status, client: Any, s
     return candidate, current, current_report
 
 
-def _promote(project: str, run_id: str, run_dir: Path, status: Status, client: Any, settings: Settings, config: Any,
-             merged_dir: Path, model_name: str, candidate: dict[str, Any], current_report: dict[str, Any],
+def _promote(project: ProjectRef, run_id: str, run_dir: Path, status: Status, client: Any, settings: Settings,
+             config: Any, merged_dir: Path, model_name: str, candidate: dict[str, Any], current_report: dict[str, Any],
              current: ActiveModel, base_url: str, extra: dict[str, Any]) -> dict[str, Any]:
     from prelabel.train.promote import apply_decision, decide
 
@@ -311,7 +324,7 @@ def _current_engine(current: ActiveModel, settings: Settings, data: Path, option
 
 def _timings(status: Status) -> dict[str, float]:
     """Seconds per stage, from the status hash's ``<stage>_started`` / ``_finished``."""
-    values = read_status(status.client, status.key.rsplit(":", 1)[-1])
+    values = {_text(k): _text(v) for k, v in status.client.hgetall(status.key).items()}
     stages = sorted((started, key[:-8]) for key, started in values.items()
                     if key.endswith("_started") and f"{key[:-8]}_finished" in values)
     return {stage: (datetime.fromisoformat(values[f"{stage}_finished"]) - datetime.fromisoformat(started))

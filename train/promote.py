@@ -7,7 +7,7 @@ to ``<data_dir>/train/decisions.jsonl`` and to the Redis list ``prelabel:train:d
 
 Promotion writes the *active model record* that the backend reads to choose its model:
 
-* ``prelabel:active_model:<project>`` (or ``prelabel:active_model`` without a project): JSON with
+* ``prelabel:active_model:<tenant>:<project>`` (or ``prelabel:active_model`` without a project): JSON with
   ``model`` (the served model name; predictions' ``model_version`` becomes ``<model>@<prompt>``),
   ``base_url``, ``prompt_style`` and ``fewshot_k`` (how the backend prompts it: as it was evaluated,
   see ``served_prompt``), ``model_path``, ``report``, ``promoted_at``, ``decision_id``, ``previous``
@@ -33,6 +33,7 @@ from prelabel.contract import (
     TRAIN_DECISIONS_KEY,
     ActiveModel,
     CascadeFallback,
+    ProjectRef,
     active_model_json,
     active_model_key,
     active_model_keys,
@@ -46,7 +47,7 @@ from prelabel.train.report import task_metrics
 DECISIONS_KEPT = 1000
 
 
-def active_model(client: Any, project: str | None = None) -> ActiveModel | None:
+def active_model(client: Any, project: ProjectRef | None = None) -> ActiveModel | None:
     """The model the backend should use for ``project``: its own record, else the global one."""
     for key in active_model_keys(project):
         raw = client.get(key)
@@ -153,7 +154,7 @@ def _strip(report: dict[str, Any]) -> dict[str, Any]:
 
 def apply_decision(
     decision: dict[str, Any], *, client: Any, data_dir: Path, model: str, base_url: str,
-    model_path: str | None = None, project: str | None = None,
+    model_path: str | None = None, project: ProjectRef | None = None,
     current: ActiveModel | None = None, extra: dict[str, Any] | None = None,
 ) -> ActiveModel | None:
     """Log ``decision``; when it promotes, write the active model record (plus ``extra``, e.g. the
@@ -172,7 +173,7 @@ def apply_decision(
             "base_url": base_url,
             **served_prompt(decision["reports"]["candidate"]),
             "model_path": model_path,
-            "project": project,
+            "project": str(project) if project else None,
             "report": decision["candidate"]["_path"],
             "primary_metric": decision["primary_metric"],
             "primary_value": decision["candidate"]["primary_value"],
@@ -184,7 +185,7 @@ def apply_decision(
             **(extra or {}),
         })
         client.set(active_model_key(project), active_model_json(record))
-    entry = {**decision, "project": project, "active_record": record}
+    entry = {**decision, "project": str(project) if project else None, "active_record": record}
     line = json.dumps(entry, ensure_ascii=False)
     log_path = Path(data_dir) / "train" / "decisions.jsonl"
     log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -195,7 +196,7 @@ def apply_decision(
     return record
 
 
-def current_model(client: Any, settings: Any, project: str | None = None) -> ActiveModel:
+def current_model(client: Any, settings: Any, project: ProjectRef | None = None) -> ActiveModel:
     """What pre-annotates today: the active record, else the backend's configured LLM."""
     record = active_model(client, project)
     if record:

@@ -21,10 +21,11 @@ import httpx
 import pytest
 import redis as redis_lib
 
-from prelabel.contract import calibration_key
+from prelabel.contract import active_model_key, calibration_key, fewshot_keys
 from prelabel.prediction.calibration import CalibrationMap
 from prelabel.prediction.fewshot_store import add_example
 from prelabel.stack.llm_server import start_llm_server
+from tests.support.tenancy import project_ref
 
 pytestmark = pytest.mark.e2e
 
@@ -33,6 +34,7 @@ CONFIG = (ROOT / "label_config/templates/search_intent.xml").read_text()
 QUERIES = ["facebook login", "how tall is mount everest", "buy running shoes online", "funny cat videos",
            "python tutorial for beginners", "cheap flights to rome", "netflix sign in", "what is photosynthesis"]
 PROJECT = "41"
+REF = project_ref(None, PROJECT)  # how these backends (no LABEL_STUDIO_URL) key project 41
 
 
 @pytest.fixture(scope="module")
@@ -64,8 +66,8 @@ def test_cascade_routes_unsure_tasks_to_the_fallback_server(backend_factory, llm
     conn = redis_lib.Redis.from_url(redis_url)
     backend = backend_factory.start(name="cascade-backend", env={"PRELABEL_GUIDELINE": "search_intent",
                                                                  "PRELABEL_FEWSHOT_K": "0"})
-    conn.delete(f"prelabel:active_model:{PROJECT}", "prelabel:stats:cascade", calibration_key(PROJECT, "smollm2"),
-                calibration_key(PROJECT, "smollm2-cheap"))
+    conn.delete(active_model_key(REF), "prelabel:stats:cascade", calibration_key(REF, "smollm2"),
+                calibration_key(REF, "smollm2-cheap"))
     cheap_endpoint = llm_server.base_url.split("//")[1].split("/")[0]
     fallback_endpoint = second_llm.base_url.split("//")[1].split("/")[0]
 
@@ -75,7 +77,7 @@ def test_cascade_routes_unsure_tasks_to_the_fallback_server(backend_factory, llm
     assert len(set(scores)) > 1, scores
     threshold = (scores[len(scores) // 2 - 1] + scores[len(scores) // 2]) / 2
 
-    conn.set(f"prelabel:active_model:{PROJECT}", json.dumps({
+    conn.set(active_model_key(REF), json.dumps({
         "model": "smollm2-cheap", "base_url": llm_server.base_url, "promoted_at": "now",
         "cascade": {"threshold": threshold, "fallback_model": "smollm2-fallback",
                     "fallback_base_url": second_llm.base_url}}))
@@ -100,17 +102,17 @@ def test_cascade_routes_unsure_tasks_to_the_fallback_server(backend_factory, llm
 
     # A calibration map for the cheap model that says "never sure": everything goes to the fallback.
     never = CalibrationMap("platt", "smollm2-cheap", {"a": 1.0, "b": -20.0}, 50, id="cal-never")
-    conn.set(calibration_key(PROJECT, "smollm2-cheap"), never.encode())
+    conn.set(calibration_key(REF, "smollm2-cheap"), never.encode())
     calibrated = _predict(backend, QUERIES[:3], first_id=200)
     assert all(p["meta"]["provenance"]["cascade"]["route"] == "fallback" for p in calibrated)
     assert all(p["meta"]["provenance"]["cascade"]["cheap_score"] < 0.01 for p in calibrated)
-    conn.delete(f"prelabel:active_model:{PROJECT}", calibration_key(PROJECT, "smollm2-cheap"))
+    conn.delete(active_model_key(REF), calibration_key(REF, "smollm2-cheap"))
 
 
 def test_calibration_map_and_new_few_shot_examples_apply_without_restart(backend_factory, redis_url):
     conn = redis_lib.Redis.from_url(redis_url)
-    pool_keys = [f"prelabel:fewshot:{PROJECT}{suffix}" for suffix in ("", ":order", ":tasks", ":version")]
-    conn.delete(f"prelabel:active_model:{PROJECT}", calibration_key(PROJECT, "smollm2"), *pool_keys)
+    pool_keys = list(fewshot_keys(REF))
+    conn.delete(active_model_key(REF), calibration_key(REF, "smollm2"), *pool_keys)
     backend = backend_factory.start(name="learning-backend", env={"PRELABEL_GUIDELINE": "search_intent",
                                                                   "PRELABEL_FEWSHOT_K": "3"})
     first = _predict(backend, ["learn spanish free"], first_id=300)[0]
@@ -118,10 +120,10 @@ def test_calibration_map_and_new_few_shot_examples_apply_without_restart(backend
     assert not [s for s in first["meta"]["provenance"]["fewshot"] if s.startswith("task:")]
 
     # A human labels two tasks (the worker's ANNOTATION_* job writes them to the shared pool).
-    add_example(conn, PROJECT, 301, {"text": "learn spanish free"}, {"intent": "educational"}, 500)
-    add_example(conn, PROJECT, 302, {"text": "learn french online free"}, {"intent": "educational"}, 500)
+    add_example(conn, REF, 301, {"text": "learn spanish free"}, {"intent": "educational"}, 500)
+    add_example(conn, REF, 302, {"text": "learn french online free"}, {"intent": "educational"}, 500)
     cmap = CalibrationMap("platt", "smollm2", {"a": 0.5, "b": -1.0}, 40, id="cal-test")
-    conn.set(calibration_key(PROJECT, "smollm2"), cmap.encode())
+    conn.set(calibration_key(REF, "smollm2"), cmap.encode())
 
     # Task 302 itself (its text slightly edited since it was labeled): never shown its own label.
     again = _predict(backend, ["learn french online free!!"], first_id=302)[0]
@@ -134,7 +136,7 @@ def test_calibration_map_and_new_few_shot_examples_apply_without_restart(backend
         provenance = other["meta"]["provenance"]
         assert provenance["calibration"] == "cal-test"
         assert other["score"] == pytest.approx(cmap(provenance["raw_score"]), abs=1e-5)
-    conn.delete(calibration_key(PROJECT, "smollm2"), *pool_keys)
+    conn.delete(calibration_key(REF, "smollm2"), *pool_keys)
 
 
 def test_reviewer_on_the_same_weights_is_reported_whatever_its_name(llm_server, second_llm, redis_url):

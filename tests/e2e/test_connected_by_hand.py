@@ -17,6 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
+from prelabel.contract import aftercare_key, fewshot_keys, new_labels_key, quality_key, train_status_key
 from tests.e2e.test_review_pipeline import (
     AUTH,
     CONFIG,
@@ -133,7 +134,8 @@ def test_imported_first_retrieve_predictions_then_a_human_label(label_studio, st
     state = settle(label_studio, stack, pid, 4, "tasks imported, then connected (Retrieve Predictions)")
     for task in state.values():
         assert len(task["pre"]) == 1 and len(task["review"]) == 1, task
-    assert stack.redis().exists(f"prelabel:aftercare:{pid}:{min(state)}:{state[min(state)]['pre'][0]['model_version']}")
+    project = stack.project(pid)
+    assert stack.redis().exists(aftercare_key(project, min(state), state[min(state)]['pre'][0]['model_version']))
 
     # Retrieve Predictions again: the same predictions, no second review
     retrieve_predictions(label_studio, pid)
@@ -144,16 +146,16 @@ def test_imported_first_retrieve_predictions_then_a_human_label(label_studio, st
     tid = min(state)
     annotation = client.annotations.create(id=tid, result=[{
         "from_name": "intent", "to_name": "text", "type": "choices", "value": {"choices": ["other"]}}])
-    wait_for(lambda: stack.redis().sismember(f"prelabel:new_labels:{pid}", annotation.id), 60,
+    wait_for(lambda: stack.redis().sismember(new_labels_key(project), annotation.id), 60,
              "the annotation reaching the worker", stack)
-    assert stack.redis().hexists(f"prelabel:fewshot:{pid}:tasks", tid)
+    assert stack.redis().hexists(fewshot_keys(project).tasks, tid)
     # the refresh job ranks and compares in one go: agreement over the human label means it ran after it
-    wait_for(lambda: (q := stack.redis().get(f"prelabel:quality:{pid}")) and json.loads(q)["compared"] == 1, 60,
+    wait_for(lambda: (q := stack.redis().get(quality_key(project))) and json.loads(q)["compared"] == 1, 60,
              "the ranking and agreement refreshed with the human label", stack)
 
     # Start Training reaches the worker the same way
     client.ml.train(id=client.ml.list(project=pid)[0].id)
-    wait_for(lambda: stack.redis().hgetall(f"prelabel:train:{pid}"), 60, "a training status", stack)
+    wait_for(lambda: stack.redis().hgetall(train_status_key(project)), 60, "a training status", stack)
 
 
 @pytest.mark.parametrize("config", [SPAN, TWO_CONTROLS], ids=["span", "two_controls"])

@@ -21,8 +21,10 @@ torch = pytest.importorskip("torch", reason="needs the train extra (PRELABEL_EXT
 from typer.testing import CliRunner
 
 from prelabel.cli import app
+from prelabel.contract import train_lock_key
 from prelabel.settings import Settings, get_settings
 from prelabel.stack.llm_server import find_gguf
+from prelabel.studio.tenancy import configured
 from prelabel.train.data import load_dataset
 from tests.support.flywheel_data import spam_dataset
 
@@ -168,11 +170,11 @@ def test_train_resume_merge_eval_promote(gguf: Path, workdir: Path, env: Setting
     kept = runner.invoke(app, [*promote, "--candidate", str(cur_dir), "--current", str(cand_dir),
                                "--model", "base-again"])
     assert kept.exit_code == 1, kept.output
-    assert active_model(client, "7") is None
+    assert active_model(client, configured(env, 7)) is None
     won = runner.invoke(app, [*promote, "--candidate", str(cand_dir), "--current", str(cur_dir),
                               "--model", "spam-lora-v1", "--model-path", str(merged_dir)])
     assert won.exit_code == 0, won.output
-    active = active_model(client, "7")
+    active = active_model(client, configured(env, 7))
     assert active["model"] == "spam-lora-v1" and active["base_url"] == "http://serving:8000/v1"
     assert active["previous"] == {"model": llm_server.model, "base_url": llm_server.base_url}
     decisions_file = Path(env.data_dir) / "train" / "decisions.jsonl"
@@ -214,7 +216,7 @@ def test_flywheel_pipeline_with_redis(workdir: Path, env: Settings, llm_server) 
 
     client = redis.Redis.from_url(redis_url(env))
     kept = run_flywheel("11", config_path=str(config(1.5)), dataset_dir=str(data), run_id="r1", settings=env)
-    status = read_status(client, "11")
+    status = read_status(client, configured(env, 11))
     assert kept["promoted"] is False and status["state"] == "finished" and status["decision"] == "kept"
     assert status["run_id"] == "r1"
     for stage in STAGES:
@@ -222,7 +224,7 @@ def test_flywheel_pipeline_with_redis(workdir: Path, env: Settings, llm_server) 
     run_dir = Path(kept["run_dir"])
     assert (run_dir / "merged" / "model.safetensors").is_file()
     assert (run_dir / "eval-current" / "report.json").is_file()
-    assert active_model(client, "11") is None
+    assert active_model(client, configured(env, 11)) is None
 
     with running_fault_server() as broken:
         broken.set_script(["content:I am not sure."] * 500)
@@ -231,7 +233,7 @@ def test_flywheel_pipeline_with_redis(workdir: Path, env: Settings, llm_server) 
                                 settings=settings)
     current = json.loads((Path(promoted["run_dir"]) / "eval-current" / "report.json").read_text())
     assert current["primary_value"] == 0.0, "the broken current model answers nothing right"
-    assert promoted["promoted"] is True and read_status(client, "11")["decision"] == "promoted"
-    active = active_model(client, "11")
+    assert promoted["promoted"] is True and read_status(client, configured(env, 11))["decision"] == "promoted"
+    active = active_model(client, configured(env, 11))
     assert active["model"] == "prelabel-11-r2" and active["model_path"] == str(Path(promoted["run_dir"]) / "merged")
-    assert client.get("prelabel:train:11:lock") is None
+    assert client.get(train_lock_key(configured(env, 11))) is None

@@ -16,9 +16,11 @@ from typing import Any
 
 import pytest
 
+from prelabel.contract import outcome_key
 from tests.harness.recorder import Recorded, RecordingBackend
 from tests.support.backend_proc import metric_value
 from tests.support.browser import auto_annotation_on, chromium, double_click_text, login, open_task, screenshot
+from tests.support.tenancy import project_ref
 from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.e2e
@@ -278,7 +280,7 @@ def test_interactive_answers_leave_no_trace(label_studio, recorder, redis_server
     again = ask(label_studio, ml.id, task_id, {"result": []})
     assert first["meta"]["provenance"]["cached"] is False and again["meta"]["provenance"]["cached"] is True
     assert list(client.predictions.list(task=task_id)) == []
-    assert conn.hget(f"prelabel:outcome:{project.id}", str(task_id)) is None
+    assert conn.hget(outcome_key(project_ref(label_studio.url, project.id)), str(task_id)) is None
     assert conn.llen("rq:queue:prelabel") == jobs_before
 
 

@@ -19,8 +19,10 @@ from pathlib import Path
 import pytest
 import redis as redis_lib
 
+from prelabel.contract import calibration_key
 from prelabel.stack.processes import child_env
 from tests.harness import dev_bin
+from tests.support.tenancy import project_ref
 
 pytestmark = pytest.mark.e2e
 
@@ -120,5 +122,6 @@ def test_quality_reports_calibration_before_and_after_and_stores_the_map(label_s
     assert report["after"]["ece"] < report["before"]["ece"]
     png = out / "reliability-smollm2.png"
     assert png.stat().st_size > 10_000
-    stored = redis_lib.Redis.from_url(redis_url).get(f"prelabel:calibration:{project.id}:smollm2")
+    key = calibration_key(project_ref(label_studio.url, project.id), "smollm2")
+    stored = redis_lib.Redis.from_url(redis_url).get(key)
     assert stored and json.loads(stored)["id"] == report["map"]["id"]

@@ -20,11 +20,13 @@ import httpx
 import pytest
 import redis as redis_lib
 
+from prelabel.contract import ProjectRef, fewshot_keys, new_labels_key, quality_key, train_status_key
 from prelabel.stack.ports import free_port
 from prelabel.stack.processes import ManagedProcess, child_env
 from tests.harness import dev_bin
 from tests.harness.redis_server import redis_server_binary
 from tests.support.fault_llm import running_fault_server
+from tests.support.tenancy import project_ref
 from tests.support.waiting import wait_for as wait_until
 
 pytestmark = pytest.mark.e2e
@@ -58,6 +60,10 @@ class Stack:
 
     def redis(self) -> redis_lib.Redis:
         return redis_lib.Redis.from_url(self.redis_url)
+
+    def project(self, pid: int) -> ProjectRef:
+        """Label Studio project ``pid`` as this stack keys it in Redis (its LABEL_STUDIO_URL's tenant)."""
+        return project_ref(self.backend.env.get("LABEL_STUDIO_URL"), pid)
 
     def webhook(self, body: dict, secret: str | None = SECRET) -> httpx.Response:
         headers = {"X-Prelabel-Secret": secret} if secret else {}
@@ -191,11 +197,11 @@ def test_import_annotate_review_rank_through_label_studio(label_studio, llm_serv
     client = label_studio.sdk()
     annotation = client.annotations.create(id=tid, result=[{
         "from_name": "intent", "to_name": "text", "type": "choices", "value": {"choices": ["navigational"]}}])
-    key = f"prelabel:new_labels:{pid}"
+    key = new_labels_key(real_stack.project(pid))
     wait_for(lambda: real_stack.redis().sismember(key, annotation.id), 60, "the annotation reaching the worker",
              real_stack)
     # ... and the project's shared few-shot pool, which /predict and the worker read on their next batch
-    assert real_stack.redis().hexists(f"prelabel:fewshot:{pid}:tasks", tid)
+    assert real_stack.redis().hexists(fewshot_keys(real_stack.project(pid)).tasks, tid)
     wait_for(lambda: real_stack.jobs()["running"] == 0 and real_stack.jobs()["queued"] == 0, 120,
              "the queue to drain", real_stack)
     jobs = real_stack.jobs()
@@ -210,7 +216,7 @@ def test_import_annotate_review_rank_through_label_studio(label_studio, llm_serv
     views = [v.model_dump() for v in client.views.list(project=pid)]
     [view] = [v for v in views if v["data"].get("title") == "prelabel: priority"]
     assert view["data"]["ordering"] == ["-tasks:data.prelabel_priority"]
-    quality = json.loads(real_stack.redis().get(f"prelabel:quality:{pid}"))
+    quality = json.loads(real_stack.redis().get(quality_key(real_stack.project(pid))))
     assert quality["compared"] == 1 and quality["classes"][0]["label"] == "navigational"
 
     # "Start training" in Label Studio reaches the worker, which queues this project's flywheel and
@@ -223,7 +229,7 @@ def test_import_annotate_review_rank_through_label_studio(label_studio, llm_serv
     from prelabel.contract import TRAIN_QUEUE_NAME
 
     redis = real_stack.redis()
-    key = f"prelabel:train:{pid}"
+    key = train_status_key(real_stack.project(pid))
     assert not redis.hgetall(key), "no flywheel before the click"
     client.ml.train(id=client.ml.list(project=pid)[0].id)
     final = wait_for(lambda: (s := redis.hgetall(key)).get(b"state") in (b"finished", b"failed") and s, 600,
@@ -235,8 +241,8 @@ def test_import_annotate_review_rank_through_label_studio(label_studio, llm_serv
     # runs are compared: exactly one, the flywheel
     failed = [Job.fetch(i, connection=redis)
               for i in FailedJobRegistry(TRAIN_QUEUE_NAME, connection=redis).get_job_ids()]
-    mine = [(j.func_name, j.args) for j in failed if j.args and j.args[0] == str(pid)]
-    assert mine == [("prelabel.train.pipeline.run_flywheel", (str(pid),))]
+    mine = [(j.func_name, j.args) for j in failed if j.args and j.args[0] == real_stack.project(pid)]
+    assert mine == [("prelabel.train.pipeline.run_flywheel", (real_stack.project(pid),))]
 
 
 # --- faults: worker killed, reviewer down, Redis restarted -------------------------------------------

@@ -35,6 +35,8 @@ TRAIN = {"template": "default", "lora_rank": 4, "lora_alpha": 8, "learning_rate"
 def test_flywheel_serves_the_adapter_on_the_running_vllm(fault: FaultServer, redis_url: str, tmp_path: Path) -> None:
     import redis
 
+    from prelabel.contract import active_model_key, train_lock_key, train_status_key
+    from prelabel.studio.tenancy import configured
     from prelabel.train.pipeline import read_status, run_flywheel
     from prelabel.train.promote import active_model
 
@@ -54,7 +56,8 @@ def test_flywheel_serves_the_adapter_on_the_running_vllm(fault: FaultServer, red
     settings = Settings(_env_file=None, llm_base_urls=[fault.base_url], llm_model="pre-annotator", llm_max_retries=0,
                         redis_url=redis_url, data_dir=tmp_path / "data")
     client = redis.Redis.from_url(redis_url)
-    client.delete("prelabel:active_model:31", "prelabel:train:31", "prelabel:train:31:lock")
+    project = configured(settings, 31)  # what `prelabel train flywheel --project 31` runs
+    client.delete(active_model_key(project), train_status_key(project), train_lock_key(project))
     test_items = manifest["splits"]["test"]["count"]
     fault.reset()
     # the candidate answers (one call per test task), then the current model fails on every call
@@ -64,7 +67,7 @@ def test_flywheel_serves_the_adapter_on_the_running_vllm(fault: FaultServer, red
     finally:
         fault.reset()
 
-    status = read_status(client, "31")
+    status = read_status(client, project)
     assert status["state"] == "finished" and "merge_started" not in status  # an adapter: nothing merged
     served = adapters / "prelabel-31-r1"
     assert {"adapter_config.json", "adapter_model.safetensors"} <= {p.name for p in served.iterdir()}
@@ -73,8 +76,8 @@ def test_flywheel_serves_the_adapter_on_the_running_vllm(fault: FaultServer, red
     assert candidate["engine"]["engine"] == "backend"  # the served name through the backend's own client
     assert candidate["engine"]["model"] == "prelabel-31-r1" and candidate["invalid_rate"] == 0.0
     assert result["promoted"], result["reasons"]
-    record = active_model(client, "31")
+    record = active_model(client, project)
     assert record["model"] == "prelabel-31-r1" and record["base_url"] == fault.base_url
     assert (record["served_by"], record["adapter"]) == ("vllm-lora", str(served))
     assert (record["prompt_style"], record["fewshot_k"]) == ("compact", 0)
-    client.delete("prelabel:active_model:31")
+    client.delete(active_model_key(project))

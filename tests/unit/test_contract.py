@@ -18,7 +18,7 @@ from prelabel.contract import (
     cascade_model,
     is_own_preannotation,
     is_review,
-    project_id_of_key,
+    project_of_key,
     stamp_of,
     status_of,
     with_status,
@@ -71,46 +71,92 @@ def test_statuses_are_the_stored_words() -> None:
     assert {"error": 1}[TaskStatus.ERROR] == 1 and f"{TaskStatus.NEEDS_HUMAN}" == "needs_human"
 
 
-def test_redis_keys_keep_their_names() -> None:
-    assert contract.project_key(3) == "prelabel:project:3"
-    assert contract.outcome_key(3) == "prelabel:outcome:3"
-    assert contract.errored_key(3) == "prelabel:errored:3"
-    assert contract.new_labels_key(3) == "prelabel:new_labels:3"
-    assert contract.scanned_key(3) == "prelabel:reconcile:scanned:3"
-    assert contract.handoff_key(3, 14) == "prelabel:handoff:3:14"
+T = contract.tenant_slug("http://ls.example:8080")
+P3 = contract.ProjectRef(T, 3)
+
+
+def test_redis_keys_carry_the_tenant_and_the_id() -> None:
+    assert T.startswith("ls") and len(T) == 12 and contract.tenant_slug("http://ls.example:8081") != T
+    assert contract.project_key(P3) == f"prelabel:project:{T}:3"
+    assert contract.outcome_key(P3) == f"prelabel:outcome:{T}:3"
+    assert contract.errored_key(P3) == f"prelabel:errored:{T}:3"
+    assert contract.new_labels_key(P3) == f"prelabel:new_labels:{T}:3"
+    assert contract.scanned_key(P3) == f"prelabel:reconcile:scanned:{T}:3"
+    assert contract.handoff_key(P3, 14) == f"prelabel:handoff:{T}:3:14"
     assert contract.event_marker_key("ev-1") == "prelabel:event:ev-1"
-    assert contract.calibration_key(3, "smollm2") == "prelabel:calibration:3:smollm2"
-    assert contract.quality_key(3) == "prelabel:quality:3"
-    assert contract.train_status_key(3) == "prelabel:train:3"
-    assert contract.train_lock_key(3) == "prelabel:train:3:lock"
-    assert contract.train_label_count_key(3) == "prelabel:train:3:new_labels"
+    assert contract.calibration_key(P3, "smollm2") == f"prelabel:calibration:{T}:3:smollm2"
+    assert contract.quality_key(P3) == f"prelabel:quality:{T}:3"
+    assert contract.train_status_key(P3) == f"prelabel:train:{T}:3"
+    assert contract.train_lock_key(P3) == f"prelabel:train:{T}:3:lock"
+    assert contract.train_label_count_key(P3) == f"prelabel:train:{T}:3:new_labels"
     assert contract.prediction_cache_key("v1", "ab") == "prelabel:pred:v1:ab"
-    assert contract.fewshot_keys(3) == ("prelabel:fewshot:3", "prelabel:fewshot:3:order", "prelabel:fewshot:3:tasks",
-                                        "prelabel:fewshot:3:version")
-    assert contract.active_model_keys(41) == ["prelabel:active_model:41", "prelabel:active_model"]
+    base = f"prelabel:fewshot:{T}:3"
+    assert contract.fewshot_keys(P3) == (base, f"{base}:order", f"{base}:tasks", f"{base}:version")
+    assert contract.active_model_keys(P3) == [f"prelabel:active_model:{T}:3", "prelabel:active_model"]
     assert contract.active_model_keys(None) == ["prelabel:active_model"]
+
+
+def test_two_instances_projects_with_one_id_have_distinct_keys() -> None:
+    other = contract.ProjectRef(contract.tenant_slug("http://other.example"), 3)
+    for key in PROJECT_KEYS:
+        assert key(P3) != key(other)
+
+
+def test_project_refs_parse_back_and_refuse_what_is_not_one() -> None:
+    assert contract.ProjectRef.parse(str(P3)) == P3 and contract.ProjectRef.parse(str(P3).encode()) == P3
+    assert P3.slug == f"{T}-3"
+    for text in ("3", f"{T}:", f"{T}:x", "ls:3", f"{T}:3:4", f"{T.upper()}:3"):
+        assert contract.ProjectRef.parse(text) is None, text
+    for tenant, pid in (("", 3), ("ls12", 3), (T, "3"), (T, True)):
+        with pytest.raises(ValueError):
+            contract.ProjectRef(tenant, pid)  # type: ignore[arg-type]
 
 
 def test_project_keys_round_trip_through_the_scan_pattern() -> None:
     pattern = contract.PROJECT_KEY_PATTERN.rstrip("*")
     for pid in (1, 12, 30500):
-        key = contract.project_key(pid)
-        assert key.startswith(pattern) and project_id_of_key(key.encode()) == pid
-    # Keys the SCAN pattern also matches but that name no project.
-    assert project_id_of_key("prelabel:projection:x") is None
-    assert project_id_of_key("prelabel:project:3:extra") is None
-    assert project_id_of_key("prelabel:project:") is None
+        key = contract.project_key(contract.ProjectRef(T, pid))
+        assert key.startswith(pattern) and project_of_key(key.encode()) == contract.ProjectRef(T, pid)
+    # Keys the SCAN pattern also matches but that name no project (a bare id: before tenancy).
+    assert project_of_key("prelabel:projection:x") is None
+    assert project_of_key("prelabel:project:3") is None
+    assert project_of_key(f"prelabel:project:{T}:3:extra") is None
+    assert project_of_key("prelabel:project:") is None
+
+
+# Every project-scoped key function, as a function of the project alone.
+PROJECT_KEYS = [
+    contract.project_key, contract.task_fields_lock_key, contract.outcome_key, contract.errored_key,
+    contract.new_labels_key, contract.scanned_key, lambda p: contract.handoff_key(p, 14),
+    lambda p: contract.aftercare_key(p, 14, "m@p-1"), lambda p: contract.calibration_key(p, "m"),
+    contract.quality_key, contract.train_status_key, contract.train_lock_key, contract.train_label_count_key,
+    contract.active_model_key, contract.active_guideline_key, contract.guideline_history_key,
+    contract.prompt_scores_key, contract.supervised_stage_key, contract.stage_scores_key, contract.stage_curve_key,
+    contract.stage_answers_key, *(lambda p, i=i: contract.fewshot_keys(p)[i] for i in range(4)),
+]
+
+
+def test_every_key_of_the_format_before_tenancy_has_a_target() -> None:
+    """The migration's table covers every project-scoped key: the bare-id form of each (what older
+    versions wrote) moves to exactly the key today's code reads; today's keys never match."""
+    for key in PROJECT_KEYS:
+        new = key(P3)
+        old = new.replace(f"{T}:", "", 1)
+        assert contract.legacy_key_target(old, T) == new, old
+        assert contract.legacy_key_target(old.encode(), T) == new
+        assert contract.legacy_key_target(new, T) is None, new
+    for other in ("prelabel:active_model", "prelabel:train:decisions", "prelabel:guideline:123456",
+                  "prelabel:prompt:p-12", "prelabel:stats:cascade", "prelabel:pred:1:ab", "prelabel:event:x",
+                  "rq:job:3", "prelabel:outcomes:3", "prelabel:outcome:3x"):
+        assert contract.legacy_key_target(other, T) is None, other
 
 
 def test_every_key_starts_with_the_prefix_and_no_two_collide() -> None:
     keys = [
-        contract.project_key(1), contract.outcome_key(1), contract.errored_key(1), contract.new_labels_key(1),
-        contract.scanned_key(1), contract.handoff_key(1, 1), contract.event_marker_key("1"),
-        contract.calibration_key(1, "m"), contract.quality_key(1), contract.train_status_key(1),
-        contract.train_lock_key(1), contract.train_label_count_key(1), contract.prediction_cache_key("v1", "1"),
-        *contract.fewshot_keys(1), contract.active_model_key(1), contract.ACTIVE_MODEL_KEY,
-        contract.TRAIN_DECISIONS_KEY, contract.CASCADE_STATS_KEY, contract.REUSE_STATS_KEY,
-        contract.REVIEW_STATS_KEY, contract.REVIEWER_INDEPENDENCE_KEY,
+        *(key(P3) for key in PROJECT_KEYS), contract.event_marker_key("1"), contract.prediction_cache_key("v1", "1"),
+        contract.ACTIVE_MODEL_KEY, contract.TRAIN_DECISIONS_KEY, contract.CASCADE_STATS_KEY, contract.REUSE_STATS_KEY,
+        contract.REVIEW_STATS_KEY, contract.REVIEWER_INDEPENDENCE_KEY, contract.TENANT_STAMPS_KEY,
+        contract.MIGRATIONS_KEY, contract.WEBHOOK_WIRING_KEY,
     ]
     assert all(key.startswith(contract.PREFIX) for key in keys)
     assert len(set(keys)) == len(keys)

@@ -17,6 +17,7 @@ from prelabel.prediction.interactive import constrained_context, parse_context
 from prelabel.prediction.llm_client import LLMClient
 from prelabel.prediction.predictor import Predictor
 from prelabel.settings import Settings
+from prelabel.studio.tenancy import configured
 
 TEMPLATES = Path(__file__).resolve().parents[2] / "label_config" / "templates"
 CONFIG = (TEMPLATES / "search_intent.xml").read_text()
@@ -89,7 +90,7 @@ def test_worker_jobs_read_the_active_version_without_restart(server):
     job = ProjectJob.open(5, settings)
     before = job.context(CONFIG).prompt.version  # no active version: the config's template
     variant = load_guideline("search_intent").model_copy(update={"when_unsure": "Choose other."})
-    store.activate(server, 5, variant, source="variant", prompt_version="p-x")
-    after = ProjectJob.open(5, settings).context(CONFIG)
+    store.activate(server, configured(settings, 5), variant, source="variant", prompt_version="p-x")
+    after = ProjectJob.open(5, settings).context(CONFIG)  # a bare id: the configured Label Studio's project
     assert after.guideline == variant and after.prompt.version != before
     assert job.context(CONFIG).prompt.version == before  # a job keeps what it started with

@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 import redis
 
+from prelabel.contract import ProjectRef, tenant_slug
 from prelabel.jobs.reconcile import is_own_preannotation, known_projects, needs_preannotation
 from prelabel.prediction import outcomes
 from prelabel.prediction.outcomes import Outcome, Tally, prediction_outcome
@@ -109,7 +110,10 @@ def test_errored_set_follows_the_latest_outcome(conn) -> None:
 
 
 def test_known_projects_are_those_set_up(conn) -> None:
-    conn.set("prelabel:project:3", "{}")
-    conn.set("prelabel:project:12", "{}")
+    ours, theirs = tenant_slug("http://ls.example"), tenant_slug("http://other.example")
+    conn.set(f"prelabel:project:{ours}:3", "{}")
+    conn.set(f"prelabel:project:{ours}:12", "{}")
+    conn.set(f"prelabel:project:{theirs}:3", "{}")  # another Label Studio's project 3: another project
+    conn.set("prelabel:project:4", "{}")  # the format before tenancy (`prelabel migrate` moves it)
     conn.set("prelabel:projection:x", "{}")
-    assert known_projects(conn) == [3, 12]
+    assert sorted(known_projects(conn)) == sorted([ProjectRef(ours, 3), ProjectRef(ours, 12), ProjectRef(theirs, 3)])

@@ -24,6 +24,7 @@ from prelabel.label_config.guideline import load_guideline
 from prelabel.prediction import outcomes
 from prelabel.prediction.service import PreannotationService, choose_guideline
 from prelabel.settings import Settings
+from prelabel.studio.tenancy import configured
 
 TEMPLATES = Path(__file__).resolve().parents[2] / "label_config" / "templates"
 CONFIG = (TEMPLATES / "search_intent.xml").read_text()
@@ -60,13 +61,13 @@ def test_guideline_precedence_is_one_rule_for_the_backend_and_the_worker(server)
     settings = settings_for(server)
 
     async def guidelines(service: PreannotationService) -> tuple[Any, Any, Any]:
-        return (await service.guideline("5", configured="search_intent"),
-                await service.guideline("5", requested="mine", configured="search_intent"),
+        return (await service.guideline(configured(settings, 5), configured="search_intent"),
+                await service.guideline(configured(settings, 5), requested="mine", configured="search_intent"),
                 await service.guideline(None, configured="search_intent"))
 
     assert run(settings, server, guidelines) == ("search_intent", "mine", "search_intent")  # none active yet
     variant = load_guideline("search_intent").model_copy(update={"when_unsure": "Choose other."})
-    store.activate(server, 5, variant, source="variant", prompt_version="p-x")
+    store.activate(server, configured(settings, 5), variant, source="variant", prompt_version="p-x")
     active, requested, no_project = run(settings, server, guidelines)
     assert active == variant.model_dump(mode="json") and requested == "mine" and no_project == "search_intent"
     assert ProjectJob.open(5, settings).record.guideline == active
@@ -76,12 +77,12 @@ def test_predict_records_each_tasks_outcome(server) -> None:
     settings = settings_for(server)
 
     async def scenario(service: PreannotationService) -> list[Any]:
-        batch = await service.prepare("7", CONFIG, "search_intent")
+        batch = await service.prepare(configured(settings, 7), CONFIG, "search_intent")
         return await service.predict(batch, [{"id": 1, "data": {"text": ""}}, {"id": 2, "data": {"text": ""}}])
 
     predictions = run(settings, server, scenario)
     assert [p["meta"]["status"] for p in predictions] == [TaskStatus.NEEDS_HUMAN] * 2
-    recorded = outcomes.load(server, 7)
+    recorded = outcomes.load(server, configured(settings, 7))
     assert set(recorded) == {1, 2} and {o.status for o in recorded.values()} == {TaskStatus.NEEDS_HUMAN}
 
 
@@ -93,11 +94,11 @@ def test_tasks_past_the_deadline_go_to_the_worker_once(server) -> None:
     ids = [11, 12]
 
     async def scenario(service: PreannotationService) -> tuple[Any, Any]:
-        batch = await service.prepare("7", CONFIG, "search_intent")
+        batch = await service.prepare(configured(settings, 7), CONFIG, "search_intent")
         tasks = [{"id": 11, "data": {"text": "flights to oslo"}}, {"id": 12, "data": {"text": "weather"}}]
         past = asyncio.get_running_loop().time() - 1
         first = await service.predict_until(batch, tasks, past)
-        handoff.hand_off(server, settings, "7", first.late, CONFIG)
+        handoff.hand_off(server, settings, configured(settings, 7), first.late, CONFIG)
         second = await service.predict_until(batch, tasks, past)
         return first, second
 
@@ -108,15 +109,16 @@ def test_tasks_past_the_deadline_go_to_the_worker_once(server) -> None:
         assert [tid for tid, result in zip(ids, reply.results) if result == []] == reply.pending
     assert set(first.late) <= set(second.pending) and not set(first.late) & set(second.late)
     [job] = Queue(QUEUE_NAME, connection=server).jobs
-    assert job.func_name == "prelabel.jobs.handoff.predict_handed_off" and job.args[:2] == (7, first.late)
-    assert set(outcomes.load(server, 7)) == set(ids) - set(first.late)  # late tasks: the worker records them
+    seven = configured(settings, 7)
+    assert job.func_name == "prelabel.jobs.handoff.predict_handed_off" and job.args[:2] == (seven, first.late)
+    assert set(outcomes.load(server, seven)) == set(ids) - set(first.late)  # late tasks: the worker records them
 
 
 def test_tasks_without_ids_cannot_be_handed_off_and_are_all_predicted(server) -> None:
     settings = settings_for(server)
 
     async def scenario(service: PreannotationService) -> Any:
-        batch = await service.prepare("7", CONFIG, "search_intent")
+        batch = await service.prepare(configured(settings, 7), CONFIG, "search_intent")
         return await service.predict_until(batch, [{"data": {"text": ""}}], asyncio.get_running_loop().time() - 1)
 
     reply = run(settings, server, scenario)

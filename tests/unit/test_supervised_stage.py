@@ -21,7 +21,7 @@ import pytest
 import redis as redis_lib
 import redis.asyncio as aioredis
 
-from prelabel.contract import stage_answers_key, stage_scores_key
+from prelabel.contract import ProjectRef, stage_answers_key, stage_scores_key, tenant_slug
 from prelabel.jobs.stage_eval import flywheel_plausible, refresh_from_tasks
 from prelabel.prediction.predictor import ContextBuilder
 from prelabel.prediction.stage_router import (
@@ -42,7 +42,7 @@ from tests.support.intent_data import LABELS, queries
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = (ROOT / "label_config/templates/search_intent.xml").read_text()
-PROJECT = "5"
+PROJECT = ProjectRef(tenant_slug("http://ls.example"), 5)
 
 
 @pytest.fixture()
@@ -262,8 +262,10 @@ def test_the_router_gives_every_project_predictor_its_routed_stage(redis_url):
     async def go():
         async with open_predictor(Settings(redis_url=redis_url)) as default:
             router = ModelRouter(default)
-            mine, other = await router.for_project(PROJECT), await router.for_project("999")
-            return mine.stage, other.stage
+            # another project, and the same id on another Label Studio: neither has the stage
+            mine, other = await router.for_project(PROJECT), await router.for_project(ProjectRef(PROJECT.tenant, 999))
+            twin = await router.for_project(ProjectRef(tenant_slug("http://other.example"), PROJECT.id))
+            return mine.stage, other.stage or twin.stage
 
     mine, other = asyncio.run(go())
     assert mine is not None and mine.version == refresh.stage.version

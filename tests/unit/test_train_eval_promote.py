@@ -9,13 +9,17 @@ from pathlib import Path
 import pytest
 import yaml
 
+from prelabel.contract import ProjectRef, tenant_slug, train_lock_key
 from prelabel.settings import Settings
+from prelabel.studio.tenancy import configured
 from prelabel.train.config import PromotionPolicy
 from prelabel.train.data import load_manifest
 from prelabel.train.evaluate import INVALID, EvalRun, Item, field_scores, parse
 from prelabel.train.promote import active_model, apply_decision, decide
 from prelabel.train.report import task_metrics, write_report
 from tests.support.flywheel_data import spam_dataset, write_dataset
+
+P3 = ProjectRef(tenant_slug("http://ls.example"), 3)
 
 
 @pytest.fixture()
@@ -165,18 +169,19 @@ def test_apply_decision_writes_record_and_logs(tmp_path: Path, manifest, setting
     policy = PromotionPolicy(margin=0.05, max_class_drop=0.2, cascade_threshold=0.8)
     current = {"model": "big", "base_url": "http://big:1/v1"}
     kept = apply_decision(decide(bad, good, PromotionPolicy()), client=client, data_dir=settings.data_dir,
-                          model="small", base_url="http://small:2/v1", project="3", current=current)
-    assert kept is None and active_model(client, "3") is None
+                          model="small", base_url="http://small:2/v1", project=P3, current=current)
+    assert kept is None and active_model(client, P3) is None
     decision = decide(good, bad, policy)
     record = apply_decision(decision, client=client, data_dir=settings.data_dir, model="small",
-                            base_url="http://small:2/v1", project="3", current=current)
-    assert active_model(client, "3") == record
+                            base_url="http://small:2/v1", project=P3, current=current)
+    assert active_model(client, P3) == record
     assert record["model"] == "small" and record["previous"] == current
     assert record["cascade"] == {"threshold": 0.8, "fallback_model": "big", "fallback_base_url": "http://big:1/v1",
                                  "fallback_prompt_style": None, "fallback_fewshot_k": None}  # the settings' prompt
     # prompted as evaluated: a dataset's prompt (spam_dataset's manifest names none: the full one), no few-shot
     assert (record["prompt_style"], record["fewshot_k"]) == ("full", 0)
-    assert active_model(client, "4") is None  # other projects keep their model
+    assert active_model(client, ProjectRef(P3.tenant, 4)) is None  # other projects keep their model
+    assert active_model(client, ProjectRef(tenant_slug("http://other.example"), 3)) is None  # another LS's 3 too
     log = [json.loads(line) for line in (settings.data_dir / "train" / "decisions.jsonl").read_text().splitlines()]
     assert [entry["promote"] for entry in log] == [False, True]
     assert log[1]["reports"]["candidate"]["primary_value"] == 1.0
@@ -186,9 +191,10 @@ def test_apply_decision_writes_record_and_logs(tmp_path: Path, manifest, setting
 def test_verified_label_trigger(client) -> None:
     from prelabel.jobs.training import note_verified_labels
 
-    assert not note_verified_labels(client, "5", 3, threshold=5)
-    assert note_verified_labels(client, "5", 4, threshold=5)
-    assert not note_verified_labels(client, "5", 1, threshold=5)  # counting restarts after a trigger
+    five = ProjectRef(tenant_slug("http://ls.example"), 5)
+    assert not note_verified_labels(client, five, 3, threshold=5)
+    assert note_verified_labels(client, five, 4, threshold=5)
+    assert not note_verified_labels(client, five, 1, threshold=5)  # counting restarts after a trigger
 
 
 def test_flywheel_failures_are_visible_in_status(tmp_path: Path, settings: Settings, client,
@@ -198,9 +204,10 @@ def test_flywheel_failures_are_visible_in_status(tmp_path: Path, settings: Setti
 
     monkeypatch.delenv("PRELABEL_TEST_GGUF", raising=False)
     monkeypatch.setenv("PRELABEL_LLAMA_VENV", str(tmp_path / "no-llama-venv"))  # no packaged model either
+    nine = configured(settings, 9)  # a bare id: the configured Label Studio's project
     with pytest.raises(ConfigError, match="no flywheel config"):
         run_flywheel("9", settings=settings)
-    status = read_status(client, "9")
+    status = read_status(client, nine)
     assert status["state"] == "failed" and status["error"].startswith("config: ConfigError")
     config = tmp_path / "flywheel.yaml"
     config.write_text(yaml.safe_dump({"train": {"model_name_or_path": "m"}, "serve": {"base_url": "http://x/v1"}}))
@@ -210,15 +217,15 @@ def test_flywheel_failures_are_visible_in_status(tmp_path: Path, settings: Setti
 
     with pytest.raises(SourceError, match="LABEL_STUDIO_URL"):  # nowhere to export from
         run_flywheel("9", config_path=str(config), settings=settings)
-    assert read_status(client, "9")["error"].startswith("export: SourceError")
+    assert read_status(client, nine)["error"].startswith("export: SourceError")
     packaged = tmp_path / "SmolLM2.gguf"
     packaged.write_bytes(b"GGUF")
     monkeypatch.setenv("PRELABEL_TEST_GGUF", str(packaged))  # the local stack's model: its defaults apply
     with pytest.raises(SourceError):
         run_flywheel("9", settings=settings)
-    assert read_status(client, "9")["config_finished"]
-    assert client.get("prelabel:train:9:lock") is None
-    client.set("prelabel:train:9:lock", "other-run")
+    assert read_status(client, nine)["config_finished"]
+    assert client.get(train_lock_key(nine)) is None
+    client.set(train_lock_key(nine), "other-run")
     assert run_flywheel("9", config_path=str(config), settings=settings)["state"] == "skipped"
 
 
@@ -228,9 +235,10 @@ def test_enqueue_marks_the_project_queued(client) -> None:
     from prelabel.jobs.training import enqueue_flywheel
     from prelabel.train.pipeline import read_status, run_flywheel
 
-    job = enqueue_flywheel(Queue("training", connection=client), 12, dataset_dir="/data/export/12")
-    assert job.func is run_flywheel and job.args == ("12",) and job.kwargs == {"dataset_dir": "/data/export/12"}
-    status = read_status(client, "12")
+    twelve = ProjectRef(tenant_slug("http://ls.example"), 12)
+    job = enqueue_flywheel(Queue("training", connection=client), twelve, dataset_dir="/data/export/12")
+    assert job.func is run_flywheel and job.args == (twelve,) and job.kwargs == {"dataset_dir": "/data/export/12"}
+    status = read_status(client, twelve)
     assert status["state"] == "queued" and status["job_id"] == job.id
 
 
@@ -246,7 +254,7 @@ def test_promotion_record_prompts_the_model_as_it_was_evaluated(tmp_path: Path, 
     previous = {"model": "big", "base_url": "http://big:1/v1", "prompt_style": "full", "fewshot_k": 3}
     policy = PromotionPolicy(margin=0.05, max_class_drop=0.5, cascade_threshold=0.8)
     record = apply_decision(decide(good, bad, policy), client=client, data_dir=settings.data_dir, model="tuned",
-                            base_url="http://vllm:8000/v1", project="6", current=previous)
+                            base_url="http://vllm:8000/v1", project=ProjectRef(P3.tenant, 6), current=previous)
     assert record is not None and (record["prompt_style"], record["fewshot_k"]) == ("compact", 0)
     assert (record["cascade"]["fallback_prompt_style"], record["cascade"]["fallback_fewshot_k"]) == ("full", 3)
     # through the backend engine the report names the prompt itself; an explicit choice wins
@@ -255,8 +263,8 @@ def test_promotion_record_prompts_the_model_as_it_was_evaluated(tmp_path: Path, 
     assert served_prompt({"engine": {"engine": "backend", "prompt_style": "full", "fewshot_k": 2},
                           "dataset": {"prompt_style": "compact"}}) == {"prompt_style": "full", "fewshot_k": 2}
     again = apply_decision(decide(good, bad, PromotionPolicy(margin=0.05, max_class_drop=0.5)), client=client,
-                           data_dir=settings.data_dir, model="tuned", base_url="http://vllm:8000/v1", project="6",
-                           extra={"prompt_style": "full"})
+                           data_dir=settings.data_dir, model="tuned", base_url="http://vllm:8000/v1",
+                           project=ProjectRef(P3.tenant, 6), extra={"prompt_style": "full"})
     assert again is not None and again["prompt_style"] == "full"
 
 
@@ -282,21 +290,22 @@ def test_flywheel_without_the_training_extra_says_so_in_one_line(
     monkeypatch.setenv("PRELABEL_DATA_DIR", str(settings.data_dir))  # the job's settings: this embedded Redis
     get_settings.cache_clear()
     try:
-        job = enqueue_flywheel(train_queue(client), 13)
+        thirteen = configured(get_settings(), 13)
+        job = enqueue_flywheel(train_queue(client), thirteen)
         with caplog.at_level(logging.ERROR):
             SimpleWorker([train_queue(client)], connection=client).work(burst=True)
         shown = CliRunner().invoke(app, ["train", "status", "13"])
     finally:
         get_settings.cache_clear()
-    status = read_status(client, "13")
+    status = read_status(client, thirteen)
     assert status["state"] == "failed"
     assert "the training extra is not installed on this worker (no torch, peft)" in status["error"]
     assert "\n" not in status["error"] and "Traceback" not in caplog.text
     errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
-    assert [r.getMessage() for r in errors] == [f"flywheel for project 13: {status['error']}"]
+    assert [r.getMessage() for r in errors] == [f"flywheel for project {thirteen}: {status['error']}"]
     job.refresh()
     assert job.meta["error"] == status["error"] and job.return_value()["state"] == "failed"
-    assert client.get("prelabel:train:13:lock") is None  # the next run is not blocked
+    assert client.get(train_lock_key(thirteen)) is None  # the next run is not blocked
     assert shown.exit_code == 0 and json.loads(shown.stdout)["status"]["error"] == status["error"]
 
 
