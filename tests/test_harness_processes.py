@@ -18,7 +18,7 @@ import pytest
 
 from prelabel.stack.ports import free_port, port_open
 from prelabel.stack.processes import ManagedProcess, StartupError, child_env, running
-from tests.harness.backend import BackendFactory
+from tests.servers.backend import BackendFactory
 
 STANDIN_SERVER = textwrap.dedent("""
     import json, os, sys

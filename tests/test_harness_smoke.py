@@ -12,7 +12,7 @@ import httpx
 import openai
 import pytest
 
-from tests.harness import dev_bin
+from tests.servers import dev_bin
 
 pytestmark = pytest.mark.e2e
 

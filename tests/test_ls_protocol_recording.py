@@ -1,6 +1,6 @@
 """What a real Label Studio (1.23.2) sends to an ML backend, and what it keeps from the answers.
 
-A recording ML backend (a thread, tests/harness/recorder.py) is connected to the session's
+A recording ML backend (a thread, tests/servers/recorder.py) is connected to the session's
 Label Studio through label-studio-sdk. These tests pin the facts docs/label-studio-protocol.md
 describes: if a Label Studio upgrade changes any of them, this file fails loudly.
 """
@@ -14,7 +14,7 @@ import uuid
 import pytest
 from label_studio_sdk.core.api_error import ApiError
 
-from tests.harness.recorder import RecordingBackend
+from tests.servers.recorder import RecordingBackend
 
 pytestmark = pytest.mark.e2e
 

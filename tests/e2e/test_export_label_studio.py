@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from prelabel.stack.processes import child_env
-from tests.harness import dev_bin
+from tests.servers import dev_bin
 
 pytestmark = pytest.mark.e2e
 

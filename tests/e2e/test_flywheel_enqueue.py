@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from prelabel.stack.processes import child_env
-from tests.harness import dev_bin
+from tests.servers import dev_bin
 from tests.support.flywheel_data import spam_dataset
 
 pytestmark = pytest.mark.e2e

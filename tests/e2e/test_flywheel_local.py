@@ -27,7 +27,7 @@ pytest.importorskip("peft", reason="needs the train extra (PRELABEL_EXTRAS=dev,t
 
 from prelabel.train.gguf import converter_dir
 from tests.e2e.test_stack_up import Up
-from tests.harness import dev_bin
+from tests.servers import dev_bin
 from tests.support.intent_data import LABELS, labeled_tasks, queries
 from tests.support.waiting import wait_for
 

@@ -8,7 +8,7 @@ import pytest
 
 from prelabel.stack.ports import free_port
 from prelabel.stack.processes import child_env
-from tests.harness import dev_bin
+from tests.servers import dev_bin
 
 pytestmark = pytest.mark.e2e
 

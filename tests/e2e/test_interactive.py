@@ -1,6 +1,6 @@
 """Interactive pre-annotation in the real Label Studio 1.23.2 with the real backend and model.
 
-A recorder (``tests/harness/recorder.py`` with ``forward_to``) sits between Label Studio and the
+A recorder (``tests/servers/recorder.py`` with ``forward_to``) sits between Label Studio and the
 backend: it keeps the exact ``/predict`` body the labeling screen makes Label Studio send and the
 backend's answer. The first two tests drive the labeling screen in headless Chromium (typing a
 prompt, selecting a span with Auto-Annotation on); the others call Label Studio's own
@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from prelabel.contract import outcome_key
-from tests.harness.recorder import Recorded, RecordingBackend
+from tests.servers.recorder import Recorded, RecordingBackend
 from tests.support.backend_proc import metric_value
 from tests.support.browser import auto_annotation_on, chromium, double_click_text, login, open_task, screenshot
 from tests.support.tenancy import project_ref

@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from prelabel.stack.processes import ManagedProcess, child_env
-from tests.harness import dev_bin
+from tests.servers import dev_bin
 from tests.support.backend_proc import metric_value
 from tests.support.waiting import wait_for
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from prelabel.stack.processes import child_env
-from tests.harness import dev_bin
+from tests.servers import dev_bin
 from tests.support.fault_llm import running_fault_server
 
 pytestmark = pytest.mark.e2e

@@ -17,7 +17,7 @@ import time
 import pytest
 
 from prelabel.stack.processes import ManagedProcess, child_env
-from tests.harness import dev_bin
+from tests.servers import dev_bin
 from tests.support.fault_llm import running_fault_server
 from tests.support.waiting import wait_for
 

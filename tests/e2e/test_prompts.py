@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from prelabel.label_config.guideline import load_guideline
-from tests.harness import dev_bin
+from tests.servers import dev_bin
 from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.e2e

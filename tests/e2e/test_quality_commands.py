@@ -21,7 +21,7 @@ import redis as redis_lib
 
 from prelabel.contract import calibration_key
 from prelabel.stack.processes import child_env
-from tests.harness import dev_bin
+from tests.servers import dev_bin
 from tests.support.tenancy import project_ref
 
 pytestmark = pytest.mark.e2e

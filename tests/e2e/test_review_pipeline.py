@@ -23,8 +23,8 @@ import redis as redis_lib
 from prelabel.contract import ProjectRef, fewshot_keys, new_labels_key, quality_key, train_status_key
 from prelabel.stack.ports import free_port
 from prelabel.stack.processes import ManagedProcess, child_env
-from tests.harness import dev_bin
-from tests.harness.redis_server import redis_server_binary
+from tests.servers import dev_bin
+from tests.servers.redis_server import redis_server_binary
 from tests.support.fault_llm import running_fault_server
 from tests.support.tenancy import project_ref
 from tests.support.waiting import wait_for as wait_until

@@ -25,7 +25,7 @@ from prelabel.jobs.reconcile import is_own_preannotation
 from prelabel.pids import pid_alive as _alive
 from prelabel.stack.ports import free_port
 from prelabel.stack.processes import ManagedProcess, child_env
-from tests.harness import dev_bin
+from tests.servers import dev_bin
 from tests.support.switch_proxy import SwitchProxy
 from tests.support.waiting import wait_for
 

@@ -21,7 +21,7 @@ import pytest
 from label_studio_sdk.label_interface import LabelInterface
 
 from prelabel.stack.processes import ManagedProcess, child_env
-from tests.harness import dev_bin
+from tests.servers import dev_bin
 from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.e2e

@@ -24,7 +24,7 @@ from prelabel.stack.processes import child_env
 from prelabel.train.data import load_manifest
 from prelabel.train.evaluate import EvalRun, Item
 from prelabel.train.report import write_report
-from tests.harness import dev_bin
+from tests.servers import dev_bin
 from tests.support.backend_proc import BackendClient, start_backend, unique_text
 from tests.support.compose import ROOT, deployment, render
 from tests.support.fault_llm import FaultServer

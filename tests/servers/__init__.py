@@ -1,4 +1,4 @@
-"""Test harness: real Label Studio, llama.cpp server, Redis and backend processes.
+"""The real servers the test session starts: Label Studio, llama.cpp server, Redis and backend processes.
 
 The session fixtures in ``tests/conftest.py`` are thin wrappers around this package. The
 virtualenvs it uses are created by ``scripts/provision.sh`` (run by ``scripts/test.sh``) under
