@@ -509,8 +509,11 @@ def stack_status(settings: Settings) -> StackStatus:
         status["label_studio_health"] = _answers_health(status["label_studio"] + "/health", None)
         status["backend_health"] = _answers_health(status["backend"] + "/health", record.backend_auth())
         status["llm"] = record.llm_base_url
-        status["models"] = {**{project: f"{m['model']} at {m['base_url']} (promoted, llama.cpp)" if m.get("base_url")
-                               else f"{m['model']} (promoted) NOT SERVED: {m.get('error')}"
+        from prelabel.studio.tenancy import Tenants
+
+        shown = Tenants(settings).shown  # "4711" on the configured Label Studio, "4711@<tenant>" on another
+        status["models"] = {**{shown(project): f"{m['model']} at {m['base_url']} (promoted, llama.cpp)"
+                               if m.get("base_url") else f"{m['model']} (promoted) NOT SERVED: {m.get('error')}"
                                for project, m in record.models.items()},
                             "default": f"{settings.llm_model if 'llm' not in record.children else LOCAL_MODEL} "
                                        f"at {record.llm_base_url}"}

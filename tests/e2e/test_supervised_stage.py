@@ -30,6 +30,7 @@ def test_labels_through_webhooks_make_a_stage_that_answers_new_tasks(backend_fac
     stack = start_stack(backend_factory, label_studio, "supervised-stage", _own_db(redis_url), {})
     try:
         pid = new_project(label_studio, stack, "supervised stage e2e")
+        ref = stack.project(pid)  # its Redis keys
         client = label_studio.sdk()
         labeled = queries(20, seed=0)
         client.projects.import_tasks(id=pid, request=[
@@ -37,8 +38,8 @@ def test_labels_through_webhooks_make_a_stage_that_answers_new_tasks(backend_fac
         first = min(t.id for t in client.tasks.list(project=pid))
         client.annotations.create(id=first, result=_choice(labeled[0]["label"]))  # -> webhook -> refresh
         conn = stack.redis()
-        wait_for(lambda: conn.hget(supervised_stage_key(pid), "version"), 300, "the supervised stage", stack)
-        scores = json.loads(conn.get(stage_scores_key(pid)))
+        wait_for(lambda: conn.hget(supervised_stage_key(ref), "version"), 300, "the supervised stage", stack)
+        scores = json.loads(conn.get(stage_scores_key(ref)))
         assert scores["labels"] == len(labeled) and scores["routing"].startswith("supervised"), scores
         assert scores["stages"]["supervised"]["accuracy"] >= 0.8, scores
 
@@ -47,7 +48,7 @@ def test_labels_through_webhooks_make_a_stage_that_answers_new_tasks(backend_fac
         # and one task unlike anything labeled: the stage is unsure of it, so the LLM answers it
         unlike = "zzxq vvkj wwpf qqhd"
         known = set(project_state(label_studio, pid))
-        before = {k.decode(): int(v) for k, v in conn.hgetall(stage_answers_key(pid)).items()}
+        before = {k.decode(): int(v) for k, v in conn.hgetall(stage_answers_key(ref)).items()}
         client.projects.import_tasks(id=pid, request=[{"text": r["text"]} for r in new] + [{"text": unlike}])
 
         def pre_annotated() -> dict | None:
@@ -66,12 +67,12 @@ def test_labels_through_webhooks_make_a_stage_that_answers_new_tasks(backend_fac
                 continue
             if stamps and stamps[0].get("stage") == "supervised":
                 supervised += 1
-                assert stamps[0]["model"] == conn.hget(supervised_stage_key(pid), "version").decode()
+                assert stamps[0]["model"] == conn.hget(supervised_stage_key(ref), "version").decode()
                 assert pre["model_version"].startswith(f"{llm_server.model}@p-")  # one family with the LLM's
                 right += pre["result"][0]["value"]["choices"] == [by_text[task["data"]["text"]]]
         assert supervised >= len(new) // 2, f"only {supervised} of {len(new)} answered by the stage: {scores}"
         assert right >= 0.75 * supervised
-        after = {k.decode(): int(v) for k, v in conn.hgetall(stage_answers_key(pid)).items()}
+        after = {k.decode(): int(v) for k, v in conn.hgetall(stage_answers_key(ref)).items()}
         shares = {stage: n - before.get(stage, 0) for stage, n in after.items()}  # the new tasks' answers
         assert shares.get("supervised") == supervised and shares.get("llm", 0) == len(new) - supervised + 1, shares
     finally:

@@ -25,6 +25,7 @@ from prelabel.quality.project import spotcheck_project
 from prelabel.ranking.project import PRIORITY_FIELD, refresh_ranking
 from prelabel.settings import Settings
 from prelabel.studio.client import ProjectClient
+from tests.support.tenancy import project_ref
 
 pytestmark = pytest.mark.e2e
 
@@ -46,7 +47,8 @@ def test_two_writers_close_together_keep_each_others_fields(label_studio, redis_
         client.predictions.create(task=task.id, result=region("informational"), score=0.5,
                                   model_version="smollm2@p-test")
     conn = redis_lib.Redis.from_url(redis_url)
-    reviewer = ProjectClient(label_studio.sdk(), project.id, conn)
+    ref = project_ref(None, project.id)  # a job's reference: these writers are called directly, no backend
+    reviewer = ProjectClient(label_studio.sdk(), ref, conn)
     stale = list(reviewer.tasks())  # the review job's earlier read
     start = threading.Barrier(2)
     errors: list[BaseException] = []
@@ -54,7 +56,7 @@ def test_two_writers_close_together_keep_each_others_fields(label_studio, redis_
     def rank() -> None:
         start.wait()
         try:
-            refresh_ranking(label_studio.sdk(), project.id, conn)
+            refresh_ranking(label_studio.sdk(), ref, conn)
         except BaseException as exc:  # reported by the assertion below
             errors.append(exc)
 
@@ -72,7 +74,7 @@ def test_two_writers_close_together_keep_each_others_fields(label_studio, redis_
     for thread in threads:
         thread.join(timeout=300)
     assert not errors, errors
-    tasks = list(ProjectClient(client, project.id).tasks())
+    tasks = list(ProjectClient(client, ref).tasks())
     assert len(tasks) == len(QUERIES)
     for task in tasks:
         data = task["data"]
@@ -80,8 +82,8 @@ def test_two_writers_close_together_keep_each_others_fields(label_studio, redis_
         assert isinstance(data.get(PRIORITY_FIELD), float), data
         assert data["source"] == "import" and data["text"] in QUERIES, "the task's own fields are kept"
     # the spot check, a third writer, tags a sample and keeps both fields
-    batch, chosen = spotcheck_project(label_studio.sdk(), project.id, n=3, conn=conn)
-    after = {t["id"]: t["data"] for t in ProjectClient(client, project.id).tasks()}
+    batch, chosen = spotcheck_project(label_studio.sdk(), ref, n=3, conn=conn)
+    after = {t["id"]: t["data"] for t in ProjectClient(client, ref).tasks()}
     assert len(chosen.ids) == 3 and all(after[i].get("prelabel_spotcheck") == batch for i in chosen.ids)
     assert all(d.get("prelabel_review") == "passed" and PRIORITY_FIELD in d for d in after.values())
 
@@ -94,15 +96,15 @@ def test_a_deleted_label_leaves_the_few_shot_pool(label_studio, redis_url) -> No
         {"data": {"text": q}, "annotations": [{"result": region(label)}]} for q, label in zip(QUERIES, labels)])
     settings = Settings(redis_url=redis_url)
     conn = redis_lib.Redis.from_url(redis_url)
-    job = ProjectJob(settings, conn, project.id, ProjectRecord(guideline="search_intent"),
-                     ProjectClient(client, project.id, conn))
+    ref = project_ref(None, project.id)
+    job = ProjectJob(settings, conn, ref, ProjectRecord(guideline="search_intent"), ProjectClient(client, ref, conn))
     tasks = sorted(job.ls.tasks(), key=lambda t: t["id"])
     assert learn_examples(job, [t["id"] for t in tasks], CONFIG) == 3
-    assert sorted(pool_answers(conn, project.id)) == [t["id"] for t in tasks]
+    assert sorted(pool_answers(conn, ref)) == [t["id"] for t in tasks]
     gone = tasks[1]
     client.annotations.delete(id=gone["annotations"][0]["id"])
     assert forget_deleted_labels(job, CONFIG) == 1
-    pool = pool_answers(conn, project.id)
+    pool = pool_answers(conn, ref)
     assert sorted(pool) == [tasks[0]["id"], tasks[2]["id"]]
     assert pool[tasks[0]["id"]] == {"intent": "navigational"}
     assert forget_deleted_labels(job, CONFIG) == 0, "nothing else changed"
