@@ -511,7 +511,9 @@ def stack_status(settings: Settings) -> StackStatus:
         status["llm"] = record.llm_base_url
         from prelabel.studio.tenancy import Tenants
 
-        shown = Tenants(settings).shown  # "4711" on the configured Label Studio, "4711@<tenant>" on another
+        # the stack's backend keys projects by its Label Studio (LABEL_STUDIO_URL = the stack's own): "4711" for
+        # that one's projects, "4711@<tenant>" for another's
+        shown = Tenants(settings.model_copy(update={"label_studio_url": status["label_studio"]})).shown
         status["models"] = {**{shown(project): f"{m['model']} at {m['base_url']} (promoted, llama.cpp)"
                                if m.get("base_url") else f"{m['model']} (promoted) NOT SERVED: {m.get('error')}"
                                for project, m in record.models.items()},
