@@ -130,10 +130,11 @@ def exact_match_metrics(metric: str) -> Callable[[Any], dict[str, float]]:
 
 
 def argmax_logits(logits: Any, labels: Any) -> Any:
-    """Keep only the arg-max ids, not the full vocabulary logits, between eval batches."""
+    """Keep only the arg-max ids, not the full vocabulary logits, between eval batches (the
+    shared-prefix pass hands over ids already)."""
     if isinstance(logits, tuple):
         logits = logits[0]
-    return logits.argmax(dim=-1)
+    return logits.argmax(dim=-1) if logits.is_floating_point() else logits
 
 
 class _Reporter:
@@ -219,6 +220,8 @@ def train(
 
     from transformers import DataCollatorForSeq2Seq, PrinterCallback, Trainer, set_seed
 
+    from prelabel.train.shared_prefix import SharedPrefixTrainer
+
     set_seed(config.seed)
     tokenizer = load_tokenizer(prepared.ref, config.template)
     tokenizer.padding_side = "right"
@@ -227,7 +230,7 @@ def train(
     metric = prepared.metric
     best_key = "eval_loss" if metric == "loss" else f"eval_{SELECTION}"
     reporter = _Reporter(out / LOG_NAME, console)
-    trainer = Trainer(
+    trainer = (SharedPrefixTrainer if config.shared_prefix else Trainer)(
         model=_lora_model(prepared, config),
         args=_training_arguments(config, prepared, out, best_key),
         train_dataset=train_set,
@@ -262,6 +265,8 @@ def train(
         "global_step": trainer.state.global_step,
         "resumed_from": prepared.resume,
         "train_seconds": round(time.time() - started, 1),
+        "shared_prefix_tokens": getattr(trainer, "shared_tokens", 0),  # tokens run once instead of per row
+        "row_tokens": getattr(trainer, "row_tokens", 0),
         "versions": _versions(),
     }
     (adapter_dir / RECORD_NAME).write_text(json.dumps(record, indent=2), encoding="utf-8")
