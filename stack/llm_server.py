@@ -97,8 +97,20 @@ def find_reviewer_gguf(venv: Path | None = None) -> Path | None:
     return None
 
 
+THREADS_ENV = "PRELABEL_LLM_THREADS"
+
+
 def threads() -> int:
-    """Threads for generation: all cores but leave one for everything else when >2."""
+    """Threads per llama.cpp server: ``$PRELABEL_LLM_THREADS``, else all cores (all but one
+    above 2). Two servers busy at once on few cores want fewer: llama.cpp's threads spin at
+    every barrier, so more threads than cores wait on each other (the test suite's two workers
+    on 2 cores run one thread each)."""
+    configured = os.environ.get(THREADS_ENV, "").strip()
+    if configured:
+        try:
+            return max(1, int(configured))
+        except ValueError:
+            raise StartupError(f"{THREADS_ENV}={configured!r} is not a whole number of threads") from None
     n = os.cpu_count() or 2
     return max(1, n - 1) if n > 2 else n
 
