@@ -79,7 +79,10 @@ def position_distribution(
     labels: Sequence[str], chosen: str, span: tuple[int, int], tokens: TokenMap
 ) -> dict[str, float] | None:
     """Distribution over ``labels`` at the place where ``chosen`` was written (character ``span``
-    of its text between the quotes); see the module docstring."""
+    of its text between the quotes); see the module docstring. None when ``chosen`` is not
+    among ``labels`` (e.g. a multiple-choice answer that writes a label twice)."""
+    if chosen not in labels:
+        return None
     found = _alternatives(tokens, _byte(tokens, span[0]))
     if found is None:
         return None

