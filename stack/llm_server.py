@@ -138,8 +138,7 @@ def start_llm_server(
         name,
         [
             venv / "bin" / "python",
-            "-m",
-            "llama_cpp.server",
+            Path(__file__).with_name("llama_main.py"),  # llama_cpp.server, logprobs of the answer only
             "--model",
             gguf,
             "--host",
