@@ -22,9 +22,13 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import socket
+import time
+from collections.abc import Callable
+from typing import Any
 
 import redis
 from rq import Queue, SimpleWorker
+from rq.exceptions import StopRequested
 from rq.executions import Execution
 from rq.job import Job
 from rq.registry import StartedJobRegistry
@@ -101,6 +105,11 @@ class CountingWorker(SimpleWorker):
     to the backend's ``/metrics`` (``worker_stats``)."""
 
     flusher = Flusher()
+    stop_asked = False  # RQ itself records a stop request only when it comes during a job
+
+    def request_stop(self, signum: int, frame: Any) -> None:
+        self.stop_asked = True
+        super().request_stop(signum, frame)
 
     def execute_job(self, job: Job, queue: Queue) -> None:
         """Run the job; a Redis that goes away while the job ends costs that job's bookkeeping (RQ
@@ -131,13 +140,47 @@ def run_worker(settings: Settings, burst: bool = False, maintenance_interval: in
             release_dead_scheduler_lock(conn)
             if ticker:
                 ticker.start()
-            worker = CountingWorker([job_queue(conn, name) for name in queues], connection=conn,
-                                    maintenance_interval=maintenance_interval)
-            worker.work(burst=burst, with_scheduler=True, logging_level=settings.log_level.upper())
+            work_until_stopped(
+                lambda: CountingWorker([job_queue(conn, name) for name in queues], connection=conn,
+                                       maintenance_interval=maintenance_interval),
+                conn, burst=burst, logging_level=settings.log_level.upper())
         finally:
             if ticker:
                 ticker.stop()
             conn.close()
+
+
+def work_until_stopped(make_worker: Callable[[], SimpleWorker], conn: redis.Redis, *, burst: bool, logging_level: str,
+                       retry_s: float = 2.0) -> None:
+    """RQ's work loop until a stop request (SIGTERM, Ctrl-C) or, with ``burst``, an empty queue.
+
+    RQ quits its loop on any unexpected error between two jobs: Redis gone while it writes the
+    worker's heartbeat or checks for suspension (a Redis restart), and its own teardown then
+    fails the same way. The worker process would end, with jobs still to come; here it waits
+    until Redis answers and starts a new loop instead."""
+    while True:
+        worker = make_worker()
+        try:
+            worker.work(burst=burst, with_scheduler=True, logging_level=logging_level)
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            log.warning("worker %s: Redis went away as its loop ended (%s)", worker.name, exc)
+        if burst or getattr(worker, "stop_asked", False):
+            return
+        log.warning("worker %s: RQ's loop ended without a stop request (Redis gone?); a new one starts "
+                    "once Redis answers", worker.name)
+        try:
+            time.sleep(retry_s)  # never a busy loop, whatever ended RQ's
+            while not _answers(conn):
+                time.sleep(retry_s)
+        except StopRequested:  # SIGTERM / Ctrl-C while waiting (RQ's handler raises it when idle)
+            return
+
+
+def _answers(conn: redis.Redis) -> bool:
+    try:
+        return bool(conn.ping())
+    except (redis.ConnectionError, redis.TimeoutError):
+        return False
 
 
 def run_workers(settings: Settings, processes: int, burst: bool = False, maintenance_interval: int = 60,

@@ -27,6 +27,7 @@ def browser():
 
 
 def test_pre_annotation_is_rendered_in_the_labeling_ui(browser, label_studio, backend_factory) -> None:
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.common.by import By
 
     backend = backend_factory.start(label_studio=label_studio, name="browser-backend")
@@ -44,8 +45,11 @@ def test_pre_annotation_is_rendered_in_the_labeling_ui(browser, label_studio, ba
     open_task(browser, label_studio, project.id, prediction.task)
 
     def rendered() -> list[str]:
-        radios = browser.find_elements(By.CSS_SELECTOR, "input.ant-radio-input")
-        return [r.get_attribute("name") for r in radios if r.is_selected()]
+        try:
+            radios = browser.find_elements(By.CSS_SELECTOR, "input.ant-radio-input")
+            return [r.get_attribute("name") for r in radios if r.is_selected()]
+        except StaleElementReferenceException:  # the labeling UI re-rendered between the two calls
+            return []
 
     selected = wait_for(rendered, 60, "the labeling UI with the pre-annotation")
     time.sleep(1)  # let the annotation tabs settle for the screenshot
