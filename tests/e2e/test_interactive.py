@@ -94,6 +94,7 @@ def region(prediction: dict[str, Any], control: str) -> dict[str, Any]:
 
 # --- the labeling screen ------------------------------------------------------------------------
 def test_prompt_typed_in_the_labeling_screen(label_studio, recorder) -> None:
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
 
@@ -108,6 +109,16 @@ def test_prompt_typed_in_the_labeling_screen(label_studio, recorder) -> None:
         login(browser, label_studio)
         open_task(browser, label_studio, project.id, task_id)
         auto_annotation_on(browser)
+
+        def pre_annotation_shown() -> bool:
+            try:
+                return any(r.is_selected() for r in browser.find_elements(By.CSS_SELECTOR, "input.ant-radio-input"))
+            except StaleElementReferenceException:  # the screen re-rendered under us: look again
+                return False
+
+        # as an annotator does: type once the screen shows the task's pre-annotation (Label Studio
+        # builds the annotation from it; a prompt typed before that lands in an annotation it replaces)
+        wait_for(pre_annotation_shown, 120, "the pre-annotation on screen")
         prompt_box = wait_for(lambda: browser.find_elements(By.CSS_SELECTOR, "input[name=prompt]"), 120,
                               "the prompt TextArea")[0]
         before = [r.body["params"]["context"] for r in interactive_calls(recorder)]
