@@ -92,6 +92,8 @@ class SharedPrefixTrainer(Trainer):
     def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False,
                      num_items_in_batch: Any = None) -> Any:
         labels = inputs.get("labels")
+        if model.training:
+            self.row_tokens += int(inputs["attention_mask"].sum())
         split = 0
         if labels is not None and self._checked is not False and not isinstance(
                 model, torch.nn.parallel.DistributedDataParallel):
@@ -102,7 +104,6 @@ class SharedPrefixTrainer(Trainer):
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         if model.training:
             self.shared_tokens += split * (inputs["input_ids"].shape[0] - 1)
-            self.row_tokens += int(inputs["attention_mask"].sum())
         return super().compute_loss(partial(shared_prefix_forward, model, split), inputs, return_outputs,
                                     num_items_in_batch)
 
