@@ -87,6 +87,13 @@ def ask(label_studio, ml_id: int, task_id: int, context: Any) -> dict[str, Any]:
     return body["data"]
 
 
+def calls_since(recorder: RecordingBackend, start: float) -> list[str]:
+    """Each interactive /predict from ``start`` on: when it came, its controls, whether answered."""
+    return [f"+{r.at - start:.1f}s {sorted(str(x.get('from_name')) for x in r.body['params']['context']['result'])} "
+            + ("answered" if r.answer is not None else "unanswered")
+            for r in interactive_calls(recorder) if r.at >= start]
+
+
 def region(prediction: dict[str, Any], control: str) -> dict[str, Any]:
     [found] = [r for r in prediction["result"] if r["from_name"] == control]
     return found
@@ -161,7 +168,8 @@ def test_prompt_typed_in_the_labeling_screen(label_studio, recorder) -> None:
 
         try:
             wait_for(shown, 60, "the interactive answer in the labeling screen",
-                     context=lambda: f"answer {text!r} / {category!r}; radios on screen {on_screen()[1]}")
+                     context=lambda: f"answer {text!r} / {category!r}; radios on screen {on_screen()[1]}; "
+                                     f"interactive calls from the prompt's on: {calls_since(recorder, call.at)}")
         finally:
             screenshot(browser, "interactive-session.png")
 

@@ -39,7 +39,10 @@ CASES: dict[str, tuple[str, list[str]]] = {
     ),
     "ner": (
         (TEMPLATES / "ner.xml").read_text(),
-        ["Barack Obama visited Paris with Michelle Obama.", "Microsoft opened an office in Berlin."],
+        # SmolLM2-135M gets about half of these to a valid answer (the rest fail closed, needs_human);
+        # which half moves with the llama.cpp server's prompt cache, so four texts, not two
+        ["Barack Obama visited Paris with Michelle Obama.", "Microsoft opened an office in Berlin.",
+         "Angela Merkel met Emmanuel Macron in Paris.", "Toyota builds cars in Japan."],
     ),
     "multi_control": (
         MULTI_CONTROL,
@@ -90,6 +93,7 @@ def test_predictions_stored_in_label_studio_are_valid(case: str, label_studio, l
         interface = LabelInterface(config)
         model_versions = set()
         filled = 0
+        statuses: list[str] = []
         for prediction in predictions:
             data = prediction.model_dump()
             assert 0.0 <= data["score"] <= 1.0
@@ -97,6 +101,7 @@ def test_predictions_stored_in_label_studio_are_valid(case: str, label_studio, l
             base_version, _, status = data["model_version"].partition("#")
             assert status in ("", "needs_human", "error")
             model_versions.add(base_version)
+            statuses.append(status or "ok")
             text = tasks[data["task"]].data["text"]
             for region in data["result"]:
                 assert region["from_name"] != "boxes", "an unsupported control must never be filled"
@@ -109,7 +114,7 @@ def test_predictions_stored_in_label_studio_are_valid(case: str, label_studio, l
                 filled += 1
         assert len(model_versions) == 1 and next(iter(model_versions)).startswith(ls_backend.env["PRELABEL_LLM_MODEL"])
         # Invalid answers may leave a control empty (fail closed) but the model fills most of them.
-        assert filled > 0, "no region at all: the pipeline produced nothing valid"
+        assert filled > 0, f"no region at all: the pipeline produced nothing valid (statuses {statuses})"
     finally:
         client.projects.delete(id=project.id)
 

@@ -52,8 +52,25 @@ def login(driver: Any, label_studio: Any) -> None:
     wait_for(lambda: "/user/login" not in driver.current_url, 60, "the login")
 
 
-def open_task(driver: Any, label_studio: Any, project_id: int, task_id: int) -> None:
+def open_task(driver: Any, label_studio: Any, project_id: int, task_id: int, quiet_s: float = 3.0) -> None:
+    """Open a task's labeling screen and return once Label Studio has stopped reloading the task.
+
+    The data manager fetches an opened task twice (``GET /api/tasks/<id>`` ~0.1-0.8 s apart) and
+    rebuilds the labeling screen from the second answer; what is typed or selected in the first
+    screen is lost with it. An annotator never acts that fast; a test does, so it waits until the
+    last fetch of the task is ``quiet_s`` seconds old (the browser's own resource timings).
+    """
     driver.get(f"{label_studio.url}/projects/{project_id}/data?task={task_id}")
+    since_last_load = """
+        const loads = performance.getEntriesByType('resource')
+            .filter(e => e.name.includes('/api/tasks/' + arguments[0] + '?') && e.responseEnd > 0);
+        return loads.length ? (performance.now() - Math.max(...loads.map(e => e.responseEnd))) / 1000 : null;"""
+
+    def settled() -> bool:
+        age = driver.execute_script(since_last_load, task_id)
+        return age is not None and age >= quiet_s
+
+    wait_for(settled, 120, f"the labeling screen of task {task_id} loaded and not reloaded for {quiet_s:g} s")
 
 
 def auto_annotation_on(driver: Any) -> None:
