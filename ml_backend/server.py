@@ -3,14 +3,14 @@
 ``GET /health``, ``POST /setup``, ``POST /predict``, ``POST /webhook``, ``GET /metrics``.
 Every rejected request gets a JSON error with a reason, is counted, and leaves the server
 serving (``protocol.py``). Bodies are read with a size cap (413), optional HTTP basic auth guards
-everything (``auth.py``). What a request asks for is done elsewhere: predictions by the
-pre-annotation service (``prediction.service``), webhook events by the worker (``jobs``).
+everything (``auth.py``). Which project a request is about: ``projects.py``; webhooks are taken
+in by ``webhook.py``. What a request asks for is done elsewhere: predictions by the pre-annotation
+service (``prediction.service``), webhook events by the worker (``jobs``).
 """
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import gc
 import logging
 import time
@@ -32,19 +32,18 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from prelabel import __version__
-from prelabel.contract import WEBHOOK_HEADER, Event, ProjectRecord, ProjectRef
+from prelabel.contract import ProjectRecord, ProjectRef
 from prelabel.jobs import handoff
 from prelabel.jobs.aftercare import queue_aftercare
-from prelabel.jobs.dispatch import Enqueued, enqueue_event
-from prelabel.jobs.events import parse_event
 from prelabel.jobs.queue import connection
 from prelabel.jobs.status import QUEUE_COLLECTOR
 from prelabel.jobs.worker_stats import WORKER_COUNTERS
 from prelabel.label_config.guideline import guideline_ref
 from prelabel.migrate import migrate_tenancy
 from prelabel.ml_backend import auth, protocol
-from prelabel.ml_backend.limits import check_config, check_guideline, check_webhook
+from prelabel.ml_backend.limits import check_config, check_guideline
 from prelabel.ml_backend.projects import ProjectStore
+from prelabel.ml_backend.webhook import WebhookReceiver
 from prelabel.ml_backend.wiring import WebhookWirer
 from prelabel.prediction import metrics
 from prelabel.prediction.deadline import loop_time
@@ -67,11 +66,12 @@ class Backend:
     def __init__(self, settings: Settings, predictor: Predictor | None = None) -> None:
         self.settings = settings
         self._given = predictor  # a caller's predictor (in-process tests): used, not closed, by the server
-        self.projects = ProjectStore(settings)
+        tenants = Tenants(settings)  # which Label Studio a project stamp belongs to
+        self.projects = ProjectStore(settings, tenants)
+        self.webhooks = WebhookReceiver(settings, tenants)
         self.service: PreannotationService | None = None
         self.jobs_conn: redis.Redis | None = None
         self.wirer = WebhookWirer(settings)
-        self.tenants = Tenants(settings)  # which Label Studio a project stamp belongs to
         self._tasks: set[asyncio.Task[None]] = set()
 
     @asynccontextmanager
@@ -122,8 +122,8 @@ class Backend:
         guideline = guideline_ref(protocol.extra_params(body.extra_params).get("guideline"))
         check_guideline(guideline, self.settings)
         assert self.service is not None
-        pid = None if raw_pid is None else await self._setup_ref(int(raw_pid), protocol.project_stamp(body.project),
-                                                                 body.hostname)
+        pid = None if raw_pid is None else await self.projects.ref_at_setup(
+            self.jobs_conn, int(raw_pid), protocol.project_stamp(body.project), body.hostname)
         predictor = await self.service.cascade(pid)
         context = None
         if body.schema_:
@@ -152,27 +152,6 @@ class Backend:
         if self.jobs_conn is not None and self.wirer.claim(pid):
             self._background(self.wirer.wire(self.jobs_conn, pid, record))
 
-    async def _setup_ref(self, pid: int, stamp: str | None, hostname: str | None) -> ProjectRef:
-        """The project a ``/setup`` is about (``studio.tenancy``); its stamp is remembered for
-        ``/predict`` and webhooks. Redis away: the hostname alone decides (logged)."""
-        try:
-            return await run_in_threadpool(self.tenants.at_setup, self.jobs_conn, pid, stamp, hostname)
-        except RedisError as exc:
-            log.error("project %s: its Label Studio instance not remembered (%s)", pid, type(exc).__name__)
-            return self.tenants.at_setup(None, pid, stamp, hostname)
-
-    async def _request_ref(self, raw: str | int | None) -> ProjectRef | None:
-        """The project of a ``/predict`` (or ``/projects/<id>``): the instance its stamp was set up
-        for, else the configured one. With listed instances a Redis failure is a 503 (a wrong guess
-        would mix two instances' projects); without, nothing is looked up (single-instance: as before)."""
-        pid = protocol.project_id(raw)
-        if pid is None:
-            return None
-        stamp = protocol.project_stamp(raw)
-        if not self.settings.label_studio_hosts or stamp is None:
-            return ProjectRef(self.tenants.default, int(pid))
-        return ProjectRef(await run_in_threadpool(self.tenants.lookup, self.jobs_conn, stamp), int(pid))
-
     def _background(self, coroutine: Any) -> None:
         task = asyncio.get_running_loop().create_task(coroutine)
         self._tasks.add(task)
@@ -181,7 +160,7 @@ class Backend:
     async def project_info(self, request: Request) -> Response:
         """What the backend knows about a project (no secrets): for operators and tests."""
         try:
-            pid = await self._request_ref(request.path_params["pid"])
+            pid = await self.projects.ref_of(self.jobs_conn, request.path_params["pid"])
         except protocol.RequestError:
             pid = None
         record = self.projects.memory.get(pid) if pid else None
@@ -200,7 +179,7 @@ class Backend:
         if len(body.tasks) > most:
             raise protocol.RequestError(413, "too_many_tasks",
                                         f"{len(body.tasks)} tasks > max_tasks_per_request={most}")
-        pid = await self._request_ref(body.project)
+        pid = await self.projects.ref_of(self.jobs_conn, body.project)
         assert self.service is not None
         record = await self.projects.get(self.service.redis, pid)
         if pid is not None and record is not None:  # a backend restarted since /setup wires on its first request
@@ -258,39 +237,8 @@ class Backend:
         return max(0.0, min(self.settings.interactive_budget, left))
 
     async def webhook(self, request: Request) -> Response:
-        """Authenticate, validate, queue, answer: Label Studio waits 1 s and never retries."""
-        if not auth.webhook_caller_ok(self.settings, dict(request.scope["headers"])):
-            if not auth.webhook_auth_configured(self.settings):
-                return protocol.error("webhook", protocol.RequestError(
-                    401, "webhook_auth_not_configured", "set PRELABEL_WEBHOOK_SECRET to accept webhooks"))
-            response = protocol.error("webhook", protocol.RequestError(
-                401, "unauthorized", f"webhook caller not authenticated ({WEBHOOK_HEADER} or basic auth)"))
-            if self.settings.basic_auth_user:
-                response.headers["WWW-Authenticate"] = 'Basic realm="prelabel"'
-            return response
-        body = await protocol.read_json(request, self.settings.max_request_bytes)
-        check_webhook(body, self.settings)
-        event = parse_event(body)
-        if event is None:
-            metrics.WEBHOOK_EVENTS.labels("ignored").inc()
-            return JSONResponse({"status": "ignored"})
         assert self.jobs_conn is not None  # set by the lifespan before the first request
-        try:
-            queued = await run_in_threadpool(self._enqueue_event, event)
-        except RedisError as exc:
-            metrics.WEBHOOK_EVENTS.labels("queue_unavailable").inc()
-            log.error("webhook %s for project %s not queued: %s", event.action, event.project_id, exc)
-            return JSONResponse({"error": "job queue unavailable", "reason": "queue_unavailable"}, status_code=503)
-        metrics.WEBHOOK_EVENTS.labels(event.action if not queued.duplicate else "duplicate").inc()
-        return JSONResponse({"status": "duplicate" if queued.duplicate else "queued", "job_id": queued.job_id,
-                             "action": event.action})
-
-    def _enqueue_event(self, event: Event) -> Enqueued:
-        """Queue the event as its project's (its instance: the stamp of its project's ``created_at``)."""
-        assert self.jobs_conn is not None  # set by the lifespan before the first request
-        lookup = self.settings.label_studio_hosts and event.stamp is not None
-        tenant = self.tenants.lookup(self.jobs_conn, event.stamp) if lookup else self.tenants.default
-        return enqueue_event(self.jobs_conn, self.settings, dataclasses.replace(event, tenant=tenant))
+        return await self.webhooks.receive(request, self.jobs_conn)
 
     async def metrics(self, request: Request) -> Response:
         """The metrics, gathered on a thread: the queue collectors ask Redis, which may be stalled
@@ -304,7 +252,7 @@ class Backend:
         if self.jobs_conn is not None:
             try:
                 found = await run_in_threadpool(webhook_wiring.load_all, self.jobs_conn)
-                webhooks = {self.tenants.shown(key): asdict(state) for key, state in found.items()}
+                webhooks = {self.projects.tenants.shown(key): asdict(state) for key, state in found.items()}
             except RedisError:
                 webhooks = {}
         return JSONResponse({"llm": [client.load_snapshot() for client in metrics.LOAD_COLLECTOR.clients],
