@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.browser import chromium, login, open_task, screenshot
+from tests.support.browser import chromium, login, open_task, reread, screenshot, selected_radios
 from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.e2e
@@ -27,7 +27,6 @@ def browser():
 
 
 def test_pre_annotation_is_rendered_in_the_labeling_ui(browser, label_studio, backend_factory) -> None:
-    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.common.by import By
 
     backend = backend_factory.start(label_studio=label_studio, name="browser-backend")
@@ -44,17 +43,11 @@ def test_pre_annotation_is_rendered_in_the_labeling_ui(browser, label_studio, ba
     login(browser, label_studio)
     open_task(browser, label_studio, project.id, prediction.task)
 
-    def rendered() -> list[str]:
-        try:
-            radios = browser.find_elements(By.CSS_SELECTOR, "input.ant-radio-input")
-            return [r.get_attribute("name") for r in radios if r.is_selected()]
-        except StaleElementReferenceException:  # the labeling UI re-rendered between the two calls
-            return []
-
-    selected = wait_for(rendered, 60, "the labeling UI with the pre-annotation")
+    selected = wait_for(lambda: selected_radios(browser), 60, "the labeling UI with the pre-annotation")
     time.sleep(1)  # let the annotation tabs settle for the screenshot
     screenshot(browser, "pre-annotated-task.png")
     assert selected == [chosen], "the UI shows another choice than the stored prediction"
-    tabs = " ".join(e.text for e in browser.find_elements(By.CSS_SELECTOR, ".lsf-annotation-button__name"))
+    tabs = reread(lambda: " ".join(e.text for e in browser.find_elements(By.CSS_SELECTOR,
+                                                                         ".lsf-annotation-button__name")))
     assert prediction.model_version.split("@")[0] in tabs, tabs
     assert "facebook login" in browser.page_source

@@ -19,7 +19,16 @@ import pytest
 from prelabel.contract import outcome_key
 from tests.servers.recorder import Recorded, RecordingBackend
 from tests.support.backend_proc import metric_value
-from tests.support.browser import auto_annotation_on, chromium, double_click_text, login, open_task, screenshot
+from tests.support.browser import (
+    auto_annotation_on,
+    chromium,
+    double_click_text,
+    login,
+    open_task,
+    reread,
+    screenshot,
+    selected_radios,
+)
 from tests.support.tenancy import project_ref
 from tests.support.waiting import wait_for
 
@@ -101,7 +110,6 @@ def region(prediction: dict[str, Any], control: str) -> dict[str, Any]:
 
 # --- the labeling screen ------------------------------------------------------------------------
 def test_prompt_typed_in_the_labeling_screen(label_studio, recorder) -> None:
-    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
 
@@ -117,15 +125,9 @@ def test_prompt_typed_in_the_labeling_screen(label_studio, recorder) -> None:
         open_task(browser, label_studio, project.id, task_id)
         auto_annotation_on(browser)
 
-        def pre_annotation_shown() -> bool:
-            try:
-                return any(r.is_selected() for r in browser.find_elements(By.CSS_SELECTOR, "input.ant-radio-input"))
-            except StaleElementReferenceException:  # the screen re-rendered under us: look again
-                return False
-
         # as an annotator does: type once the screen shows the task's pre-annotation (Label Studio
         # builds the annotation from it; a prompt typed before that lands in an annotation it replaces)
-        wait_for(pre_annotation_shown, 120, "the pre-annotation on screen")
+        wait_for(lambda: selected_radios(browser), 120, "the pre-annotation on screen")
         prompt_box = wait_for(lambda: browser.find_elements(By.CSS_SELECTOR, "input[name=prompt]"), 120,
                               "the prompt TextArea")[0]
         before = [r.body["params"]["context"] for r in interactive_calls(recorder)]
@@ -157,10 +159,7 @@ def test_prompt_typed_in_the_labeling_screen(label_studio, recorder) -> None:
 
         # the answer lands in the controls on screen
         def on_screen() -> tuple[str, list[str]]:
-            page = " ".join(html.unescape(browser.page_source).split())
-            radios = [r.get_attribute("name") for r in browser.find_elements(By.CSS_SELECTOR, "input.ant-radio-input")
-                      if r.is_selected()]
-            return page, radios
+            return " ".join(html.unescape(browser.page_source).split()), selected_radios(browser)
 
         def shown() -> bool:
             page, radios = on_screen()
@@ -202,7 +201,8 @@ def test_span_selected_in_the_labeling_screen(label_studio, recorder) -> None:
         assert answer["meta"]["provenance"]["context"]["selected_spans"] == {"label": [[37, 42]]}
 
         def regions() -> list[str]:
-            return [e.text for e in browser.find_elements(By.CSS_SELECTOR, ".lsf-tree__node_type_richtextregion")]
+            return reread(lambda: [e.text for e in
+                                   browser.find_elements(By.CSS_SELECTOR, ".lsf-tree__node_type_richtextregion")])
 
         shown = wait_for(lambda: (r := regions()) and label in r[0] and r, 60, "the labeled span in the region list")
         assert len(shown) == 1 and "Paris" in shown[0], shown  # replaced, not duplicated

@@ -8,10 +8,11 @@ downloaded. Screenshots go to ``artifacts/`` for the test report.
 from __future__ import annotations
 
 import shutil
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 
@@ -20,6 +21,7 @@ from tests.support.waiting import wait_for
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "artifacts"
 AUTO_ANNOTATION = "[data-testid=bottombar-auto-annotation-toggle]"
+T = TypeVar("T")
 
 
 @contextmanager
@@ -90,6 +92,29 @@ def auto_annotation_on(driver: Any) -> None:
 
     wait_for(switched_on, 180, "the Auto-Annotation toggle on (shown when an interactive backend is connected)",
              interval=1)
+
+
+def reread(read: Callable[[], T], attempts: int = 20, pause: float = 0.25) -> T:
+    """``read()`` of the labeling screen, done again when the screen re-rendered under it (Label
+    Studio re-renders as a prediction or an interactive answer is applied: the elements found a
+    moment ago are gone, StaleElementReferenceException)."""
+    from selenium.common.exceptions import StaleElementReferenceException
+
+    for _ in range(attempts - 1):
+        try:
+            return read()
+        except StaleElementReferenceException:
+            time.sleep(pause)
+    return read()
+
+
+def selected_radios(driver: Any) -> list[str]:
+    """The names of the radio choices selected on the labeling screen."""
+    from selenium.webdriver.common.by import By
+
+    return reread(lambda: [r.get_attribute("name") for r in driver.find_elements(By.CSS_SELECTOR,
+                                                                                  "input.ant-radio-input")
+                           if r.is_selected()])
 
 
 def double_click_text(driver: Any, word: str) -> None:
