@@ -49,7 +49,7 @@ class ProjectStore:
         if pid is None:
             return None
         stamp = protocol.project_stamp(raw)
-        if not self.settings.label_studio_hosts or stamp is None:
+        if not self.tenants.needs_lookup(stamp):  # no thread hop on the single-instance /predict path
             return ProjectRef(self.tenants.default, int(pid))
         return ProjectRef(await run_in_threadpool(self.tenants.lookup, conn, stamp), int(pid))
 

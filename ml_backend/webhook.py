@@ -64,6 +64,5 @@ class WebhookReceiver:
 
     def _enqueue(self, conn: redis.Redis, event: Event) -> Enqueued:
         """Queue the event as its project's (its instance: the stamp of its project's ``created_at``)."""
-        lookup = self.settings.label_studio_hosts and event.stamp is not None
-        tenant = self.tenants.lookup(conn, event.stamp) if lookup else self.tenants.default
+        tenant = self.tenants.lookup(conn, event.stamp)
         return enqueue_event(conn, self.settings, dataclasses.replace(event, tenant=tenant))

@@ -123,9 +123,14 @@ class Tenants:
                 self._store(conn, stamp, named)
         return ProjectRef(named, project_id)
 
+    def needs_lookup(self, stamp: str | None) -> bool:
+        """Whether ``stamp`` can name another tenant than the configured one: only with listed Label
+        Studios (one Label Studio: nothing to tell apart, nothing looked up)."""
+        return bool(self.settings.label_studio_hosts) and stamp is not None
+
     def lookup(self, conn: redis.Redis | None, stamp: str | None) -> str:
         """The tenant a stamp was set up for; the configured one when unknown (or Redis is away)."""
-        if stamp is None:
+        if stamp is None or not self.needs_lookup(stamp):
             return self.default
         found = self._known.get(stamp)
         if found is None and conn is not None:  # not cached when absent: another process may store it
